@@ -5,36 +5,45 @@ the CCA family (CCA, SVCCA, PWCCA), principal-component analyses and block-struc
 detection, on numpy arrays and torch tensors alike, plus a PyTorch adapter that hooks any
 model and streams its layers into accumulators.
 
-Public names are loaded lazily, so ``import repsim`` imports neither torch, numba nor
-matplotlib behind the caller's back.
+The numpy-only core is imported here; modules that need torch or matplotlib are loaded
+lazily on first use of one of their names, so ``import repsim`` never imports torch,
+matplotlib (or numba, which loads with the first fused kernel) behind the caller's back.
 """
 
 from importlib import import_module as _import_module
 
+from .cka import cka, cka_matrix
+from .hsic import hsic
+from .kernels import centre_gram, gram, median_sigma, ucentre_gram
+from .results import load_result, save_result
+from .streaming import MinibatchCKA
+
 __version__ = "0.1.0"
 
-# public name -> submodule that defines it (the one table of the public API)
-_EXPORTS = {
-    # kernels and HSIC / CKA core
-    "gram": "kernels",
-    "centre_gram": "kernels",
-    "ucentre_gram": "kernels",
-    "median_sigma": "kernels",
-    "hsic": "hsic",
-    "cka": "cka",
-    "cka_matrix": "cka",
-    "MinibatchCKA": "streaming",
-    # results
-    "save_result": "results",
-    "load_result": "results",
-}
+# public names from modules that import torch or matplotlib: name -> submodule
+# (module names must differ from the public names they hold)
+_LAZY = {}
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted(
+    [
+        "MinibatchCKA",
+        "centre_gram",
+        "cka",
+        "cka_matrix",
+        "gram",
+        "hsic",
+        "load_result",
+        "median_sigma",
+        "save_result",
+        "ucentre_gram",
+    ]
+    + list(_LAZY)
+)
 
 
 def __getattr__(name):
     try:
-        module = _EXPORTS[name]
+        module = _LAZY[name]
     except KeyError:
         raise AttributeError(f"module 'repsim' has no attribute {name!r}") from None
     value = getattr(_import_module(f"repsim.{module}"), name)

@@ -1,0 +1,237 @@
+"""Centered kernel alignment of two representations, and of all pairs of many.
+
+References
+----------
+Kornblith, Norouzi, Lee & Hinton (2019), "Similarity of neural network representations
+revisited", ICML. Nguyen, Raghu & Kornblith (2021), "Do wide and deep networks learn the
+same things?", ICLR.
+"""
+
+from __future__ import annotations
+
+from . import _backend as B
+from . import _validation as V
+from .hsic import centred_gram_stack, scalar
+from .kernels import ESTIMATORS, KERNELS, degeneracy_terms, eps_of, prepare
+from .results import similarity_array
+
+METHODS = ("auto", "gram", "features")
+
+
+def _feature_path_cheaper(n, p, q):
+    # 2n(pq + p^2 + q^2) flops for the three cross-products against 2n^2(p + q) for grams
+    return p * q + p * p + q * q < n * (p + q)
+
+
+def _feature_space_linear_cka(x, y, xp):
+    """Biased linear CKA terms ``||y'x||_F^2, ||x'x||_F, ||y'y||_F`` on centred columns,
+    and whether each side is constant (see :func:`repsim.kernels.degenerate`)."""
+    n = x.shape[0]
+    flags = []
+    for a in (x, y):
+        a64 = xp.astype(a, xp.float64)
+        # trace and total sum of a's linear gram, without forming it
+        tr = float(xp.sum(a64 * a64))
+        total = float(xp.sum(xp.sum(a64, axis=0) ** 2))
+        V.check_finite(tr, "x" if a is x else "y")
+        centred, tol = degeneracy_terms(tr, total, n, eps_of(a, xp))
+        flags.append(centred <= tol)
+    x = xp.astype(x, xp.float64)
+    y = xp.astype(y, xp.float64)
+    x = x - xp.mean(x, axis=0)
+    y = y - xp.mean(y, axis=0)
+    xy = xp.sum(xp.matmul(y.T, x) ** 2)
+    xx = xp.sqrt(xp.sum(xp.matmul(x.T, x) ** 2))
+    yy = xp.sqrt(xp.sum(xp.matmul(y.T, y) ** 2))
+    return xy, xx, yy, flags
+
+
+def cka(
+    x,
+    y,
+    kernel="linear",
+    estimator="biased",
+    sigma=None,
+    threshold=1.0,
+    *,
+    method="auto",
+    engine="auto",
+):
+    """Centered kernel alignment between two representations of the same examples.
+
+    ``CKA = HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L))`` with ``K, L`` the grams of ``x``
+    and ``y``.
+
+    Parameters
+    ----------
+    x : array, shape (n, ...)
+        numpy array or torch tensor; flattened to ``(n, p)``.
+    y : array, shape (n, ...)
+        Same library and example order as ``x``; flattened to ``(n, q)``.
+    kernel : {"linear", "rbf"}
+    estimator : {"biased", "unbiased"}
+        HSIC estimator (see :func:`repsim.hsic`); ``"unbiased"`` needs ``n >= 4``.
+    sigma : float, optional
+        RBF bandwidth for both sides; default: median heuristic per side,
+        ``threshold * sqrt(median squared distance)``.
+    threshold : float, default 1.0
+    method : {"auto", "gram", "features"}
+        Linear biased CKA can be computed from ``p x q`` feature cross-products instead of
+        ``n x n`` grams; ``"auto"`` takes whichever costs fewer flops.
+    engine : {"auto", "numpy", "numba"}
+        Implementation of the centring step on the numpy path.
+
+    Returns
+    -------
+    scalar
+        float64 in [0, 1] for the biased estimator (the unbiased one can dip slightly below
+        0 for unrelated representations); NaN with a warning when either side is constant.
+        A numpy scalar for numpy input, a 0-d tensor on the input's device for torch.
+
+    Examples
+    --------
+    >>> import numpy as np, repsim
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.standard_normal((100, 10))
+    >>> round(float(repsim.cka(x, 2 * x @ np.linalg.qr(rng.standard_normal((10, 10)))[0])), 6)
+    1.0
+    """
+    V.check_option(kernel, "kernel", KERNELS)
+    V.check_option(estimator, "estimator", ESTIMATORS)
+    V.check_option(method, "method", METHODS)
+    V.check_option(engine, "engine", B.ENGINES)
+    B.namespace(B.asarray(x), B.asarray(y), names=["x", "y"])
+    xp, x = prepare(x, "x")
+    _, y = prepare(y, "y")
+    n, p, q = x.shape[0], x.shape[1], y.shape[1]
+    V.check_same_n(n, y.shape[0], "x", "y", x.shape, y.shape)
+    V.check_n(n, estimator, "x")
+    features = kernel == "linear" and estimator == "biased" and (
+        method == "features" or (method == "auto" and _feature_path_cheaper(n, p, q))
+    )
+    if method == "features" and not features:
+        raise ValueError(
+            f"method='features' applies to linear biased CKA only; got kernel={kernel!r}, "
+            f"estimator={estimator!r}"
+        )
+    if features:
+        xy, xx, yy, flags = _feature_space_linear_cka(x, y, xp)
+        bad = [nm for nm, d in zip(("x", "y"), flags) if d]
+        if bad:
+            V.warn_degenerate(bad)
+            return scalar(xy * float("nan"), xp)
+        return scalar(xy / (xx * yy), xp)
+    packed_x, _, cx, tx = centred_gram_stack(
+        [x], ["x"], kernel=kernel, estimator=estimator, sigmas=[sigma], threshold=threshold,
+        engine=engine, side="x",
+    )
+    packed_y, _, cy, ty = centred_gram_stack(
+        [y], ["y"], kernel=kernel, estimator=estimator, sigmas=[sigma], threshold=threshold,
+        engine=engine, side="y",
+    )
+    gx, gy = packed_x[0], packed_y[0]
+    bad = [nm for nm, c, t in (("x", cx[0], tx[0]), ("y", cy[0], ty[0])) if c <= t]
+    xy = xp.sum(gx * gy)
+    if bad:
+        V.warn_degenerate(bad)
+        return scalar(xy * float("nan"), xp)
+    return scalar(xy / xp.sqrt(xp.sum(gx * gx) * xp.sum(gy * gy)), xp)
+
+
+def _normalise(cross, self_a, self_b, xp):
+    return cross / xp.sqrt(self_a[:, None] * self_b[None, :])
+
+
+def cka_matrix(
+    xs,
+    ys=None,
+    *,
+    kernel="linear",
+    estimator="biased",
+    sigma=None,
+    threshold=1.0,
+    engine="auto",
+):
+    """CKA between every pair of layers, from one matrix product.
+
+    Each layer's gram is centred (or U-centred, for the unbiased estimator), flattened and
+    stacked into a ``(L, n^2)`` float64 matrix ``G``; all pairwise HSICs are then
+    ``G_a G_b^T`` -- ``2 L_a L_b n^2`` flops instead of ``2 L_a L_b n^3`` for a loop over
+    pairs of ``n x n`` products.
+
+    Parameters
+    ----------
+    xs : sequence or dict name -> array, each of shape (n, ...)
+        Representations of the same ``n`` examples (one library, one device). Layer names
+        are the dict keys, or ``"0", "1", ...`` for a sequence.
+    ys : sequence or dict, optional
+        A second set (another model). None compares ``xs`` with itself (symmetric result,
+        each gram formed once).
+    kernel, estimator, sigma, threshold, engine
+        As in :func:`repsim.cka`; ``sigma`` is one bandwidth for every layer, or None for
+        the per-layer median heuristic.
+
+    Returns
+    -------
+    xarray.DataArray, shape (L_a, L_b)
+        dims ``("layer_a", "layer_b")`` with layer names as coordinates and attrs
+        ``measure``, ``estimator``, ``kernel``, ``n``. Constant layers give NaN rows and
+        columns with a warning naming them.
+    """
+    V.check_option(kernel, "kernel", KERNELS)
+    V.check_option(estimator, "estimator", ESTIMATORS)
+    V.check_option(engine, "engine", B.ENGINES)
+    names_a, arrays_a = V.layer_items(xs, "xs")
+    opts = dict(kernel=kernel, estimator=estimator, threshold=threshold, engine=engine)
+    ga, sig_a, ca, ta = centred_gram_stack(
+        arrays_a, names_a, sigmas=[sigma] * len(arrays_a), side="xs", **opts
+    )
+    deg_a = ca <= ta
+    xp = B.namespace(ga)
+    if ys is None:
+        names_b, deg_b, sig_b = names_a, deg_a, sig_a
+        cross = xp.matmul(ga, ga.T)
+        self_a = self_b = xp.linalg.diagonal(cross)
+    else:
+        names_b, arrays_b = V.layer_items(ys, "ys")
+        B.namespace(B.asarray(arrays_a[0]), B.asarray(arrays_b[0]), names=["xs", "ys"])
+        V.check_same_n(
+            arrays_a[0].shape[0], arrays_b[0].shape[0], "xs", "ys",
+            arrays_a[0].shape, arrays_b[0].shape,
+        )
+        gb, sig_b, cb, tb = centred_gram_stack(
+            arrays_b, names_b, sigmas=[sigma] * len(arrays_b), side="ys", **opts
+        )
+        deg_b = cb <= tb
+        cross = xp.matmul(ga, gb.T)
+        self_a = xp.sum(ga * ga, axis=1)
+        self_b = xp.sum(gb * gb, axis=1)
+    values = B.to_numpy(_normalise(cross, self_a, self_b, xp))
+    values = _mask_degenerate(values, deg_a, deg_b, names_a, names_b)
+    attrs = {
+        "measure": "cka",
+        "estimator": estimator,
+        "kernel": kernel,
+        "n": int(arrays_a[0].shape[0]),
+    }
+    if kernel == "rbf":
+        attrs["sigma_a"] = list(sig_a)
+        attrs["sigma_b"] = list(sig_b)
+        attrs["threshold"] = threshold
+    return similarity_array(values, names_a, names_b, attrs)
+
+
+def _mask_degenerate(values, deg_a, deg_b, names_a, names_b):
+    """NaN the rows/columns of constant layers and warn once naming them."""
+    import numpy as np
+
+    deg_a = np.asarray(deg_a, dtype=bool)
+    deg_b = np.asarray(deg_b, dtype=bool)
+    if deg_a.any() or deg_b.any():
+        values = np.array(values, dtype=np.float64, copy=True)
+        values[deg_a, :] = np.nan
+        values[:, deg_b] = np.nan
+        bad = [n for n, d in zip(names_a, deg_a) if d]
+        bad += [n for n, d in zip(names_b, deg_b) if d and n not in bad]
+        V.warn_degenerate(bad)
+    return values

@@ -1,0 +1,235 @@
+"""Gram matrices and their centring.
+
+References
+----------
+Gretton et al. (2005), "Measuring statistical dependence with Hilbert-Schmidt norms".
+Song et al. (2012), "Feature selection via dependence maximization" (unbiased HSIC).
+Székely & Rizzo (2014), "Partial distance correlation with methods for dissimilarities"
+(U-centring). Kornblith et al. (2019), "Similarity of neural network representations
+revisited" (RBF bandwidth heuristic).
+"""
+
+from __future__ import annotations
+
+import math
+
+from . import _backend as B
+from . import _validation as V
+
+KERNELS = ("linear", "rbf")
+ESTIMATORS = ("biased", "unbiased")
+
+
+def prepare(x, name="x"):
+    """Validate one representation: ``(namespace, (n, features) float array)``."""
+    x = B.asarray(x)
+    xp = B.namespace(x)
+    x = V.as_2d(x, xp, name)
+    return xp, B.as_float(x, xp)
+
+
+def linear_gram(x, xp):
+    """``x @ x.T`` (numpy recognises the transposed self-product and runs BLAS syrk)."""
+    return xp.matmul(x, x.T)
+
+
+def _diag(k, xp):
+    return xp.linalg.diagonal(k)
+
+
+def squared_distances(k, xp):
+    """Squared Euclidean distances ``d_ij = k_ii + k_jj - 2 k_ij`` from a linear gram, float64."""
+    k = xp.astype(k, xp.float64)
+    d = _diag(k, xp)
+    return d[:, None] + d[None, :] - 2.0 * k
+
+
+def _median(v, xp):
+    """Median of all entries (mean of the two middle values for an even count)."""
+    v = xp.sort(xp.reshape(v, (-1,)))
+    m = v.shape[0]
+    if m % 2:
+        return float(v[m // 2])
+    return 0.5 * (float(v[m // 2 - 1]) + float(v[m // 2]))
+
+
+def median_sigma(x, threshold=1.0):
+    """RBF bandwidth by the median heuristic of Kornblith et al. (2019).
+
+    Parameters
+    ----------
+    x : array, shape (n, ...)
+        Representation; flattened to ``(n, features)``.
+    threshold : float, default 1.0
+        Fraction of the median distance: ``sigma = threshold * sqrt(median(d2))``.
+
+    Returns
+    -------
+    float
+        ``sigma``, where ``median`` runs over all ``n * n`` squared distances ``d2``
+        (the zero diagonal included, as in the reference implementation).
+    """
+    V.check_positive(threshold, "threshold")
+    xp, x = prepare(x)
+    d2 = squared_distances(linear_gram(x, xp), xp)
+    return threshold * math.sqrt(_median(d2, xp))
+
+
+def rbf_from_linear(k, xp, sigma=None, threshold=1.0, engine="auto", name="x"):
+    """RBF gram (float64) from a linear gram; returns ``(gram, sigma)``."""
+    use_nb = B.use_numba(engine, k)
+    if sigma is None:
+        V.check_positive(threshold, "threshold")
+        d2 = squared_distances(k, xp)
+        med = _median(d2, xp)
+        if not med > 0:
+            raise ValueError(
+                f"cannot pick an RBF bandwidth for {name}: the median squared distance "
+                f"between examples is {med}; pass sigma explicitly"
+            )
+        sigma = threshold * math.sqrt(med)
+    else:
+        V.check_positive(float(sigma), "sigma")
+        sigma = float(sigma)
+        d2 = None
+    inv = 1.0 / (2.0 * sigma * sigma)
+    if use_nb:
+        import numpy as np
+
+        from . import _numba
+
+        out = np.empty(k.shape, dtype=np.float64)
+        return _numba.rbf_from_linear(k, inv, out), sigma
+    if d2 is None:
+        d2 = squared_distances(k, xp)
+    return xp.exp(-d2 * inv), sigma
+
+
+def gram(x, kernel="linear", *, sigma=None, threshold=1.0):
+    """Gram matrix of a representation.
+
+    Parameters
+    ----------
+    x : array, shape (n, ...)
+        numpy array or torch tensor; flattened to ``(n, features)``. float16/bfloat16 are
+        upcast to float32, integers to float64.
+    kernel : {"linear", "rbf"}
+        ``"linear"``: ``x x^T``. ``"rbf"``: ``exp(-||x_i - x_j||^2 / (2 sigma^2))``.
+    sigma : float, optional
+        RBF bandwidth. Default: ``threshold * sqrt(median squared distance)``.
+    threshold : float, default 1.0
+        Fraction of the median distance used when ``sigma`` is None.
+
+    Returns
+    -------
+    array, shape (n, n)
+        Same array type and device as ``x``; the linear gram keeps ``x``'s float dtype,
+        the RBF gram is float64.
+    """
+    V.check_option(kernel, "kernel", KERNELS)
+    xp, x = prepare(x)
+    k = linear_gram(x, xp)
+    V.check_finite(float(xp.sum(_diag(k, xp))), "x")
+    if kernel == "rbf":
+        k, _ = rbf_from_linear(k, xp, sigma=sigma, threshold=threshold)
+    return k
+
+
+def _prepare_gram(k, name):
+    k = B.asarray(k)
+    xp = B.namespace(k)
+    V.check_square(k, name)
+    return xp, B.as_float(k, xp)
+
+
+def centre_gram(k):
+    """Doubly centred gram ``H K H`` with ``H = I - 11^T / n``.
+
+    Parameters
+    ----------
+    k : array, shape (n, n)
+
+    Returns
+    -------
+    array, shape (n, n), float64
+    """
+    xp, k = _prepare_gram(k, "k")
+    k = xp.astype(k, xp.float64)
+    rm = xp.mean(k, axis=1)
+    cm = xp.mean(k, axis=0)
+    return k - rm[:, None] - cm[None, :] + xp.mean(rm)
+
+
+def ucentre_gram(k):
+    """U-centred gram of Székely & Rizzo (zero diagonal), the unbiased-HSIC building block.
+
+    For ``i != j``: ``U_ij = K~_ij - r_i/(n-2) - c_j/(n-2) + s/((n-1)(n-2))`` with ``K~``
+    the gram with its diagonal zeroed, ``r, c`` its row and column sums and ``s`` its
+    total. Then ``HSIC_unbiased(K, L) = <U(K), U(L)> / (n (n-3))``.
+
+    Parameters
+    ----------
+    k : array, shape (n, n), n >= 3
+
+    Returns
+    -------
+    array, shape (n, n), float64
+    """
+    xp, k = _prepare_gram(k, "k")
+    n = k.shape[0]
+    if n < 3:
+        raise ValueError(f"U-centring needs n >= 3 examples; got n={n}")
+    k = xp.astype(k, xp.float64)
+    eye = xp.eye(n, dtype=xp.bool, device=B.device(k))
+    kt = xp.where(eye, xp.zeros_like(k), k)
+    r = xp.sum(kt, axis=1) / (n - 2)
+    c = xp.sum(kt, axis=0) / (n - 2)
+    s = xp.sum(kt) / ((n - 1) * (n - 2))
+    u = kt - r[:, None] - c[None, :] + s
+    return xp.where(eye, xp.zeros_like(u), u)
+
+
+def centre_into(k, unbiased, out, xp, engine="auto"):
+    """Write centred (``unbiased=False``) or U-centred ``k`` flattened into ``out``.
+
+    ``out`` is a float64 vector of length ``n*n`` (a row of the packed pairing matrix).
+    Returns ``(trace(k), sum(k))`` (floats, or 0-d arrays on the array's device so that
+    a GPU is not synchronised once per layer).
+    """
+    if B.use_numba(engine, k, out):
+        from . import _numba
+
+        tr, total = _numba.centre_into(k, unbiased, out)
+        return float(tr), float(total)
+    n = k.shape[0]
+    k64 = xp.astype(k, xp.float64)
+    diag = _diag(k64, xp)
+    tr = xp.sum(diag)
+    rs = xp.sum(k64, axis=1)
+    cs = xp.sum(k64, axis=0)
+    total = xp.sum(rs)
+    if unbiased:
+        a = 1.0 / (n - 2)
+        t = (total - tr) / ((n - 1) * (n - 2))
+        c = k64 - ((rs - diag) * a)[:, None] - ((cs - diag) * a - t)[None, :]
+        c = xp.reshape(c, (-1,))
+        c[:: n + 1] = 0.0
+    else:
+        c = k64 - (rs / n)[:, None] - (cs / n - total / (n * n))[None, :]
+        c = xp.reshape(c, (-1,))
+    out[...] = c
+    return tr, total
+
+
+def degeneracy_terms(trace, total, n, gram_dtype_eps):
+    """``(tr(HKH), tolerance)`` of a gram with this trace and total sum.
+
+    ``tr(HKH) = tr(K) - sum(K)/n`` is n times the total variance of the representation.
+    It counts as constant (zero variance, CKA undefined) when ``tr(HKH) <= tolerance``,
+    with ``tolerance = n * eps * tr(K)`` the rounding error of that difference.
+    """
+    return trace - total / n, n * gram_dtype_eps * trace
+
+
+def eps_of(k, xp):
+    return float(xp.finfo(k.dtype).eps)
