@@ -22,7 +22,12 @@ __version__ = "0.1.0"
 
 # public names from modules that import torch or matplotlib: name -> submodule
 # (module names must differ from the public names they hold)
-_LAZY = {}
+_LAZY = {
+    "cifar_resnet": "models",
+    "download_cifar10": "datasets",
+    "load_cifar10": "datasets",
+    "load_digits_images": "datasets",
+}
 
 __all__ = sorted(
     [
