@@ -8,7 +8,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup study test bench bench-quick docs clean
+.PHONY: setup study test bench bench-quick docs docs-deps clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,16 @@ bench-quick: $(STAMP)
 
 bench: $(STAMP)
 	cd benchmarks && ../$(VENV)/bin/asv machine --yes >/dev/null && ../$(VENV)/bin/asv run --python=same --show-stderr
+
+# The documentation site: warnings are errors, every gallery example runs, no network.
+docs: $(STAMP)
+	$(VENV)/bin/sphinx-build -W --keep-going -b html docs docs/_build/html $(ARGS)
+
+# The headless browser the docs test opens the built pages with (Debian's chromium,
+# driven through chromedriver's plain-HTTP WebDriver protocol).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+docs-deps:
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || { $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium chromium-driver; }
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis docs/_build
