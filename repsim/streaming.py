@@ -14,7 +14,14 @@ from . import _backend as B
 from . import _validation as V
 from .cka import _mask_degenerate
 from .hsic import centred_gram_stack
-from .kernels import ESTIMATORS, KERNELS
+from .kernels import (
+    ESTIMATORS,
+    KERNELS,
+    centre_into,
+    degeneracy_terms,
+    eps_of,
+    rbf_from_linear,
+)
 from .results import similarity_array
 
 #: state entries that are plain sums over batches: merging or all-reducing is exact
@@ -165,6 +172,69 @@ class MinibatchCKA:
             names_b, arrays_b = names_a, None
         else:
             names_b, arrays_b = V.layer_items(acts_b, "acts_b")
+        self._check_update(names_a, names_b, symmetric)
+        opts = dict(
+            kernel=self.kernel, estimator=self.estimator, threshold=self.threshold,
+            engine=self.engine, transform=self.transform,
+        )
+        sig_a = self.sigmas_a if self.sigmas_a is not None else self._sigmas_for(names_a)
+        side_a = centred_gram_stack(arrays_a, names_a, sigmas=sig_a, side="acts_a", **opts)
+        n = int(B.asarray(arrays_a[0]).shape[0])
+        side_b = None
+        if not symmetric:
+            V.check_same_n(n, B.asarray(arrays_b[0]).shape[0], "acts_a", "acts_b",
+                           B.asarray(arrays_a[0]).shape, B.asarray(arrays_b[0]).shape)
+            sig_b = self.sigmas_b if self.sigmas_b is not None else self._sigmas_for(names_b)
+            side_b = centred_gram_stack(arrays_b, names_b, sigmas=sig_b, side="acts_b", **opts)
+        self._accumulate(names_a, names_b, side_a, side_b, n)
+
+    def update_grams(self, grams_a, grams_b=None):
+        """Add one batch given each layer's linear gram ``x x^T`` instead of its activations.
+
+        This is the entry point of the PyTorch adapter (:func:`repsim.compare_models`),
+        whose forward hooks form each gram as soon as the layer runs, so only ``n x n``
+        matrices are held per batch. The result is the same as :meth:`update` on the
+        activations the grams came from.
+
+        Parameters
+        ----------
+        grams_a : sequence or dict name -> array, each of shape (n, n)
+            Linear grams (float32 or float64, numpy or torch on one device) of every
+            layer of model A for this batch. With ``kernel="rbf"`` the RBF gram is derived
+            from the linear one (and the bandwidth calibrated on the first batch).
+        grams_b : sequence or dict, optional
+            Model B's grams of the same examples. None: within-model comparison.
+
+        Raises
+        ------
+        ValueError
+            If the accumulator has a ``transform`` (it acts on features, which a gram no
+            longer has), a gram is not square, the ``n`` differ, or a gram has NaN/Inf.
+        """
+        if self.transform is not None:
+            raise ValueError(
+                "update_grams cannot apply transform (it acts on features, before the gram); "
+                "apply it before forming the grams, or call update() with the activations"
+            )
+        names_a, arrays_a = V.layer_items(grams_a, "grams_a")
+        symmetric = grams_b is None
+        if symmetric:
+            names_b = names_a
+        else:
+            names_b, arrays_b = V.layer_items(grams_b, "grams_b")
+        self._check_update(names_a, names_b, symmetric)
+        sig_a = self.sigmas_a if self.sigmas_a is not None else self._sigmas_for(names_a)
+        side_a = _centre_grams(arrays_a, names_a, sig_a, "grams_a", self)
+        n = int(B.asarray(arrays_a[0]).shape[0])
+        side_b = None
+        if not symmetric:
+            shape_a, shape_b = B.asarray(arrays_a[0]).shape, B.asarray(arrays_b[0]).shape
+            V.check_same_n(n, shape_b[0], "grams_a", "grams_b", shape_a, shape_b)
+            sig_b = self.sigmas_b if self.sigmas_b is not None else self._sigmas_for(names_b)
+            side_b = _centre_grams(arrays_b, names_b, sig_b, "grams_b", self)
+        self._accumulate(names_a, names_b, side_a, side_b, n)
+
+    def _check_update(self, names_a, names_b, symmetric):
         if self.symmetric is not None and symmetric != self.symmetric:
             raise ValueError(
                 "acts_b must be given in every update or in none: this accumulator was "
@@ -173,23 +243,18 @@ class MinibatchCKA:
         if self.names_a is not None:
             self._check_names(names_a, self.names_a, "acts_a")
             self._check_names(names_b, self.names_b, "acts_b")
-        opts = dict(
-            kernel=self.kernel, estimator=self.estimator, threshold=self.threshold,
-            engine=self.engine, transform=self.transform,
-        )
-        sig_a = self.sigmas_a if self.sigmas_a is not None else self._sigmas_for(names_a)
-        ga, used_a, cen_a, tol_a = centred_gram_stack(arrays_a, names_a, sigmas=sig_a, side="acts_a", **opts)
+
+    def _accumulate(self, names_a, names_b, side_a, side_b, n):
+        """Pair the packed centred grams of one batch (one product) and add to the sums."""
+        symmetric = side_b is None
+        ga, used_a, cen_a, tol_a = side_a
         xp = B.namespace(ga)
-        n = int(B.asarray(arrays_a[0]).shape[0])
         if symmetric:
             cross = xp.matmul(ga, ga.T)
             self_a = self_b = xp.linalg.diagonal(cross)
             used_b = used_a
         else:
-            V.check_same_n(n, B.asarray(arrays_b[0]).shape[0], "acts_a", "acts_b",
-                           B.asarray(arrays_a[0]).shape, B.asarray(arrays_b[0]).shape)
-            sig_b = self.sigmas_b if self.sigmas_b is not None else self._sigmas_for(names_b)
-            gb, used_b, cen_b, tol_b = centred_gram_stack(arrays_b, names_b, sigmas=sig_b, side="acts_b", **opts)
+            gb, used_b, cen_b, tol_b = side_b
             B.namespace(ga, gb, names=["acts_a", "acts_b"])
             cross = xp.matmul(ga, gb.T)
             self_a = xp.sum(ga * ga, axis=1)
@@ -319,3 +384,39 @@ class MinibatchCKA:
             else:
                 value = value.copy() if hasattr(value, "copy") else value.clone()
             self._sums[key] = value
+
+
+def _centre_grams(grams, names, sigmas, side, acc):
+    """:func:`repsim.hsic.centred_gram_stack` for layers given as linear grams.
+
+    Returns ``(packed (L, n*n) float64, sigmas_used, centred, tolerance)``.
+    """
+    grams = [B.asarray(g) for g in grams]
+    xp = B.namespace(*grams, names=[f"{side}[{nm!r}]" for nm in names])
+    n = grams[0].shape[0]
+    unbiased = acc.estimator == "unbiased"
+    packed = xp.empty((len(grams), n * n), dtype=xp.float64, device=B.device(grams[0]))
+    traces, stats, eps, sigmas_used = [], [], [], []
+    for i, (name, k) in enumerate(zip(names, grams)):
+        label = f"{side}[{name!r}]"
+        V.check_square(k, label)
+        V.check_same_n(n, k.shape[0], f"{side}[{names[0]!r}]", label, grams[0].shape, k.shape)
+        if i == 0:
+            V.check_n(n, acc.estimator, label)
+        k = B.as_float(k, xp)
+        traces.append(xp.sum(xp.linalg.diagonal(k)))
+        eps.append(eps_of(k, xp))
+        sigma = None
+        if acc.kernel == "rbf":
+            k, sigma = rbf_from_linear(k, xp, sigma=sigmas[i], threshold=acc.threshold,
+                                       engine=acc.engine, name=label)
+        sigmas_used.append(sigma)
+        stats.append(centre_into(k, unbiased, packed[i], xp, engine=acc.engine))
+    traces = B.to_numpy(xp.stack(traces)) if B.is_torch(packed) else [float(t) for t in traces]
+    for name, t in zip(names, traces):
+        V.check_finite(float(t), f"{side}[{name!r}]")
+    centred = np.empty(len(stats))
+    tolerance = np.empty(len(stats))
+    for i, ((tr, total), e) in enumerate(zip(stats, eps)):
+        centred[i], tolerance[i] = degeneracy_terms(float(tr), float(total), n, e)
+    return packed, sigmas_used, centred, tolerance
