@@ -103,6 +103,7 @@ def cka(
     B.namespace(B.asarray(x), B.asarray(y), names=["x", "y"])
     xp, x = prepare(x, "x")
     _, y = prepare(y, "y")
+    B.use_numba(engine, x, y)  # refuses engine="numba" for torch input up front
     n, p, q = x.shape[0], x.shape[1], y.shape[1]
     V.check_same_n(n, y.shape[0], "x", "y", x.shape, y.shape)
     V.check_n(n, estimator, "x")
@@ -139,7 +140,11 @@ def cka(
 
 
 def _normalise(cross, self_a, self_b, xp):
-    return cross / xp.sqrt(self_a[:, None] * self_b[None, :])
+    """``cross / sqrt(self_a self_b^T)``; 0/0 of constant layers is NaN, masked later."""
+    import numpy as np
+
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return cross / xp.sqrt(self_a[:, None] * self_b[None, :])
 
 
 def cka_matrix(

@@ -32,7 +32,7 @@ def hsic(k, l, estimator="biased"):
     Parameters
     ----------
     k, l : array, shape (n, n)
-        Gram matrices (numpy arrays or torch tensors, not mixed).
+        Symmetric gram matrices (numpy arrays or torch tensors, not mixed).
     estimator : {"biased", "unbiased"}
         ``"biased"``: ``tr(K H L H) / (n-1)^2`` (Gretton et al. 2005).
         ``"unbiased"``: the estimator of Song et al. (2012), needs ``n >= 4``::

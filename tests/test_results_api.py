@@ -1,0 +1,49 @@
+"""netCDF round trip and the public API surface."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import repsim
+
+
+def test_netcdf_round_trip(tmp_path, rng):
+    sim = repsim.cka_matrix({"conv1": rng.standard_normal((20, 3)), "fc": rng.standard_normal((20, 5))},
+                            kernel="rbf", estimator="unbiased")
+    path = tmp_path / "sub" / "sim.nc"
+    repsim.save_result(sim, path)
+    back = repsim.load_result(path)
+    np.testing.assert_allclose(back.values, sim.values)
+    assert list(back.layer_a.values) == ["conv1", "fc"]
+    assert back.attrs["estimator"] == "unbiased" and back.attrs["kernel"] == "rbf"
+    assert back.attrs["n"] == 20
+    np.testing.assert_allclose(back.attrs["sigma_a"], sim.attrs["sigma_a"])
+    assert not list(path.parent.glob("*.tmp"))
+
+
+def test_save_is_atomic_on_failure(tmp_path, rng):
+    sim = repsim.cka_matrix([rng.standard_normal((10, 2))])
+    path = tmp_path / "sim.nc"
+    repsim.save_result(sim, path)
+    bad = sim.copy()
+    bad.attrs["unstorable"] = {"a": 1}  # netCDF cannot hold a dict attribute
+    with pytest.raises(TypeError):
+        repsim.save_result(bad, path)
+    np.testing.assert_allclose(repsim.load_result(path).values, sim.values)
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_import_does_not_pull_heavy_dependencies():
+    code = "import sys, repsim; print(sorted(m for m in ('torch', 'matplotlib', 'numba') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_all_is_sorted_and_resolves():
+    assert repsim.__all__ == sorted(repsim.__all__)
+    for name in repsim.__all__:
+        obj = getattr(repsim, name)
+        assert callable(obj), name
+        assert obj.__doc__ and "Parameters" in obj.__doc__ or "Returns" in (obj.__doc__ or ""), name
