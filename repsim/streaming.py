@@ -12,7 +12,7 @@ import numpy as np
 
 from . import _backend as B
 from . import _validation as V
-from .cka import _mask_degenerate
+from .cka import _mask_degenerate, _normalise
 from .hsic import centred_gram_stack
 from .kernels import (
     ESTIMATORS,
@@ -290,7 +290,7 @@ class MinibatchCKA:
             raise ValueError("no batches accumulated yet; call update() first")
         s = self._sums
         xp = B.namespace(s["sum_ab"])
-        values = s["sum_ab"] / xp.sqrt(s["sum_aa"][:, None] * s["sum_bb"][None, :])
+        values = _normalise(s["sum_ab"], s["sum_aa"], s["sum_bb"], xp)
         deg_a = s["centred_trace_a"] <= s["tolerance_a"]
         deg_b = deg_a if self.symmetric else s["centred_trace_b"] <= s["tolerance_b"]
         values = _mask_degenerate(B.to_numpy(values), deg_a, deg_b, self.names_a, self.names_b)
