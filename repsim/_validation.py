@@ -81,6 +81,22 @@ def check_positive(value, name):
         raise ValueError(f"{name} must be a finite number > 0; got {value!r}")
 
 
+def check_level(level, name="level"):
+    """A confidence level: a number strictly between 0 and 1 (0.9 for 90% intervals)."""
+    if not (isinstance(level, (int, float)) and not isinstance(level, bool) and 0 < level < 1):
+        raise ValueError(f"{name} must be a number strictly between 0 and 1; got {level!r}")
+    return float(level)
+
+
+def check_count(value, name, minimum):
+    """A count (resamples, permutations, groups): an integer >= ``minimum``."""
+    import numbers
+
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= minimum:
+        return int(value)
+    raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
+
+
 def warn_degenerate(names):
     """Warn that the named layers are constant and their similarities are NaN."""
     names = list(names)

@@ -37,6 +37,14 @@ SUM_STATES = (
     "n_examples",
 )
 
+#: per-group sums kept only with ``MinibatchCKA(groups=G)`` (for standard errors and
+#: intervals): ``group_ab`` (G, L_a, L_b), ``group_aa`` (G, L_a), ``group_bb`` (G, L_b),
+#: ``group_batches`` (G,). Batch ``t`` of a process goes to group ``t % G`` unless
+#: :meth:`MinibatchCKA.set_group` pins one, so with the same ``G`` on every process the
+#: groups are aligned and these are plain sums too: all-reduce them like
+#: :data:`SUM_STATES` (group ``g`` then holds batch ``g, g+G, ...`` of every process).
+GROUP_STATES = ("group_ab", "group_aa", "group_bb", "group_batches")
+
 
 class MinibatchCKA:
     """Minibatch CKA between every pair of layers, accumulated batch by batch.
@@ -70,6 +78,14 @@ class MinibatchCKA:
         principal component.
     engine : {"auto", "numpy", "numba"}
         Implementation of the centring step on the numpy path.
+    groups : int, optional
+        Keep the sums of ``groups`` (>= 2) disjoint sets of batches as well (batch ``t``
+        goes to group ``t % groups``, or to the group pinned by :meth:`set_group`, e.g.
+        one per pass), at ``O(groups * L_a * L_b)`` memory, so that
+        ``compute(uncertainty=True)`` can give a standard error and an interval for every
+        entry (delete-a-group jackknife, :func:`repsim.stats.jackknife_ratio`). The extra
+        cost per batch is one ``(L_a, L_b)`` addition; None (default) keeps only the
+        plain sums. Ten groups or more give stable intervals.
 
     Examples
     --------
@@ -92,8 +108,11 @@ class MinibatchCKA:
         threshold=1.0,
         transform=None,
         engine="auto",
+        groups=None,
     ):
         self.kernel = V.check_option(kernel, "kernel", KERNELS)
+        self.groups = None if groups is None else V.check_count(groups, "groups", 2)
+        self._pinned_group = None
         self.estimator = V.check_option(estimator, "estimator", ESTIMATORS)
         self.engine = V.check_option(engine, "engine", B.ENGINES)
         V.check_positive(threshold, "threshold")
@@ -145,6 +164,30 @@ class MinibatchCKA:
             "n_batches": 0,
             "n_examples": 0,
         }
+        if self.groups:
+            g = self.groups
+            self._sums.update(
+                group_ab=xp.zeros((g, la, lb), dtype=f64, device=device),
+                group_aa=xp.zeros((g, la), dtype=f64, device=device),
+                group_bb=xp.zeros((g, lb), dtype=f64, device=device),
+                group_batches=np.zeros(g, dtype=np.int64),
+            )
+
+    def _state_keys(self):
+        return SUM_STATES + GROUP_STATES if self.groups else SUM_STATES
+
+    def set_group(self, group):
+        """Send the following batches to ``group`` (None: back to round-robin).
+
+        For example one group per pass over the data: ``acc.set_group(epoch % acc.groups)``.
+        """
+        if not self.groups:
+            raise ValueError("set_group needs an accumulator made with groups=G")
+        if group is not None:
+            V.check_count(group, "group", 0)
+            if group >= self.groups:
+                raise ValueError(f"group must be in [0, {self.groups - 1}]; got {group}")
+        self._pinned_group = group
 
     def _check_names(self, names, expected, side):
         if names != expected:
@@ -272,12 +315,28 @@ class MinibatchCKA:
         if not symmetric:
             s["centred_trace_b"] += cen_b
             s["tolerance_b"] += tol_b
+        if self.groups:
+            g = self._pinned_group if self._pinned_group is not None else s["n_batches"] % self.groups
+            s["group_ab"][g] += cross
+            s["group_aa"][g] += self_a
+            s["group_bb"][g] += self_b
+            s["group_batches"][g] += 1
         s["n_batches"] += 1
         s["n_examples"] += n
 
     # ------------------------------------------------------------------ results
-    def compute(self):
+    def compute(self, uncertainty=False, level=0.9):
         """CKA for every pair of layers from the batches seen so far.
+
+        Parameters
+        ----------
+        uncertainty : bool, default False
+            Also return a standard error and a ``level`` interval for every entry, from
+            the per-group sums (needs ``groups=`` at construction): the delete-a-group
+            jackknife of the ratio of sums, with a Student-t interval on ``G - 1``
+            degrees of freedom (:func:`repsim.stats.jackknife_ratio`).
+        level : float, default 0.9
+            Confidence level of the interval.
 
         Returns
         -------
@@ -285,7 +344,13 @@ class MinibatchCKA:
             dims ``("layer_a", "layer_b")``; attrs ``measure``, ``estimator``,
             ``kernel``, ``n_examples``, ``n_batches`` (and the RBF bandwidths). Constant
             layers give NaN with a warning naming them.
+        xarray.Dataset
+            With ``uncertainty=True``: variables ``cka`` (the same values), ``stderr``,
+            ``ci_low``, ``ci_high``, dims ``(layer_a, layer_b)``, the same attrs plus
+            ``method``, ``level``, ``n_groups``, ``estimate``.
         """
+        if uncertainty:
+            return self._compute_uncertainty(level)
         if not self.n_batches:
             raise ValueError("no batches accumulated yet; call update() first")
         s = self._sums
@@ -309,8 +374,26 @@ class MinibatchCKA:
         return similarity_array(values, self.names_a, self.names_b, attrs)
 
     # ------------------------------------------------------------------ combining
+    def _compute_uncertainty(self, level):
+        from .stats import _uncertainty_dataset, jackknife_ratio
+
+        if not self.groups:
+            raise ValueError(
+                "compute(uncertainty=True) needs per-group sums: construct the accumulator "
+                "with groups=G (G >= 2, e.g. 10)"
+            )
+        plain = self.compute()
+        s = self._sums
+        _, se, low, high, used = jackknife_ratio(
+            s["group_ab"], s["group_aa"], s["group_bb"], s["group_batches"], level
+        )
+        bad = np.isnan(plain.values)
+        se, low, high = (np.where(bad, np.nan, v) for v in (se, low, high))
+        attrs = dict(plain.attrs, method="delete-a-group jackknife", level=level, n_groups=used)
+        return _uncertainty_dataset(plain.values, se, low, high, self.names_a, self.names_b, attrs)
+
     def _config(self):
-        return (self.kernel, self.estimator, self.names_a, self.names_b, self.symmetric)
+        return (self.kernel, self.estimator, self.names_a, self.names_b, self.symmetric, self.groups)
 
     def merge(self, other):
         """Add another accumulator's sums into this one (exact; same layers and options).
@@ -332,7 +415,7 @@ class MinibatchCKA:
                 "cannot merge accumulators with different layers or options: "
                 f"{self._config()} vs {other._config()}"
             )
-        for key in SUM_STATES:
+        for key in self._state_keys():
             self._sums[key] = self._sums[key] + other._sums[key]
         return self
 
@@ -351,8 +434,9 @@ class MinibatchCKA:
             "symmetric": self.symmetric,
             "sigmas_a": self.sigmas_a,
             "sigmas_b": self.sigmas_b,
+            "groups": self.groups,
         }
-        for key in SUM_STATES:
+        for key in self._state_keys():
             value = self._sums.get(key)
             state[key] = value.copy() if hasattr(value, "copy") else (
                 value.clone() if hasattr(value, "clone") else value
@@ -372,13 +456,20 @@ class MinibatchCKA:
         self.symmetric = state["symmetric"]
         self.sigmas_a = state["sigmas_a"]
         self.sigmas_b = state["sigmas_b"]
+        if state.get("groups") != self.groups:
+            raise ValueError(
+                f"state was accumulated with groups={state.get('groups')!r}; this "
+                f"accumulator has groups={self.groups!r}"
+            )
         self._sums = {}
         if self.names_a is None:
             return
-        for key in SUM_STATES:
+        for key in self._state_keys():
             value = state[key]
             if key in ("n_batches", "n_examples"):
                 value = int(value)
+            elif key == "group_batches":
+                value = np.array(B.to_numpy(value), dtype=np.int64)
             elif key.startswith(("centred_trace", "tolerance")):
                 value = np.array(B.to_numpy(value), dtype=np.float64)
             else:
