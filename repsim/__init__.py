@@ -16,6 +16,7 @@ from .cka import cka, cka_matrix
 from .hsic import hsic
 from .kernels import centre_gram, gram, median_sigma, ucentre_gram
 from .results import load_result, save_result
+from .stats import aggregate_seeds, bootstrap, compare_seeds, permutation_test
 from .streaming import MinibatchCKA
 
 __version__ = "0.1.0"
@@ -32,13 +33,17 @@ _LAZY = {
 __all__ = sorted(
     [
         "MinibatchCKA",
+        "aggregate_seeds",
+        "bootstrap",
         "centre_gram",
         "cka",
         "cka_matrix",
+        "compare_seeds",
         "gram",
         "hsic",
         "load_result",
         "median_sigma",
+        "permutation_test",
         "save_result",
         "ucentre_gram",
     ]
