@@ -24,10 +24,13 @@ __version__ = "0.1.0"
 # public names from modules that import torch or matplotlib: name -> submodule
 # (module names must differ from the public names they hold)
 _LAZY = {
+    "GramHooks": "adapters.torch",
     "cifar_resnet": "models",
+    "compare_models": "adapters.torch",
     "download_cifar10": "datasets",
     "load_cifar10": "datasets",
     "load_digits_images": "datasets",
+    "select_layers": "adapters.torch",
 }
 
 __all__ = sorted(

@@ -1,0 +1,417 @@
+"""The PyTorch adapter: layer selection, hooks, compare_models, resume."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+
+import repsim  # noqa: E402
+from repsim.adapters.torch import GramHooks, compare_models, select_layers  # noqa: E402
+
+
+# --------------------------------------------------------------------------- models
+class SmallCNN(nn.Module):
+    def __init__(self, inplace=False):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=inplace),
+            nn.Conv2d(4, 6, 3, padding=1, stride=2), nn.BatchNorm2d(6), nn.ReLU(inplace=inplace),
+        )
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(6 * 4 * 4, 5))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+class TupleLayer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(6, 6)
+
+    def forward(self, x):
+        h = self.lin(x)
+        return h, h.sum()
+
+
+@dataclasses.dataclass
+class Out:
+    hidden: torch.Tensor
+    logits: torch.Tensor
+
+
+class DataclassLayer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = self.lin(x)
+        return Out(hidden=h, logits=2 * h + 1)
+
+
+class TupleNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.block = TupleLayer()
+        self.dc = DataclassLayer()
+
+    def forward(self, x):
+        h, _ = self.block(x)
+        return self.dc(torch.tanh(h)).logits
+
+
+class Shared(nn.Module):
+    """Applies the same layer twice (weight sharing)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(5, 5)
+        self.out = nn.Linear(5, 2)
+
+    def forward(self, x):
+        return self.out(self.lin(torch.tanh(self.lin(x))))
+
+
+class KwargsNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 3)
+
+    def forward(self, pixel_values, scale=1.0):
+        return self.lin(pixel_values) * scale
+
+
+def images(n_batches=3, n=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(n, 3, 8, 8, generator=g) for _ in range(n_batches)]
+
+
+def reference(batches, fns, fns_b=None):
+    """Minibatch CKA from float64 activations computed without hooks."""
+    acc = repsim.MinibatchCKA()
+    for x in batches:
+        xa = {k: f(x).double().reshape(x.shape[0], -1).numpy() for k, f in fns.items()}
+        xb = None if fns_b is None else {
+            k: f(x).double().reshape(x.shape[0], -1).numpy() for k, f in fns_b.items()}
+        acc.update(xa, xb)
+    return acc.compute()
+
+
+@pytest.fixture
+def cnn():
+    torch.manual_seed(0)
+    return SmallCNN().eval()
+
+
+# --------------------------------------------------------------------------- selection
+def test_select_by_name_glob_type_and_order(cnn):
+    assert select_layers(cnn, "features.2") == ["features.2"]
+    # * stays within a dotted component, ** crosses dots
+    assert select_layers(cnn, "*") == ["features", "head"]
+    assert select_layers(cnn, "features.*") == [f"features.{i}" for i in range(5)]
+    assert select_layers(cnn, "**") == [n for n, _ in cnn.named_modules() if n]
+    assert select_layers(cnn, "features.[02]") == ["features.0", "features.2"]
+    assert select_layers(cnn, nn.Conv2d) == ["features.0", "features.2"]
+    assert select_layers(cnn, (nn.ReLU, nn.Linear)) == ["features.1", "features.4", "head.1"]
+    # a list keeps its order and drops repeats
+    assert select_layers(cnn, ["head.1", nn.Conv2d, "features.0"]) == [
+        "head.1", "features.0", "features.2"]
+    # default: every leaf module
+    assert select_layers(cnn) == [f"features.{i}" for i in range(5)] + ["head.0", "head.1"]
+
+
+def test_select_errors(cnn):
+    with pytest.raises(ValueError, match=r"'features.9' is not a module.*did you mean"):
+        select_layers(cnn, "features.9")
+    with pytest.raises(ValueError, match="matches no module"):
+        select_layers(cnn, "blocks.*")
+    with pytest.raises(ValueError, match="matches no module"):
+        select_layers(cnn, nn.LSTM)
+    with pytest.raises(TypeError, match="layers must be"):
+        select_layers(cnn, [3])
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        select_layers("not a model")
+
+
+def test_dataparallel_prefixes_are_unwrapped(cnn):
+    wrapped = nn.DataParallel(cnn)  # on a CPU-only machine it just calls the module
+    assert select_layers(wrapped, "module.features.0") == ["features.0"]
+    assert select_layers(wrapped, ["module.features.*"])[:2] == ["features.0", "features.1"]
+    data = images()
+    got = compare_models(wrapped, None, data, ["module.features.0", "module.head.1"],
+                         progress=False)
+    want = compare_models(cnn, None, data, ["features.0", "head.1"], progress=False)
+    assert list(got.layer_a.values) == ["features.0", "head.1"]
+    np.testing.assert_array_equal(got.values, want.values)
+
+
+# --------------------------------------------------------------------------- hooks
+def test_hooks_form_grams_and_are_removed(cnn):
+    x = images(1)[0]
+    with GramHooks(cnn, [nn.Conv2d]) as hooks:
+        assert hooks.active
+        with torch.no_grad():
+            cnn(x)
+        grams = hooks.grams
+    assert not hooks.active
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in cnn.modules())
+    with torch.no_grad():
+        a = cnn.features[0](x).reshape(16, -1)
+    np.testing.assert_allclose(grams["features.0"].numpy(), (a @ a.T).numpy(), rtol=1e-5)
+    assert list(grams) == ["features.0", "features.2"]
+
+
+def test_hooks_removed_after_an_exception(cnn):
+    class Boom(Exception):
+        pass
+
+    def explode(module, inputs, output):
+        raise Boom
+
+    handle = cnn.head[1].register_forward_hook(explode)
+    cnn.train()
+    cnn.features[3].eval()  # a mixed training state must come back as it was
+    with pytest.raises(Boom):
+        compare_models(cnn, None, images(), "**", progress=False)
+    handle.remove()
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in cnn.modules())
+    assert cnn.training and cnn.features[0].training and not cnn.features[3].training
+
+
+def test_inplace_relu_cannot_corrupt_the_capture():
+    torch.manual_seed(1)
+    net = SmallCNN(inplace=True).eval()
+    data = images()
+    got = compare_models(net, None, data, ["features.0", "features.1", "features.3"],
+                         progress=False)
+    f0 = net.features[0]
+    want = reference(data, {
+        # the conv output before the in-place ReLU overwrote it
+        "features.0": lambda x: f0(x).detach(),
+        "features.1": lambda x: torch.relu(f0(x)).detach(),
+        "features.3": lambda x: net.features[:4](x).detach(),
+    })
+    np.testing.assert_allclose(got.values, want.values, atol=1e-5)
+    assert got.sel(layer_a="features.0", layer_b="features.1") < 0.999  # not the same
+
+
+def test_tuple_and_dataclass_outputs():
+    torch.manual_seed(2)
+    net = TupleNet().eval()
+    data = [torch.randn(12, 6) for _ in range(3)]
+    # tuple output: the first element by default
+    got = compare_models(net, None, data, ["block"], progress=False)
+    assert got.shape == (1, 1) and float(got[0, 0]) == pytest.approx(1.0)
+    # a dataclass needs select=
+    with pytest.raises(TypeError, match="pass select="):
+        compare_models(net, None, data, ["dc"], progress=False)
+    got = compare_models(net, None, data, ["block", "dc"], progress=False,
+                         select={"dc": lambda out: out.hidden})
+    lin = net.block.lin
+
+    want = reference(data, {"block": lambda x: lin(x).detach(),
+                            "dc": lambda x: net.dc.lin(torch.tanh(lin(x))).detach()})
+    np.testing.assert_allclose(got.values, want.values, atol=1e-5)
+
+
+def test_module_called_twice_is_refused_or_indexed():
+    torch.manual_seed(3)
+    net = Shared().eval()
+    data = [torch.randn(10, 5) for _ in range(3)]
+    with pytest.raises(ValueError, match=r"'lin' ran more than once.*repeated='index'"):
+        compare_models(net, None, data, ["lin", "out"], progress=False)
+    assert all(not m._forward_hooks for m in net.modules())
+    got = compare_models(net, None, data, ["lin", "out"], repeated="index", progress=False)
+    assert list(got.layer_a.values) == ["lin:0", "lin:1", "out:0"]
+    want = reference(data, {
+        "lin:0": lambda x: net.lin(x).detach(),
+        "lin:1": lambda x: net.lin(torch.tanh(net.lin(x))).detach(),
+        "out:0": lambda x: net(x).detach(),
+    })
+    np.testing.assert_allclose(got.values, want.values, atol=1e-5)
+
+
+def test_pooling_policies(cnn):
+    data = images()
+    got = compare_models(cnn, None, data, ["features.0", "features.2"], pooling="spatial_mean",
+                         progress=False)
+    want = reference(data, {"features.0": lambda x: cnn.features[0](x).mean((2, 3)).detach(),
+                            "features.2": lambda x: cnn.features[:3](x).mean((2, 3)).detach()})
+    np.testing.assert_allclose(got.values, want.values, atol=1e-5)
+    seq = nn.Sequential(nn.Linear(4, 6), nn.Tanh())
+    tokens = [torch.randn(8, 5, 4) for _ in range(2)]
+    for pooling, f in (("token_mean", lambda h: h.mean(1)), ("first_token", lambda h: h[:, 0])):
+        got = compare_models(seq, None, tokens, ["0", "1"], pooling=pooling, progress=False)
+        want = reference(tokens, {"0": lambda x: f(seq[0](x)).detach(),
+                                  "1": lambda x: f(seq(x)).detach()})
+        np.testing.assert_allclose(got.values, want.values, atol=1e-5)
+    with pytest.raises(ValueError, match=r"pooling='token_mean' needs.*'features.0' gave shape"):
+        compare_models(cnn, None, data, ["features.0"], pooling="token_mean", progress=False)
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        compare_models(cnn, None, data, pooling="max", progress=False)
+
+
+# --------------------------------------------------------------------------- compare_models
+def test_single_batch_agrees_with_cka_matrix(cnn):
+    x = images(1, n=24)
+    got = compare_models(cnn, None, x, "**", progress=False)
+    acts = {}
+    hooks = [m.register_forward_hook(lambda m, i, o, n=n: acts.__setitem__(n, o.detach().clone()))
+             for n, m in cnn.named_modules() if n]
+    with torch.no_grad():
+        cnn(x[0])
+    for h in hooks:
+        h.remove()
+    order = [n for n, _ in cnn.named_modules() if n]
+    want = repsim.cka_matrix({k: acts[k].double().numpy() for k in order},
+                             estimator="unbiased")
+    assert list(got.layer_a.values) == list(want.layer_a.values)
+    np.testing.assert_allclose(got.values, want.values, atol=1e-5)
+
+
+def test_two_models_batch_formats_and_attrs(cnn):
+    torch.manual_seed(4)
+    other = SmallCNN().eval()
+    data = images(4, n=12)
+    labels = [torch.arange(12) for _ in data]
+    got = compare_models(cnn, other, list(zip(data, labels)), nn.Conv2d, ["features.4", "head.1"],
+                         progress=False, names=("a", "b"))
+    want = reference(
+        data,
+        {"features.0": lambda x: cnn.features[0](x).detach(),
+         "features.2": lambda x: cnn.features[:3](x).detach()},
+        {"features.4": lambda x: other.features(x).detach(),
+         "head.1": lambda x: other(x).detach()},
+    )
+    np.testing.assert_allclose(got.values, want.values, atol=1e-5)
+    assert got.attrs["model_a"] == "a" and got.attrs["model_b"] == "b"
+    assert got.attrs["n_batches"] == 4 and got.attrs["n_examples"] == 48
+    assert got.attrs["estimator"] == "unbiased" and got.attrs["within_model"] == 0
+    assert got.attrs["epochs"] == 1 and got.attrs["seed"] == 0
+    # a tensor loader gives the same as (input, target) pairs
+    same = compare_models(cnn, other, data, nn.Conv2d, ["features.4", "head.1"], progress=False)
+    np.testing.assert_array_equal(same.values, got.values)
+    # dict batches are keyword arguments
+    net = KwargsNet().eval()
+    batches = [{"pixel_values": torch.randn(9, 4), "scale": 2.0} for _ in range(2)]
+    r = compare_models(net, None, batches, ["lin"], progress=False)
+    assert float(r[0, 0]) == pytest.approx(1.0)
+
+
+def test_within_model_different_layer_sets(cnn):
+    data = images()
+    full = compare_models(cnn, None, data, "**", progress=False)
+    part = compare_models(cnn, cnn, data, ["features.0", "head.1"], ["features.2"],
+                          progress=False)
+    assert part.shape == (2, 1)
+    np.testing.assert_allclose(
+        part.values, full.sel(layer_a=["features.0", "head.1"], layer_b=["features.2"]).values,
+        rtol=1e-12)
+
+
+def test_epochs_seed_and_training_state():
+    torch.manual_seed(5)
+    net = nn.Sequential(nn.Linear(6, 8), nn.Dropout(0.5), nn.BatchNorm1d(8), nn.Linear(8, 3))
+    net.train()
+    ds = torch.utils.data.TensorDataset(torch.randn(40, 6))
+    loader = torch.utils.data.DataLoader(ds, batch_size=8, shuffle=True)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    rng_state = torch.get_rng_state()
+    a = compare_models(net, None, loader, epochs=2, seed=7, progress=False)
+    b = compare_models(net, None, loader, epochs=2, seed=7, progress=False)
+    c = compare_models(net, None, loader, epochs=2, seed=8, progress=False)
+    np.testing.assert_array_equal(a.values, b.values)  # same seed, same shuffles
+    assert not np.allclose(a.values, c.values)
+    assert a.attrs["n_batches"] == 10 and a.attrs["n_examples"] == 80
+    assert net.training  # restored
+    assert torch.equal(torch.get_rng_state(), rng_state)  # caller's RNG untouched
+    for k, v in net.state_dict().items():  # eval mode: BN running stats not updated
+        assert torch.equal(v, before[k]), k
+
+
+def test_bad_input_is_named(cnn):
+    data = images()
+    with pytest.raises(ValueError, match="needs at least 4 examples"):
+        compare_models(cnn, None, [torch.randn(3, 3, 8, 8)], progress=False)
+    bad = [d.clone() for d in data]
+    bad[1][0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"'features.0'.*NaN"):
+        compare_models(cnn, None, bad, ["features.0"], progress=False)
+    with pytest.raises(ValueError, match="estimator must be one of"):
+        compare_models(cnn, None, data, estimator="fast", progress=False)
+    with pytest.raises(ValueError, match="epochs must be an integer >= 1"):
+        compare_models(cnn, None, data, epochs=0, progress=False)
+    with pytest.raises(ValueError, match="no batches"):
+        compare_models(cnn, None, [], progress=False)
+    with pytest.raises(TypeError, match="loader batches must be"):
+        compare_models(cnn, None, ["text"], progress=False)
+
+
+def test_constant_layer_is_nan_with_warning():
+    net = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+    with torch.no_grad():
+        net[1].weight.zero_()
+    with pytest.warns(repsim._validation.DegenerateRepresentationWarning, match="'1'"):
+        r = compare_models(net, None, [torch.randn(8, 4) for _ in range(2)], progress=False)
+    assert np.isnan(r.sel(layer_a="1").values).all()
+    assert float(r.sel(layer_a="0", layer_b="0")) == pytest.approx(1.0)
+
+
+def test_progress_bar_runs(cnn, capsys):
+    r = compare_models(cnn, None, images(2), ["features.0"], progress=True)
+    assert float(r[0, 0]) == pytest.approx(1.0)
+    assert "compare_models" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- resume
+class Interrupted(Exception):
+    pass
+
+
+def interrupt_after(batches, k):
+    for i, b in enumerate(batches):
+        if i == k:
+            raise Interrupted
+        yield b
+
+
+def test_resume_after_interruption_is_identical(cnn, tmp_path):
+    data = images(7, n=8)
+    ckpt = tmp_path / "run" / "state.pt"
+    opts = dict(layers_a="**", epochs=2, progress=False, checkpoint=ckpt, checkpoint_every=2)
+    full = compare_models(cnn, None, data, "**", epochs=2, progress=False)
+    with pytest.raises(Interrupted):  # dies in epoch 0 at batch 5: batches 0-3 saved
+        compare_models(cnn, None, interrupt_after(data, 5), **opts)
+    assert ckpt.exists()
+    with pytest.raises(Interrupted):  # resumes at batch 4, then dies in epoch 1 at batch 3
+        compare_models(cnn, None, _Epochs([data, interrupt_after(data, 3)]), **opts)
+    resumed = compare_models(cnn, None, data, **opts)
+    np.testing.assert_array_equal(resumed.values, full.values)
+    assert resumed.attrs["n_batches"] == 14
+    # a finished checkpoint returns the result without running the model again
+    again = compare_models(cnn, None, _Epochs([]), **opts)
+    np.testing.assert_array_equal(again.values, full.values)
+    # a checkpoint of another comparison is refused
+    with pytest.raises(ValueError, match=r"different comparison.*estimator"):
+        compare_models(cnn, None, data, **dict(opts, estimator="biased"))
+    assert not list(ckpt.parent.glob("*.tmp"))
+
+
+class _Epochs:
+    """A loader whose successive iterations yield different lists (None: interrupt)."""
+
+    def __init__(self, epochs):
+        self.epochs = list(epochs)
+
+    def __iter__(self):
+        if not self.epochs:
+            raise AssertionError("the loader should not be iterated")
+        e = self.epochs.pop(0)
+        if e is None:
+            raise Interrupted
+        return iter(e)
