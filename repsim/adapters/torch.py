@@ -34,7 +34,7 @@ from torch import nn
 from .. import _backend as B
 from .. import _validation as V
 from ..kernels import ESTIMATORS, KERNELS
-from ..streaming import SUM_STATES, MinibatchCKA
+from ..streaming import GROUP_STATES, SUM_STATES, MinibatchCKA
 
 __all__ = ["GramHooks", "compare_models", "select_layers"]
 
@@ -503,7 +503,10 @@ def _comm_device(device):
 
 
 def all_reduce_accumulator(acc, device=None):
-    """Sum an accumulator's :data:`repsim.streaming.SUM_STATES` over all processes.
+    """Sum an accumulator's sum states over all processes.
+
+    These are :data:`repsim.streaming.SUM_STATES`, and :data:`repsim.streaming.GROUP_STATES`
+    for an accumulator with ``groups``.
 
     Every process must call this with an accumulator over the same layers (and at least
     one batch); afterwards each holds the sums of all processes, so ``acc.compute()``
@@ -535,7 +538,7 @@ def all_reduce_accumulator(acc, device=None):
             f"the same layers (rank {dist.get_rank()} has {meta[:2]})"
         )
     parts, layout = [], []
-    for key in SUM_STATES:
+    for key in SUM_STATES + (GROUP_STATES if state.get("groups") else ()):
         value = state[key]
         if isinstance(value, torch.Tensor):
             flat = value.detach().reshape(-1).to(comm, torch.float64)

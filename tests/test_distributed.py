@@ -1,0 +1,113 @@
+"""compare_models under torch.distributed: 2 CPU processes (gloo) give the 1-process result."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+if not torch.distributed.is_available():  # pragma: no cover - platform without c10d
+    pytest.skip("torch.distributed is not available", allow_module_level=True)
+
+import repsim  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SETUP = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+
+    def make():
+        torch.manual_seed(0)
+        a = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True),
+                          nn.Conv2d(4, 4, 3, stride=2), nn.Flatten(), nn.Linear(36, 5))
+        b = nn.Sequential(nn.Conv2d(3, 6, 5, padding=2), nn.Tanh(), nn.Flatten(),
+                          nn.Linear(6 * 64, 3))
+        g = torch.Generator().manual_seed(1)
+        # 7 batches: rank 0 runs 4, rank 1 runs 3; the last batch is ragged
+        data = [torch.randn(10 if i < 6 else 7, 3, 8, 8, generator=g) for i in range(7)]
+        return a.eval(), b.eval(), data
+    """
+)
+
+WORKER = textwrap.dedent(
+    """
+    import json, os, sys
+    import numpy as np
+    import torch.distributed as dist
+    sys.path.insert(0, os.path.dirname(__file__))
+    from dist_setup import make
+    import repsim
+
+    rank, world, port, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world)
+    try:
+        a, b, data = make()
+        within = repsim.compare_models(a, None, data, "**", progress=False, epochs=2)
+        across = repsim.compare_models(a, b, data, progress=False)
+        np.save(f"{out}/within{rank}.npy", within.values)
+        np.save(f"{out}/across{rank}.npy", across.values)
+        with open(f"{out}/attrs{rank}.json", "w") as f:
+            json.dump({k: int(v) for k, v in within.attrs.items()
+                       if k in ("n_batches", "n_examples", "world_size")}, f)
+        try:
+            repsim.compare_models(a, None, data, kernel="rbf", progress=False)
+        except ValueError as e:
+            with open(f"{out}/rbf{rank}.txt", "w") as f:
+                f.write(str(e))
+    finally:
+        dist.destroy_process_group()
+    """
+)
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_gloo_processes_equal_one_process(tmp_path):
+    (tmp_path / "dist_setup.py").write_text(SETUP)
+    (tmp_path / "worker.py").write_text(WORKER)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    for attempt in range(3):  # the free port can be taken in between: retry with another
+        port = str(free_port())
+        procs = [
+            subprocess.Popen([sys.executable, str(tmp_path / "worker.py"), str(r), "2", port,
+                              str(tmp_path)], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+            for r in range(2)
+        ]
+        logs = [p.communicate(timeout=600)[0] for p in procs]
+        if all(p.returncode == 0 for p in procs):
+            break
+        if not any("Address already in use" in log for log in logs):
+            pytest.fail("distributed workers failed:\n" + "\n---\n".join(logs))
+    else:
+        pytest.fail("no free TCP port for the process group after 3 tries")
+
+    ns: dict = {}
+    exec(SETUP, ns)
+    a, b, data = ns["make"]()
+    within = repsim.compare_models(a, None, data, "**", progress=False, epochs=2)
+    across = repsim.compare_models(a, b, data, progress=False)
+    for name, single in (("within", within), ("across", across)):
+        r0 = np.load(tmp_path / f"{name}0.npy")
+        r1 = np.load(tmp_path / f"{name}1.npy")
+        np.testing.assert_array_equal(r0, r1)  # every process returns the same result
+        # equal to the single-process one up to the order of the float64 sums
+        np.testing.assert_allclose(r0, single.values, rtol=1e-12, atol=1e-14)
+    attrs = json.loads((tmp_path / "attrs0.json").read_text())
+    assert attrs == {"n_batches": 14, "n_examples": 2 * (6 * 10 + 7), "world_size": 2}
+    assert "explicit sigma" in (tmp_path / "rbf1.txt").read_text()
