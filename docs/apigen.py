@@ -18,7 +18,7 @@ GROUPS = [
     ("Streaming", "Minibatch CKA: accumulate over batches, merge, all-reduce, resume.",
      ("streaming",)),
     ("CCA family", "Canonical correlation analysis and its SVCCA and PWCCA variants.",
-     ("cca",)),
+     ("cca", "cca_family")),
     ("Principal components and blocks",
      "Variance in the top principal components, their removal, dominant examples and "
      "block-structure detection.",

@@ -62,6 +62,7 @@ GALLERY_REQUIRES = {
     "plot_cka_basics.py": ["cka", "cka_matrix", "gram"],
     "plot_cnn_heatmap.py": ["compare_models", "plot_similarity"],
     "plot_pc_removal.py": ["cka_matrix", "remove_top_pcs", "pc_variance_fraction",
+                           "dominant_examples", "block_score",
                            "block_structure", "plot_similarity"],
     "plot_cca_family.py": ["cka", "cca", "svcca", "pwcca", "canonical_correlations"],
 }
@@ -108,3 +109,43 @@ html_copy_source = False
 
 warnings.filterwarnings("ignore", category=UserWarning,
                         message="Matplotlib is currently using agg")
+
+
+# ----------------------------------------------------------------------------------------
+# The benchmark table on the performance page is written by the benchmark scripts into
+# docs/performance_results.rst (or .md: shown as preformatted text, this build has no
+# Markdown parser). ``.. benchmark-results::`` includes whichever exists and, when neither
+# does, says so on the page rather than failing the build.
+from docutils import nodes  # noqa: E402
+from docutils.parsers.rst import Directive  # noqa: E402
+from docutils.statemachine import StringList  # noqa: E402
+
+BENCHMARK_RESULTS = [DOCS / "performance_results.rst", DOCS / "performance_results.md"]
+
+
+class BenchmarkResults(Directive):
+    has_content = False
+
+    def run(self):
+        env = self.state.document.settings.env
+        for path in BENCHMARK_RESULTS:
+            env.note_dependency(str(path))
+            if not path.exists():
+                continue
+            text = path.read_text(encoding="utf-8")
+            if path.suffix == ".rst":
+                node = nodes.section()
+                node.document = self.state.document
+                self.state.nested_parse(StringList(text.splitlines(), str(path)),
+                                        self.content_offset, node, match_titles=True)
+                return node.children
+            return [nodes.literal_block(text, text)]
+        para = nodes.paragraph(text=(
+            "The side-by-side benchmark has not yet written its results "
+            "(docs/performance_results.rst); the cost-model measurement above is what "
+            "this build has."))
+        return [para]
+
+
+def setup(app):
+    app.add_directive("benchmark-results", BenchmarkResults)

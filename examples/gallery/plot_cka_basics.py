@@ -26,8 +26,9 @@ rng = np.random.default_rng(0)
 n, p = 500, 50
 x = rng.standard_normal((n, p))
 
-q, _ = np.linalg.qr(rng.standard_normal((p, p)))        # a random rotation
-a = rng.standard_normal((p, p)) @ np.diag(np.logspace(0, 2, p))  # a skewed invertible map
+# a random rotation, and a skewed (badly conditioned) invertible map
+q, _ = np.linalg.qr(rng.standard_normal((p, p)))
+a = rng.standard_normal((p, p)) @ np.diag(np.logspace(0, 2, p))
 
 transforms = {
     "rotation": x @ q,
@@ -48,8 +49,8 @@ for name, value in scores.items():
 # unbiased estimator removes:
 
 y_indep = transforms["independent data"]
-print("biased:  ", repsim.cka(x, y_indep))
-print("unbiased:", repsim.cka(x, y_indep, estimator="unbiased"))
+print(f"biased:   {repsim.cka(x, y_indep):.4f}")
+print(f"unbiased: {repsim.cka(x, y_indep, estimator='unbiased'):.4f}")
 
 fig, ax = plt.subplots(figsize=(6, 3))
 ax.barh(list(scores), list(scores.values()), color="tab:blue")
@@ -70,8 +71,8 @@ fig.tight_layout()
 y = np.tanh(3 * x)
 print(f"linear CKA:              {repsim.cka(x, y):.4f}")
 for threshold in (0.1, 0.5, 1.0, 2.0):
-    print(f"RBF CKA, threshold {threshold}: "
-          f"{repsim.cka(x, y, kernel='rbf', threshold=threshold):.4f}")
+    value = repsim.cka(x, y, kernel="rbf", threshold=threshold)
+    print(f"RBF CKA, threshold {threshold}: {value:.4f}")
 
 # %%
 # Beware the small-threshold limit: when the bandwidth is far below the typical
