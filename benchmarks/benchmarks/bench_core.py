@@ -24,11 +24,11 @@ def _layers(n_layers, n, p, seed=0):
 class CKA:
     """Single-pair CKA for small and large n and p, both estimators."""
 
-    params = ([(100, 10), (1000, 64), (2000, 2048)], ["biased", "unbiased"], ["linear", "rbf"])
+    params = (["100x10", "1000x64", "2000x2048"], ["biased", "unbiased"], ["linear", "rbf"])
     param_names = ["n_p", "estimator", "kernel"]
 
     def setup(self, n_p, estimator, kernel):
-        n, p = n_p
+        n, p = map(int, n_p.split("x"))
         self.x, self.y = _layers(2, n, p)
 
     def time_cka(self, n_p, estimator, kernel):
@@ -42,11 +42,12 @@ class CKA:
 class CKAMatrix:
     """All pairs of 16 layers, full data."""
 
-    params = [(500, 256), (1000, 1024)]
+    params = [["500x256", "1000x1024"]]
     param_names = ["n_p"]
 
     def setup(self, n_p):
-        self.layers = _layers(16, *n_p)
+        n, p = map(int, n_p.split("x"))
+        self.layers = _layers(16, n, p)
 
     def time_cka_matrix(self, n_p):
         repsim.cka_matrix(self.layers, estimator="unbiased")
