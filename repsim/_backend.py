@@ -63,6 +63,13 @@ def to_numpy(x) -> np.ndarray:
     return np.asarray(x)
 
 
+def item(value) -> float:
+    """A 0-d array (numpy or torch, any device, with or without autograd) as a float."""
+    if is_torch(value):
+        return float(value.detach())
+    return float(value)
+
+
 def float_dtype(x, xp):
     """dtype in which grams of ``x`` are formed.
 
@@ -86,6 +93,27 @@ def as_float(x, xp):
 def accumulation_dtype(xp):
     """Sums, centring and the pairing product are always float64."""
     return xp.float64
+
+
+def self_product(x, xp):
+    """The linear gram ``x @ x.T`` through the fastest symmetric routine available.
+
+    numpy hands the transposed self-product to BLAS ``syrk``, which computes one triangle
+    (half the flops of ``gemm``) and mirrors it. torch has no such path, so a CPU tensor
+    that needs no gradient is multiplied through a zero-copy numpy view and the result
+    wrapped back as a tensor; CUDA tensors (and anything needing autograd) use ``matmul``.
+    """
+    if (
+        is_torch(x)
+        and x.device.type == "cpu"
+        and not x.requires_grad
+        and x.dtype in (xp.float32, xp.float64)
+    ):
+        import torch
+
+        a = x.numpy() if x.is_contiguous() else x.contiguous().numpy()
+        return torch.from_numpy(a @ a.T)
+    return xp.matmul(x, x.T)
 
 
 def _numba_available() -> bool:

@@ -31,8 +31,8 @@ def _feature_space_linear_cka(x, y, xp):
     for a in (x, y):
         a64 = xp.astype(a, xp.float64)
         # trace and total sum of a's linear gram, without forming it
-        tr = float(xp.sum(a64 * a64))
-        total = float(xp.sum(xp.sum(a64, axis=0) ** 2))
+        tr = B.item(xp.sum(a64 * a64))
+        total = B.item(xp.sum(xp.sum(a64, axis=0) ** 2))
         V.check_finite(tr, "x" if a is x else "y")
         centred, tol = degeneracy_terms(tr, total, n, eps_of(a, xp))
         flags.append(centred <= tol)

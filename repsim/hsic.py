@@ -138,11 +138,11 @@ def centred_gram_stack(
             k, sigma = rbf_from_linear(k, xp, sigma=fixed, threshold=threshold, engine=engine, name=label)
         sigmas_used.append(sigma)
         stats.append(centre_into(k, unbiased, packed[i], xp, engine=engine))
-    raw_traces = B.to_numpy(xp.stack(raw_traces)) if B.is_torch(packed) else [float(t) for t in raw_traces]
+    raw_traces = B.to_numpy(xp.stack(raw_traces)) if B.is_torch(packed) else [B.item(t) for t in raw_traces]
     for name, t in zip(names, raw_traces):
         V.check_finite(float(t), f"{side}[{name!r}]")
     centred = np.empty(len(stats))
     tolerance = np.empty(len(stats))
     for i, ((tr, total), e) in enumerate(zip(stats, eps)):
-        centred[i], tolerance[i] = degeneracy_terms(float(tr), float(total), n, e)
+        centred[i], tolerance[i] = degeneracy_terms(B.item(tr), B.item(total), n, e)
     return packed, sigmas_used, centred, tolerance

@@ -29,8 +29,8 @@ def prepare(x, name="x"):
 
 
 def linear_gram(x, xp):
-    """``x @ x.T`` (numpy recognises the transposed self-product and runs BLAS syrk)."""
-    return xp.matmul(x, x.T)
+    """``x @ x.T`` by a symmetric rank-k product where possible (:func:`B.self_product`)."""
+    return B.self_product(x, xp)
 
 
 def _diag(k, xp):
@@ -134,7 +134,7 @@ def gram(x, kernel="linear", *, sigma=None, threshold=1.0):
     V.check_option(kernel, "kernel", KERNELS)
     xp, x = prepare(x)
     k = linear_gram(x, xp)
-    V.check_finite(float(xp.sum(_diag(k, xp))), "x")
+    V.check_finite(B.item(xp.sum(_diag(k, xp))), "x")
     if kernel == "rbf":
         k, _ = rbf_from_linear(k, xp, sigma=sigma, threshold=threshold)
     return k

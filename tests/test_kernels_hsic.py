@@ -110,3 +110,17 @@ def test_unbiased_hsic_is_unbiased_for_independent_data():
         unbiased.append(repsim.hsic(k, l, "unbiased"))
     assert np.mean(biased) > 5 * np.std(biased) / np.sqrt(200)
     assert abs(np.mean(unbiased)) < 3 * np.std(unbiased) / np.sqrt(200)
+
+
+def test_cpu_torch_gram_through_symmetric_product_matches_matmul(rng):
+    x = torch.tensor(rng.standard_normal((30, 17)), dtype=torch.float32)
+    g = repsim.gram(x)
+    assert isinstance(g, torch.Tensor) and g.dtype == torch.float32
+    assert torch.equal(g, g.T)  # syrk mirrors one triangle: exactly symmetric
+    torch.testing.assert_close(g, x @ x.T, rtol=1e-5, atol=1e-4)
+    strided = torch.tensor(rng.standard_normal((17, 30)), dtype=torch.float64).T
+    torch.testing.assert_close(repsim.gram(strided), strided @ strided.T)
+    with torch.inference_mode():
+        assert repsim.gram(x).shape == (30, 30)
+    xg = x.clone().requires_grad_(True)
+    assert repsim.gram(xg).requires_grad  # autograd inputs keep torch's matmul
