@@ -499,7 +499,8 @@ def _pair(ga, gb, xp):
     else:
         cross = xp.matmul(ga, gb.T)
         sa, sb = xp.sum(ga * ga, axis=1), xp.sum(gb * gb, axis=1)
-    return B.to_numpy(cross / xp.sqrt(sa[:, None] * sb[None, :]))
+    with np.errstate(divide="ignore", invalid="ignore"):  # constant layers: masked by the caller
+        return B.to_numpy(cross / xp.sqrt(sa[:, None] * sb[None, :]))
 
 
 def _subsample_centred(g3, idx, unbiased, engine, xp, out):
@@ -535,8 +536,7 @@ def _bootstrap_grams(xs, ys, scalar_out, kernel, estimator, sigma, threshold, en
         idx = xp.asarray(np.sort(rng.choice(n, m, replace=False)), device=dev)
         sa = _subsample_centred(ga3, idx, unbiased, engine, xp, buf_a)
         sb = None if gb is None else _subsample_centred(gb3, idx, unbiased, engine, xp, buf_b)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            reps[r] = _pair(sa, sb, xp)
+        reps[r] = _pair(sa, sb, xp)
     reps[:, np.asarray(deg_a, bool), :] = np.nan
     reps[:, :, np.asarray(deg_b, bool)] = np.nan
     se, low, high = _interval(theta, reps, math.sqrt(m / (n - m)), common["level"], common["interval"])

@@ -1,0 +1,474 @@
+"""Uncertainty of similarities: intervals, permutation null, seeds, minibatch RBF CKA.
+
+Coverage tests draw a few hundred seeded data sets in a setting with a closed-form
+population CKA: ``x ~ N(0, I_p)``, ``y = x + e`` with ``e ~ N(0, I_p)`` gives
+``Sigma_xy = I``, ``Sigma_yy = 2 I`` and linear CKA ``||Sigma_xy||_F^2 /
+(||Sigma_xx||_F ||Sigma_yy||_F) = 1/2`` for every ``p``.
+"""
+
+import itertools
+import math
+import warnings
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import repsim
+from repsim import stats
+
+POP_CKA = 0.5
+
+
+def pair(rng, n, p):
+    x = rng.standard_normal((n, p))
+    return x, x + rng.standard_normal((n, p))
+
+
+# ----------------------------------------------------------------- Student t
+def test_student_t_matches_scipy():
+    sp = pytest.importorskip("scipy.stats")
+    for df in [1, 2, 3, 4.5, 9, 30, 250]:
+        for q in [0.005, 0.05, 0.5, 0.95, 0.975, 0.995]:
+            assert stats.t_quantile(q, df) == pytest.approx(sp.t.ppf(q, df), abs=1e-8)
+        t = np.array([0.0, 0.3, 1.7, 4.0, 25.0])
+        np.testing.assert_allclose(stats.t_two_sided_p(t, df), 2 * sp.t.sf(t, df), rtol=1e-9, atol=1e-14)
+    assert stats.t_quantile(0.95, np.inf) == pytest.approx(sp.norm.ppf(0.95))
+
+
+# ----------------------------------------------------------------- bootstrap
+@pytest.mark.parametrize("estimator", ["biased", "unbiased"])
+@pytest.mark.parametrize("kernel", ["linear", "rbf"])
+def test_bootstrap_gram_path_equals_recomputing_on_each_subsample(rng, estimator, kernel):
+    """Indexing the centred grams gives what cka_matrix gives on the subsampled data."""
+    xs = {"a": rng.standard_normal((40, 5)), "b": rng.standard_normal((40, 3, 2)),
+          "c": rng.standard_normal((40, 7))}
+    xs["c"][:, :5] += xs["a"]
+    ys = {"u": rng.standard_normal((40, 4)) + xs["a"][:, :4], "v": rng.standard_normal((40, 6))}
+    opts = dict(kernel=kernel, estimator=estimator, sigma=2.5 if kernel == "rbf" else None)
+    kw = dict(n_resamples=12, seed=3, progress=False)
+
+    def slow(a, b, **o):  # not repsim.cka_matrix itself: takes the generic path
+        return repsim.cka_matrix(a, b, **o)
+
+    for b in (ys, None):
+        fast = repsim.bootstrap(repsim.cka_matrix, xs, b, **opts, **kw)
+        ref = repsim.bootstrap(slow, xs, b, **opts, **kw)
+        for var in ("cka", "stderr", "ci_low", "ci_high"):
+            np.testing.assert_allclose(fast[var].values, ref[var].values, atol=1e-10)
+        assert list(fast.layer_b.values) == (["u", "v"] if b is not None else ["a", "b", "c"])
+
+
+def test_bootstrap_scalar_cka_and_attrs(rng):
+    x, y = pair(rng, 120, 4)
+    ds = repsim.bootstrap(repsim.cka, x, y, estimator="unbiased", n_resamples=50, level=0.8,
+                          seed=1, progress=False)
+    assert ds.cka.shape == ()
+    assert float(ds.cka) == pytest.approx(float(repsim.cka(x, y, estimator="unbiased")))
+    assert float(ds.ci_low) < float(ds.cka) < float(ds.ci_high)
+    assert ds.attrs["n_resamples"] == 50 and ds.attrs["level"] == 0.8
+    assert ds.attrs["subsample_size"] == 60 and ds.attrs["estimate"] == "cka"
+    again = repsim.bootstrap(repsim.cka, x, y, estimator="unbiased", n_resamples=50, level=0.8,
+                             seed=1, progress=False)
+    xr.testing.assert_identical(ds, again)  # same seed, same result
+    other = repsim.bootstrap(repsim.cka, x, y, estimator="unbiased", n_resamples=50, level=0.8,
+                             seed=2, progress=False)
+    assert float(other.ci_low) != float(ds.ci_low)
+
+
+def test_bootstrap_interval_coverage_near_nominal():
+    """90% intervals of unbiased linear CKA cover the population value 1/2 in 85-95% of
+    200 seeded draws (measured: 0.91; n=100, p=3)."""
+    rng = np.random.default_rng(123)
+    draws, covered = 200, 0
+    for d in range(draws):
+        x, y = pair(rng, 100, 3)
+        ds = repsim.bootstrap(repsim.cka, x, y, estimator="unbiased", n_resamples=100, seed=d,
+                              progress=False)
+        covered += float(ds.ci_low) <= POP_CKA <= float(ds.ci_high)
+    assert 0.85 <= covered / draws <= 0.95
+
+
+def test_bootstrap_generic_measure_scalar_and_array(rng):
+    x, y = pair(rng, 80, 3)
+
+    def mean_abs_corr(a, b):
+        c = np.corrcoef(a.T, b.T)[: a.shape[1], a.shape[1]:]
+        return float(np.mean(np.abs(np.diag(c))))
+
+    ds = repsim.bootstrap(mean_abs_corr, x, y, n_resamples=30, progress=False)
+    assert set(ds.data_vars) == {"mean_abs_corr", "stderr", "ci_low", "ci_high"}
+    assert ds.attrs["estimate"] == "mean_abs_corr"
+    assert float(ds.ci_low) < float(ds.mean_abs_corr) < float(ds.ci_high)
+
+    def per_column(a, b):
+        return np.abs(np.sum(a * b, axis=0)) / a.shape[0]
+
+    ds = repsim.bootstrap(per_column, x, y, n_resamples=30, progress=False)
+    assert ds.per_column.dims == ("dim_0",) and ds.stderr.shape == (3,)
+
+
+def test_bootstrap_cca_family_measure(rng):
+    cca_family = pytest.importorskip("repsim.cca_family")
+    x, y = pair(rng, 150, 4)
+    ds = repsim.bootstrap(cca_family.cca, x, y, n_resamples=20, progress=False)
+    est = ds[ds.attrs["estimate"]]
+    assert float(ds.ci_low) <= float(est) <= float(ds.ci_high)
+    assert float(ds.stderr) > 0
+
+
+def test_bootstrap_torch_matches_numpy(rng):
+    torch = pytest.importorskip("torch")
+    xs = {"a": rng.standard_normal((30, 4)), "b": rng.standard_normal((30, 6))}
+    ref = repsim.bootstrap(repsim.cka_matrix, xs, estimator="unbiased", n_resamples=10, progress=False)
+    got = repsim.bootstrap(repsim.cka_matrix, {k: torch.from_numpy(v) for k, v in xs.items()},
+                           estimator="unbiased", n_resamples=10, progress=False)
+    for var in ("cka", "ci_low", "ci_high"):
+        np.testing.assert_allclose(got[var].values, ref[var].values, atol=1e-10)
+
+
+def test_bootstrap_constant_layer_is_nan_with_warning(rng):
+    xs = {"a": rng.standard_normal((30, 4)), "flat": np.ones((30, 3))}
+    with pytest.warns(repsim._validation.DegenerateRepresentationWarning, match="flat"):
+        ds = repsim.bootstrap(repsim.cka_matrix, xs, n_resamples=10, progress=False)
+    assert np.isnan(ds.ci_low.sel(layer_a="flat")).all()
+    assert np.isfinite(ds.ci_low.sel(layer_a="a", layer_b="a"))
+
+
+# ----------------------------------------------------------------- permutation null
+def _all_permutation_mean(x, y, estimator):
+    vals = [float(repsim.cka(x, y[list(p)], estimator=estimator, method="gram"))
+            for p in itertools.permutations(range(x.shape[0]))]
+    return float(np.mean(vals))
+
+
+def test_chance_level_is_the_exact_permutation_expectation(rng):
+    """Averaged over all 720 orderings of n=6 examples: biased CKA -> the closed form,
+    unbiased CKA -> exactly 0."""
+    x, y = rng.standard_normal((6, 3)), rng.standard_normal((6, 5))
+    ds = repsim.permutation_test(x, y, n_permutations=10, progress=False)
+    assert float(ds.chance) == pytest.approx(_all_permutation_mean(x, y, "biased"), rel=1e-10)
+    kx = repsim.centre_gram(x @ x.T)
+    ky = repsim.centre_gram(y @ y.T)
+    rank = [np.trace(k) ** 2 / np.sum(k * k) for k in (kx, ky)]
+    assert float(ds.chance) == pytest.approx(math.sqrt(rank[0] * rank[1]) / 5, rel=1e-10)
+    du = repsim.permutation_test(x, y, estimator="unbiased", n_permutations=10, progress=False)
+    assert float(du.chance) == 0.0
+    assert _all_permutation_mean(x, y, "unbiased") == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("estimator", ["biased", "unbiased"])
+def test_permutation_null_is_centred_where_theory_says(estimator):
+    rng = np.random.default_rng(5)
+    xs = {"narrow": rng.standard_normal((60, 5)), "wide": rng.standard_normal((60, 400))}
+    ys = {"y": rng.standard_normal((60, 50))}
+    ds = repsim.permutation_test(xs, ys, estimator=estimator, n_permutations=300, progress=False)
+    tol = 4 * ds.null_std / math.sqrt(300)
+    assert (abs(ds.null_mean - ds.chance) < tol).all()
+    if estimator == "unbiased":
+        assert (ds.chance == 0).all()
+    else:  # wider layers have a higher chance level
+        chance = ds.chance.sel(layer_b="y")
+        assert float(chance.sel(layer_a="wide")) > float(chance.sel(layer_a="narrow")) + 0.3
+
+
+def test_biased_cka_inflation_numbers_in_the_notes():
+    """The table in repsim.stats' notes: independent Gaussians, n=100."""
+    expected = {10: (0.0943, 0.0896), 100: (0.5152, 0.5020), 1000: (0.9098, 0.9084),
+                10000: (0.9903, 0.9903)}
+    for p, (biased, chance) in expected.items():
+        rng = np.random.default_rng(0)
+        x, y = rng.standard_normal((100, p)), rng.standard_normal((100, p))
+        ds = repsim.permutation_test(x, y, n_permutations=10, progress=False)
+        assert float(ds.cka) == pytest.approx(biased, abs=6e-5)
+        assert float(ds.chance) == pytest.approx(chance, abs=6e-5)
+        assert abs(float(repsim.cka(x, y, estimator="unbiased"))) < 0.03
+
+
+def test_permutation_detects_dependence_and_calibrates(rng):
+    x, y = pair(rng, 80, 4)
+    noise = rng.standard_normal((80, 4))
+    ds = repsim.permutation_test({"x": x}, {"y": y, "noise": noise}, n_permutations=99,
+                                 seed=1, progress=False)
+    assert float(ds.p_value.sel(layer_a="x", layer_b="y")) == pytest.approx(0.01)
+    assert float(ds.p_value.sel(layer_a="x", layer_b="noise")) > 0.05
+    assert float(ds.calibrated.sel(layer_a="x", layer_b="y")) > 0.3
+    same = repsim.permutation_test(x, n_permutations=10, progress=False)  # x vs shuffled x
+    assert float(same.cka) == pytest.approx(1.0) and float(same.calibrated) == pytest.approx(1.0)
+
+
+def test_permutation_torch_matches_numpy(rng):
+    torch = pytest.importorskip("torch")
+    x, y = pair(rng, 25, 3)
+    ref = repsim.permutation_test(x, y, n_permutations=20, progress=False)
+    got = repsim.permutation_test(torch.from_numpy(x), torch.from_numpy(y), n_permutations=20,
+                                  progress=False)
+    for var in ("cka", "chance", "null_mean", "p_value"):
+        assert float(got[var]) == pytest.approx(float(ref[var]), abs=1e-12)
+
+
+# ----------------------------------------------------------------- seeds
+def test_aggregate_seeds_dataarrays():
+    rng = np.random.default_rng(2)
+    vals = rng.uniform(size=(4, 2, 3))
+    results = [repsim.results.similarity_array(v, ["a", "b"], ["u", "v", "w"], {"kernel": "linear"})
+               for v in vals]
+    ds = repsim.aggregate_seeds(results, level=0.95)
+    np.testing.assert_allclose(ds["mean"].values, vals.mean(0))
+    np.testing.assert_allclose(ds["std"].values, vals.std(0, ddof=1))
+    half = stats.t_quantile(0.975, 3) * vals.std(0, ddof=1) / 2
+    np.testing.assert_allclose(ds.ci_high.values - ds["mean"].values, half)
+    assert list(ds.layer_a.values) == ["a", "b"] and ds.attrs["n_seeds"] == 4
+    assert ds.attrs["kernel"] == "linear"
+    stacked = xr.concat(results, dim="seed")
+    xr.testing.assert_allclose(repsim.aggregate_seeds(stacked, level=0.95), ds)
+
+
+def test_compare_seeds_welch_matches_scipy():
+    sp = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(4)
+    a = rng.normal(0.8, 0.02, size=(5, 3))
+    b = rng.normal(0.78, 0.05, size=(4, 3))
+    b[:, 2] = rng.normal(0.6, 0.05, size=4)
+    ds = repsim.compare_seeds(list(a), list(b))
+    ref = sp.ttest_ind(a, b, equal_var=False)
+    np.testing.assert_allclose(ds.t.values, ref.statistic)
+    np.testing.assert_allclose(ds.p_value.values, ref.pvalue, rtol=1e-8)
+    assert bool(ds.differs[2]) and ds.attrs["test"] == "welch"
+    np.testing.assert_allclose(ds.difference.values, a.mean(0) - b.mean(0))
+
+
+def test_compare_seeds_permutation_exact_and_no_difference():
+    ds = repsim.compare_seeds([0.80, 0.82, 0.81], [0.70, 0.69, 0.72], test="permutation")
+    assert float(ds.p_value) == pytest.approx(2 / 20)  # the two extreme splits of 20
+    rng = np.random.default_rng(9)
+    same = repsim.compare_seeds(list(rng.normal(0.5, 0.05, 6)), list(rng.normal(0.5, 0.05, 6)))
+    assert not bool(same.differs)
+    assert float(same.ci_low) < 0 < float(same.ci_high)
+
+
+def test_seed_helpers_bad_input():
+    a = repsim.results.similarity_array(np.eye(2), ["a", "b"], ["a", "b"])
+    b = repsim.results.similarity_array(np.eye(2), ["a", "c"], ["a", "c"])
+    with pytest.raises(ValueError, match="at least 2 seeds"):
+        repsim.compare_seeds([a], [a, a])
+    with pytest.raises(ValueError, match="share their coordinates"):
+        repsim.compare_seeds([a, a], [b, b])
+    with pytest.raises(ValueError, match="test must be one of"):
+        repsim.compare_seeds([1, 2], [1, 2], test="t")
+    with pytest.raises(ValueError, match="one shape"):
+        repsim.aggregate_seeds([np.zeros(2), np.zeros(3)])
+    with pytest.raises(TypeError, match="list of per-seed results"):
+        repsim.aggregate_seeds(np.zeros(3))
+    with pytest.raises(ValueError, match="'seed' dimension"):
+        repsim.aggregate_seeds(a)
+
+
+# ----------------------------------------------------------------- minibatch uncertainty
+def _feed(acc, rng, batches, n, p):
+    for _ in range(batches):
+        x, y = pair(rng, n, p)
+        acc.update({"x": x, "z": rng.standard_normal((n, 2))}, {"y": y})
+
+
+def test_minibatch_uncertainty_estimate_is_the_plain_one(rng):
+    plain, grouped = repsim.MinibatchCKA(), repsim.MinibatchCKA(groups=4)
+    for _ in range(9):
+        x, y = pair(rng, 20, 3)
+        plain.update({"x": x}, {"y": y})
+        grouped.update({"x": x}, {"y": y})
+    ds = grouped.compute(uncertainty=True, level=0.8)
+    xr.testing.assert_identical(grouped.compute(), plain.compute())
+    np.testing.assert_array_equal(ds.cka.values, plain.compute().values)
+    assert ds.attrs["n_groups"] == 4 and ds.attrs["level"] == 0.8
+    np.testing.assert_array_equal(grouped.state_dict()["group_batches"], [3, 2, 2, 2])
+
+
+def test_minibatch_jackknife_matches_direct_leave_one_group_out(rng):
+    acc = repsim.MinibatchCKA(groups=3)
+    parts = [repsim.MinibatchCKA() for _ in range(3)]
+    for t in range(6):
+        x, y = pair(rng, 16, 3)
+        acc.update({"x": x}, {"y": y})
+        parts[t % 3].update({"x": x}, {"y": y})
+    loo = []
+    for g in range(3):
+        rest = repsim.MinibatchCKA()
+        for h in range(3):
+            if h != g:
+                rest.merge(parts[h])
+        loo.append(float(rest.compute()[0, 0]))
+    se = math.sqrt(2 / 3 * np.sum((np.array(loo) - np.mean(loo)) ** 2))
+    ds = acc.compute(uncertainty=True)
+    assert float(ds.stderr[0, 0]) == pytest.approx(se, rel=1e-10)
+    half = stats.t_quantile(0.95, 2) * se
+    assert float(ds.ci_high[0, 0] - ds.cka[0, 0]) == pytest.approx(half, rel=1e-10)
+
+
+def test_minibatch_interval_coverage_near_nominal():
+    """90% jackknife intervals (10 groups, 20 batches of 32, p=3) cover the population CKA
+    1/2 in 85-95% of 200 seeded draws (measured: 0.905)."""
+    rng = np.random.default_rng(7)
+    draws, covered = 200, 0
+    for _ in range(draws):
+        acc = repsim.MinibatchCKA(groups=10)
+        for _ in range(20):
+            x, y = pair(rng, 32, 3)
+            acc.update({"x": x}, {"y": y})
+        ds = acc.compute(uncertainty=True)
+        covered += float(ds.ci_low[0, 0]) <= POP_CKA <= float(ds.ci_high[0, 0])
+    assert 0.85 <= covered / draws <= 0.95
+
+
+def test_minibatch_groups_merge_and_state_dict_exact(rng):
+    whole, first, second = (repsim.MinibatchCKA(groups=3) for _ in range(3))
+    batches = [pair(rng, 12, 3) for _ in range(7)]
+    for t, (x, y) in enumerate(batches):
+        whole.update({"x": x}, {"y": y})
+        (first if t < 3 else second).update({"x": x}, {"y": y})
+    # second's local batch counter restarts: its groups hold other batches, still disjoint
+    merged = repsim.MinibatchCKA(groups=3).merge(first).merge(second)
+    np.testing.assert_allclose(merged.compute().values, whole.compute().values, rtol=1e-13)
+    assert merged.state_dict()["group_batches"].sum() == 7
+    resumed = repsim.MinibatchCKA(groups=3)
+    resumed.load_state_dict(whole.state_dict())
+    xr.testing.assert_identical(resumed.compute(uncertainty=True), whole.compute(uncertainty=True))
+    with pytest.raises(ValueError, match="groups"):
+        repsim.MinibatchCKA().load_state_dict(whole.state_dict())
+    with pytest.raises(ValueError, match="cannot merge"):
+        whole.merge(_plain_with(batches))
+
+
+def _plain_with(batches):
+    acc = repsim.MinibatchCKA(groups=4)
+    for x, y in batches:
+        acc.update({"x": x}, {"y": y})
+    return acc
+
+
+def test_minibatch_set_group_pins_passes(rng):
+    acc = repsim.MinibatchCKA(groups=2)
+    for epoch in range(2):
+        acc.set_group(epoch)
+        _feed(acc, rng, 3, 16, 3)
+    np.testing.assert_array_equal(acc.state_dict()["group_batches"], [3, 3])
+    acc.set_group(None)
+    _feed(acc, rng, 1, 16, 3)
+    np.testing.assert_array_equal(acc.state_dict()["group_batches"], [4, 3])  # batch 6 -> 6 % 2
+    with pytest.raises(ValueError, match="group must be in"):
+        acc.set_group(2)
+    with pytest.raises(ValueError, match="groups=G"):
+        repsim.MinibatchCKA().set_group(0)
+
+
+def test_minibatch_uncertainty_torch(rng):
+    torch = pytest.importorskip("torch")
+    ref, got = repsim.MinibatchCKA(groups=3), repsim.MinibatchCKA(groups=3)
+    for _ in range(6):
+        x, y = pair(rng, 16, 3)
+        ref.update([x, y])
+        got.update([torch.from_numpy(x), torch.from_numpy(y)])
+    assert torch.is_tensor(got.state_dict()["group_ab"])
+    np.testing.assert_allclose(got.compute(uncertainty=True).stderr.values,
+                               ref.compute(uncertainty=True).stderr.values, rtol=1e-10)
+
+
+def test_minibatch_uncertainty_needs_groups_and_two_of_them(rng):
+    acc = repsim.MinibatchCKA()
+    _feed(acc, rng, 2, 16, 3)
+    with pytest.raises(ValueError, match="groups=G"):
+        acc.compute(uncertainty=True)
+    with pytest.raises(ValueError, match="groups must be an integer >= 2"):
+        repsim.MinibatchCKA(groups=1)
+    one = repsim.MinibatchCKA(groups=3)
+    _feed(one, rng, 1, 16, 3)
+    with pytest.warns(RuntimeWarning, match="at least 2 groups"):
+        ds = one.compute(uncertainty=True)
+    assert np.isnan(ds.stderr).all() and np.isfinite(ds.cka).all()
+
+
+# ----------------------------------------------------------------- minibatch RBF CKA
+def _rbf_data():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1200, 8))
+    y = np.tanh(x @ rng.standard_normal((8, 6))) + 0.5 * rng.standard_normal((1200, 6))
+    return x, y
+
+
+def _full_unbiased_rbf(x, y, sx, sy):
+    k, l = repsim.gram(x, "rbf", sigma=sx), repsim.gram(y, "rbf", sigma=sy)
+    h = lambda a, b: float(repsim.hsic(a, b, "unbiased"))  # noqa: E731
+    return h(k, l) / math.sqrt(h(k, k) * h(l, l))
+
+
+def test_minibatch_rbf_converges_to_full_data_rbf_cka():
+    """With the bandwidth fixed at the full-data median heuristic, minibatch RBF CKA
+    agrees with full-data (unbiased) RBF CKA to sampling error, closer as batches grow,
+    and exactly when one batch holds all examples."""
+    x, y = _rbf_data()
+    sx, sy = repsim.median_sigma(x), repsim.median_sigma(y)
+    full = _full_unbiased_rbf(x, y, sx, sy)
+    err = {}
+    for bs in (25, 100, 600, 1200):
+        acc = repsim.MinibatchCKA(kernel="rbf", sigma={"x": sx, "y": sy})
+        for i in range(0, 1200, bs):
+            acc.update({"x": x[i:i + bs]}, {"y": y[i:i + bs]})
+        res = acc.compute()
+        assert res.attrs["sigma_a"] == pytest.approx([sx]) and res.attrs["sigma_b"] == pytest.approx([sy])
+        err[bs] = abs(float(res[0, 0]) - full)
+    assert err[1200] < 1e-12
+    assert err[600] < 1e-3
+    assert max(err.values()) < 0.005
+    assert err[600] < err[25] and err[600] < err[100]
+
+
+def test_minibatch_rbf_bandwidth_calibrated_once_on_the_first_batch():
+    x, y = _rbf_data()
+    acc = repsim.MinibatchCKA(kernel="rbf", threshold=0.8)
+    for i in range(0, 1200, 100):
+        acc.update({"x": x[i:i + 100]}, {"y": y[i:i + 100]})
+    res = acc.compute()
+    assert res.attrs["sigma_a"] == pytest.approx([repsim.median_sigma(x[:100], 0.8)])
+    assert res.attrs["sigma_b"] == pytest.approx([repsim.median_sigma(y[:100], 0.8)])
+    # never re-estimated: the same value after many batches; close to the full-data one
+    assert acc.sigmas_a == pytest.approx([repsim.median_sigma(x[:100], 0.8)])
+    assert res.attrs["sigma_a"][0] == pytest.approx(repsim.median_sigma(x, 0.8), rel=0.05)
+    fixed = repsim.MinibatchCKA(kernel="rbf", sigma={"x": res.attrs["sigma_a"][0],
+                                                      "y": res.attrs["sigma_b"][0]})
+    for i in range(0, 1200, 100):
+        fixed.update({"x": x[i:i + 100]}, {"y": y[i:i + 100]})
+    assert float(fixed.compute()[0, 0]) == pytest.approx(float(res[0, 0]), rel=1e-12)
+
+
+# ----------------------------------------------------------------- bad input
+def test_bad_input_messages(rng):
+    x, y = pair(rng, 20, 3)
+    cases = [
+        (dict(level=1.0), ValueError, "level must be a number strictly between 0 and 1"),
+        (dict(n_resamples=5), ValueError, "n_resamples must be an integer >= 10"),
+        (dict(fraction=1.5), ValueError, "fraction must be a float"),
+        (dict(fraction=0.05), ValueError, "need 2 <= m < n"),
+        (dict(interval="bca"), ValueError, "interval must be one of"),
+    ]
+    for kw, err, msg in cases:
+        with pytest.raises(err, match=msg):
+            repsim.bootstrap(repsim.cka, x, y, progress=False, **kw)
+    with pytest.raises(ValueError, match="at least 4 examples"):
+        repsim.bootstrap(repsim.cka, x[:7], y[:7], estimator="unbiased", progress=False)
+    with pytest.raises(TypeError, match="measure must be callable"):
+        repsim.bootstrap("cka", x, y)
+    with pytest.raises(ValueError, match="same number of examples"):
+        repsim.bootstrap(lambda a, b: 0.0, x, y[:10], progress=False)
+    with pytest.raises(ValueError, match="same number of examples"):
+        repsim.bootstrap(repsim.cka_matrix, [x], [y[:10]], progress=False)
+    with pytest.raises(ValueError, match="n_permutations must be an integer >= 10"):
+        repsim.permutation_test(x, y, n_permutations=0)
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        repsim.permutation_test(x, y, kernel="poly", progress=False)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        bad = x.copy()
+        bad[3, 1] = np.nan
+        repsim.permutation_test(bad, y, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        repsim.permutation_test(x, y, n_permutations=10, progress=False)
