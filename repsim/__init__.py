@@ -12,9 +12,12 @@ matplotlib (or numba, which loads with the first fused kernel) behind the caller
 
 from importlib import import_module as _import_module
 
+from .blocks import block_score, block_structure
+from .cca_family import canonical_correlations, cca, pwcca, svcca
 from .cka import cka, cka_matrix
 from .hsic import hsic
 from .kernels import centre_gram, gram, median_sigma, ucentre_gram
+from .pcs import DominantExamples, dominant_examples, pc_variance_fraction, remove_top_pcs
 from .results import load_result, save_result
 from .stats import aggregate_seeds, bootstrap, compare_seeds, permutation_test
 from .streaming import MinibatchCKA
@@ -31,23 +34,35 @@ _LAZY = {
     "load_cifar10": "datasets",
     "load_digits_images": "datasets",
     "select_layers": "adapters.torch",
+    "plot_similarity": "plotting",
+    "plot_similarity_grid": "plotting",
 }
 
 __all__ = sorted(
     [
+        "DominantExamples",
         "MinibatchCKA",
         "aggregate_seeds",
         "bootstrap",
+        "block_score",
+        "block_structure",
+        "canonical_correlations",
+        "cca",
         "centre_gram",
         "cka",
         "cka_matrix",
         "compare_seeds",
+        "dominant_examples",
         "gram",
         "hsic",
         "load_result",
         "median_sigma",
         "permutation_test",
+        "pc_variance_fraction",
+        "pwcca",
+        "remove_top_pcs",
         "save_result",
+        "svcca",
         "ucentre_gram",
     ]
     + list(_LAZY)

@@ -7,6 +7,8 @@ Nothing here clamps or repairs a value: bad input raises, and an undefined resul
 from __future__ import annotations
 
 import math
+import numbers
+import sys
 import warnings
 
 
@@ -127,3 +129,39 @@ def layer_items(acts, name):
     if not arrays:
         raise ValueError(f"{name} must contain at least one layer; got none")
     return names, arrays
+
+
+class UnderdeterminedCCAWarning(RuntimeWarning):
+    """Too few examples for the dimensions compared: some canonical correlations equal 1
+    by construction (the two column spaces must intersect), whatever the data."""
+
+
+def check_int(value, name, low, high=None, what=""):
+    """``value`` must be an integer (not a bool) with ``low <= value <= high``."""
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if ok and value >= low and (high is None or value <= high):
+        return int(value)
+    bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+    raise ValueError(f"{name} must be an integer {bound}{what}; got {value!r}")
+
+
+def check_float(value, name):
+    """``value`` must be a finite real number (bools refused)."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    raise ValueError(f"{name} must be a finite number; got {value!r}")
+
+
+def check_finite_array(x, xp, name):
+    """Every entry of ``x`` must be finite (one reduction, one host sync)."""
+    if not bool(xp.all(xp.isfinite(x))):
+        raise ValueError(f"{name} contains NaN or Inf; clean it first")
+
+
+def user_stacklevel():
+    """``stacklevel`` for :func:`warnings.warn` that points at the first caller outside
+    repsim (call it from the function that warns)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("repsim."):
+        frame, level = frame.f_back, level + 1
+    return level

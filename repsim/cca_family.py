@@ -1,0 +1,401 @@
+"""Canonical correlation analysis and its SVCCA and PWCCA variants.
+
+All three start from the canonical correlations ``rho_1 >= rho_2 >= ... >= 0`` of two
+representations of the same examples: the cosines of the principal angles between their
+(centred) column spaces, computed as the singular values of ``Q_x^T Q_y`` where ``Q_x``
+and ``Q_y`` are orthonormal bases of those spaces. The bases come from a thin SVD of each
+side (rank revealing), so rank-deficient inputs -- duplicated or dead neurons, more
+features than examples -- are reduced to their numerical rank instead of producing NaN or
+inverting a singular covariance.
+
+Conventions shared by every function here:
+
+* **Centring.** Columns are centred by default (``centre=True``), so CCA measures linear
+  relationships between the features' fluctuations. Kornblith et al.'s public demo uses QR
+  of the *uncentred* data; ``cca(x, y, summary="mean_squared", centre=False)`` reproduces
+  its reference value 0.54312 (0.54540 with centring, the default).
+* **Rank tolerance.** A singular value counts as zero when it is at most
+  ``rtol * max(s_1, ||x||_F)`` (``s_1`` the largest singular value, ``||x||_F`` the norm
+  before centring); ``rtol`` defaults to ``max(n, p) * eps`` with ``eps`` the machine
+  epsilon of the input's own float dtype (numpy's ``matrix_rank`` convention). There are
+  ``min(rank_x, rank_y)`` canonical correlations.
+* **Too few examples.** Two subspaces of dimensions ``r_x`` and ``r_y`` in the
+  ``d``-dimensional space of centred example vectors (``d = n - 1``; ``n`` uncentred)
+  share at least ``r_x + r_y - d`` directions, whose canonical correlations are exactly 1
+  whatever the data. When that number is positive (for instance ``n <= features``) an
+  :class:`~repsim._validation.UnderdeterminedCCAWarning` says how many; the values
+  returned are still correct, just uninformative. Use :func:`svcca` with fewer directions
+  or more examples.
+* **Constant input.** A representation with zero variance has no canonical directions:
+  summaries are NaN with a :class:`~repsim._validation.DegenerateRepresentationWarning`
+  naming the side.
+* **Range.** Canonical correlations are singular values of a product of two matrices with
+  orthonormal columns, so they lie in [0, 1] up to rounding; the rounding excess (at most
+  a few ``eps``) is removed by clipping, so no value above 1 is ever returned.
+* **Arrays.** numpy arrays and torch tensors (CPU or GPU) take the same array-API code
+  path, in float64; results come back in the caller's library and device (a numpy
+  float64 scalar or array, a float64 torch tensor).
+
+References
+----------
+Hotelling (1936), "Relations between two sets of variates", Biometrika 28.
+Björck & Golub (1973), "Numerical methods for computing angles between linear subspaces",
+Mathematics of Computation 27.
+Raghu, Gilmer, Yosinski & Sohl-Dickstein (2017), "SVCCA: Singular vector canonical
+correlation analysis for deep learning dynamics and interpretability", NeurIPS.
+Morcos, Raghu & Bengio (2018), "Insights on representational similarity in neural
+networks with canonical correlation", NeurIPS.
+Kornblith, Norouzi, Lee & Hinton (2019), "Similarity of neural network representations
+revisited", ICML.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+
+from . import _backend as B
+from . import _validation as V
+from ._linalg import Rep, check_rtol
+from .hsic import scalar
+
+SUMMARIES = ("mean", "mean_squared")
+SIDES = ("x", "y", "smaller")
+
+
+# --------------------------------------------------------------------------- internals
+
+
+def _pair(x, y, *, centre, rtol):
+    """Validate both sides; return ``(xp, rep_x, rep_y)``."""
+    x, y = B.asarray(x), B.asarray(y)
+    xp = B.namespace(x, y, names=["x", "y"])
+    if not isinstance(centre, bool):
+        raise ValueError(f"centre must be True or False; got {centre!r}")
+    rtol = check_rtol(rtol)
+    for a, name in ((x, "x"), (y, "y")):
+        V.as_2d(a, xp, name)
+    V.check_same_n(x.shape[0], y.shape[0], "x", "y", x.shape, y.shape)
+    n = int(x.shape[0])
+    if n < 2:
+        raise ValueError(f"CCA needs at least 2 examples; got n={n}")
+    rx = Rep(x, "x", centre=centre, rtol=rtol, xp=xp)
+    ry = Rep(y, "y", centre=centre, rtol=rtol, xp=xp)
+    return xp, rx, ry
+
+
+def _warn_constant(reps, what, result="is undefined (set to NaN)"):
+    bad = [name for name, rep, k in reps if k == 0]
+    if bad:
+        warnings.warn(
+            f"{what} {result} for constant representation(s) "
+            + ", ".join(repr(b) for b in bad)
+            + ": zero variance after centring, so there are no canonical directions",
+            V.DegenerateRepresentationWarning,
+            stacklevel=V.user_stacklevel(),
+        )
+        return True
+    return False
+
+
+def _warn_underdetermined(kx, ky, n, centre, what):
+    space = n - 1 if centre else n
+    forced = kx + ky - space
+    if forced > 0:
+        warnings.warn(
+            f"{what}: {kx} + {ky} directions compared in a {space}-dimensional space of "
+            f"{'centred ' if centre else ''}example vectors (n={n}), so at least {forced} "
+            f"canonical correlation(s) equal 1 by construction, whatever the data; use more "
+            "examples than directions (or svcca with fewer kept directions)",
+            V.UnderdeterminedCCAWarning,
+            stacklevel=V.user_stacklevel(),
+        )
+
+
+def _rho(ux, uy, xp):
+    """Canonical correlations (descending, clipped to [0, 1]) of two orthonormal bases."""
+    m = xp.matmul(ux.T, uy)
+    if m.shape[0] == 0 or m.shape[1] == 0:
+        return xp.zeros((0,), dtype=xp.float64, device=B.device(m))
+    return xp.clip(xp.linalg.svdvals(m), 0.0, 1.0)
+
+
+def _summary(rho, summary, xp):
+    if rho.shape[0] == 0:
+        return scalar(xp.asarray(math.nan, dtype=xp.float64, device=B.device(rho)), xp)
+    vals = rho * rho if summary == "mean_squared" else rho
+    return scalar(xp.mean(vals), xp)
+
+
+def _correlations(x, y, centre, rtol, what, **kw):
+    xp, rx, ry = _pair(x, y, centre=centre, rtol=rtol)
+    ux, uy = rx.u[:, : rx.rank], ry.u[:, : ry.rank]
+    if not _warn_constant([("x", rx, rx.rank), ("y", ry, ry.rank)], what, **kw):
+        _warn_underdetermined(rx.rank, ry.rank, rx.n, centre, what)
+    return xp, _rho(ux, uy, xp)
+
+
+# --------------------------------------------------------------------------- public
+
+
+def canonical_correlations(x, y, *, centre=True, rtol=None):
+    """All canonical correlations of two representations, in descending order.
+
+    The cosines of the principal angles between the column spaces of ``x`` and ``y``
+    (Hotelling 1936), computed as the singular values of ``Q_x^T Q_y`` with ``Q_x, Q_y``
+    orthonormal bases from a rank-revealing thin SVD of each side (Björck & Golub 1973).
+
+    Parameters
+    ----------
+    x : array, shape (n, ...)
+        numpy array or torch tensor; flattened to ``(n, p)``.
+    y : array, shape (n, ...)
+        Same library and example order as ``x``; flattened to ``(n, q)``.
+    centre : bool, default True
+        Centre the columns first (``False``: the uncentred convention of Kornblith et
+        al.'s demo).
+    rtol : float, optional
+        Relative rank tolerance: singular values at most ``rtol * max(s_1, ||x||_F)``
+        count as zero. Default ``max(n, p) * eps`` of the input's float dtype.
+
+    Returns
+    -------
+    array, shape (min(rank_x, rank_y),)
+        float64, in [0, 1], descending; same library and device as the input. Empty (with
+        a :class:`~repsim._validation.DegenerateRepresentationWarning`) when a side is
+        constant.
+
+    Warns
+    -----
+    UnderdeterminedCCAWarning
+        When ``rank_x + rank_y`` exceeds the dimension ``d`` of the space of (centred)
+        example vectors (``d = n - 1``; ``n`` uncentred): at least ``rank_x + rank_y - d``
+        correlations are 1 by construction, whatever the data.
+
+    See Also
+    --------
+    cca, svcca, pwcca
+
+    References
+    ----------
+    Hotelling (1936), "Relations between two sets of variates", Biometrika 28.
+    Björck & Golub (1973), "Numerical methods for computing angles between linear
+    subspaces", Mathematics of Computation 27.
+
+    Examples
+    --------
+    >>> import numpy as np, repsim
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.standard_normal((200, 3))
+    >>> y = np.c_[x[:, :1] @ [[2.0]], rng.standard_normal((200, 2))]  # shares one direction
+    >>> np.round(repsim.canonical_correlations(x, y)[0], 6)
+    np.float64(1.0)
+    """
+    _, rho = _correlations(x, y, centre, rtol, "canonical correlations",
+                           result="are undefined (none returned)")
+    return rho
+
+
+def cca(x, y, summary="mean", *, centre=True, rtol=None):
+    """Mean canonical correlation (or mean squared) of two representations.
+
+    Parameters
+    ----------
+    x, y : array, shape (n, ...)
+        As in :func:`canonical_correlations`.
+    summary : {"mean", "mean_squared"}, default "mean"
+        ``"mean"``: ``sum(rho_i) / m``; ``"mean_squared"``: ``sum(rho_i^2) / m`` (Yanai's
+        generalized coefficient of determination, ``R^2_CCA`` in Kornblith et al. 2019),
+        over the ``m = min(rank_x, rank_y)`` canonical correlations.
+    centre : bool, default True
+        Centre columns first. The public reference value -- Kornblith et al.'s demo,
+        ``np.random.seed(1337); X = np.random.randn(100, 10); Y = X + np.random.randn(100,
+        10)``, mean squared CCA 0.54312 -- uses QR of the uncentred data:
+        ``cca(X, Y, "mean_squared", centre=False)``; with centring it is 0.54540.
+    rtol : float, optional
+        Rank tolerance, as in :func:`canonical_correlations`.
+
+    Returns
+    -------
+    scalar
+        float64 in [0, 1]; NaN with a warning when a side is constant. A numpy scalar for
+        numpy input, a 0-d tensor on the input's device for torch.
+
+    Notes
+    -----
+    CCA is invariant to every invertible linear map of either side, so with at least as
+    many features as examples it cannot tell representations apart (all correlations are
+    1; a warning says so). SVCCA and PWCCA reduce this sensitivity; CKA avoids it.
+
+    References
+    ----------
+    Hotelling (1936). Kornblith, Norouzi, Lee & Hinton (2019), "Similarity of neural
+    network representations revisited", ICML.
+
+    Examples
+    --------
+    >>> import numpy as np, repsim
+    >>> np.random.seed(1337)
+    >>> X = np.random.randn(100, 10)
+    >>> Y = X + np.random.randn(100, 10)
+    >>> print(f"{repsim.cca(X, Y, 'mean_squared', centre=False):.5f}")
+    0.54312
+    >>> print(f"{repsim.cca(X, Y, 'mean_squared'):.5f}")
+    0.54540
+    """
+    V.check_option(summary, "summary", SUMMARIES)
+    xp, rho = _correlations(x, y, centre, rtol, "CCA")
+    return _summary(rho, summary, xp)
+
+
+def _keep_count(keep, rep, name):
+    """Number of leading singular directions of ``rep`` that ``keep`` selects."""
+    if isinstance(keep, numbers.Integral) and not isinstance(keep, bool):
+        return min(V.check_int(keep, name, 1, what=" (a number of directions)"), rep.rank)
+    if isinstance(keep, numbers.Real) and not isinstance(keep, bool):
+        if not (math.isfinite(keep) and 0 < keep <= 1):
+            raise ValueError(
+                f"{name} must be a variance fraction in (0, 1] (a float) or a number of "
+                f"directions (an int >= 1); got {keep!r}"
+            )
+        if rep.rank == 0:
+            return 0
+        xp = rep.xp
+        var = rep.s[: rep.rank] ** 2
+        frac = xp.cumulative_sum(var) / xp.sum(var)
+        # the fewest leading directions whose variance share reaches keep (rounding slack)
+        below = int(xp.sum(xp.astype(frac < keep - 1e-12, xp.int64)))
+        return min(below + 1, rep.rank)
+    raise ValueError(
+        f"{name} must be a variance fraction in (0, 1] (a float) or a number of directions "
+        f"(an int >= 1); got {keep!r}"
+    )
+
+
+def svcca(x, y, keep=0.99, summary="mean", *, rtol=None):
+    """Singular vector CCA (Raghu et al. 2017).
+
+    Each side is centred and reduced to its top singular directions -- those that explain
+    a fraction ``keep`` of its variance, or a fixed number of them -- and the canonical
+    correlations of the reduced representations are summarised.
+
+    Parameters
+    ----------
+    x, y : array, shape (n, ...)
+        As in :func:`canonical_correlations`.
+    keep : float in (0, 1], int >= 1, or a pair of them, default 0.99
+        A float keeps, per side, the fewest leading singular directions whose share of
+        the variance reaches ``keep`` (Raghu et al. keep 99%). An int keeps the leading
+        ``keep`` directions per side, or all of a side's directions when its numerical
+        rank is smaller (directions beyond the rank have zero variance). A pair
+        ``(keep_x, keep_y)`` sets each side separately. Note that ``1`` (one direction)
+        and ``1.0`` (all the variance) differ.
+    summary : {"mean", "mean_squared"}, default "mean"
+        Summary of the canonical correlations, as in :func:`cca` (SVCCA reports the mean).
+    rtol : float, optional
+        Rank tolerance, as in :func:`canonical_correlations`.
+
+    Returns
+    -------
+    scalar
+        float64 in [0, 1] (1 for identical inputs); NaN with a warning when a side is
+        constant. A numpy scalar for numpy input, a 0-d tensor for torch.
+
+    Warns
+    -----
+    UnderdeterminedCCAWarning
+        When the kept directions of both sides together exceed ``n - 1``.
+
+    References
+    ----------
+    Raghu, Gilmer, Yosinski & Sohl-Dickstein (2017), "SVCCA: Singular vector canonical
+    correlation analysis for deep learning dynamics and interpretability", NeurIPS.
+
+    Examples
+    --------
+    >>> import numpy as np, repsim
+    >>> rng = np.random.default_rng(0)
+    >>> signal = rng.standard_normal((500, 4))
+    >>> x = signal @ rng.standard_normal((4, 30)) + 0.1 * rng.standard_normal((500, 30))
+    >>> y = signal @ rng.standard_normal((4, 20)) + 0.1 * rng.standard_normal((500, 20))
+    >>> round(float(repsim.svcca(x, y, keep=4)), 2)
+    1.0
+    """
+    V.check_option(summary, "summary", SUMMARIES)
+    if isinstance(keep, (tuple, list)):
+        if len(keep) != 2:
+            raise ValueError(f"keep must be one value or a pair (keep_x, keep_y); got {keep!r}")
+        keep_x, keep_y = keep
+    else:
+        keep_x = keep_y = keep
+    xp, rx, ry = _pair(x, y, centre=True, rtol=rtol)
+    kx = _keep_count(keep_x, rx, "keep" if keep_x is keep_y else "keep[0]")
+    ky = _keep_count(keep_y, ry, "keep" if keep_x is keep_y else "keep[1]")
+    if not _warn_constant([("x", rx, kx), ("y", ry, ky)], "SVCCA"):
+        _warn_underdetermined(kx, ky, rx.n, True, "SVCCA")
+    rho = _rho(rx.u[:, :kx], ry.u[:, :ky], xp)
+    return _summary(rho, summary, xp)
+
+
+def pwcca(x, y, *, side="x", centre=True, rtol=None):
+    """Projection-weighted CCA (Morcos et al. 2018).
+
+    A weighted mean of the canonical correlations, each weighted by how much of the
+    original neurons its canonical variate accounts for: with ``h_i`` the (unit-norm)
+    canonical variates of one side and ``z_j`` that side's centred neurons (columns),
+
+    ``alpha_i = sum_j |<h_i, z_j>|``, ``PWCCA = sum_i alpha_i rho_i / sum_i alpha_i``.
+
+    Directions that carry much of the representation count more; the many weak canonical
+    correlations between low-variance (noise) directions count little.
+
+    Parameters
+    ----------
+    x, y : array, shape (n, ...)
+        As in :func:`canonical_correlations`.
+    side : {"x", "y", "smaller"}, default "x"
+        Whose neurons weight the correlations (PWCCA is not symmetric). ``"smaller"``
+        takes the side with fewer features (``x`` on a tie), the choice of the authors'
+        reference implementation.
+    centre : bool, default True
+        Centre the columns first.
+    rtol : float, optional
+        Rank tolerance, as in :func:`canonical_correlations`.
+
+    Returns
+    -------
+    scalar
+        float64 in [0, 1] (1 for identical inputs); NaN with a warning when a side is
+        constant. A numpy scalar for numpy input, a 0-d tensor for torch.
+
+    References
+    ----------
+    Morcos, Raghu & Bengio (2018), "Insights on representational similarity in neural
+    networks with canonical correlation", NeurIPS.
+
+    Examples
+    --------
+    >>> import numpy as np, repsim
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.standard_normal((300, 10))
+    >>> round(float(repsim.pwcca(x, x @ rng.standard_normal((10, 10)))), 6)
+    1.0
+    """
+    V.check_option(side, "side", SIDES)
+    xp, rx, ry = _pair(x, y, centre=centre, rtol=rtol)
+    if _warn_constant([("x", rx, rx.rank), ("y", ry, ry.rank)], "PWCCA"):
+        return _summary(xp.zeros((0,), dtype=xp.float64, device=B.device(rx.data)), "mean", xp)
+    _warn_underdetermined(rx.rank, ry.rank, rx.n, centre, "PWCCA")
+    ux, uy = rx.u[:, : rx.rank], ry.u[:, : ry.rank]
+    a, rho, bt = xp.linalg.svd(xp.matmul(ux.T, uy), full_matrices=False)
+    rho = xp.clip(rho, 0.0, 1.0)
+    if side == "smaller":
+        side = "x" if rx.p <= ry.p else "y"
+    rep, coef = (rx, a) if side == "x" else (ry, bt.T)
+    # <h_i, z_j> for the variates h = U_r coef and the neurons z = U S Vh (the directions
+    # below the rank tolerance contribute nothing): coef^T S_r Vh_r
+    r = rep.rank
+    proj = xp.matmul(coef.T, rep.s[:r, None] * rep.vh[:r, :])
+    alpha = xp.sum(xp.abs(proj), axis=1)
+    return scalar(xp.sum(alpha * rho) / xp.sum(alpha), xp)
