@@ -60,7 +60,8 @@ intersphinx_mapping = {}
 # exist. Once everything has landed this table filters nothing.
 GALLERY_REQUIRES = {
     "plot_cka_basics.py": ["cka", "cka_matrix", "gram"],
-    "plot_cnn_heatmap.py": ["compare_models", "plot_similarity"],
+    "plot_cnn_heatmap.py": ["compare_models", "plot_similarity", "cifar_resnet",
+                            "load_digits_images"],
     "plot_pc_removal.py": ["cka_matrix", "remove_top_pcs", "pc_variance_fraction",
                            "dominant_examples", "block_score",
                            "block_structure", "plot_similarity"],

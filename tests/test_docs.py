@@ -236,7 +236,7 @@ def test_gallery_page_renders_its_figure(browser):
 # --------------------------------------------------------------------------- guide pages
 
 
-@pytest.mark.parametrize("page", ["getting_started", "choosing", "faq"])
+@pytest.mark.parametrize("page", ["getting_started", "choosing", "hooks", "faq"])
 def test_user_guide_examples_print_what_the_page_says(page):
     """The ``>>>`` examples of these pages are doctests: their numbers stay true."""
     import doctest
