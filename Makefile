@@ -41,4 +41,5 @@ docs-deps:
 	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || { $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium chromium-driver; }
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis docs/_build
+	rm -rf $(VENV) .pytest_cache .hypothesis docs/_build docs/auto_examples docs/gen_modules \
+		docs/api/generated docs/api/index.rst docs/sg_execution_times.rst

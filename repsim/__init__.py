@@ -34,8 +34,10 @@ _LAZY = {
     "load_cifar10": "datasets",
     "load_digits_images": "datasets",
     "select_layers": "adapters.torch",
+    "plot_diagonal_band": "plotting",
     "plot_similarity": "plotting",
     "plot_similarity_grid": "plotting",
+    "plot_similarity_intervals": "plotting",
 }
 
 __all__ = sorted(

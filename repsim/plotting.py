@@ -231,3 +231,138 @@ def plot_similarity_grid(
     if suptitle:
         fig.suptitle(suptitle)
     return fig, axes
+
+
+# ---------------------------------------------------------------- uncertainty figures
+def _estimate_of(ds, name="ds"):
+    """The estimate of an uncertainty Dataset (repsim.bootstrap, permutation_test,
+    aggregate_seeds, MinibatchCKA.compute(uncertainty=True)) and its interval arrays."""
+    if not isinstance(ds, xr.Dataset) or "ci_low" not in ds or "ci_high" not in ds:
+        raise ValueError(
+            f"{name} must be an xarray.Dataset with ci_low and ci_high (from repsim.bootstrap, "
+            "repsim.aggregate_seeds or MinibatchCKA.compute(uncertainty=True)); "
+            f"got {type(ds).__name__}"
+        )
+    est = ds.attrs.get("estimate", "cka")
+    if est not in ds:
+        raise ValueError(f"{name} has no estimate variable {est!r}; variables: {list(ds.data_vars)}")
+    return ds[est], np.asarray(ds["ci_low"].values, float), np.asarray(ds["ci_high"].values, float)
+
+
+def plot_similarity_intervals(ds, threshold, ax=None, *, marker="x", marker_color="cyan", **kwargs):
+    """Heatmap of a similarity with intervals, marking entries whose interval contains
+    ``threshold`` (the data cannot tell them from it).
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        dims ``(layer_a, layer_b)`` with the estimate, ``ci_low`` and ``ci_high``: from
+        :func:`repsim.bootstrap`, :func:`repsim.aggregate_seeds` or
+        :meth:`repsim.MinibatchCKA.compute` with ``uncertainty=True``.
+    threshold : float
+        For example the value a claim rests on ("layers match above 0.9") or a chance
+        level.
+    ax : matplotlib.axes.Axes, optional
+    marker, marker_color
+        How marked entries are drawn (a scatter over the cell centres).
+    **kwargs
+        Passed to :func:`plot_similarity` (``blocks``, ``cmap``, ``vmin``, ...).
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+        The marks are ``ax.collections[0]``; its offsets are ``(column, row)`` of every
+        marked entry.
+
+    Examples
+    --------
+    >>> import numpy as np, repsim
+    >>> rng = np.random.default_rng(0)
+    >>> acts = [rng.standard_normal((100, 10)) for _ in range(4)]
+    >>> ds = repsim.bootstrap(repsim.cka_matrix, acts, n_resamples=20, progress=False)
+    >>> ax = repsim.plot_similarity_intervals(ds, threshold=0.1)
+    >>> len(ax.collections[0].get_offsets()) > 0
+    True
+    """
+    sim, low, high = _estimate_of(ds)
+    if sim.ndim != 2:
+        raise ValueError(f"ds must hold a 2-d (layer_a, layer_b) estimate; got dims {sim.dims}")
+    if not (isinstance(threshold, (int, float)) and np.isfinite(threshold)):
+        raise ValueError(f"threshold must be a finite number; got {threshold!r}")
+    kwargs.setdefault("title", f"{ds.attrs.get('measure', sim.name)} ({marker}: interval contains {threshold:g})")
+    ax = plot_similarity(sim, ax=ax, **kwargs)
+    rows, cols = np.nonzero((low <= threshold) & (threshold <= high))
+    size = (150.0 / max(sim.shape)) ** 2
+    ax.scatter(cols, rows, marker=marker, c=marker_color, s=size, linewidths=1.0)
+    return ax
+
+
+def plot_diagonal_band(results, ax=None, *, offsets=(0,), x="depth", capsize=2.0, ylim=(0.0, 1.05)):
+    """Similarity along the diagonal band of layer x layer matrices, with error bars.
+
+    Entry ``(i, j(i) + k)`` for every offset ``k``, where ``j(i) = round(i (L_b - 1) /
+    (L_a - 1))`` maps layer ``i`` of model A to the layer of model B at the same relative
+    depth (``j = i`` for square matrices). Answers "does layer i of A match the layer of
+    B at the same depth, beyond the noise?" for one or several comparisons at once.
+
+    Parameters
+    ----------
+    results : xarray.Dataset or dict label -> Dataset
+        Uncertainty Datasets as for :func:`plot_similarity_intervals`; one line each.
+    ax : matplotlib.axes.Axes, optional
+    offsets : sequence of int, default (0,)
+        Band offsets ``k`` (0: the diagonal; 1: each layer against the next).
+    x : {"depth", "index"}, default "depth"
+        Horizontal axis: relative depth ``i / (L_a - 1)`` (compares models of different
+        depths) or the index of ``layer_a``.
+    capsize : float, default 2
+    ylim : (float, float) or None
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+        One errorbar container per (result, offset) in ``ax.containers``.
+
+    Examples
+    --------
+    >>> import numpy as np, repsim
+    >>> rng = np.random.default_rng(0)
+    >>> acts = [rng.standard_normal((100, 10)) for _ in range(4)]
+    >>> ds = repsim.bootstrap(repsim.cka_matrix, acts, n_resamples=20, progress=False)
+    >>> ax = repsim.plot_diagonal_band({"A vs A": ds}, offsets=(0, 1))
+    >>> len(ax.containers)
+    2
+    """
+    import matplotlib.pyplot as plt
+
+    if x not in ("depth", "index"):
+        raise ValueError(f"x must be one of 'depth', 'index'; got {x!r}")
+    if isinstance(results, xr.Dataset):
+        results = {results.attrs.get("measure", "similarity"): results}
+    if not results:
+        raise ValueError("results must hold at least one Dataset; got none")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5.5, 3.5))
+    for label, ds in results.items():
+        sim, low, high = _estimate_of(ds, f"results[{label!r}]")
+        if sim.ndim != 2:
+            raise ValueError(f"results[{label!r}] must be 2-d (layer_a, layer_b); got dims {sim.dims}")
+        la, lb = sim.shape
+        est = np.asarray(sim.values, float)
+        rows = np.arange(la)
+        base = np.rint(rows * (lb - 1) / max(la - 1, 1)).astype(int) if la != lb else rows
+        for k in offsets:
+            cols = base + int(k)
+            ok = (cols >= 0) & (cols < lb)
+            r, c = rows[ok], cols[ok]
+            xs = r / max(la - 1, 1) if x == "depth" else r
+            yerr = np.vstack([est[r, c] - low[r, c], high[r, c] - est[r, c]])
+            name = str(label) if len(offsets) == 1 else f"{label} (offset {k})"
+            ax.errorbar(xs, est[r, c], yerr=yerr, marker="o", markersize=3, capsize=capsize,
+                        label=name)
+    ax.set_xlabel("relative depth of layer_a" if x == "depth" else "layer_a index")
+    ax.set_ylabel("similarity")
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.legend(fontsize="small")
+    return ax
