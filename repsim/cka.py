@@ -195,7 +195,7 @@ def cka_matrix(
     xp = B.namespace(ga)
     if ys is None:
         names_b, deg_b, sig_b = names_a, deg_a, sig_a
-        cross = xp.matmul(ga, ga.T)
+        cross = B.pair_product(ga, ga, xp)
         self_a = self_b = xp.linalg.diagonal(cross)
     else:
         names_b, arrays_b = V.layer_items(ys, "ys")
@@ -208,7 +208,7 @@ def cka_matrix(
             arrays_b, names_b, sigmas=[sigma] * len(arrays_b), side="ys", **opts
         )
         deg_b = cb <= tb
-        cross = xp.matmul(ga, gb.T)
+        cross = B.pair_product(ga, gb, xp)
         self_a = xp.sum(ga * ga, axis=1)
         self_b = xp.sum(gb * gb, axis=1)
     values = B.to_numpy(_normalise(cross, self_a, self_b, xp))

@@ -293,13 +293,13 @@ class MinibatchCKA:
         ga, used_a, cen_a, tol_a = side_a
         xp = B.namespace(ga)
         if symmetric:
-            cross = _pair(ga, ga, xp)
+            cross = B.pair_product(ga, ga, xp)
             self_a = self_b = xp.linalg.diagonal(cross)
             used_b = used_a
         else:
             gb, used_b, cen_b, tol_b = side_b
             B.namespace(ga, gb, names=["acts_a", "acts_b"])
-            cross = _pair(ga, gb, xp)
+            cross = B.pair_product(ga, gb, xp)
             self_a = xp.sum(ga * ga, axis=1)
             self_b = xp.sum(gb * gb, axis=1)
         if self.names_a is None:
@@ -512,20 +512,3 @@ def _centre_grams(grams, names, sigmas, side, acc):
         centred[i], tolerance[i] = degeneracy_terms(float(tr), float(total), n, e)
     return packed, sigmas_used, centred, tolerance
 
-
-def _pair(ga, gb, xp):
-    """The pairing product ``ga @ gb.T`` of two packed ``(L, n^2)`` float64 matrices.
-
-    numpy operands go through torch's BLAS when torch is already imported (zero-copy views,
-    result back as numpy): on the project's 2-core CPU machine MKL's dgemm ran the
-    ``(169, 65536)`` self-product of a ResNet-56 batch 4x faster than OpenBLAS's dsyrk
-    (0.24 s vs 1.0 s, ``benchmarks/compare_peers.py``). torch is never imported here.
-    """
-    import sys
-
-    torch = sys.modules.get("torch")
-    if torch is not None and B.is_numpy(ga):
-        ta = torch.from_numpy(ga)
-        tb = ta if gb is ga else torch.from_numpy(gb)
-        return torch.matmul(ta, tb.T).numpy()
-    return xp.matmul(ga, gb.T)
