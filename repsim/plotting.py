@@ -279,10 +279,11 @@ def plot_similarity_intervals(ds, threshold, ax=None, *, marker="x", marker_colo
     >>> import numpy as np, repsim
     >>> rng = np.random.default_rng(0)
     >>> acts = [rng.standard_normal((100, 10)) for _ in range(4)]
-    >>> ds = repsim.bootstrap(repsim.cka_matrix, acts, n_resamples=20, progress=False)
-    >>> ax = repsim.plot_similarity_intervals(ds, threshold=0.1)
-    >>> len(ax.collections[0].get_offsets()) > 0
-    True
+    >>> ds = repsim.bootstrap(repsim.cka_matrix, acts, estimator="unbiased",
+    ...                       n_resamples=20, progress=False)
+    >>> ax = repsim.plot_similarity_intervals(ds, threshold=0.0)  # unrelated layers
+    >>> len(ax.collections[0].get_offsets())
+    12
     """
     sim, low, high = _estimate_of(ds)
     if sim.ndim != 2:
@@ -316,12 +317,14 @@ def plot_diagonal_band(results, ax=None, *, offsets=(0,), x="depth", capsize=2.0
         Horizontal axis: relative depth ``i / (L_a - 1)`` (compares models of different
         depths) or the index of ``layer_a``.
     capsize : float, default 2
+        Half-width of the bars' end caps, in points.
     ylim : (float, float) or None
 
     Returns
     -------
     matplotlib.axes.Axes
-        One errorbar container per (result, offset) in ``ax.containers``.
+        Per (result, offset): a line of estimates (in ``ax.get_legend_handles_labels()``)
+        and the intervals as vertical bars (a ``LineCollection`` in ``ax.collections``).
 
     Examples
     --------
@@ -330,8 +333,8 @@ def plot_diagonal_band(results, ax=None, *, offsets=(0,), x="depth", capsize=2.0
     >>> acts = [rng.standard_normal((100, 10)) for _ in range(4)]
     >>> ds = repsim.bootstrap(repsim.cka_matrix, acts, n_resamples=20, progress=False)
     >>> ax = repsim.plot_diagonal_band({"A vs A": ds}, offsets=(0, 1))
-    >>> len(ax.containers)
-    2
+    >>> ax.get_legend_handles_labels()[1]
+    ['A vs A (offset 0)', 'A vs A (offset 1)']
     """
     import matplotlib.pyplot as plt
 
@@ -356,10 +359,13 @@ def plot_diagonal_band(results, ax=None, *, offsets=(0,), x="depth", capsize=2.0
             ok = (cols >= 0) & (cols < lb)
             r, c = rows[ok], cols[ok]
             xs = r / max(la - 1, 1) if x == "depth" else r
-            yerr = np.vstack([est[r, c] - low[r, c], high[r, c] - est[r, c]])
             name = str(label) if len(offsets) == 1 else f"{label} (offset {k})"
-            ax.errorbar(xs, est[r, c], yerr=yerr, marker="o", markersize=3, capsize=capsize,
-                        label=name)
+            (line,) = ax.plot(xs, est[r, c], marker="o", markersize=3, label=name)
+            # the interval as a bar of its own: a bias-correcting (basic) interval need not
+            # contain the estimate, so it is not drawn as +- errors around it
+            ax.vlines(xs, low[r, c], high[r, c], colors=line.get_color(), linewidth=1.2)
+            ax.plot(xs, low[r, c], "_", xs, high[r, c], "_", color=line.get_color(),
+                    markersize=2 * capsize + 2)
     ax.set_xlabel("relative depth of layer_a" if x == "depth" else "layer_a index")
     ax.set_ylabel("similarity")
     if ylim is not None:

@@ -1,0 +1,84 @@
+"""ASV benchmarks of the PyTorch adapter (:func:`repsim.compare_models`), next to the
+two costs it cannot avoid: the forward passes and the float32 grams ``X X^T`` of the
+hooked layers (the gram floor).
+
+``track_metric_over_floor`` records ``(compare_models - forward) / gram floor`` measured
+side by side in one process (interleaved, minimum over repeats), the figure the
+side-by-side script ``benchmarks/compare_peers.py`` reports at full size.
+"""
+
+import time
+
+import torch  # asv.conf.json installs repsim with its torch extra
+from torch import nn
+
+import repsim
+
+
+def _setup(depth, n, batches):
+    torch.manual_seed(0)
+    model = repsim.cifar_resnet(depth).eval()
+    g = torch.Generator().manual_seed(1)
+    loader = [torch.randn(n, 3, 32, 32, generator=g) for _ in range(batches)]
+    names = [k for k, m in model.named_modules() if k and not isinstance(m, nn.Sequential)]
+    return model, loader, names
+
+
+class CompareModels:
+    """A CIFAR ResNet against itself on every module output (the paper's protocol)."""
+
+    params = ([8, 20], [64])
+    param_names = ["depth", "n"]
+    timeout = 600
+
+    def setup(self, depth, n):
+        self.model, self.loader, self.names = _setup(depth, n, batches=2)
+        repsim.compare_models(self.model, None, self.loader[:1], self.names, progress=False)
+        acts = {}
+        mods = dict(self.model.named_modules())
+        hooks = [mods[k].register_forward_hook(
+            lambda m, i, o, k=k: acts.__setitem__(k, o.detach().reshape(o.shape[0], -1)))
+            for k in self.names]
+        with torch.inference_mode():
+            self.model(self.loader[0])
+        for h in hooks:
+            h.remove()
+        self.acts = list(acts.values())
+
+    def _forward(self):
+        with torch.inference_mode():
+            for x in self.loader:
+                self.model(x)
+
+    def _floor(self):
+        with torch.inference_mode():
+            for _ in self.loader:
+                for a in self.acts:
+                    a @ a.T
+
+    def _compare(self):
+        return repsim.compare_models(self.model, None, self.loader, self.names, progress=False)
+
+    def time_compare_models(self, depth, n):
+        self._compare()
+
+    def time_forward(self, depth, n):
+        self._forward()
+
+    def time_gram_floor(self, depth, n):
+        self._floor()
+
+    def peakmem_compare_models(self, depth, n):
+        self._compare()
+
+    def track_metric_over_floor(self, depth, n):
+        best = {"forward": float("inf"), "floor": float("inf"), "compare": float("inf")}
+        for _ in range(3):
+            for key, fn in (("forward", self._forward), ("floor", self._floor),
+                            ("compare", self._compare)):
+                t0 = time.perf_counter()
+                fn()
+                best[key] = min(best[key], time.perf_counter() - t0)
+        return (best["compare"] - best["forward"]) / best["floor"]
+
+    track_metric_over_floor.unit = "x gram floor"
