@@ -361,7 +361,12 @@ def bootstrap(
     interval : {"basic", "percentile"}, default "basic"
         ``"basic"``: ``[theta - q_hi, theta - q_lo]`` of the rescaled deviations (the
         subsampling interval; corrects a bias that shrinks like ``1/n``, as biased CKA's
-        does). ``"percentile"``: ``[theta + q_lo, theta + q_hi]``.
+        does -- so for the biased estimator of weakly related layers the interval can lie
+        below the estimate). ``"percentile"``: ``[theta + q_lo, theta + q_hi]`` (doubles
+        such a bias: 90% intervals of biased linear CKA at n=100, p=10 covered the
+        population value in 1.5% of draws, against 84.5% for "basic"). Measured coverage
+        of 90% "basic" intervals of the unbiased estimator: 91% (n=100, p=3) and 92.5%
+        (n=100, p=10) of 200 draws.
     seed : int, default 0
         Seeds :func:`numpy.random.default_rng`; same seed, same intervals.
     progress : bool, default True

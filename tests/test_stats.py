@@ -472,3 +472,42 @@ def test_bad_input_messages(rng):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         repsim.permutation_test(x, y, n_permutations=10, progress=False)
+
+
+# ----------------------------------------------------------------- plots
+def test_plot_similarity_intervals_marks_entries_containing_threshold(rng):
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    x, y = pair(rng, 100, 3)
+    acts = {"x": x, "y": y, "noise": rng.standard_normal((100, 3))}
+    ds = repsim.bootstrap(repsim.cka_matrix, acts, estimator="unbiased", n_resamples=30,
+                          progress=False)
+    ax = repsim.plot_similarity_intervals(ds, threshold=0.0)
+    marked = {(int(r), int(c)) for c, r in ax.collections[0].get_offsets()}
+    expected = {(int(r), int(c)) for r, c in zip(*np.nonzero(
+        (ds.ci_low.values <= 0) & (ds.ci_high.values >= 0)))}
+    assert marked == expected and (0, 1) not in marked and (0, 2) in marked
+    plt.close("all")
+    with pytest.raises(ValueError, match="ci_low and ci_high"):
+        repsim.plot_similarity_intervals(ds.cka, threshold=0.5)
+
+
+def test_plot_diagonal_band_maps_relative_depth(rng):
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    est = np.linspace(0, 1, 12).reshape(3, 4)
+    ds = xr.Dataset({"cka": (("layer_a", "layer_b"), est), "ci_low": (("layer_a", "layer_b"), est - 0.1),
+                     "ci_high": (("layer_a", "layer_b"), est + 0.2)}, attrs={"estimate": "cka"})
+    ax = repsim.plot_diagonal_band({"A vs B": ds, "seeds": repsim.aggregate_seeds([est, est + 0.1])})
+    xs, ys = ax.lines[0].get_data()
+    np.testing.assert_allclose(xs, [0, 0.5, 1])
+    np.testing.assert_allclose(ys, [est[0, 0], est[1, 2], est[2, 3]])  # j = round(i * 3 / 2)
+    segs = ax.collections[0].get_segments()
+    np.testing.assert_allclose([s[:, 1] for s in segs], [[est[0, 0] - 0.1, est[0, 0] + 0.2],
+                                                        [est[1, 2] - 0.1, est[1, 2] + 0.2],
+                                                        [est[2, 3] - 0.1, est[2, 3] + 0.2]])
+    plt.close("all")
+    with pytest.raises(ValueError, match="x must be one of"):
+        repsim.plot_diagonal_band(ds, x="layer")
