@@ -84,6 +84,7 @@ def centred_gram_stack(
     engine="auto",
     transform=None,
     side="x",
+    grams=False,
 ):
     """Centre (or U-centre) the gram of every representation into one packed matrix.
 
@@ -102,6 +103,9 @@ def centred_gram_stack(
         (for example ``functools.partial(repsim.remove_top_pcs, k=1)``).
     side : str
         Name of the argument, for error messages.
+    grams : bool, default False
+        The arrays are already linear grams ``x x^T`` of shape ``(n, n)`` (as formed by
+        the PyTorch adapter's hooks); ``transform`` then cannot apply.
 
     Returns
     -------
@@ -124,12 +128,18 @@ def centred_gram_stack(
     raw_traces, stats, sigmas_used, eps = [], [], [], []
     for i, (name, a) in enumerate(zip(names, arrays)):
         label = f"{side}[{name!r}]"
-        a = V.as_2d(a, xp, label)
+        if grams:
+            V.check_square(a, label)
+        else:
+            a = V.as_2d(a, xp, label)
         V.check_same_n(n, a.shape[0], f"{side}[{names[0]!r}]", label, arrays[0].shape, a.shape)
         a = B.as_float(a, xp)
-        if transform is not None:
-            a = transform(a)
-        k = linear_gram(a, xp)
+        if grams:
+            k = a
+        else:
+            if transform is not None:
+                a = transform(a)
+            k = linear_gram(a, xp)
         raw_traces.append(xp.sum(xp.linalg.diagonal(k)))
         eps.append(eps_of(k, xp))
         sigma = None

@@ -14,14 +14,7 @@ from . import _backend as B
 from . import _validation as V
 from .cka import _mask_degenerate, _normalise
 from .hsic import centred_gram_stack
-from .kernels import (
-    ESTIMATORS,
-    KERNELS,
-    centre_into,
-    degeneracy_terms,
-    eps_of,
-    rbf_from_linear,
-)
+from .kernels import ESTIMATORS, KERNELS
 from .results import similarity_array
 
 #: state entries that are plain sums over batches: merging or all-reducing is exact
@@ -209,27 +202,7 @@ class MinibatchCKA:
             The same examples through model B. None: within-model comparison, symmetric,
             each gram formed once.
         """
-        names_a, arrays_a = V.layer_items(acts_a, "acts_a")
-        symmetric = acts_b is None
-        if symmetric:
-            names_b, arrays_b = names_a, None
-        else:
-            names_b, arrays_b = V.layer_items(acts_b, "acts_b")
-        self._check_update(names_a, names_b, symmetric)
-        opts = dict(
-            kernel=self.kernel, estimator=self.estimator, threshold=self.threshold,
-            engine=self.engine, transform=self.transform,
-        )
-        sig_a = self.sigmas_a if self.sigmas_a is not None else self._sigmas_for(names_a)
-        side_a = centred_gram_stack(arrays_a, names_a, sigmas=sig_a, side="acts_a", **opts)
-        n = int(B.asarray(arrays_a[0]).shape[0])
-        side_b = None
-        if not symmetric:
-            V.check_same_n(n, B.asarray(arrays_b[0]).shape[0], "acts_a", "acts_b",
-                           B.asarray(arrays_a[0]).shape, B.asarray(arrays_b[0]).shape)
-            sig_b = self.sigmas_b if self.sigmas_b is not None else self._sigmas_for(names_b)
-            side_b = centred_gram_stack(arrays_b, names_b, sigmas=sig_b, side="acts_b", **opts)
-        self._accumulate(names_a, names_b, side_a, side_b, n)
+        self._update(acts_a, acts_b, grams=False)
 
     def update_grams(self, grams_a, grams_b=None):
         """Add one batch given each layer's linear gram ``x x^T`` instead of its activations.
@@ -259,22 +232,28 @@ class MinibatchCKA:
                 "update_grams cannot apply transform (it acts on features, before the gram); "
                 "apply it before forming the grams, or call update() with the activations"
             )
-        names_a, arrays_a = V.layer_items(grams_a, "grams_a")
-        symmetric = grams_b is None
-        if symmetric:
-            names_b = names_a
-        else:
-            names_b, arrays_b = V.layer_items(grams_b, "grams_b")
+        self._update(grams_a, grams_b, grams=True)
+
+    def _update(self, a, b, grams):
+        """One batch of activations (``grams=False``) or of linear grams (``grams=True``)."""
+        label_a, label_b = ("grams_a", "grams_b") if grams else ("acts_a", "acts_b")
+        names_a, arrays_a = V.layer_items(a, label_a)
+        symmetric = b is None
+        names_b, arrays_b = (names_a, None) if symmetric else V.layer_items(b, label_b)
         self._check_update(names_a, names_b, symmetric)
+        opts = dict(
+            kernel=self.kernel, estimator=self.estimator, threshold=self.threshold,
+            engine=self.engine, transform=None if grams else self.transform, grams=grams,
+        )
         sig_a = self.sigmas_a if self.sigmas_a is not None else self._sigmas_for(names_a)
-        side_a = _centre_grams(arrays_a, names_a, sig_a, "grams_a", self)
+        side_a = centred_gram_stack(arrays_a, names_a, sigmas=sig_a, side=label_a, **opts)
         n = int(B.asarray(arrays_a[0]).shape[0])
         side_b = None
         if not symmetric:
             shape_a, shape_b = B.asarray(arrays_a[0]).shape, B.asarray(arrays_b[0]).shape
-            V.check_same_n(n, shape_b[0], "grams_a", "grams_b", shape_a, shape_b)
+            V.check_same_n(n, shape_b[0], label_a, label_b, shape_a, shape_b)
             sig_b = self.sigmas_b if self.sigmas_b is not None else self._sigmas_for(names_b)
-            side_b = _centre_grams(arrays_b, names_b, sig_b, "grams_b", self)
+            side_b = centred_gram_stack(arrays_b, names_b, sigmas=sig_b, side=label_b, **opts)
         self._accumulate(names_a, names_b, side_a, side_b, n)
 
     def _check_update(self, names_a, names_b, symmetric):
@@ -475,40 +454,4 @@ class MinibatchCKA:
             else:
                 value = value.copy() if hasattr(value, "copy") else value.clone()
             self._sums[key] = value
-
-
-def _centre_grams(grams, names, sigmas, side, acc):
-    """:func:`repsim.hsic.centred_gram_stack` for layers given as linear grams.
-
-    Returns ``(packed (L, n*n) float64, sigmas_used, centred, tolerance)``.
-    """
-    grams = [B.asarray(g) for g in grams]
-    xp = B.namespace(*grams, names=[f"{side}[{nm!r}]" for nm in names])
-    n = grams[0].shape[0]
-    unbiased = acc.estimator == "unbiased"
-    packed = xp.empty((len(grams), n * n), dtype=xp.float64, device=B.device(grams[0]))
-    traces, stats, eps, sigmas_used = [], [], [], []
-    for i, (name, k) in enumerate(zip(names, grams)):
-        label = f"{side}[{name!r}]"
-        V.check_square(k, label)
-        V.check_same_n(n, k.shape[0], f"{side}[{names[0]!r}]", label, grams[0].shape, k.shape)
-        if i == 0:
-            V.check_n(n, acc.estimator, label)
-        k = B.as_float(k, xp)
-        traces.append(xp.sum(xp.linalg.diagonal(k)))
-        eps.append(eps_of(k, xp))
-        sigma = None
-        if acc.kernel == "rbf":
-            k, sigma = rbf_from_linear(k, xp, sigma=sigmas[i], threshold=acc.threshold,
-                                       engine=acc.engine, name=label)
-        sigmas_used.append(sigma)
-        stats.append(centre_into(k, unbiased, packed[i], xp, engine=acc.engine))
-    traces = B.to_numpy(xp.stack(traces)) if B.is_torch(packed) else [float(t) for t in traces]
-    for name, t in zip(names, traces):
-        V.check_finite(float(t), f"{side}[{name!r}]")
-    centred = np.empty(len(stats))
-    tolerance = np.empty(len(stats))
-    for i, ((tr, total), e) in enumerate(zip(stats, eps)):
-        centred[i], tolerance[i] = degeneracy_terms(float(tr), float(total), n, e)
-    return packed, sigmas_used, centred, tolerance
 
