@@ -415,3 +415,26 @@ class _Epochs:
         if e is None:
             raise Interrupted
         return iter(e)
+
+
+def test_groups_give_intervals_and_resume_exactly(cnn, tmp_path):
+    data = images(6, n=8)
+    plain = compare_models(cnn, None, data, ["features.0", "head.1"], progress=False)
+    ds = compare_models(cnn, None, data, ["features.0", "head.1"], progress=False, groups=3)
+    np.testing.assert_array_equal(ds["cka"].values, plain.values)
+    assert set(ds.data_vars) >= {"cka", "stderr", "ci_low", "ci_high"}
+    off = ds["stderr"].sel(layer_a="features.0", layer_b="head.1")
+    assert float(off) > 0 and ds.attrs["n_groups"] == 3
+    # the same groups after an interruption
+    ckpt = tmp_path / "g.pt"
+    opts = dict(layers_a=["features.0", "head.1"], progress=False, groups=3, checkpoint=ckpt,
+                checkpoint_every=2)
+    with pytest.raises(Interrupted):
+        compare_models(cnn, None, interrupt_after(data, 3), **opts)
+    resumed = compare_models(cnn, None, data, **opts)
+    for name in ("cka", "stderr", "ci_low", "ci_high"):
+        np.testing.assert_array_equal(resumed[name].values, ds[name].values)
+
+
+def test_tuple_of_names_is_a_list(cnn):
+    assert select_layers(cnn, ("head.1", "features.0")) == ["head.1", "features.0"]

@@ -57,6 +57,8 @@ WORKER = textwrap.dedent(
         across = repsim.compare_models(a, b, data, progress=False)
         np.save(f"{out}/within{rank}.npy", within.values)
         np.save(f"{out}/across{rank}.npy", across.values)
+        grouped = repsim.compare_models(a, None, data, "**", progress=False, epochs=2, groups=4)
+        np.save(f"{out}/stderr{rank}.npy", grouped["stderr"].values)
         with open(f"{out}/attrs{rank}.json", "w") as f:
             json.dump({k: int(v) for k, v in within.attrs.items()
                        if k in ("n_batches", "n_examples", "world_size")}, f)
@@ -108,6 +110,11 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
         np.testing.assert_array_equal(r0, r1)  # every process returns the same result
         # equal to the single-process one up to the order of the float64 sums
         np.testing.assert_allclose(r0, single.values, rtol=1e-12, atol=1e-14)
+    # per-group sums (for intervals) land in the same groups as in one process
+    grouped = repsim.compare_models(a, None, data, "**", progress=False, epochs=2, groups=4)
+    for r in range(2):
+        np.testing.assert_allclose(np.load(tmp_path / f"stderr{r}.npy"), grouped["stderr"].values,
+                                   rtol=1e-9, atol=1e-13)
     attrs = json.loads((tmp_path / "attrs0.json").read_text())
     assert attrs == {"n_batches": 14, "n_examples": 2 * (6 * 10 + 7), "world_size": 2}
     assert "explicit sigma" in (tmp_path / "rbf1.txt").read_text()

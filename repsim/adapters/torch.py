@@ -118,7 +118,7 @@ def select_layers(model, layers=None):
     model : torch.nn.Module
         Wrappers (DataParallel, DistributedDataParallel, ``torch.compile``) are unwrapped;
         names are those of the inner model, without ``module.`` prefixes.
-    layers : None, str, type, or a list of them
+    layers : None, str, type, or a list (or tuple) of them
         - None: every leaf module (one without children).
         - an exact dotted module name, e.g. ``"stage2.block0"`` (a ``module.`` prefix
           copied from a DataParallel model is accepted and dropped);
@@ -159,7 +159,10 @@ def select_layers(model, layers=None):
         if not found:
             raise ValueError(f"{type(model).__name__} has no submodules to hook; pass layers=")
         return found
-    specs = layers if isinstance(layers, list) else [layers]
+    if isinstance(layers, list) or (isinstance(layers, tuple) and not _is_module_type(layers)):
+        specs = list(layers)
+    else:
+        specs = [layers]
     out = OrderedDict()
     for spec in specs:
         if isinstance(spec, str):
@@ -572,11 +575,11 @@ def _portable(value):
     return value
 
 
-def _save_checkpoint(path, acc, config, epoch, batch):
+def _save_checkpoint(path, acc, config, epoch, batch, seen):
     state = {k: _portable(v) for k, v in acc.state_dict().items()}
     # which library each array state came from, so it is restored as such
     kinds = {k: type(v).__module__.split(".")[0] for k, v in acc.state_dict().items()}
-    payload = {"format": 1, "config": config, "epoch": epoch, "batch": batch,
+    payload = {"format": 1, "config": config, "epoch": epoch, "batch": batch, "seen": seen,
                "state": state, "kinds": kinds}
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -606,7 +609,7 @@ def _load_checkpoint(path, acc, config, device):
         if isinstance(value, torch.Tensor):
             state[key] = value.numpy() if kind == "numpy" else value.to(device)
     acc.load_state_dict(state)
-    return payload["epoch"], payload["batch"]
+    return payload["epoch"], payload["batch"], payload["seen"]
 
 
 def _rank_path(path, rank, world):
@@ -660,6 +663,8 @@ def compare_models(
     names=None,
     checkpoint=None,
     checkpoint_every=50,
+    groups=None,
+    level=0.9,
 ):
     """Minibatch CKA between every layer of one model and every layer of another.
 
@@ -721,6 +726,14 @@ def compare_models(
         uses ``<stem>.rank<r>of<w><ext>``.
     checkpoint_every : int, default 50
         Batches between checkpoints.
+    groups : int, optional
+        Also keep the sums of ``groups`` (>= 2) disjoint sets of batches -- batch ``t`` of
+        the whole run, counted across epochs (and across processes, as a single process
+        would count them), goes to group ``t % groups`` -- and return a standard error
+        and a ``level`` interval for every entry (delete-a-group jackknife, see
+        :meth:`repsim.MinibatchCKA.compute`).
+    level : float, default 0.9
+        Confidence level of the intervals when ``groups`` is given.
 
     Returns
     -------
@@ -730,6 +743,9 @@ def compare_models(
         ``model_a``, ``model_b``, ``estimator``, ``kernel``, ``n_examples``,
         ``n_batches``, ``epochs``, ``seed``, ``pooling``, ``world_size``, ``repsim_version``
         and ``torch_version``. Constant layers give NaN with a warning naming them.
+    xarray.Dataset
+        With ``groups``: variables ``cka``, ``stderr``, ``ci_low``, ``ci_high`` with those
+        dims and attrs (plus ``method``, ``level``, ``n_groups``).
 
     Raises
     ------
@@ -808,19 +824,19 @@ def compare_models(
     if len(model_names) != 2:
         raise ValueError(f"names must be two strings (model_a, model_b); got {names!r}")
 
-    acc = MinibatchCKA(kernel=kernel, estimator=estimator, sigma=sigma)
+    acc = MinibatchCKA(kernel=kernel, estimator=estimator, sigma=sigma, groups=groups)
     sharded = world > 1 and not _presharded(loader)
     config = {
         "model_a": model_names[0], "model_b": model_names[1],
         "layers_a": list(names_a), "layers_b": list(names_b), "symmetric": symmetric,
         "estimator": estimator, "kernel": kernel, "epochs": epochs, "seed": int(seed),
         "pooling": pooling if isinstance(pooling, str) else repr(pooling),
-        "repeated": repeated, "rank": rank, "world_size": world,
+        "repeated": repeated, "rank": rank, "world_size": world, "groups": groups,
     }
     ckpt = None if checkpoint is None else _rank_path(checkpoint, rank, world)
-    start_epoch, start_batch = 0, 0
+    start_epoch, start_batch, seen = 0, 0, 0
     if ckpt is not None and os.path.exists(ckpt):
-        start_epoch, start_batch = _load_checkpoint(ckpt, acc, config, dev)
+        start_epoch, start_batch, seen = _load_checkpoint(ckpt, acc, config, dev)
 
     try:
         total = epochs * len(loader)
@@ -863,7 +879,6 @@ def compare_models(
                                            eval_mode))
             for h in managers:
                 stack.enter_context(h)
-            local = 0
             for epoch in range(start_epoch, epochs):
                 torch.manual_seed(_epoch_seed(seed, epoch))
                 for obj in (getattr(loader, "sampler", None),
@@ -875,14 +890,17 @@ def compare_models(
                     if index < first:
                         continue
                     if not sharded or index % world == rank:
+                        if groups:  # same group as in a single process
+                            acc.set_group((seen * world + rank if not sharded and world > 1
+                                           else seen) % groups)
                         _batch(batch)
-                        local += 1
+                    seen += 1
                     if bar is not None:
                         bar.update(1)
                     if ckpt is not None and (index + 1) % checkpoint_every == 0:
-                        _save_checkpoint(ckpt, acc, config, epoch, index + 1)
+                        _save_checkpoint(ckpt, acc, config, epoch, index + 1, seen)
                 if ckpt is not None:
-                    _save_checkpoint(ckpt, acc, config, epoch + 1, 0)
+                    _save_checkpoint(ckpt, acc, config, epoch + 1, 0, seen)
     finally:
         if bar is not None:
             bar.close()
@@ -899,7 +917,7 @@ def compare_models(
     elif not acc.n_batches:
         raise ValueError("loader yielded no batches")
 
-    result = acc.compute()
+    result = acc.compute(uncertainty=True, level=level) if groups else acc.compute()
     import repsim
 
     result.attrs.update({
