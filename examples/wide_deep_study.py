@@ -79,10 +79,10 @@ DEFAULT_CONFIG = {
     "image_size": None,  # CIFAR-10: 32, or 16 (2×2 average pooling); digits stay 8×8
     "n_eval": 1000,  # held-out images used for the analyses (CIFAR-10 test set subset)
     "grids": [
-        {"depths": [8, 20, 110], "widths": [1], "seeds": [0], "train_fractions": [1.0]},
-        {"depths": [8], "widths": [4], "seeds": [0], "train_fractions": [1.0]},
+        {"depths": [20, 56, 110], "widths": [1], "seeds": [0], "train_fractions": [1.0]},
+        {"depths": [14], "widths": [4], "seeds": [0], "train_fractions": [1.0]},
         {"depths": [110], "widths": [1], "seeds": [1], "train_fractions": [1.0]},
-        {"depths": [56], "widths": [1], "seeds": [0], "train_fractions": [1.0, 0.25]},
+        {"depths": [56], "widths": [1], "seeds": [0], "train_fractions": [0.25]},
     ],
     "epochs": 60,
     "batch_size": 128,
@@ -121,6 +121,17 @@ SMOKE_CONFIG = {
     "n_eval": 100,
 }
 
+#: What ``--dataset cifar10`` changes (before a config file and flags apply).
+CIFAR10_DEFAULTS = {
+    "dataset": "cifar10",
+    "image_size": 16,
+    "augment": True,
+    "cka_batch_size": 256,
+    "n_eval": 1000,
+    "grids": [{"depths": [20, 56], "widths": [1], "seeds": [0], "train_fractions": [0.0625]}],
+    "epochs": 30,
+}
+
 TRAIN_KEYS = (
     "dataset", "digits_test_size", "split_seed", "image_size", "epochs", "batch_size", "lr",
     "momentum", "nesterov", "weight_decay", "warmup_epochs", "augment", "crop_padding",
@@ -150,6 +161,8 @@ def parse_args(argv=None):
     p.add_argument("--image-size", type=int, choices=[16, 32])
     p.add_argument("--n-eval", type=int)
     p.add_argument("--passes", type=int, help="shuffled passes for minibatch CKA (paper: 10)")
+    p.add_argument("--cross-passes", type=int, help="shuffled passes for cross-model CKA")
+    p.add_argument("--min-steps", type=int, help="reduced-data models train at least this many steps")
     p.add_argument("--cka-batch-size", type=int, help="minibatch CKA batch size (paper: 256)")
     p.add_argument("--all-layers", action="store_true", help="every leaf module, not just block outputs")
     p.add_argument("--threads", type=int, help="torch CPU threads")
@@ -160,21 +173,24 @@ def parse_args(argv=None):
 
 
 def build_config(args) -> dict:
-    """Defaults, then --smoke, then the config file, then explicit flags."""
+    """Defaults, then the CIFAR-10 defaults (when that is the dataset), then --smoke, then
+    the config file, then explicit flags."""
     cfg = copy.deepcopy(DEFAULT_CONFIG)
-    if args.dataset == "cifar10" or (args.config is None and args.dataset == "cifar10"):
-        cfg.update(dataset="cifar10", image_size=16, augment=True, cka_batch_size=256)
-    if args.smoke:
-        cfg.update(copy.deepcopy(SMOKE_CONFIG))
+    loaded = {}
     if args.config is not None:
         with open(args.config) as f:
             loaded = json.load(f)
         unknown = sorted(set(loaded) - set(DEFAULT_CONFIG) - {"comment"})
         if unknown:
             raise SystemExit(f"unknown config keys {unknown} in {args.config}; expected keys of DEFAULT_CONFIG")
-        cfg.update(loaded)
-    for key in ("dataset", "epochs", "batch_size", "lr", "image_size", "n_eval", "passes",
-                "cka_batch_size", "threads", "device"):
+        loaded.pop("comment", None)
+    if (args.dataset or loaded.get("dataset")) == "cifar10":
+        cfg.update(CIFAR10_DEFAULTS)
+    if args.smoke:
+        cfg.update(copy.deepcopy(SMOKE_CONFIG))
+    cfg.update(loaded)
+    for key in ("dataset", "epochs", "batch_size", "lr", "image_size", "n_eval", "passes", "cross_passes",
+                "min_steps", "cka_batch_size", "threads", "device"):
         value = getattr(args, key, None)
         if value is not None:
             cfg[key] = value
@@ -689,9 +705,12 @@ def cross_pairs(specs) -> list[tuple[dict, dict, str]]:
         group = sorted(group, key=lambda s: s["seed"])
         if len(group) >= 2:
             pairs.append((group[0], group[1], "seeds"))
-    base = sorted({(s["depth"], s["width"]) for s in specs if s["train_fraction"] == 1.0})
-    first = {(s["depth"], s["width"]): s for s in sorted(specs, key=lambda s: s["seed"], reverse=True)
-             if s["train_fraction"] == 1.0}
+    top = max(s["train_fraction"] for s in specs)
+    first = {}  # lowest seed of every architecture trained on the largest fraction
+    for s in sorted(specs, key=lambda s: s["seed"]):
+        if s["train_fraction"] == top:
+            first.setdefault((s["depth"], s["width"]), s)
+    base = sorted(first)
     for i, a in enumerate(base):
         for b in base[i + 1:]:
             pairs.append((first[a], first[b], "architectures"))
@@ -776,6 +795,23 @@ def seed_pair_summary(a, b, res, entries) -> dict:
     return out
 
 
+def arch_pair_summary(a, b, res, entries) -> dict:
+    """Cross-architecture CKA (analysis e): for each model that has a block, how well its
+    in-block and out-of-block layers are matched by their best counterpart in the other model."""
+    values = res.values
+    out = {"model_a": a, "model_b": b, "mean_best_match_a": _finite(np.nanmax(values, axis=1).mean()),
+           "mean_best_match_b": _finite(np.nanmax(values, axis=0).mean())}
+    for side, model, best in (("a", a, np.nanmax(values, axis=1)), ("b", b, np.nanmax(values, axis=0))):
+        block = entries[model]["largest_block"]
+        if block is None:
+            continue
+        inside = np.arange(block["first"], block["last"] + 1)
+        rest = np.setdiff1d(np.arange(len(best)), inside)
+        out[f"best_match_in_block_{side}"] = _finite(best[inside].mean())
+        out[f"best_match_out_of_block_{side}"] = _finite(best[rest].mean()) if len(rest) else None
+    return out
+
+
 def _mcnemar(right_a, right_b):
     """Exact two-sided McNemar test on paired correctness; returns (b, c, p)."""
     from scipy.stats import binomtest
@@ -812,7 +848,8 @@ def output_summary(specs, extracts, data) -> dict:
                 pa, pb = preds[group[i]["id"]], preds[group[j]["id"]]
                 seeds.append({"model_a": group[i]["id"], "model_b": group[j]["id"],
                               "disagreement": round(float(np.mean(pa != pb)), 4)})
-    full = [s for s in specs if s["train_fraction"] == 1.0 and s["seed"] == min(x["seed"] for x in specs)]
+    top = max(s["train_fraction"] for s in specs)
+    full = [s for s in specs if s["train_fraction"] == top and s["seed"] == min(x["seed"] for x in specs)]
     wide = max(full, key=lambda s: (s["width"], -s["depth"]))
     deep = max(full, key=lambda s: (s["depth"], -s["width"]))
     result = {"seed_disagreement": seeds, "wide_vs_deep": None}
@@ -850,7 +887,8 @@ def findings(summary) -> list[dict]:
     def add(key, claim, ok, text):
         out.append({"key": key, "claim": claim, "reproduced": ok, "evidence": text})
 
-    base = [m for m in models if m["train_fraction"] == 1.0 and m["seed"] == min(x["seed"] for x in models)]
+    top = max(m["train_fraction"] for m in models)
+    base = [m for m in models if m["train_fraction"] == top and m["seed"] == min(x["seed"] for x in models)]
     if len(base) >= 2:
         big = max(base, key=lambda m: (m["n_parameters"], m["depth"]))
         deep = max(base, key=lambda m: (m["depth"], m["width"]))
@@ -909,6 +947,17 @@ def findings(summary) -> list[dict]:
             None, "no seed pair of a model with a block: " + "; ".join(
                 f"{p['model_a']} vs {p['model_b']}: mean corresponding-layer CKA {_fmt(p['mean_corresponding_cka'])}"
                 for p in summary["cross_seed"]))
+    rows, verdicts = [], []
+    for p in summary["cross_architecture"]:
+        for side in ("a", "b"):
+            inside, outside = p.get(f"best_match_in_block_{side}"), p.get(f"best_match_out_of_block_{side}")
+            if inside is not None and outside is not None:
+                verdicts.append(inside < outside)
+                rows.append(f"{p['model_' + side]} vs {p['model_b' if side == 'a' else 'model_a']}: "
+                            f"{inside:.3f} in block vs {outside:.3f} outside")
+    if rows:
+        add("block_unmatched_across_architectures", "Across architectures, block layers find a poorer match in "
+            "the other model than layers outside the block.", all(verdicts), "; ".join(rows))
     wd = summary["outputs"]["wide_vs_deep"]
     seeds = summary["outputs"]["seed_disagreement"]
     if wd is not None and seeds:
@@ -1003,6 +1052,25 @@ def make_figures(specs, extracts, crosses, summary, out: Path) -> dict:
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7)
     figs["pc1"] = _savefig(fig, fig_dir / "pc1_share.png", plt)
+
+    # 2b. block score and largest block against depth, width and training fraction
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2), constrained_layout=True)
+    for m in summary["models"]:
+        label = f"×{m['width']}, {m['train_fraction']:g} data, seed {m['seed']}"
+        marker = {1: "o", 2: "s", 4: "D", 8: "^"}.get(m["width"], "v")
+        rel = 0.0 if m["largest_block"] is None else m["largest_block"]["size"] / m["n_layers"]
+        axes[0].scatter(m["depth"], m["block_score"], marker=marker, label=label)
+        axes[1].scatter(m["depth"], rel, marker=marker, label=label)
+    axes[0].set_ylabel("block score (repsim.block_score)")
+    axes[1].set_ylabel("largest block / layers")
+    for ax in axes:
+        ax.set_xlabel("depth")
+        ax.set_xscale("log")
+        ax.set_ylim(-0.05, 1.05)
+    handles, labels = axes[0].get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    axes[1].legend(unique.values(), unique.keys(), fontsize=6, loc="best")
+    figs["block_scores"] = _savefig(fig, fig_dir / "block_scores.png", plt)
 
     # 3. before / after PC1 removal and without dominant examples
     chosen = [s for s in specs if entries[s["id"]]["largest_block"] is not None][:4]
@@ -1103,6 +1171,19 @@ def write_report(summary, figs, cfg, out: Path):
             L.append(f"| {p['model_a']} | {p['model_b']} | {_fmt(p['mean_corresponding_cka'])} | "
                      f"{_fmt(p['in_block_cka'])} | {_fmt(p['out_of_block_cka'])} |")
         L.append("")
+    if summary["cross_architecture"]:
+        L.append("## Across architectures\n")
+        L.append("Best-matching layer of the other model, averaged over a model's in-block and out-of-block "
+                 "layers (only for models with a block).\n")
+        L.append("| model a | model b | best match a→b | in block (a) | outside (a) | best match b→a | in block (b) "
+                 "| outside (b) |")
+        L.append("|---|---|---|---|---|---|---|---|")
+        for p in summary["cross_architecture"]:
+            L.append(f"| {p['model_a']} | {p['model_b']} | {_fmt(p['mean_best_match_a'])} | "
+                     f"{_fmt(p.get('best_match_in_block_a'))} | {_fmt(p.get('best_match_out_of_block_a'))} | "
+                     f"{_fmt(p['mean_best_match_b'])} | {_fmt(p.get('best_match_in_block_b'))} | "
+                     f"{_fmt(p.get('best_match_out_of_block_b'))} |")
+        L.append("")
     wd = summary["outputs"]["wide_vs_deep"]
     L.append("## Outputs\n")
     for s in summary["outputs"]["seed_disagreement"]:
@@ -1121,6 +1202,8 @@ def write_report(summary, figs, cfg, out: Path):
         "heatmaps": "Layer × layer CKA for every depth (columns) and width / training fraction (rows), shared "
                     "colour scale",
         "pc1": "Share of variance explained by the first principal component, per layer",
+        "block_scores": "Block score and relative size of the largest block against depth (markers: width; "
+                        "legend: width, training fraction, seed)",
         "pc_removal": "CKA before and after removing the first principal component, and without the dominant "
                       "examples",
         "cross": "Cross-model CKA: seeds of one architecture and different architectures",
@@ -1194,10 +1277,8 @@ def main(argv=None) -> int:
         "models": list(entries.values()),
         "cross_seed": [seed_pair_summary(by_id[a], by_id[b], res, entries)
                        for (a, b, kind), res in crosses.items() if kind == "seeds"],
-        "cross_architecture": [
-            {"model_a": a, "model_b": b, "mean_cka_last_layers": _finite(float(res.values[-1, -1])),
-             "max_cka_per_layer_a_mean": _finite(float(np.nanmax(res.values, axis=1).mean()))}
-            for (a, b, kind), res in crosses.items() if kind == "architectures"],
+        "cross_architecture": [arch_pair_summary(a, b, res, entries)
+                               for (a, b, kind), res in crosses.items() if kind == "architectures"],
         "outputs": output_summary(specs, extracts, data),
     }
     summary["findings"] = findings(summary)
