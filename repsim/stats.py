@@ -72,6 +72,8 @@ from .hsic import centred_gram_stack
 from .kernels import ESTIMATORS, KERNELS, centre_into
 
 INTERVALS = ("basic", "percentile")
+#: permutations index the centred grams in chunks of layers of about this many bytes
+_CHUNK_BYTES = 256 * 2**20
 SEED_TESTS = ("welch", "permutation")
 
 
@@ -639,11 +641,17 @@ def permutation_test(
     gb3 = xp.reshape(gb_eff, (gb_eff.shape[0], n, n))
     denom = xp.asarray(np.sqrt(np.outer(sa, sb)), device=dev)
     null = np.empty((n_permutations,) + observed.shape)
+    # permuted copies of at most ~_CHUNK_BYTES at a time, not a second copy of all grams
+    step = max(1, _CHUNK_BYTES // (8 * n * n))
     for r in _progress(range(n_permutations), n_permutations, progress, "permutations"):
         perm = xp.asarray(rng.permutation(n), device=dev)
-        pb = xp.reshape(xp.take(xp.take(gb3, perm, axis=1), perm, axis=2), (gb3.shape[0], n * n))
+        parts = []
+        for c in range(0, gb3.shape[0], step):
+            block = xp.take(xp.take(gb3[c:c + step], perm, axis=1), perm, axis=2)
+            parts.append(xp.matmul(ga, xp.reshape(block, (block.shape[0], n * n)).T))
+        cross = parts[0] if len(parts) == 1 else xp.concat(parts, axis=1)
         with np.errstate(divide="ignore", invalid="ignore"):
-            null[r] = B.to_numpy(xp.matmul(ga, pb.T) / denom)
+            null[r] = B.to_numpy(cross / denom)
     null_mean = null.mean(0)
     null_std = null.std(0, ddof=1)
     with np.errstate(divide="ignore", invalid="ignore"):
