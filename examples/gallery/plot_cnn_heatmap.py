@@ -23,6 +23,7 @@ from torch import nn
 
 import repsim
 
+torch.set_num_threads(1)  # tiny model: one thread beats threading overhead
 torch.manual_seed(0)
 x_train, y_train, x_test, y_test = repsim.load_digits_images(test_size=500)
 x_train, y_train = torch.from_numpy(x_train), torch.from_numpy(y_train)
