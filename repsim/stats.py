@@ -335,6 +335,10 @@ def bootstrap(
     Wolf 1999). Subsampling without replacement keeps every resample free of duplicated
     examples, which matters here: a duplicated example puts its squared norm off the
     diagonal of the gram, which is exactly the term the unbiased HSIC estimator removes.
+    For unrelated representations (population CKA 0) the estimator converges at rate
+    ``1/n`` rather than ``1/sqrt(n)`` and these intervals are conservative (measured:
+    90% intervals covered 0 in 99% of 200 draws, about twice as wide as needed, n=100,
+    p=3); to ask "more than chance?" use :func:`permutation_test`.
 
     For :func:`repsim.cka` and :func:`repsim.cka_matrix` the grams are formed and centred
     once; a resample indexes them (``K[s][:, s]``), re-centres the ``m x m`` block and
