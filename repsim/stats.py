@@ -817,7 +817,10 @@ def compare_seeds(
     try:
         a, b = xr.align(a, b, join="exact", exclude=[dim])
     except ValueError as err:
-        raise ValueError(f"results_a and results_b must share their coordinates (layer names): {err}") from None
+        raise ValueError(
+            "results_a and results_b must share their coordinates (layer names); to compare "
+            f"entries by position across architectures, pass their .values: {err}"
+        ) from None
     if a.shape[1:] != b.shape[1:]:
         raise ValueError(
             f"results_a and results_b must have one shape per seed; got {a.shape[1:]} and {b.shape[1:]}"
