@@ -343,7 +343,9 @@ def bootstrap(
     For :func:`repsim.cka` and :func:`repsim.cka_matrix` the grams are formed and centred
     once; a resample indexes them (``K[s][:, s]``), re-centres the ``m x m`` block and
     pairs all layers with one product -- about ``(m/n)^2`` (a quarter) of one
-    ``cka_matrix`` per resample, never recomputing a gram. RBF bandwidths are fixed at
+    ``cka_matrix`` per resample, never recomputing a gram. (Where :func:`repsim.cka` takes
+    its feature-space path -- linear, biased, few features next to ``n`` -- it is instead
+    recomputed on each subsample: ``O(m p q)`` beats holding ``n x n`` grams.) RBF bandwidths are fixed at
     their full-data values (median heuristic on all examples, or ``sigma``). Any other
     callable (the CCA family, say) is recomputed on each subsample.
 
@@ -419,7 +421,7 @@ def bootstrap(
     common = dict(n_resamples=n_resamples, level=level, fraction=fraction,
                   subsample_size=m, interval=interval, seed=seed,
                   method="subsampling without replacement")
-    if measure is cka or measure is cka_matrix:
+    if (measure is cka and not _cka_takes_feature_path(args, kwargs)) or measure is cka_matrix:
         bound = inspect.signature(measure).bind(*args, **kwargs)
         bound.apply_defaults()
         p = bound.arguments
@@ -446,6 +448,8 @@ def bootstrap(
     se, low, high = _interval(theta, reps, math.sqrt(m / (n - m)), level, interval)
     name = getattr(full, "name", None) or getattr(measure, "__name__", "value")
     attrs = dict(getattr(full, "attrs", {}) or {})
+    if measure is cka:  # its feature-space path
+        attrs.update(measure="cka", estimator="biased", kernel="linear")
     attrs.update(common, n=n)
     if isinstance(full, xr.DataArray):
         ds = xr.Dataset(
@@ -471,6 +475,29 @@ def bootstrap(
         {name: (dims, theta), "stderr": (dims, se), "ci_low": (dims, low), "ci_high": (dims, high)},
         attrs={k: _netcdf_attr(v) for k, v in {**attrs, "estimate": name}.items()},
     )
+
+
+def _cka_takes_feature_path(args, kwargs):
+    """Whether :func:`repsim.cka` would use its feature-space path (linear, biased, ``p, q``
+    small next to ``n``): then recomputing it on each subsample (``O(m p q)``) beats
+    forming ``n x n`` grams once."""
+    from .cka import _feature_path_cheaper
+
+    try:
+        p = inspect.signature(cka).bind(*args, **kwargs)
+    except TypeError:
+        return False  # let the gram path raise the usual error
+    p.apply_defaults()
+    a = p.arguments
+    if a["kernel"] != "linear" or a["estimator"] != "biased" or a["method"] == "gram":
+        return False
+    if a["method"] == "features":
+        return True
+    x, y = B.asarray(a["x"]), B.asarray(a["y"])
+    if x.ndim < 2 or y.ndim < 2:
+        return False
+    n = x.shape[0]
+    return _feature_path_cheaper(n, math.prod(x.shape[1:]), math.prod(y.shape[1:]))
 
 
 def _is_data(a):

@@ -529,3 +529,18 @@ def test_permutation_chunks_agree_and_p_values_are_calibrated(monkeypatch):
                                      progress=False)
         small += float(ds.p_value) <= 0.1
     assert 0.05 <= small / 200 <= 0.15
+
+
+def test_bootstrap_cka_feature_path_agrees_with_gram_path(rng):
+    """Linear biased CKA with few features is recomputed in feature space on each
+    subsample (no n x n grams held); same subsamples, same intervals as the gram path."""
+    x, y = pair(rng, 400, 3)
+    assert stats._cka_takes_feature_path((x, y), {})
+    assert not stats._cka_takes_feature_path((x, y), {"method": "gram"})
+    assert not stats._cka_takes_feature_path((x, y), {"estimator": "unbiased"})
+    feat = repsim.bootstrap(repsim.cka, x, y, n_resamples=15, progress=False)
+    gram = repsim.bootstrap(repsim.cka, x, y, method="gram", n_resamples=15, progress=False)
+    for var in ("cka", "stderr", "ci_low", "ci_high"):
+        assert float(feat[var]) == pytest.approx(float(gram[var]), abs=1e-12)
+    assert feat.cka.dims == () and feat.attrs["estimate"] == "cka"
+    assert feat.attrs["estimator"] == "biased" and feat.attrs["n"] == 400
