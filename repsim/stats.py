@@ -256,7 +256,7 @@ def _progress(iterable, total, progress, desc):
     return tqdm(iterable, total=total, desc=desc, leave=False)
 
 
-def _uncertainty_dataset(estimate, stderr, low, high, names_a, names_b, attrs, name="cka", extra=None):
+def _uncertainty_dataset(estimate, stderr, low, high, names_a, names_b, attrs, name="cka"):
     """A Dataset with the estimate and its interval, dims (layer_a, layer_b) or scalar."""
     if names_a is None:
         dims, coords = (), {}
@@ -264,7 +264,6 @@ def _uncertainty_dataset(estimate, stderr, low, high, names_a, names_b, attrs, n
         dims = ("layer_a", "layer_b")
         coords = {"layer_a": [str(n) for n in names_a], "layer_b": [str(n) for n in names_b]}
     variables = {name: estimate, "stderr": stderr, "ci_low": low, "ci_high": high}
-    variables.update(extra or {})
     from .results import _netcdf_attr
 
     attrs = {k: _netcdf_attr(v) for k, v in {**attrs, "estimate": name}.items()}
