@@ -63,10 +63,11 @@ def main():
     pair_flops = 2 * L * L * N * N
     loop_flops = L * L * 3 * 3 * 2 * N ** 3
     print(f"n = {N}, L = {L} layers, p = {P} features, float32, one CPU thread")
-    print(f"flops: grams {gram_flops / 1e9:.2f} G, pairing GEMM {pair_flops / 1e9:.3f} G, "
-          f"per-pair loop {loop_flops / 1e9:.1f} G")
-    print(f"{'library':>8} | {'gram floor':>10} | {'repsim update':>13} | {'ratio':>5} | "
-          f"{'per-pair loop':>13} | {'ratio':>6} | {'loop / repsim':>13}")
+    print(f"Gflop: grams {gram_flops / 1e9:.2f}, pairing GEMM {pair_flops / 1e9:.3f}, "
+          f"per-pair loop {loop_flops / 1e9:.1f}")
+    print("times in ms; ×floor = time / gram floor")
+    print(f"{'':>6} | {'floor':>6} | {'repsim':>6} | {'×floor':>6} | "
+          f"{'loop':>6} | {'×floor':>6} | {'loop/repsim':>11}")
     for lib in ("numpy", "torch"):
         acts = acts_np if lib == "numpy" else [torch.from_numpy(a) for a in acts_np]
 
@@ -91,11 +92,11 @@ def main():
             per_pair_loop(acts[:LOOP_LAYERS], lib)
             loop.append(time.perf_counter() - t0)
         t_loop = min(loop) * (L / LOOP_LAYERS) ** 2
-        print(f"{lib:>8} | {floor * 1e3:8.1f}ms | {t_repsim * 1e3:11.1f}ms | "
-              f"{t_repsim / floor:5.2f} | {t_loop * 1e3:11.0f}ms | {t_loop / floor:6.1f} | "
-              f"{t_loop / t_repsim:12.0f}×")
+        print(f"{lib:>6} | {floor * 1e3:6.1f} | {t_repsim * 1e3:6.1f} | "
+              f"{t_repsim / floor:6.2f} | {t_loop * 1e3:6.0f} | {t_loop / floor:6.1f} | "
+              f"{t_loop / t_repsim:10.0f}×")
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    print(f"load average (1, 5, 15 min) at the end: {load} on {os.cpu_count()} CPUs")
+    print(f"load average (1, 5, 15 min) at the end: {load}; {os.cpu_count()} CPUs")
 
 
 if __name__ == "__main__":
