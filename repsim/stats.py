@@ -623,6 +623,8 @@ def permutation_test(
         As in :func:`repsim.cka_matrix`.
     n_permutations : int, default 200
         At least 10; the smallest attainable p-value is ``1 / (n_permutations + 1)``.
+        0: no Monte Carlo -- only ``cka``, the exact ``chance`` and ``calibrated``, at the
+        cost of one :func:`repsim.cka_matrix`.
     seed : int, default 0
     progress : bool, default True
 
@@ -645,7 +647,8 @@ def permutation_test(
     >>> round(float(ds.cka), 2), round(float(ds.chance), 2), bool(ds.p_value > 0.05)
     (0.91, 0.91, True)
     """
-    n_permutations = V.check_count(n_permutations, "n_permutations", 10)
+    if n_permutations != 0:
+        n_permutations = V.check_count(n_permutations, "n_permutations", 10)
     single = _is_single_array(xs) and (ys is None or _is_single_array(ys))
     if _is_single_array(xs):
         xs = {"x": xs}
@@ -682,14 +685,16 @@ def permutation_test(
         cross = parts[0] if len(parts) == 1 else xp.concat(parts, axis=1)
         with np.errstate(divide="ignore", invalid="ignore"):
             null[r] = B.to_numpy(cross / denom)
-    null_mean = null.mean(0)
-    null_std = null.std(0, ddof=1)
     with np.errstate(divide="ignore", invalid="ignore"):
-        p_value = (1 + np.sum(null >= observed[None] - 1e-12, axis=0)) / (n_permutations + 1)
         calibrated = (observed - chance) / (1 - chance)
-        z = (observed - null_mean) / null_std
-    out = {"cka": observed, "chance": chance, "null_mean": null_mean, "null_std": null_std,
-           "p_value": p_value, "calibrated": calibrated, "z": z}
+    out = {"cka": observed, "chance": chance, "calibrated": calibrated}
+    if n_permutations:
+        null_mean = null.mean(0)
+        null_std = null.std(0, ddof=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            p_value = (1 + np.sum(null >= observed[None] - 1e-12, axis=0)) / (n_permutations + 1)
+            z = (observed - null_mean) / null_std
+        out.update(null_mean=null_mean, null_std=null_std, p_value=p_value, z=z)
     bad = np.asarray(deg_a, bool)[:, None] | np.asarray(deg_b, bool)[None, :]
     for k in out:
         out[k] = np.where(bad, np.nan, out[k])

@@ -544,3 +544,15 @@ def test_bootstrap_cka_feature_path_agrees_with_gram_path(rng):
         assert float(feat[var]) == pytest.approx(float(gram[var]), abs=1e-12)
     assert feat.cka.dims == () and feat.attrs["estimate"] == "cka"
     assert feat.attrs["estimator"] == "biased" and feat.attrs["n"] == 400
+
+
+def test_permutation_zero_gives_exact_chance_only(rng):
+    xs = {"a": rng.standard_normal((40, 50)), "b": rng.standard_normal((40, 5))}
+    ds = repsim.permutation_test(xs, n_permutations=0, progress=False)
+    assert set(ds.data_vars) == {"cka", "chance", "calibrated"}
+    full = repsim.permutation_test(xs, n_permutations=10, progress=False)
+    xr.testing.assert_allclose(ds.chance, full.chance)
+    np.testing.assert_allclose(ds.cka.values, repsim.cka_matrix(xs).values, rtol=1e-12)
+    np.testing.assert_allclose(np.diag(ds.calibrated.values), 1.0)
+    with pytest.raises(ValueError, match="n_permutations must be an integer >= 10"):
+        repsim.permutation_test(xs, n_permutations=3)
