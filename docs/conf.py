@@ -19,6 +19,12 @@ from apigen import write_api_index  # noqa: E402
 
 write_api_index(DOCS)
 
+# pages of gallery examples that no longer exist would be orphans (a warning): drop them
+for _page in (DOCS / "auto_examples").glob("plot_*.rst"):
+    if not (ROOT / "examples" / "gallery" / f"{_page.stem}.py").exists():
+        for _stale in _page.parent.glob(f"{_page.stem}.*"):
+            _stale.unlink()
+
 project = "repsim"
 author = "the repsim developers"
 copyright = "2026, the repsim developers"
@@ -32,13 +38,18 @@ extensions = [
     "sphinx.ext.viewcode",
     "numpydoc",
     "sphinx_gallery.gen_gallery",
+    "myst_parser",  # the study's report.md and the benchmark results, as written
 ]
 
 templates_path = ["_templates"]
 exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "scripts", "**/GALLERY_HEADER.rst",
                     "auto_examples/*.ipynb", "auto_examples/*.py", "auto_examples/*.zip",
-                    "auto_examples/*.md5", "auto_examples/*.codeobj.json", "study/*.md"]
-source_suffix = {".rst": "restructuredtext"}
+                    "auto_examples/*.md5", "auto_examples/*.codeobj.json"]
+# Markdown is read only where it is meant to be a page: the study reports. Other .md files
+# (the benchmark results) are included into .rst pages.
+include_patterns = ["**.rst", "study/*/report.md"]
+source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
+myst_heading_anchors = 3
 root_doc = "index"
 default_role = "obj"
 nitpicky = False
@@ -97,9 +108,9 @@ warnings.filterwarnings("ignore", category=UserWarning,
 
 # ----------------------------------------------------------------------------------------
 # The benchmark table on the performance page is written by the benchmark scripts into
-# docs/performance_results.rst (or .md: shown as preformatted text, this build has no
-# Markdown parser). ``.. benchmark-results::`` includes whichever exists and, when neither
-# does, says so on the page rather than failing the build.
+# docs/performance_results.rst or docs/performance_results.md (MyST Markdown).
+# ``.. benchmark-results::`` includes whichever exists and, when neither does, says so on
+# the page rather than failing the build.
 from docutils import nodes  # noqa: E402
 from docutils.parsers.rst import Directive  # noqa: E402
 from docutils.statemachine import StringList  # noqa: E402
@@ -117,13 +128,13 @@ class BenchmarkResults(Directive):
             if not path.exists():
                 continue
             text = path.read_text(encoding="utf-8")
-            if path.suffix == ".rst":
-                node = nodes.section()
-                node.document = self.state.document
-                self.state.nested_parse(StringList(text.splitlines(), str(path)),
-                                        self.content_offset, node, match_titles=True)
-                return node.children
-            return [nodes.literal_block(text, text)]
+            if path.suffix == ".md":  # through MyST, as an include
+                text = f".. include:: /{path.name}\n   :parser: myst_parser.sphinx_\n"
+            node = nodes.section()
+            node.document = self.state.document
+            self.state.nested_parse(StringList(text.splitlines(), str(path)),
+                                    self.content_offset, node, match_titles=True)
+            return node.children
         para = nodes.paragraph(text=(
             "The side-by-side benchmark has not yet written its results "
             "(docs/performance_results.rst); the cost-model measurement above is what "
