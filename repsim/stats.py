@@ -70,6 +70,7 @@ from . import _validation as V
 from .cka import _mask_degenerate, cka, cka_matrix
 from .hsic import centred_gram_stack
 from .kernels import ESTIMATORS, KERNELS, centre_into
+from .results import similarity_array
 
 INTERVALS = ("basic", "percentile")
 #: permutations index the centred grams in chunks of layers of about this many bytes
@@ -321,6 +322,7 @@ def bootstrap(
     interval="basic",
     seed=0,
     progress=True,
+    statistic=None,
     **kwargs,
 ):
     """Confidence intervals for a similarity by resampling examples.
@@ -378,6 +380,12 @@ def bootstrap(
         Seeds :func:`numpy.random.default_rng`; same seed, same intervals.
     progress : bool, default True
         tqdm progress bar (when tqdm is installed).
+    statistic : callable, optional
+        A quantity derived from the measure's result, bootstrapped instead of the result
+        itself: called on the full-data result and on every resample's (a DataArray for
+        :func:`repsim.cka_matrix`, a float for :func:`repsim.cka`), e.g.
+        :func:`repsim.block_score`, the mean CKA along the diagonal, or the CKA of one
+        layer of A with its best-matching layer of B. The fast gram path is kept.
     **kwargs
         The measure's keyword arguments (``kernel``, ``estimator``, ...).
 
@@ -385,7 +393,7 @@ def bootstrap(
     -------
     xarray.Dataset
         The estimate (variable ``cka`` for the CKA functions, else the result's name or
-        the measure's name), ``stderr``, ``ci_low``, ``ci_high``; dims ``(layer_a,
+        the measure's -- or the statistic's -- name), ``stderr``, ``ci_low``, ``ci_high``; dims ``(layer_a,
         layer_b)`` for a matrix, scalars for a scalar measure, else the result's dims.
         attrs: the measure's provenance plus ``method``, ``n_resamples``, ``level``,
         ``fraction``, ``subsample_size``, ``interval``, ``seed``, and ``estimate`` (the
@@ -430,26 +438,39 @@ def bootstrap(
             xs, ys, scalar_out = p["xs"], p["ys"], False
         return _bootstrap_grams(
             xs, ys, scalar_out, p["kernel"], p["estimator"], p["sigma"], p["threshold"],
-            p["engine"], m, rng, progress, common,
+            p["engine"], m, rng, progress, common, statistic,
         )
     sizes = {_n_rows(a) for a in args if _is_data(a)}
     if len(sizes) > 1:
         raise ValueError(
             f"all data arguments must have the same number of examples (first axis); got {sorted(sizes)}"
         )
-    full = measure(*args, **kwargs)
+    if statistic is not None and not callable(statistic):
+        raise TypeError(f"statistic must be callable; got {type(statistic).__name__}")
+    derive = statistic if statistic is not None else (lambda v: v)
+    result = measure(*args, **kwargs)
+    full = derive(result)
     theta = _as_numpy_result(full)
     reps = np.empty((n_resamples,) + theta.shape)
     for r in _progress(range(n_resamples), n_resamples, progress, "bootstrap"):
         idx = np.sort(rng.choice(n, m, replace=False))
         sub = [_take_rows(a, idx) if _is_data(a) else a for a in args]
-        reps[r] = _as_numpy_result(measure(*sub, **kwargs))
+        reps[r] = _as_numpy_result(derive(measure(*sub, **kwargs)))
     se, low, high = _interval(theta, reps, math.sqrt(m / (n - m)), level, interval)
-    name = getattr(full, "name", None) or getattr(measure, "__name__", "value")
-    attrs = dict(getattr(full, "attrs", {}) or {})
+    attrs = dict(getattr(result, "attrs", {}) or {})
     if measure is cka:  # its feature-space path
         attrs.update(measure="cka", estimator="biased", kernel="linear")
     attrs.update(common, n=n)
+    if statistic is not None:
+        attrs["statistic"] = getattr(statistic, "__name__", "statistic")
+        name = getattr(full, "name", None) or attrs["statistic"]
+    else:
+        name = getattr(full, "name", None) or getattr(measure, "__name__", "value")
+    return _result_dataset(full, theta, se, low, high, name, attrs)
+
+
+def _result_dataset(full, theta, se, low, high, name, attrs):
+    """The estimate and its interval shaped like ``full`` (DataArray, matrix, scalar...)."""
     if isinstance(full, xr.DataArray):
         ds = xr.Dataset(
             {name: full.copy(data=theta), "stderr": full.copy(data=se),
@@ -553,7 +574,8 @@ def _subsample_centred(g3, idx, unbiased, engine, xp, out):
     return out
 
 
-def _bootstrap_grams(xs, ys, scalar_out, kernel, estimator, sigma, threshold, engine, m, rng, progress, common):
+def _bootstrap_grams(xs, ys, scalar_out, kernel, estimator, sigma, threshold, engine, m, rng,
+                     progress, common, statistic=None):
     if estimator == "unbiased" and m < 4:
         raise ValueError(f"estimator='unbiased' needs subsamples of at least 4 examples; got m={m}")
     names_a, names_b, ga, gb, sig_a, sig_b, deg_a, deg_b, n = _prepare_pair(
@@ -568,18 +590,35 @@ def _bootstrap_grams(xs, ys, scalar_out, kernel, estimator, sigma, threshold, en
     buf_a = xp.empty((ga.shape[0], m * m), dtype=xp.float64, device=dev)
     buf_b = None if gb is None else xp.empty((gb.shape[0], m * m), dtype=xp.float64, device=dev)
     R = common["n_resamples"]
+    attrs = {"measure": "cka", "estimator": estimator, "kernel": kernel, "n": n, **common}
+    if kernel == "rbf":
+        attrs.update(sigma_a=list(sig_a), sigma_b=list(sig_b), threshold=threshold)
+    bad_a, bad_b = np.asarray(deg_a, bool), np.asarray(deg_b, bool)
+    if statistic is not None:
+        if not callable(statistic):
+            raise TypeError(f"statistic must be callable; got {type(statistic).__name__}")
+
+        def derive(values):
+            if scalar_out:
+                return statistic(np.float64(values[0, 0]))
+            return statistic(similarity_array(values, names_a, names_b, attrs))
+
+        full = derive(theta)
+        theta = _as_numpy_result(full)
     reps = np.empty((R,) + theta.shape)
     for r in _progress(range(R), R, progress, "bootstrap"):
         idx = xp.asarray(np.sort(rng.choice(n, m, replace=False)), device=dev)
         sa = _subsample_centred(ga3, idx, unbiased, engine, xp, buf_a)
         sb = None if gb is None else _subsample_centred(gb3, idx, unbiased, engine, xp, buf_b)
-        reps[r] = _pair(sa, sb, xp)
-    reps[:, np.asarray(deg_a, bool), :] = np.nan
-    reps[:, :, np.asarray(deg_b, bool)] = np.nan
+        values = _pair(sa, sb, xp)
+        values[bad_a, :] = np.nan
+        values[:, bad_b] = np.nan
+        reps[r] = values if statistic is None else _as_numpy_result(derive(values))
     se, low, high = _interval(theta, reps, math.sqrt(m / (n - m)), common["level"], common["interval"])
-    attrs = {"measure": "cka", "estimator": estimator, "kernel": kernel, "n": n, **common}
-    if kernel == "rbf":
-        attrs.update(sigma_a=list(sig_a), sigma_b=list(sig_b), threshold=threshold)
+    if statistic is not None:
+        attrs["statistic"] = getattr(statistic, "__name__", "statistic")
+        name = getattr(full, "name", None) or attrs["statistic"]
+        return _result_dataset(full, theta, se, low, high, name, attrs)
     if scalar_out:
         return _uncertainty_dataset(theta[0, 0], se[0, 0], low[0, 0], high[0, 0], None, None, attrs)
     return _uncertainty_dataset(theta, se, low, high, names_a, names_b, attrs)

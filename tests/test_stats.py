@@ -556,3 +556,37 @@ def test_permutation_zero_gives_exact_chance_only(rng):
     np.testing.assert_allclose(np.diag(ds.calibrated.values), 1.0)
     with pytest.raises(ValueError, match="n_permutations must be an integer >= 10"):
         repsim.permutation_test(xs, n_permutations=3)
+
+
+def test_bootstrap_statistic_of_the_matrix(rng):
+    """A derived quantity (diagonal-band mean, best match, block score) gets its interval
+    from the same resamples; the fast gram path equals recomputation."""
+    base = rng.standard_normal((60, 6))
+    xs = {f"l{i}": base[:, : 6 - i] + 0.3 * i * rng.standard_normal((60, 6 - i)) for i in range(5)}
+
+    def band_mean(sim):
+        return float(np.mean(np.diag(sim.values, 1)))
+
+    def best_match(sim):
+        return sim.max("layer_b")
+
+    def slow(a, **o):
+        return repsim.cka_matrix(a, **o)
+
+    kw = dict(n_resamples=12, seed=4, progress=False, estimator="unbiased")
+    for stat in (band_mean, best_match, repsim.block_score):
+        fast = repsim.bootstrap(repsim.cka_matrix, xs, statistic=stat, **kw)
+        ref = repsim.bootstrap(slow, xs, statistic=stat, **kw)
+        xr.testing.assert_allclose(fast, ref)
+        assert fast.attrs["statistic"] == stat.__name__
+    ds = repsim.bootstrap(repsim.cka_matrix, xs, statistic=band_mean, **kw)
+    assert ds.attrs["estimate"] == "band_mean" and ds.band_mean.shape == ()
+    assert float(ds.band_mean) == pytest.approx(band_mean(repsim.cka_matrix(xs, estimator="unbiased")))
+    ds = repsim.bootstrap(repsim.cka_matrix, xs, statistic=best_match, **kw)
+    assert ds.attrs["estimate"] == "cka" and ds.cka.dims == ("layer_a",)
+    x, y = pair(rng, 80, 3)
+    sq = repsim.bootstrap(repsim.cka, x, y, statistic=np.square, n_resamples=12, progress=False,
+                          estimator="unbiased")
+    assert float(sq.square) == pytest.approx(float(repsim.cka(x, y, estimator="unbiased")) ** 2)
+    with pytest.raises(TypeError, match="statistic must be callable"):
+        repsim.bootstrap(repsim.cka_matrix, xs, statistic="max", progress=False)
