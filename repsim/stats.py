@@ -768,6 +768,7 @@ def _stack_seeds(results, dim, name):
         )
     if len(results) == 0:
         raise ValueError(f"{name} must hold at least one result; got none")
+    results = [_estimate_variable(r, name) if isinstance(r, xr.Dataset) else r for r in results]
     if all(isinstance(r, xr.DataArray) for r in results):
         try:
             return xr.concat(list(results), dim=dim, join="exact", coords="minimal", compat="override")
@@ -781,13 +782,26 @@ def _stack_seeds(results, dim, name):
     return xr.DataArray(stacked, dims=(dim,) + tuple(f"dim_{i}" for i in range(stacked.ndim - 1)))
 
 
+def _estimate_variable(ds, name):
+    """The estimate of an uncertainty Dataset (its ``attrs["estimate"]`` variable)."""
+    est = ds.attrs.get("estimate")
+    if est is None or est not in ds:
+        raise TypeError(
+            f"{name} holds a Dataset without an 'estimate' attribute naming one of its "
+            f"variables ({list(ds.data_vars)}); pass the DataArray to aggregate"
+        )
+    return ds[est]
+
+
 def aggregate_seeds(results, *, level=0.9, dim="seed"):
     """Mean and spread of a similarity over training seeds.
 
     Parameters
     ----------
     results : list of DataArray/array/number, or DataArray with a ``dim`` dimension
-        One result per seed (same layers, same shape).
+        One result per seed (same layers, same shape). Uncertainty Datasets (from
+        :func:`bootstrap`, ``MinibatchCKA.compute(uncertainty=True)``) contribute their
+        estimate.
     level : float, default 0.9
         Level of the Student-t interval for the mean.
     dim : str, default "seed"

@@ -590,3 +590,16 @@ def test_bootstrap_statistic_of_the_matrix(rng):
     assert float(sq.square) == pytest.approx(float(repsim.cka(x, y, estimator="unbiased")) ** 2)
     with pytest.raises(TypeError, match="statistic must be callable"):
         repsim.bootstrap(repsim.cka_matrix, xs, statistic="max", progress=False)
+
+
+def test_seed_helpers_take_uncertainty_datasets(rng):
+    per_seed = []
+    for seed in range(3):
+        acc = repsim.MinibatchCKA(groups=2)
+        _feed(acc, np.random.default_rng(seed), 4, 16, 3)
+        per_seed.append(acc.compute(uncertainty=True))
+    agg = repsim.aggregate_seeds(per_seed)
+    np.testing.assert_allclose(agg["mean"].values, np.mean([d.cka.values for d in per_seed], axis=0))
+    assert list(agg.layer_b.values) == ["y"]
+    with pytest.raises(TypeError, match="'estimate' attribute"):
+        repsim.aggregate_seeds([xr.Dataset({"v": 1.0})])
