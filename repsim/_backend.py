@@ -96,42 +96,31 @@ def accumulation_dtype(xp):
 
 
 def self_product(x, xp):
-    """The linear gram ``x @ x.T`` through the fastest symmetric routine available.
+    """The linear gram ``x @ x.T`` in the input's own library.
 
-    numpy hands the transposed self-product to BLAS ``syrk``, which computes one triangle
-    (half the flops of ``gemm``) and mirrors it. torch has no such path, so a CPU tensor
-    that needs no gradient is multiplied through a zero-copy numpy view and the result
-    wrapped back as a tensor; CUDA tensors (and anything needing autograd) use ``matmul``.
+    numpy hands the transposed self-product to BLAS ``syrk`` (one triangle, half the flops
+    of ``gemm``). Routing CPU torch tensors through numpy's syrk as well was measured and
+    rejected: OpenBLAS's and torch's OpenMP thread pools then alternate, and their
+    spinning workers fight for the cores (4.3 s instead of 0.9 s for 16 layers x 2
+    batches on 2 cores), so every library keeps its own BLAS.
     """
-    if (
-        is_torch(x)
-        and x.device.type == "cpu"
-        and not x.requires_grad
-        and x.dtype in (xp.float32, xp.float64)
-    ):
-        import torch
-
-        a = x.numpy() if x.is_contiguous() else x.contiguous().numpy()
-        return torch.from_numpy(a @ a.T)
     return xp.matmul(x, x.T)
 
 
 def pair_product(ga, gb, xp):
-    """The pairing product ``ga @ gb.T`` of two packed ``(L, n^2)`` float64 matrices.
-
-    numpy operands go through torch's BLAS when torch is already imported (zero-copy views,
-    result back as numpy): on the project's 2-core CPU machine MKL's dgemm ran the
-    ``(169, 65536)`` self-product of a ResNet-56 batch 4x faster than OpenBLAS's dsyrk
-    (0.24 s vs 1.0 s, ``benchmarks/compare_peers.py``). torch is never imported here.
-    """
-    import sys
-
-    torch = sys.modules.get("torch")
-    if torch is not None and is_numpy(ga):
-        ta = torch.from_numpy(ga)
-        tb = ta if gb is ga else torch.from_numpy(gb)
-        return torch.matmul(ta, tb.T).numpy()
+    """The pairing product ``ga @ gb.T`` of two packed ``(L, n^2)`` float64 matrices,
+    in the input's own library (see :func:`self_product` for why not mixed)."""
     return xp.matmul(ga, gb.T)
+
+
+def numba_view(a):
+    """A numpy view of ``a`` for the numba kernels: numpy arrays as they are, CPU torch
+    tensors without autograd as zero-copy views, anything else None."""
+    if is_numpy(a):
+        return a
+    if is_torch(a) and a.device.type == "cpu" and not a.requires_grad:
+        return a.numpy()
+    return None
 
 
 def _numba_available() -> bool:
@@ -147,18 +136,23 @@ def _numba_available() -> bool:
 def use_numba(engine: str, *arrays) -> bool:
     """Whether to run the fused numba kernels for these arrays.
 
-    ``engine="auto"`` picks numba for numpy inputs when numba is installed (the
-    benchmarks in ``benchmarks/`` show it wins on the memory-bound centring steps);
-    ``"numpy"`` forces the plain array-API path; ``"numba"`` requires numba and numpy
-    inputs.
+    ``engine="auto"`` picks numba for host memory (numpy arrays, CPU torch tensors
+    without autograd, through zero-copy views) when numba is installed: the fused
+    single-threaded kernels beat numpy's passes on the centring steps 2x
+    (``benchmarks/core_ratios.py``) and, on CPU torch, also spare a few OpenMP parallel
+    regions per layer. ``"numpy"`` forces the plain array-API path; ``"numba"`` requires
+    numba and host inputs.
     """
     if engine == "numpy":
         return False
-    all_numpy = all(is_numpy(a) for a in arrays)
+    on_host = all(numba_view(a) is not None for a in arrays)
     if engine == "numba":
-        if not all_numpy:
-            raise TypeError("engine='numba' runs on numpy arrays only; use engine='auto' for torch")
+        if not on_host:
+            raise TypeError(
+                "engine='numba' runs on numpy arrays and CPU torch tensors without autograd; "
+                "use engine='auto'"
+            )
         if not _numba_available():
             raise ImportError("engine='numba' needs numba installed (pip install numba)")
         return True
-    return all_numpy and _numba_available()
+    return on_host and _numba_available()

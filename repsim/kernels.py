@@ -29,7 +29,7 @@ def prepare(x, name="x"):
 
 
 def linear_gram(x, xp):
-    """``x @ x.T`` by a symmetric rank-k product where possible (:func:`B.self_product`)."""
+    """``x @ x.T`` (numpy runs BLAS syrk on it; see :func:`repsim._backend.self_product`)."""
     return B.self_product(x, xp)
 
 
@@ -104,7 +104,8 @@ def rbf_from_linear(k, xp, sigma=None, threshold=1.0, engine="auto", name="x"):
         from . import _numba
 
         out = np.empty(k.shape, dtype=np.float64)
-        return _numba.rbf_from_linear(k, inv, out), sigma
+        out = _numba.rbf_from_linear(B.numba_view(k), inv, out)
+        return (out if B.is_numpy(k) else xp.asarray(out)), sigma
     if d2 is None:
         d2 = squared_distances(k, xp)
     return xp.exp(-d2 * inv), sigma
@@ -204,7 +205,7 @@ def centre_into(k, unbiased, out, xp, engine="auto"):
     if B.use_numba(engine, k, out):
         from . import _numba
 
-        tr, total = _numba.centre_into(k, unbiased, out)
+        tr, total = _numba.centre_into(B.numba_view(k), unbiased, B.numba_view(out))
         return float(tr), float(total)
     n = k.shape[0]
     k64 = xp.astype(k, xp.float64)
