@@ -12,6 +12,7 @@ matplotlib (or numba, which loads with the first fused kernel) behind the caller
 
 from importlib import import_module as _import_module
 
+from ._validation import DegenerateRepresentationWarning, UnderdeterminedCCAWarning
 from .blocks import block_score, block_structure
 from .cca_family import canonical_correlations, cca, pwcca, svcca
 from .cka import cka, cka_matrix
@@ -42,6 +43,7 @@ _LAZY = {
 
 __all__ = sorted(
     [
+        "DegenerateRepresentationWarning",
         "DominantExamples",
         "MinibatchCKA",
         "aggregate_seeds",
@@ -66,6 +68,7 @@ __all__ = sorted(
         "save_result",
         "svcca",
         "ucentre_gram",
+        "UnderdeterminedCCAWarning",
     ]
     + list(_LAZY)
 )
