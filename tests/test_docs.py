@@ -226,14 +226,15 @@ def test_gallery_page_renders_its_figure(browser):
 # --------------------------------------------------------------------------- guide pages
 
 
-@pytest.mark.parametrize("page", ["getting_started", "choosing", "hooks", "faq"])
+@pytest.mark.parametrize("page", ["user_guide/getting_started", "user_guide/choosing",
+                                  "user_guide/hooks", "user_guide/faq", "guide/uncertainty"])
 def test_user_guide_examples_print_what_the_page_says(page):
     """The ``>>>`` examples of these pages are doctests: their numbers stay true."""
     import doctest
 
     pytest.importorskip("torch")
     failures, tried = doctest.testfile(
-        str(DOCS / "user_guide" / f"{page}.rst"), module_relative=False,
+        str(DOCS / f"{page}.rst"), module_relative=False,
         optionflags=doctest.NORMALIZE_WHITESPACE | doctest.ELLIPSIS, verbose=False)
     assert tried > 0
     assert failures == 0, f"{failures} of {tried} examples in {page}.rst failed (see above)"
