@@ -32,6 +32,8 @@ GROUPS = [
      ("results", "plotting")),
     ("Models and data", "The CIFAR-style ResNets and datasets of the wide/deep study.",
      ("models", "datasets")),
+    ("Warnings", "Warning classes repsim emits, for filtering with the :mod:`warnings` module.",
+     ("validation",)),
 ]
 OTHER = ("Other", "Public names not covered by the groups above.")
 
