@@ -9,7 +9,7 @@ torch paths as a multiple of the gram floor (the float32 grams ``X X^T`` alone, 
 library), the speed-up over a loop over layer pairs with an ``n x n x n`` product per pair
 (what most peer libraries do), and the numba-vs-numpy figures of the fused steps. Runs
 are interleaved and the minimum over repeats is kept, so a shared machine's noise hits
-both sides alike.
+both sides alike; numpy and torch are measured in separate processes (one script run).
 """
 
 import argparse
@@ -52,8 +52,77 @@ def per_pair_loop(batch):
     return out
 
 
+def measure(library, args):
+    """Time floor and repsim for one library (run in its own process, see main)."""
+    rng = np.random.default_rng(0)
+    batch = {f"layer{i}": rng.standard_normal((args.n, args.p), dtype=np.float32) for i in range(args.layers)}
+    if library == "torch":
+        import torch
+
+        batch = {k: torch.from_numpy(v) for k, v in batch.items()}
+
+    def floor():
+        for _ in range(args.batches):
+            for x in batch.values():
+                x @ x.T
+
+    def minibatch(**kw):
+        def run():
+            acc = repsim.MinibatchCKA(**kw)
+            for _ in range(args.batches):
+                acc.update(batch)
+            return acc.compute()
+        return run
+
+    minibatch()()  # compile the numba kernels once
+    fns = {"floor": floor, "repsim": minibatch(), "repsim (numpy engine)": minibatch(engine="numpy")}
+    t = best_of(fns, args.repeats)
+    rows = [(f"repsim {library}, numba centring (auto)", t["repsim"], t["repsim"] / t["floor"]),
+            (f"repsim {library}, numpy centring", t["repsim (numpy engine)"],
+             t["repsim (numpy engine)"] / t["floor"]),
+            (f"gram floor {library}", t["floor"], 1.0)]
+    for name, sec, ratio in rows:
+        print(f"| {name} | {sec:.3f} | {ratio:.3f} |")
+
+    if library == "torch":
+        sub = {k: batch[k] for k in list(batch)[: args.pair_layers]}
+
+        def packed():
+            acc = repsim.MinibatchCKA()
+            acc.update(sub)
+            return acc.compute()
+
+        tp = best_of({"per-pair loop": lambda: per_pair_loop(list(sub.values())), "repsim": packed},
+                     max(1, args.repeats // 2))
+        ref = per_pair_loop(list(sub.values())).numpy()
+        dev = float(np.max(np.abs(packed().values - ref)))
+        print(f"\nper-pair loop ({args.pair_layers} layers, 1 batch, torch): {tp['per-pair loop']:.3f} s; "
+              f"repsim {tp['repsim']:.3f} s; speed-up {tp['per-pair loop'] / tp['repsim']:.1f}x; "
+              f"max |difference| {dev:.2e}")
+    else:
+        x = batch["layer0"]
+        k = x @ x.T
+        out = np.empty(args.n * args.n)
+        steps = {
+            "U-centre (numba)": lambda: centre_into(k, True, out, np, engine="numba"),
+            "U-centre (numpy)": lambda: centre_into(k, True, out, np, engine="numpy"),
+            "centre (numba)": lambda: centre_into(k, False, out, np, engine="numba"),
+            "centre (numpy)": lambda: centre_into(k, False, out, np, engine="numpy"),
+            "rbf from gram (numba)": lambda: rbf_from_linear(k, np, sigma=10.0, engine="numba"),
+            "rbf from gram (numpy)": lambda: rbf_from_linear(k, np, sigma=10.0, engine="numpy"),
+        }
+        for f in steps.values():
+            f()
+        ts = best_of({name: (lambda f=f: [f() for _ in range(20)]) for name, f in steps.items()}, args.repeats)
+        print("\n| step (n=%d) | numba (ms) | numpy (ms) | numpy / numba |\n|---|---|---|---|" % args.n)
+        for step in ("U-centre", "centre", "rbf from gram"):
+            a, b = ts[f"{step} (numba)"] / 20 * 1e3, ts[f"{step} (numpy)"] / 20 * 1e3
+            print(f"| {step} | {a:.3f} | {b:.3f} | {b / a:.2f} |")
+
+
 def main():
-    import torch
+    import subprocess
+    import sys
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
@@ -63,81 +132,25 @@ def main():
     ap.add_argument("--p", type=int, default=4096)
     ap.add_argument("--pair-layers", type=int, default=16,
                     help="layers in the per-pair-loop comparison (it is slow)")
+    ap.add_argument("--library", choices=["numpy", "torch"], help=argparse.SUPPRESS)
     args = ap.parse_args()
-
-    rng = np.random.default_rng(0)
-    batch_np = {f"layer{i}": rng.standard_normal((args.n, args.p), dtype=np.float32) for i in range(args.layers)}
-    batch_t = {k: torch.from_numpy(v) for k, v in batch_np.items()}
-    print(f"workload: {args.layers} layers x {args.batches} batches of n={args.n}, p={args.p}, float32; "
-          f"torch threads={torch.get_num_threads()}; repeats={args.repeats} (min kept)")
-
-    def floor(batch):
-        def run():
-            for _ in range(args.batches):
-                for x in batch.values():
-                    x @ x.T
-        return run
-
-    def minibatch(batch, **kw):
-        def run():
-            acc = repsim.MinibatchCKA(**kw)
-            for _ in range(args.batches):
-                acc.update(batch)
-            return acc.compute()
-        return run
-
-    minibatch(batch_np)()  # compile the numba kernels once
-    t = best_of({
-        "floor numpy": floor(batch_np),
-        "repsim numpy (numba engine)": minibatch(batch_np),
-        "repsim numpy (numpy engine)": minibatch(batch_np, engine="numpy"),
-        "floor torch": floor(batch_t),
-        "repsim torch": minibatch(batch_t),
-    }, args.repeats)
+    if args.library:
+        measure(args.library, args)
+        return
+    print(f"workload: {args.layers} layers x {args.batches} batches of n={args.n}, p={args.p}, "
+          f"float32; repeats={args.repeats} (interleaved, min kept); numpy and torch each in a "
+          "fresh process so their BLAS thread pools never alternate")
+    rows, extras = [], []
+    for library in ("numpy", "torch"):
+        out = subprocess.run([sys.executable, __file__, "--library", library] + sys.argv[1:],
+                             check=True, capture_output=True, text=True).stdout
+        head, _, tail = out.partition("\n\n")
+        rows.append(head.strip())
+        extras.append(tail.strip())
     print("\n| path | time (s) | x gram floor |\n|---|---|---|")
-    for name in ("repsim numpy (numba engine)", "repsim numpy (numpy engine)"):
-        print(f"| {name} | {t[name]:.3f} | {t[name] / t['floor numpy']:.3f} |")
-    print(f"| gram floor numpy | {t['floor numpy']:.3f} | 1 |")
-    print(f"| repsim torch | {t['repsim torch']:.3f} | {t['repsim torch'] / t['floor torch']:.3f} |")
-    print(f"| gram floor torch | {t['floor torch']:.3f} | 1 |")
-
-    # per-pair loop vs one packed product, on one batch of fewer layers (the loop is slow)
-    sub = {k: batch_t[k] for k in list(batch_t)[: args.pair_layers]}
-    one_batch = dict(args.__dict__)
-
-    def packed():
-        acc = repsim.MinibatchCKA()
-        acc.update(sub)
-        return acc.compute()
-
-    tp = best_of({"per-pair loop": lambda: per_pair_loop(list(sub.values())), "repsim": packed},
-                 max(1, args.repeats // 2))
-    ref = per_pair_loop(list(sub.values())).numpy()
-    dev = float(np.max(np.abs(packed().values - ref)))
-    print(f"\nper-pair loop ({args.pair_layers} layers, 1 batch, torch): {tp['per-pair loop']:.3f} s; "
-          f"repsim {tp['repsim']:.3f} s; speed-up {tp['per-pair loop'] / tp['repsim']:.1f}x; "
-          f"max |difference| {dev:.2e}")
-    del one_batch
-
-    # the fused numba steps against their numpy equivalents (one layer's n x n gram)
-    x = batch_np["layer0"]
-    k = x @ x.T
-    out = np.empty(args.n * args.n)
-    steps = {
-        "U-centre (numba)": lambda: centre_into(k, True, out, np, engine="numba"),
-        "U-centre (numpy)": lambda: centre_into(k, True, out, np, engine="numpy"),
-        "centre (numba)": lambda: centre_into(k, False, out, np, engine="numba"),
-        "centre (numpy)": lambda: centre_into(k, False, out, np, engine="numpy"),
-        "rbf from gram (numba)": lambda: rbf_from_linear(k, np, sigma=10.0, engine="numba"),
-        "rbf from gram (numpy)": lambda: rbf_from_linear(k, np, sigma=10.0, engine="numpy"),
-    }
-    for f in steps.values():
-        f()
-    ts = best_of({name: (lambda f=f: [f() for _ in range(20)]) for name, f in steps.items()}, args.repeats)
-    print("\n| step (n=%d) | numba (ms) | numpy (ms) | numpy / numba |\n|---|---|---|---|" % args.n)
-    for step in ("U-centre", "centre", "rbf from gram"):
-        a, b = ts[f"{step} (numba)"] / 20 * 1e3, ts[f"{step} (numpy)"] / 20 * 1e3
-        print(f"| {step} | {a:.3f} | {b:.3f} | {b / a:.2f} |")
+    print("\n".join(rows))
+    for extra in extras:
+        print("\n" + extra)
 
 
 if __name__ == "__main__":
