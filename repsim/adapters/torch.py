@@ -473,15 +473,6 @@ def _run_forward(model, batch, device, forward):
     )
 
 
-def _host_grams(grams):
-    """CPU torch grams -> numpy views (zero copy): the numpy path centres them in fused
-    numba kernels and pairs a model with itself by a symmetric rank-k product."""
-    out = {}
-    for name, g in grams.items():
-        out[name] = g.numpy() if g.device.type == "cpu" else g
-    return out
-
-
 def _dist_context():
     """(rank, world_size) of the default process group, or (0, 1) outside one."""
     dist = torch.distributed
@@ -868,7 +859,7 @@ def compare_models(
         if repeated == "index" and within and not symmetric:
             gb = {k: v for k, v in ga.items() if k.rsplit(":", 1)[0] in names_b}
             ga = {k: v for k, v in ga.items() if k.rsplit(":", 1)[0] in names_a}
-        acc.update_grams(_host_grams(ga), None if gb is None else _host_grams(gb))
+        acc.update_grams(ga, gb)
 
     cuda = [dev.index if dev.index is not None else torch.cuda.current_device()] \
         if dev.type == "cuda" else []
