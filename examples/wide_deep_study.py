@@ -80,17 +80,17 @@ DEFAULT_CONFIG = {
     "n_eval": 1000,  # held-out images used for the analyses (CIFAR-10 test set subset)
     "grids": [
         {"depths": [20, 56, 110], "widths": [1], "seeds": [0], "train_fractions": [1.0]},
-        {"depths": [14], "widths": [4], "seeds": [0], "train_fractions": [1.0]},
+        {"depths": [14], "widths": [2], "seeds": [0], "train_fractions": [1.0]},
         {"depths": [110], "widths": [1], "seeds": [1], "train_fractions": [1.0]},
         {"depths": [56], "widths": [1], "seeds": [0], "train_fractions": [0.25]},
     ],
     "epochs": 60,
     "batch_size": 128,
-    "lr": 0.1,
+    "lr": 0.05,
     "momentum": 0.9,
     "nesterov": True,
     "weight_decay": 5e-4,
-    "warmup_epochs": 2,
+    "warmup_fraction": 0.25,  # linear warm-up over this share of the steps, then cosine to zero
     "augment": False,  # crop + horizontal flip (on for CIFAR-10)
     "crop_padding": 4,
     "min_steps": 0,  # reduced-data models train at least this many steps (epochs scaled up)
@@ -134,7 +134,7 @@ CIFAR10_DEFAULTS = {
 
 TRAIN_KEYS = (
     "dataset", "digits_test_size", "split_seed", "image_size", "epochs", "batch_size", "lr",
-    "momentum", "nesterov", "weight_decay", "warmup_epochs", "augment", "crop_padding",
+    "momentum", "nesterov", "weight_decay", "warmup_fraction", "augment", "crop_padding",
     "min_steps",
 )
 ANALYSIS_KEYS = ("n_eval", "cka_batch_size", "passes", "layers", "dominant_top", "cross_passes")
@@ -364,8 +364,6 @@ def build_model(spec, data):
 
 
 def _accuracy(model, x, y, device, batch=500):
-    import torch
-
     preds = predict(model, x, device, batch)
     return float((preds.argmax(1) == y).mean())
 
@@ -414,7 +412,7 @@ def train_one(spec, data, cfg, out: Path, progress=True):
     if cfg["min_steps"] and steps_per_epoch * epochs < cfg["min_steps"]:
         epochs = math.ceil(cfg["min_steps"] / steps_per_epoch)
     total = steps_per_epoch * epochs
-    warm = min(total, steps_per_epoch * cfg["warmup_epochs"])
+    warm = max(1, int(round(cfg["warmup_fraction"] * total)))
 
     def lr_factor(step):  # linear warm-up, then cosine to zero
         if step < warm:
@@ -480,6 +478,9 @@ def _tqdm(**kw):
                 pass
 
             def set_postfix(self, *a, **k):
+                pass
+
+            def set_postfix_str(self, *a, **k):
                 pass
 
             def close(self):
@@ -695,6 +696,15 @@ def _remove_pc1(x):
     return repsim.remove_top_pcs(x, k=1)
 
 
+def main_fraction(items) -> float:
+    """The training fraction with the most architectures (ties: the larger fraction); the
+    cross-architecture and wide-vs-deep comparisons use the models trained on it."""
+    archs = {}
+    for s in items:
+        archs.setdefault(s["train_fraction"], set()).add((s["depth"], s["width"]))
+    return max(archs, key=lambda f: (len(archs[f]), f))
+
+
 def cross_pairs(specs) -> list[tuple[dict, dict, str]]:
     """Pairs for analysis (e): seeds of one architecture, and different architectures."""
     pairs = []
@@ -705,7 +715,7 @@ def cross_pairs(specs) -> list[tuple[dict, dict, str]]:
         group = sorted(group, key=lambda s: s["seed"])
         if len(group) >= 2:
             pairs.append((group[0], group[1], "seeds"))
-    top = max(s["train_fraction"] for s in specs)
+    top = main_fraction(specs)
     first = {}  # lowest seed of every architecture trained on the largest fraction
     for s in sorted(specs, key=lambda s: s["seed"]):
         if s["train_fraction"] == top:
@@ -848,7 +858,7 @@ def output_summary(specs, extracts, data) -> dict:
                 pa, pb = preds[group[i]["id"]], preds[group[j]["id"]]
                 seeds.append({"model_a": group[i]["id"], "model_b": group[j]["id"],
                               "disagreement": round(float(np.mean(pa != pb)), 4)})
-    top = max(s["train_fraction"] for s in specs)
+    top = main_fraction(specs)
     full = [s for s in specs if s["train_fraction"] == top and s["seed"] == min(x["seed"] for x in specs)]
     wide = max(full, key=lambda s: (s["width"], -s["depth"]))
     deep = max(full, key=lambda s: (s["depth"], -s["width"]))
@@ -885,9 +895,14 @@ def findings(summary) -> list[dict]:
     out = []
 
     def add(key, claim, ok, text):
-        out.append({"key": key, "claim": claim, "reproduced": ok, "evidence": text})
+        # ok: one verdict, or one per model / pair ("partly" when they differ)
+        if isinstance(ok, list):
+            verdict = "yes" if all(ok) else "no" if not any(ok) else f"partly ({sum(ok)} of {len(ok)})"
+        else:
+            verdict = {True: "yes", False: "no", None: "not testable"}[ok]
+        out.append({"key": key, "claim": claim, "reproduced": verdict, "evidence": text})
 
-    top = max(m["train_fraction"] for m in models)
+    top = main_fraction(models)
     base = [m for m in models if m["train_fraction"] == top and m["seed"] == min(x["seed"] for x in models)]
     if len(base) >= 2:
         big = max(base, key=lambda m: (m["n_parameters"], m["depth"]))
@@ -898,7 +913,16 @@ def findings(summary) -> list[dict]:
         ok = bool(has) and small["n_blocks"] == 0
         text = "; ".join(_block_text(m) for m in largest) + f"; smallest ({small['id']}): {_block_text(small)}"
         add("block_in_large_not_small", "A block structure appears in the largest-capacity model(s) and not in "
-            "the smallest.", ok, text)
+            "the smallest (repsim.block_structure's rule).", ok, text)
+        # the same claim with the paper's characterisation of a block: one whose layers are
+        # dominated by their first principal component (mean PC1 share inside > 0.5)
+        dominated = [m for m in largest if _pc1_dominated(m)]
+        ok = bool(dominated) and not _pc1_dominated(small)
+        text = "; ".join(f"{m['id']}: PC1 share {_fmt(m['pc1_in_block'])} inside its largest block, "
+                         f"{_fmt(m['pc1_out_of_block'])} outside (max {_fmt(m['pc1_max'])})"
+                         for m in largest + [small])
+        add("pc1_block_in_large_not_small", "A PC1-dominated block (mean PC1 share inside the largest block > 0.5) "
+            "appears in the largest-capacity model(s) and not in the smallest.", ok, text)
     pairs = {}
     for m in models:
         pairs.setdefault((m["depth"], m["width"], m["seed"]), []).append(m)
@@ -917,28 +941,28 @@ def findings(summary) -> list[dict]:
                         f"{r['n_blocks']} block(s), largest {size_r} layers vs {full['n_blocks']} / {size_full} "
                         f"with all the data (train acc {full['train_accuracy']:.3f})")
     if rows:
-        add("less_data_more_blocks", "Less training data gives more or larger blocks.", all(verdicts), "; ".join(rows))
+        add("less_data_more_blocks", "Less training data gives more or larger blocks.", verdicts, "; ".join(rows))
     with_block = [m for m in models if m["largest_block"] is not None and m["pc1_out_of_block"] is not None]
     if with_block:
-        ok = all(m["pc1_in_block"] > m["pc1_out_of_block"] for m in with_block)
+        ok = [m["pc1_in_block"] > m["pc1_out_of_block"] for m in with_block]
         add("pc1_higher_inside", "The first principal component explains more variance inside the block than "
             "outside.", ok, "; ".join(f"{m['id']}: {m['pc1_in_block']:.3f} inside vs {m['pc1_out_of_block']:.3f} "
                                       "outside" for m in with_block))
-        ok = all(m["block_contrast_after_pc1_removal"] is not None
-                 and m["block_contrast_after_pc1_removal"] < m["block_contrast"] for m in with_block)
+        ok = [m["block_contrast_after_pc1_removal"] is not None
+              and m["block_contrast_after_pc1_removal"] < m["block_contrast"] for m in with_block]
         add("pc1_removal_weakens_block", "Removing the first principal component weakens the block.", ok,
             "; ".join(f"{m['id']}: contrast {m['block_contrast']:.3f} → {_fmt(m['block_contrast_after_pc1_removal'])}"
                       f" (score {_fmt(m['block_score'])} → {_fmt(m['block_score_after_pc1_removal'])})"
                       for m in with_block))
-        ok = all(m["block_contrast_without_dominant"] is not None
-                 and m["block_contrast_without_dominant"] < m["block_contrast"] for m in with_block)
+        ok = [m["block_contrast_without_dominant"] is not None
+              and m["block_contrast_without_dominant"] < m["block_contrast"] for m in with_block]
         add("dominant_examples_carry_block", "Removing the block's dominant examples weakens the block.", ok,
             "; ".join(f"{m['id']}: contrast {m['block_contrast']:.3f} → "
                       f"{_fmt(m['block_contrast_without_dominant'])} without {m['dominant_removed']} examples"
                       for m in with_block))
     seed_pairs = [p for p in summary["cross_seed"] if p["in_block_cka"] is not None and p["out_of_block_cka"] is not None]
     if seed_pairs:
-        ok = all(p["in_block_cka"] < p["out_of_block_cka"] for p in seed_pairs)
+        ok = [p["in_block_cka"] < p["out_of_block_cka"] for p in seed_pairs]
         add("block_differs_across_seeds", "Across seeds, layers inside the block match less than layers outside it.",
             ok, "; ".join(f"{p['model_a']} vs {p['model_b']}: {p['in_block_cka']:.3f} in block vs "
                           f"{p['out_of_block_cka']:.3f} outside" for p in seed_pairs))
@@ -957,7 +981,7 @@ def findings(summary) -> list[dict]:
                             f"{inside:.3f} in block vs {outside:.3f} outside")
     if rows:
         add("block_unmatched_across_architectures", "Across architectures, block layers find a poorer match in "
-            "the other model than layers outside the block.", all(verdicts), "; ".join(rows))
+            "the other model than layers outside the block.", verdicts, "; ".join(rows))
     wd = summary["outputs"]["wide_vs_deep"]
     seeds = summary["outputs"]["seed_disagreement"]
     if wd is not None and seeds:
@@ -969,6 +993,10 @@ def findings(summary) -> list[dict]:
             f"on {mean_seed:.3f} on average ({len(seeds)} pair(s)); {wd['n_classes_significant']} class(es) differ "
             "significantly (exact McNemar, Holm-corrected p < 0.05)")
     return out
+
+
+def _pc1_dominated(m) -> bool:
+    return m["pc1_in_block"] is not None and m["pc1_in_block"] > 0.5
 
 
 def _fmt(v, spec=".3f"):
@@ -1073,7 +1101,8 @@ def make_figures(specs, extracts, crosses, summary, out: Path) -> dict:
     figs["block_scores"] = _savefig(fig, fig_dir / "block_scores.png", plt)
 
     # 3. before / after PC1 removal and without dominant examples
-    chosen = [s for s in specs if entries[s["id"]]["largest_block"] is not None][:4]
+    chosen = sorted((s for s in specs if entries[s["id"]]["pc1_in_block"] is not None),
+                    key=lambda s: -entries[s["id"]]["pc1_in_block"])[:4]
     if not chosen:
         chosen = [max(base, key=lambda s: (s["depth"] * s["width"] ** 2, s["depth"]))]
     fig, axes = plt.subplots(len(chosen), 3, figsize=(8, 2.6 * len(chosen)), squeeze=False, constrained_layout=True)
@@ -1133,7 +1162,7 @@ def write_report(summary, figs, cfg, out: Path):
     L.append("## Set-up\n")
     L.append(f"- data: {summary['data']}")
     L.append(f"- training: SGD (momentum {cfg['momentum']}, Nesterov {cfg['nesterov']}), peak lr {cfg['lr']}, "
-             f"{cfg['warmup_epochs']} warm-up epoch(s) then cosine, weight decay {cfg['weight_decay']}, batch "
+             f"linear warm-up over {cfg['warmup_fraction']:.0%} of the steps then cosine, weight decay {cfg['weight_decay']}, batch "
              f"{cfg['batch_size']}, {cfg['epochs']} epochs" + (", crop + flip augmentation" if cfg["augment"] and
                                                               cfg["dataset"] != "digits" else ""))
     L.append(f"- CKA: linear minibatch CKA with unbiased HSIC over residual-block outputs "
@@ -1142,12 +1171,15 @@ def write_report(summary, figs, cfg, out: Path):
     L.append("- blocks: `repsim.block_structure` on each CKA matrix; *contrast* = mean CKA inside the largest "
              "block minus mean CKA from it to the other layers (the same layers are used after PC1 removal and "
              "without the dominant examples)")
-    L.append(f"- wall time of this run: {summary['wall_seconds']:.0f} s ({summary['torch_threads']} torch "
-             "threads); training times per model are in the table\n")
+    L.append(f"- wall time of the invocation that wrote this report: {summary['wall_seconds']:.0f} s "
+             f"({summary['torch_threads']} torch thread(s); stages cached by an earlier invocation are loaded, not "
+             f"recomputed); training: {sum(m['train_seconds'] for m in summary['models']):.0f} s in all, per model "
+             "in the table\n")
     L.append("## Findings\n")
     for f in summary["findings"]:
-        verdict = {True: "**reproduced**", False: "**not reproduced at this scale**", None: "**not testable**"}[
-            f["reproduced"]]
+        r = f["reproduced"]
+        verdict = {"yes": "**reproduced**", "no": "**not reproduced at this scale**",
+                   "not testable": "**not testable**"}.get(r, f"**{r.replace('partly', 'partly reproduced')}**")
         L.append(f"- {f['claim']} — {verdict}. {f['evidence']}.")
     L.append("")
     L.append("## Models\n")
@@ -1271,7 +1303,7 @@ def main(argv=None) -> int:
         "dataset": cfg["dataset"],
         "data": _data_text(cfg, data),
         "n_eval": int(len(data["y_eval"])),
-        "command": " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": _portable_command(" ".join(argv if argv is not None else sys.argv[1:])),
         "config": cfg,
         "torch_threads": threads,
         "models": list(entries.values()),
@@ -1289,8 +1321,27 @@ def main(argv=None) -> int:
     write_report(summary, figs, cfg, out)
     print(f"report: {out / 'report.md'}")
     for f in summary["findings"]:
-        print(f"  [{ {True: 'yes', False: 'no', None: 'n/a'}[f['reproduced']] }] {f['claim']}")
+        print(f"  [{f['reproduced']}] {f['claim']}")
     return 0
+
+
+def _portable_command(command: str) -> str:
+    """The command line without machine-specific paths (``--out``, ``--data-dir``)."""
+    words, out, skip = command.split(), [], False
+    for w in words:
+        if skip:
+            skip = False
+            continue
+        if w == "--out":
+            skip = True
+            continue
+        if w == "--data-dir":
+            out.append("--data-dir PATH")
+            skip = True
+            continue
+        if w != "--no-progress":
+            out.append(w)
+    return " ".join(out)
 
 
 def _data_text(cfg, data):
