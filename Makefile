@@ -8,7 +8,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup study test bench bench-quick docs docs-deps clean
+.PHONY: setup study test bench bench-quick bench-peers docs docs-deps clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ bench-quick: $(STAMP)
 
 bench: $(STAMP)
 	cd benchmarks && ../$(VENV)/bin/asv machine --yes >/dev/null && ../$(VENV)/bin/asv run --python=same --show-stderr
+
+# Side by side with torch-cka, ckatorch and cka-pytorch (docs/performance_results.md);
+# the peers are installed without their dependencies so that torch stays pinned.
+bench-peers: $(STAMP)
+	$(PY) -m pip install -q --no-deps -r benchmarks/requirements-peers.txt
+	$(PY) benchmarks/compare_peers.py $(ARGS)
 
 # The documentation site: warnings are errors, every gallery example runs, no network.
 docs: $(STAMP)
