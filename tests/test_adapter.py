@@ -438,3 +438,36 @@ def test_groups_give_intervals_and_resume_exactly(cnn, tmp_path):
 
 def test_tuple_of_names_is_a_list(cnn):
     assert select_layers(cnn, ("head.1", "features.0")) == ["head.1", "features.0"]
+
+
+def test_transform_rbf_and_half_precision_match_the_accumulator():
+    torch.manual_seed(6)
+    net = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 4))
+    data = [torch.randn(12, 6) for _ in range(3)]
+    layers = ["0", "1", "2"]
+    fns = {"0": lambda x: net[0](x), "1": lambda x: net[:2](x), "2": lambda x: net(x)}
+
+    def centre_cols(x):  # a transform acting on each (n, features) batch
+        return x - x.mean(0, keepdim=True)
+
+    for kwargs, acc in (
+        (dict(transform=lambda x: centre_cols(x)[:, :3]), repsim.MinibatchCKA(
+            transform=lambda x: centre_cols(x)[:, :3])),
+        (dict(kernel="rbf"), repsim.MinibatchCKA(kernel="rbf")),
+        (dict(kernel="rbf", sigma=2.0), repsim.MinibatchCKA(kernel="rbf", sigma=2.0)),
+    ):
+        got = compare_models(net, None, data, layers, progress=False, **kwargs)
+        with torch.no_grad():
+            for x in data:
+                acc.update({k: f(x) for k, f in fns.items()})
+        want = acc.compute()
+        np.testing.assert_allclose(got.values, want.values, atol=1e-6)
+        if "kernel" in kwargs:
+            np.testing.assert_allclose(got.attrs["sigma_a"], want.attrs["sigma_a"], rtol=1e-6)
+    # bfloat16 outputs are upcast to float32 before the gram
+    half = nn.Sequential(nn.Linear(6, 8), nn.Tanh()).to(torch.bfloat16)
+    bf = [x.to(torch.bfloat16) for x in data]
+    got = compare_models(half, None, bf, ["0", "1"], progress=False)
+    with torch.no_grad():
+        want = reference(bf, {"0": lambda x: half[0](x).float(), "1": lambda x: half(x).float()})
+    np.testing.assert_allclose(got.values, want.values, atol=1e-6)
