@@ -360,20 +360,16 @@ def run_workload(label, model_a, model_b, names_a, names_b, batches, args, devic
         best["floor"] = min(best["floor"], n_batches * timed(floor, device)[0])
         if host is not None:
             best["floor_syrk"] = min(best["floor_syrk"], n_batches * timed(floor_syrk, device)[0])
-        if result is None:  # first round: also the peak memory (without the stored floor data)
-            saved = stored, host
-            stored = host = None
+        if result is None:  # first round: also the peak memory (growth above the start)
             with Memory(device) as mem, MetricClock(device) as clock:
                 t, result = timed(ours, device)
-            stored, host = saved
-            del saved
             peak = mem.peak
         else:
             with MetricClock(device) as clock:
                 t, result = timed(ours, device)
         best["repsim"] = min(best["repsim"], t)
         best["instrumented"] = min(best["instrumented"], clock.total)
-    del stored, host
+    stored, host = {}, {}  # free the floor's activations before the peers run
     gc.collect()
     paired = []
     for _ in range(args.repeats):
@@ -438,7 +434,7 @@ def run_workload(label, model_a, model_b, names_a, names_b, batches, args, devic
                           note=note)
         print(f"{peer}: {t:.2f} s{' x %.1f' % scale if scale != 1 else ''}, "
               f"deviation {dev:.2e} {note}", flush=True)
-        del ma, mb
+        ma = mb = None
         gc.collect()
 
     fwd = best["forward"]

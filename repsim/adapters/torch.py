@@ -31,7 +31,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import _backend as B
 from .. import _validation as V
 from ..kernels import ESTIMATORS, KERNELS
 from ..streaming import GROUP_STATES, SUM_STATES, MinibatchCKA
