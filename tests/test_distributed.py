@@ -59,6 +59,12 @@ WORKER = textwrap.dedent(
         np.save(f"{out}/across{rank}.npy", across.values)
         grouped = repsim.compare_models(a, None, data, "**", progress=False, epochs=2, groups=4)
         np.save(f"{out}/stderr{rank}.npy", grouped["stderr"].values)
+        # checkpoints: one file per rank; a finished one returns the same result
+        first = repsim.compare_models(a, b, data, progress=False, checkpoint=f"{out}/ck.pt",
+                                      checkpoint_every=1)
+        again = repsim.compare_models(a, b, iter(()), progress=False,
+                                      checkpoint=f"{out}/ck.pt")
+        np.save(f"{out}/ckpt{rank}.npy", np.stack([first.values, again.values]))
         with open(f"{out}/attrs{rank}.json", "w") as f:
             json.dump({k: int(v) for k, v in within.attrs.items()
                        if k in ("n_batches", "n_examples", "world_size")}, f)
@@ -115,6 +121,12 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
     for r in range(2):
         np.testing.assert_allclose(np.load(tmp_path / f"stderr{r}.npy"), grouped["stderr"].values,
                                    rtol=1e-9, atol=1e-13)
+    for r in range(2):
+        assert (tmp_path / f"ck.rank{r}of2.pt").exists()
+        first, again = np.load(tmp_path / f"ckpt{r}.npy")
+        np.testing.assert_array_equal(first, again)
+        np.testing.assert_allclose(first, across.values, rtol=1e-12, atol=1e-14)
+    assert not (tmp_path / "ck.pt").exists()
     attrs = json.loads((tmp_path / "attrs0.json").read_text())
     assert attrs == {"n_batches": 14, "n_examples": 2 * (6 * 10 + 7), "world_size": 2}
     assert "explicit sigma" in (tmp_path / "rbf1.txt").read_text()
