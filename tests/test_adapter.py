@@ -350,6 +350,10 @@ def test_bad_input_is_named(cnn):
         compare_models(cnn, None, [], progress=False)
     with pytest.raises(TypeError, match="loader batches must be"):
         compare_models(cnn, None, ["text"], progress=False)
+    with pytest.raises(ValueError, match="one-shot generator"):
+        compare_models(cnn, None, (d for d in data), epochs=2, progress=False)
+    with pytest.raises(ValueError, match="no batches in epoch 1"):
+        compare_models(cnn, None, _Epochs([data, []]), epochs=2, progress=False)
 
 
 def test_constant_layer_is_nan_with_warning():
@@ -386,7 +390,7 @@ def test_resume_after_interruption_is_identical(cnn, tmp_path):
     opts = dict(layers_a="**", epochs=2, progress=False, checkpoint=ckpt, checkpoint_every=2)
     full = compare_models(cnn, None, data, "**", epochs=2, progress=False)
     with pytest.raises(Interrupted):  # dies in epoch 0 at batch 5: batches 0-3 saved
-        compare_models(cnn, None, interrupt_after(data, 5), **opts)
+        compare_models(cnn, None, _Epochs([interrupt_after(data, 5)]), **opts)
     assert ckpt.exists()
     with pytest.raises(Interrupted):  # resumes at batch 4, then dies in epoch 1 at batch 3
         compare_models(cnn, None, _Epochs([data, interrupt_after(data, 3)]), **opts)

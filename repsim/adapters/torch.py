@@ -18,6 +18,7 @@ Uncovering how neural network representations vary with width and depth", ICLR
 
 from __future__ import annotations
 
+import collections.abc
 import contextlib
 import difflib
 import numbers
@@ -784,6 +785,11 @@ def compare_models(
         raise ValueError(f"seed must be an integer >= 0; got {seed!r}")
     if forward is not None and not callable(forward):
         raise TypeError(f"forward must be callable; got {forward!r}")
+    if epochs > 1 and isinstance(loader, collections.abc.Iterator):
+        raise ValueError(
+            f"epochs={epochs} needs a loader that can be iterated again (a DataLoader, a "
+            f"list); got a one-shot {type(loader).__name__}"
+        )
     inner_a = unwrap_model(model_a)
     within = model_b is None or model_b is model_a or unwrap_model(model_b) is inner_a
     inner_b = inner_a if within else unwrap_model(model_b)
@@ -876,6 +882,7 @@ def compare_models(
                     if hasattr(obj, "set_epoch"):
                         obj.set_epoch(epoch)
                 first = start_batch if epoch == start_epoch else 0
+                index = -1
                 for index, batch in enumerate(loader):
                     if index < first:
                         continue
@@ -889,6 +896,11 @@ def compare_models(
                         bar.update(1)
                     if ckpt is not None and (index + 1) % checkpoint_every == 0:
                         _save_checkpoint(ckpt, acc, config, epoch, index + 1, seen)
+                if index < 0 and epoch > 0:
+                    raise ValueError(
+                        f"loader yielded no batches in epoch {epoch} (a one-shot iterator?); "
+                        "pass a loader that can be iterated once per epoch"
+                    )
                 if ckpt is not None:
                     _save_checkpoint(ckpt, acc, config, epoch + 1, 0, seen)
     finally:
