@@ -142,5 +142,105 @@ class BenchmarkResults(Directive):
         return [para]
 
 
+
+
+# ----------------------------------------------------------------------------------------
+# ``.. study-run:: digits`` renders docs/study/<run>/summary.json (written by a real run of
+# examples/wide_deep_study.py): how it was run, its verdict on each finding and a table of
+# its models, so the study page always shows the numbers of the committed run.
+def _fmt(value, spec=".3f"):
+    return "n/a" if value is None else format(value, spec)
+
+
+class StudyRun(Directive):
+    required_arguments = 1
+
+    def run(self):
+        import json
+
+        env = self.state.document.settings.env
+        run = self.arguments[0]
+        path = DOCS / "study" / run / "summary.json"
+        env.note_dependency(str(path))
+        if not path.exists():
+            return [nodes.paragraph(text=f"This build found no committed run in "
+                                         f"docs/study/{run}/ (its summary.json is missing).")]
+        s = json.loads(path.read_text(encoding="utf-8"))
+        models = s["models"]
+        train = sum(m["train_seconds"] for m in models)
+        verdicts = {"yes": "reproduced", "no": "not reproduced at this scale",
+                    "not testable": "not testable"}
+        lines = [
+            f"*Run:* ``python examples/wide_deep_study.py {s['command']}`` — {s['data']}; "
+            f"{len(models)} models trained in {train:.0f} s in all on {s['torch_threads']} "
+            f"torch thread(s) (per model in the table); minibatch CKA on {s['n_eval']} "
+            "held-out images. Read from "
+            f"``docs/study/{run}/summary.json``.",
+            "",
+            "*Findings* (the report gives the evidence for each):",
+            "",
+        ]
+        for f in s["findings"]:
+            r = f["reproduced"]
+            verdict = verdicts.get(r, r.replace("partly", "partly reproduced"))
+            lines.append(f"- {f['claim']} — **{verdict}**.")
+        lines += ["", ".. list-table::", "   :header-rows: 1", "",
+                  "   * - model", "     - data", "     - train s", "     - train / test acc",
+                  "     - PC1 max", "     - largest block", "     - block score",
+                  "     - PC1 in / out", "     - contrast → w/o PC1"]
+        for m in models:
+            b = m["largest_block"]
+            block = "—" if b is None else f"{b['size']} of {m['n_layers']} layers"
+            lines += [
+                f"   * - ``{m['id']}``",
+                f"     - {m['train_fraction']:g}",
+                f"     - {m['train_seconds']:.0f}",
+                f"     - {m['train_accuracy']:.3f} / {m['test_accuracy']:.3f}",
+                f"     - {_fmt(m['pc1_max'])}",
+                f"     - {block}",
+                f"     - {_fmt(m['block_score'])}",
+                f"     - {_fmt(m['pc1_in_block'])} / {_fmt(m['pc1_out_of_block'])}",
+                f"     - {_fmt(m['block_contrast'])} → "
+                f"{_fmt(m['block_contrast_after_pc1_removal'])}",
+            ]
+        node = nodes.section()
+        node.document = self.state.document
+        self.state.nested_parse(StringList(lines, str(path)), self.content_offset, node)
+        return node.children
+
+
+from docutils.parsers.rst.directives.images import Figure  # noqa: E402
+
+
+class StudyFigure(Figure):
+    """A figure of a committed study run; left out (no warning) when the run is absent."""
+
+    def run(self):
+        env = self.state.document.settings.env
+        _, path = env.relfn2path(self.arguments[0], env.docname)
+        env.note_dependency(path)
+        if not Path(path).exists():
+            return []
+        return super().run()
+
+
+class StudyReports(Directive):
+    """A toctree of the committed study reports (docs/study/*/report.md) that exist."""
+
+    def run(self):
+        reports = sorted(p.parent.name for p in (DOCS / "study").glob("*/report.md"))
+        if not reports:
+            return [nodes.paragraph(text="This build found no committed study reports.")]
+        lines = [".. toctree::", "   :maxdepth: 1", ""]
+        lines += [f"   /study/{name}/report" for name in reports]
+        node = nodes.section()
+        node.document = self.state.document
+        self.state.nested_parse(StringList(lines, "study-reports"), self.content_offset, node)
+        return node.children
+
+
 def setup(app):
+    app.add_directive("study-reports", StudyReports)
     app.add_directive("benchmark-results", BenchmarkResults)
+    app.add_directive("study-run", StudyRun)
+    app.add_directive("study-figure", StudyFigure)

@@ -238,3 +238,30 @@ def test_user_guide_examples_print_what_the_page_says(page):
         optionflags=doctest.NORMALIZE_WHITESPACE | doctest.ELLIPSIS, verbose=False)
     assert tried > 0
     assert failures == 0, f"{failures} of {tried} examples in {page}.rst failed (see above)"
+
+
+GUIDE_PAGES = ["getting_started", "choosing", "hooks", "distributed", "performance", "study",
+               "faq"]
+
+
+def test_user_guide_pages_exist(site):
+    for page in GUIDE_PAGES:
+        assert (site / "user_guide" / f"{page}.html").exists(), f"user guide page {page} missing"
+    assert (site / "guide" / "uncertainty.html").exists()
+
+
+def test_study_page_shows_the_committed_run(browser):
+    if not (DOCS / "study" / "digits" / "summary.json").exists():
+        pytest.skip("no committed study run under docs/study/digits")
+    run = browser("user_guide/study.html")
+    info = run("""
+        return {images: [...document.querySelectorAll('article img')].map(
+                    img => ({src: img.getAttribute('src'), ok: img.complete && img.naturalWidth > 0})),
+                tables: document.querySelectorAll('article table').length,
+                text: document.querySelector('article').innerText};
+    """)
+    assert len(info["images"]) >= 4, info["images"]
+    assert all(img["ok"] for img in info["images"]), info["images"]
+    assert info["tables"] >= 2  # the commands and the run's models
+    assert "summary.json" in info["text"]
+
