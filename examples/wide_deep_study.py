@@ -628,6 +628,7 @@ def extract_one(spec, model, meta, data, cfg, out: Path, device, progress=True):
         ds = repsim.load_result(path)
         if ds.attrs.get("signature") == sig:
             return ds
+    t0 = time.perf_counter()
     names = layer_names(model, cfg)
     x = data["x_eval"]
     seed = 7 + spec["seed"]
@@ -663,6 +664,7 @@ def extract_one(spec, model, meta, data, cfg, out: Path, device, progress=True):
             "dominant_layer": names[layer], "dominant_removed": removed.tolist() if len(removed) else "none",
             "pc_removed": 1, "signature": sig, "repsim_version": repsim.__version__,
             "reference": "Nguyen, Raghu & Kornblith (2021), ICLR",
+            "seconds": round(time.perf_counter() - t0, 2),
         }
     )
     for var in ds.variables.values():
@@ -734,12 +736,13 @@ def cross_one(a, b, kind, models, cfg, data, out, device, progress=True):
         res = repsim.load_result(path)
         if res.attrs.get("signature") == sig:
             return res
+    t0 = time.perf_counter()
     ma, mb = models[a["id"]], models[b["id"]]
     res = cross_model_cka(ma, mb, layer_names(ma, cfg), layer_names(mb, cfg), data["x_eval"], cfg,
                           seed=11, device=device, progress=progress, names=(a["id"], b["id"]))
     res.attrs.update({"model_a": a["id"], "model_b": b["id"], "pair": kind, "passes": cfg["cross_passes"],
                       "batch_size": cfg["cka_batch_size"], "signature": sig, "dataset": cfg["dataset"],
-                      "repsim_version": repsim.__version__})
+                      "repsim_version": repsim.__version__, "seconds": round(time.perf_counter() - t0, 2)})
     res.attrs = _netcdf_attrs(res.attrs)
     repsim.save_result(res, path)
     return res
@@ -1174,7 +1177,8 @@ def write_report(summary, figs, cfg, out: Path):
     L.append(f"- wall time of the invocation that wrote this report: {summary['wall_seconds']:.0f} s "
              f"({summary['torch_threads']} torch thread(s); stages cached by an earlier invocation are loaded, not "
              f"recomputed); training: {sum(m['train_seconds'] for m in summary['models']):.0f} s in all, per model "
-             "in the table\n")
+             "in the table" + (f"; analyses (extract and compare): {summary['analysis_seconds']:.0f} s"
+                               if summary.get("analysis_seconds") is not None else "") + "\n")
     L.append("## Findings\n")
     for f in summary["findings"]:
         r = f["reproduced"]
@@ -1313,6 +1317,8 @@ def main(argv=None) -> int:
                                for (a, b, kind), res in crosses.items() if kind == "architectures"],
         "outputs": output_summary(specs, extracts, data),
     }
+    timed = [ds.attrs.get("seconds") for ds in extracts.values()] + [r.attrs.get("seconds") for r in crosses.values()]
+    summary["analysis_seconds"] = round(float(sum(timed)), 1) if all(t is not None for t in timed) else None
     summary["findings"] = findings(summary)
     figs = make_figures(specs, extracts, crosses, summary, out)
     summary["wall_seconds"] = round(time.perf_counter() - t_start, 1)
