@@ -37,7 +37,7 @@ def _run(study, out, *extra):
 def _strip(summary):
     """Everything but timings and paths: what must repeat exactly."""
     s = json.loads(json.dumps(summary))
-    for key in ("wall_seconds", "command"):
+    for key in ("wall_seconds", "analysis_seconds", "command"):
         s.pop(key, None)
     for m in s["models"]:
         m.pop("train_seconds", None)
