@@ -30,6 +30,7 @@ class CKA:
     def setup(self, n_p, estimator, kernel):
         n, p = map(int, n_p.split("x"))
         self.x, self.y = _layers(2, n, p)
+        repsim.cka(self.x[:8], self.y[:8], kernel=kernel, estimator=estimator)  # numba compile
 
     def time_cka(self, n_p, estimator, kernel):
         repsim.cka(self.x, self.y, kernel=kernel, estimator=estimator)
@@ -48,6 +49,7 @@ class CKAMatrix:
     def setup(self, n_p):
         n, p = map(int, n_p.split("x"))
         self.layers = _layers(16, n, p)
+        repsim.cka_matrix([x[:8] for x in self.layers[:2]], estimator="unbiased")  # numba compile
 
     def time_cka_matrix(self, n_p):
         repsim.cka_matrix(self.layers, estimator="unbiased")
@@ -72,6 +74,7 @@ class MinibatchAllPairs:
                 raise NotImplementedError("torch not installed")  # ASV skips the benchmark
             layers = [torch.from_numpy(x) for x in layers]
         self.batch = {f"layer{i}": x for i, x in enumerate(layers)}
+        repsim.MinibatchCKA().update([x[:8] for x in layers[:2]])  # numba compile
 
     def time_minibatch_cka(self, library):
         acc = repsim.MinibatchCKA()
