@@ -47,7 +47,7 @@ exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "scripts", "**/GALLERY_H
                     "auto_examples/*.md5", "auto_examples/*.codeobj.json"]
 # Markdown is read only where it is meant to be a page: the study reports. Other .md files
 # (the benchmark results) are included into .rst pages.
-include_patterns = ["**.rst", "study/*/report.md"]
+include_patterns = ["**.rst", "study/README.md", "study/*/report.md"]
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 myst_heading_anchors = 3
 root_doc = "index"
@@ -232,6 +232,8 @@ class StudyReports(Directive):
         if not reports:
             return [nodes.paragraph(text="This build found no committed study reports.")]
         lines = [".. toctree::", "   :maxdepth: 1", ""]
+        if (DOCS / "study" / "README.md").exists():
+            lines.append("   /study/README")
         lines += [f"   /study/{name}/report" for name in reports]
         node = nodes.section()
         node.document = self.state.document
@@ -239,7 +241,22 @@ class StudyReports(Directive):
         return node.children
 
 
+def _study_links(app, docname, source):
+    """docs/study/README.md links every run's report, also runs not committed (yet):
+    such links become plain text instead of broken cross-references."""
+    if docname != "study/README":
+        return
+    import re
+
+    def plain_if_missing(match):
+        text, target = match.group(1), match.group(2)
+        return match.group(0) if (DOCS / "study" / target).exists() else text
+
+    source[0] = re.sub(r"\[([^\]]+)\]\(([^)#:]+\.md)\)", plain_if_missing, source[0])
+
+
 def setup(app):
+    app.connect("source-read", _study_links)
     app.add_directive("study-reports", StudyReports)
     app.add_directive("benchmark-results", BenchmarkResults)
     app.add_directive("study-run", StudyRun)
