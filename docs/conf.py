@@ -255,7 +255,14 @@ def _study_links(app, docname, source):
     source[0] = re.sub(r"\[([^\]]+)\]\(([^)#:]+\.md)\)", plain_if_missing, source[0])
 
 
+def _always_reread(app, env, added, changed, removed):
+    # the study page lists whatever runs docs/study holds: a new run must show up in an
+    # incremental build too
+    return ["user_guide/study"]
+
+
 def setup(app):
+    app.connect("env-get-outdated", _always_reread)
     app.connect("source-read", _study_links)
     app.add_directive("study-reports", StudyReports)
     app.add_directive("benchmark-results", BenchmarkResults)
