@@ -26,7 +26,9 @@ def _netcdf_attr(value):
         if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
             return np.asarray(value)
         return [str(v) for v in value]
-    if isinstance(value, (int, float, str, np.integer, np.floating, np.ndarray)):
+    if isinstance(value, str):
+        return str(value)  # h5py refuses str subclasses (torch's TorchVersion, say)
+    if isinstance(value, (int, float, np.integer, np.floating, np.ndarray)):
         return value
     return str(value)
 
@@ -69,6 +71,8 @@ def save_result(result, path):
         complete, so an interrupted write never leaves a truncated result.
     """
     path = os.fspath(path)
+    result = result.copy(deep=False)
+    result.attrs = {k: _netcdf_attr(v) for k, v in result.attrs.items()}
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, suffix=".nc.tmp")

@@ -5,6 +5,7 @@ import sys
 
 import numpy as np
 import pytest
+import xarray as xr
 
 import repsim
 
@@ -23,16 +24,35 @@ def test_netcdf_round_trip(tmp_path, rng):
     assert not list(path.parent.glob("*.tmp"))
 
 
-def test_save_is_atomic_on_failure(tmp_path, rng):
+def test_save_is_atomic_on_failure(tmp_path, rng, monkeypatch):
     sim = repsim.cka_matrix([rng.standard_normal((10, 2))])
     path = tmp_path / "sim.nc"
     repsim.save_result(sim, path)
-    bad = sim.copy()
-    bad.attrs["unstorable"] = {"a": 1}  # netCDF cannot hold a dict attribute
-    with pytest.raises(TypeError):
-        repsim.save_result(bad, path)
+
+    def broken_write(self, target, **kw):
+        with open(target, "wb") as f:
+            f.write(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(xr.DataArray, "to_netcdf", broken_write)
+    with pytest.raises(OSError, match="disk full"):
+        repsim.save_result(sim * 0, path)
+    monkeypatch.undo()
     np.testing.assert_allclose(repsim.load_result(path).values, sim.values)
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_attributes_are_made_storable(tmp_path, rng):
+    class Version(str):  # like torch.torch_version.TorchVersion
+        pass
+
+    sim = repsim.cka_matrix([rng.standard_normal((10, 2))])
+    sim.attrs.update(torch_version=Version("2.13.0"), flag=True, options={"a": 1}, none=None)
+    repsim.save_result(sim, tmp_path / "sim.nc")
+    back = repsim.load_result(tmp_path / "sim.nc")
+    assert back.attrs["torch_version"] == "2.13.0"
+    assert back.attrs["flag"] == 1 and back.attrs["options"] == "{'a': 1}" and back.attrs["none"] == "none"
+    assert sim.attrs["flag"] is True  # the caller's object is not modified
 
 
 def test_import_does_not_pull_heavy_dependencies():
