@@ -88,6 +88,13 @@ def cka(
         0 for unrelated representations); NaN with a warning when either side is constant.
         A numpy scalar for numpy input, a 0-d tensor on the input's device for torch.
 
+    References
+    ----------
+    .. [1] Kornblith, Norouzi, Lee & Hinton (2019), "Similarity of neural network
+       representations revisited", ICML.
+    .. [2] Nguyen, Raghu & Kornblith (2021), "Do wide and deep networks learn the same
+       things?", ICLR (unbiased HSIC in CKA).
+
     Examples
     --------
     >>> import numpy as np, repsim
@@ -182,6 +189,22 @@ def cka_matrix(
         dims ``("layer_a", "layer_b")`` with layer names as coordinates and attrs
         ``measure``, ``estimator``, ``kernel``, ``n``. Constant layers give NaN rows and
         columns with a warning naming them.
+
+    References
+    ----------
+    .. [1] Kornblith et al. (2019), "Similarity of neural network representations
+       revisited", ICML.
+    .. [2] Nguyen, Raghu & Kornblith (2021), "Do wide and deep networks learn the same
+       things?", ICLR.
+
+    Examples
+    --------
+    >>> import numpy as np, repsim
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.standard_normal((100, 8))
+    >>> sim = repsim.cka_matrix({"x": x, "2x": 2 * x, "noise": rng.standard_normal((100, 8))})
+    >>> sim.sel(layer_a="x", layer_b="2x").item()
+    1.0
     """
     V.check_option(kernel, "kernel", KERNELS)
     V.check_option(estimator, "estimator", ESTIMATORS)

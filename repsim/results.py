@@ -69,6 +69,15 @@ def save_result(result, path):
     path : str or os.PathLike
         Destination ``.nc`` file; an existing file is replaced only once the new one is
         complete, so an interrupted write never leaves a truncated result.
+
+    Examples
+    --------
+    >>> import numpy as np, os, tempfile, repsim
+    >>> sim = repsim.cka_matrix([np.random.default_rng(0).standard_normal((20, 3))])
+    >>> path = os.path.join(tempfile.mkdtemp(), "sim.nc")
+    >>> repsim.save_result(sim, path)
+    >>> repsim.load_result(path).attrs["estimator"]
+    'biased'
     """
     path = os.fspath(path)
     result = result.copy(deep=False)
@@ -93,6 +102,10 @@ def load_result(path):
     -------
     xarray.DataArray or xarray.Dataset
         A DataArray when the file holds a single variable, else the Dataset.
+
+    Examples
+    --------
+    See :func:`save_result`.
     """
     with xr.open_dataset(os.fspath(path), engine="h5netcdf") as ds:
         ds = ds.load()

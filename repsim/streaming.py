@@ -80,6 +80,12 @@ class MinibatchCKA:
         cost per batch is one ``(L_a, L_b)`` addition; None (default) keeps only the
         plain sums. Ten groups or more give stable intervals.
 
+    References
+    ----------
+    .. [1] Nguyen, Raghu & Kornblith (2021), "Do wide and deep networks learn the same
+       things? Uncovering how neural network representations vary with width and depth",
+       ICLR, section 3.1.
+
     Examples
     --------
     >>> import numpy as np, repsim

@@ -71,3 +71,13 @@ def test_all_is_sorted_and_resolves():
             assert doc, name
             continue
         assert any(section in doc for section in ("Parameters", "Returns", "Attributes")), name
+
+
+@pytest.mark.parametrize("module", ["kernels", "hsic", "cka", "results", "streaming"])
+def test_docstring_examples(module):
+    import doctest
+    import importlib
+
+    mod = importlib.import_module(f"repsim.{module}")
+    result = doctest.testmod(mod, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
