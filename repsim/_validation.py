@@ -90,15 +90,6 @@ def check_level(level, name="level"):
     return float(level)
 
 
-def check_count(value, name, minimum):
-    """A count (resamples, permutations, groups): an integer >= ``minimum``."""
-    import numbers
-
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= minimum:
-        return int(value)
-    raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
-
-
 def warn_degenerate(names):
     """Warn that the named layers are constant and their similarities are NaN."""
     names = list(names)

@@ -110,7 +110,7 @@ class MinibatchCKA:
         groups=None,
     ):
         self.kernel = V.check_option(kernel, "kernel", KERNELS)
-        self.groups = None if groups is None else V.check_count(groups, "groups", 2)
+        self.groups = None if groups is None else V.check_int(groups, "groups", 2)
         self._pinned_group = None
         self.estimator = V.check_option(estimator, "estimator", ESTIMATORS)
         self.engine = V.check_option(engine, "engine", B.ENGINES)
@@ -183,7 +183,7 @@ class MinibatchCKA:
         if not self.groups:
             raise ValueError("set_group needs an accumulator made with groups=G")
         if group is not None:
-            V.check_count(group, "group", 0)
+            V.check_int(group, "group", 0)
             if group >= self.groups:
                 raise ValueError(f"group must be in [0, {self.groups - 1}]; got {group}")
         self._pinned_group = group

@@ -429,12 +429,6 @@ class GramHooks:
 
 
 # --------------------------------------------------------------------------- helpers
-def _check_int(value, name, low):
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= low:
-        return int(value)
-    raise ValueError(f"{name} must be an integer >= {low}; got {value!r}")
-
-
 def _model_device(model, device):
     if device is not None:
         return torch.device(device)
@@ -779,8 +773,8 @@ def compare_models(
     """
     V.check_option(estimator, "estimator", ESTIMATORS)
     V.check_option(kernel, "kernel", KERNELS)
-    epochs = _check_int(epochs, "epochs", 1)
-    checkpoint_every = _check_int(checkpoint_every, "checkpoint_every", 1)
+    epochs = V.check_int(epochs, "epochs", 1)
+    checkpoint_every = V.check_int(checkpoint_every, "checkpoint_every", 1)
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise ValueError(f"seed must be an integer >= 0; got {seed!r}")
     if forward is not None and not callable(forward):
