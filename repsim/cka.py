@@ -215,11 +215,9 @@ def cka_matrix(
         arrays_a, names_a, sigmas=[sigma] * len(arrays_a), side="xs", **opts
     )
     deg_a = ca <= ta
-    xp = B.namespace(ga)
+    gb = None
     if ys is None:
         names_b, deg_b, sig_b = names_a, deg_a, sig_a
-        cross = B.pair_product(ga, ga, xp)
-        self_a = self_b = xp.linalg.diagonal(cross)
     else:
         names_b, arrays_b = V.layer_items(ys, "ys")
         B.namespace(B.asarray(arrays_a[0]), B.asarray(arrays_b[0]), names=["xs", "ys"])
@@ -231,10 +229,7 @@ def cka_matrix(
             arrays_b, names_b, sigmas=[sigma] * len(arrays_b), side="ys", **opts
         )
         deg_b = cb <= tb
-        cross = B.pair_product(ga, gb, xp)
-        self_a = xp.sum(ga * ga, axis=1)
-        self_b = xp.sum(gb * gb, axis=1)
-    values = B.to_numpy(_normalise(cross, self_a, self_b, xp))
+    values = pair_cka(ga, gb)
     values = _mask_degenerate(values, deg_a, deg_b, names_a, names_b)
     attrs = {
         "measure": "cka",
@@ -247,6 +242,23 @@ def cka_matrix(
         attrs["sigma_b"] = list(sig_b)
         attrs["threshold"] = threshold
     return similarity_array(values, names_a, names_b, attrs)
+
+
+def pair_cka(ga, gb=None):
+    """All-pairs CKA (numpy, ``(L_a, L_b)``) of packed centred grams from one product.
+
+    ``gb`` None pairs ``ga`` with itself (the self terms are then the product's diagonal).
+    Constant layers come out as NaN (0/0) for :func:`_mask_degenerate` to name.
+    """
+    xp = B.namespace(ga)
+    if gb is None:
+        cross = B.pair_product(ga, ga, xp)
+        self_a = self_b = xp.linalg.diagonal(cross)
+    else:
+        cross = B.pair_product(ga, gb, xp)
+        self_a = xp.sum(ga * ga, axis=1)
+        self_b = xp.sum(gb * gb, axis=1)
+    return B.to_numpy(_normalise(cross, self_a, self_b, xp))
 
 
 def _mask_degenerate(values, deg_a, deg_b, names_a, names_b):

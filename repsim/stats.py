@@ -67,7 +67,7 @@ import xarray as xr
 
 from . import _backend as B
 from . import _validation as V
-from .cka import _mask_degenerate, cka, cka_matrix
+from .cka import _mask_degenerate, cka, cka_matrix, pair_cka
 from .hsic import centred_gram_stack
 from .kernels import ESTIMATORS, KERNELS, centre_into
 from .results import similarity_array
@@ -411,7 +411,7 @@ def bootstrap(
     """
     if not callable(measure):
         raise TypeError(f"measure must be callable; got {type(measure).__name__}")
-    n_resamples = V.check_count(n_resamples, "n_resamples", 10)
+    n_resamples = V.check_int(n_resamples, "n_resamples", 10)
     level = V.check_level(level)
     V.check_option(interval, "interval", INTERVALS)
     if not (isinstance(fraction, float) and 0 < fraction < 1):
@@ -549,18 +549,6 @@ def _prepare_pair(xs, ys, kernel, estimator, sigma, threshold, engine):
     return names_a, names_b, ga, gb, sig_a, sig_b, deg_a, deg_b, int(B.asarray(arrays_a[0]).shape[0])
 
 
-def _pair(ga, gb, xp):
-    """All-pairs CKA of packed centred grams (``gb`` None: with itself)."""
-    if gb is None:
-        cross = xp.matmul(ga, ga.T)
-        sa = sb = xp.linalg.diagonal(cross)
-    else:
-        cross = xp.matmul(ga, gb.T)
-        sa, sb = xp.sum(ga * ga, axis=1), xp.sum(gb * gb, axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):  # constant layers: masked by the caller
-        return B.to_numpy(cross / xp.sqrt(sa[:, None] * sb[None, :]))
-
-
 def _subsample_centred(g3, idx, unbiased, engine, xp, out):
     """Re-centre the ``idx`` block of each layer's centred gram into ``out`` (L, m*m).
 
@@ -582,7 +570,7 @@ def _bootstrap_grams(xs, ys, scalar_out, kernel, estimator, sigma, threshold, en
         xs, ys, kernel, estimator, sigma, threshold, engine
     )
     xp = B.namespace(ga)
-    theta = _mask_degenerate(_pair(ga, gb, xp), deg_a, deg_b, names_a, names_b)
+    theta = _mask_degenerate(pair_cka(ga, gb), deg_a, deg_b, names_a, names_b)
     unbiased = estimator == "unbiased"
     dev = B.device(ga)
     ga3 = xp.reshape(ga, (ga.shape[0], n, n))
@@ -610,7 +598,7 @@ def _bootstrap_grams(xs, ys, scalar_out, kernel, estimator, sigma, threshold, en
         idx = xp.asarray(np.sort(rng.choice(n, m, replace=False)), device=dev)
         sa = _subsample_centred(ga3, idx, unbiased, engine, xp, buf_a)
         sb = None if gb is None else _subsample_centred(gb3, idx, unbiased, engine, xp, buf_b)
-        values = _pair(sa, sb, xp)
+        values = pair_cka(sa, sb)
         values[bad_a, :] = np.nan
         values[:, bad_b] = np.nan
         reps[r] = values if statistic is None else _as_numpy_result(derive(values))
@@ -687,7 +675,7 @@ def permutation_test(
     (0.91, 0.91, True)
     """
     if n_permutations != 0:
-        n_permutations = V.check_count(n_permutations, "n_permutations", 10)
+        n_permutations = V.check_int(n_permutations, "n_permutations", 10)
     single = _is_single_array(xs) and (ys is None or _is_single_array(ys))
     if _is_single_array(xs):
         xs = {"x": xs}
@@ -698,7 +686,7 @@ def permutation_test(
     )
     xp = B.namespace(ga)
     gb_eff = ga if gb is None else gb
-    observed = _mask_degenerate(_pair(ga, gb, xp), deg_a, deg_b, names_a, names_b)
+    observed = _mask_degenerate(pair_cka(ga, gb), deg_a, deg_b, names_a, names_b)
     sa = B.to_numpy(xp.sum(ga * ga, axis=1))
     sb = B.to_numpy(xp.sum(gb_eff * gb_eff, axis=1))
     if estimator == "unbiased":
@@ -892,7 +880,7 @@ def compare_seeds(
     """
     level = V.check_level(level)
     V.check_option(test, "test", SEED_TESTS)
-    n_permutations = V.check_count(n_permutations, "n_permutations", 10)
+    n_permutations = V.check_int(n_permutations, "n_permutations", 10)
     a = _stack_seeds(results_a, dim, "results_a")
     b = _stack_seeds(results_b, dim, "results_b")
     ka, kb = a.sizes[dim], b.sizes[dim]
