@@ -47,6 +47,84 @@ class Rep:
         self.rank, self.tol = numerical_rank(self.s, self.n, self.p, eps, rtol, scale, xp)
 
 
+class TopComponents:
+    """The top ``k`` principal components of one representation, via its smaller gram.
+
+    The principal-component analyses need only the leading components and the total
+    variance, so instead of a full SVD of the centred ``(n, p)`` data this takes the
+    eigendecomposition of ``x_c x_c^T`` (``n <= p``) or ``x_c^T x_c`` (``p < n``), both in
+    float64: ``n^2 p + n^3`` flops instead of the SVD's ``~4 n^2 p + 8 n^3``, and a 5-10x
+    speed-up for the per-minibatch PC removal of the wide/deep study. The leading
+    eigenvalues carry an absolute error of about ``eps64 * s_1^2``, so the leading
+    components and variance shares agree with the SVD's to float64 rounding; only the
+    smallest singular values (below ``sqrt(eps64) * s_1``) would lose accuracy, and none
+    of these analyses uses them.
+
+    Attributes
+    ----------
+    xp : namespace
+    data : array, shape (n, p), float64, column-centred
+    variances : array, shape (k,) -- ``s_i^2`` of the top ``k`` components, largest first
+    scores : array, shape (n, k) -- projections ``x_c v_i = u_i s_i``
+    total : float -- ``sum_i s_i^2 = ||x_c||_F^2``
+    constant : bool -- ``s_1`` within the rank tolerance of zero (see :func:`numerical_rank`)
+    dtype, shape, n, p : as :class:`Rep`
+    """
+
+    __slots__ = ("xp", "data", "variances", "scores", "basis", "total", "constant", "dtype",
+                 "shape", "n", "p", "k")
+
+    def __init__(self, x, k, name="x", check=None):
+        x = B.asarray(x)
+        xp = B.namespace(x)
+        self.xp = xp
+        self.shape = tuple(x.shape)
+        x = V.as_2d(x, xp, name)
+        self.n, self.p = int(x.shape[0]), int(x.shape[1])
+        if check is not None:  # validate k once n and p are known
+            k = check(self)
+        self.k = k
+        self.dtype = B.float_dtype(x, xp)
+        eps = float(xp.finfo(self.dtype).eps)
+        x = xp.astype(x, xp.float64)
+        V.check_finite_array(x, xp, name)
+        scale = float(xp.sqrt(xp.sum(x * x)))  # ||x||_F before centring
+        x = x - xp.mean(x, axis=0)
+        self.data = x
+        self.total = float(xp.sum(x * x))
+        if k == 0:  # nothing to decompose: only the centring is asked for
+            self.variances = self.scores = self.basis = None
+            self.constant = self.total <= (max(self.n, self.p) * eps * scale) ** 2
+            return
+        wide = self.n <= self.p
+        gram = xp.matmul(x, xp.matrix_transpose(x)) if wide else xp.matmul(xp.matrix_transpose(x), x)
+        lam, vecs = xp.linalg.eigh(gram)  # ascending
+        lam = xp.flip(lam)[:k]
+        vecs = xp.flip(vecs, axis=1)[:, :k]
+        lam = xp.where(lam > 0, lam, xp.zeros_like(lam))
+        self.variances = lam
+        if wide:  # vecs are the left singular vectors u_i: scores u_i s_i
+            self.basis = ("left", vecs)
+            self.scores = vecs * xp.sqrt(lam)[None, :]
+        else:  # vecs are the right singular vectors v_i: scores x_c v_i
+            self.basis = ("right", vecs)
+            self.scores = xp.matmul(x, vecs)
+        s1 = math.sqrt(float(lam[0]))
+        if not math.isfinite(s1) or not math.isfinite(scale):
+            raise ValueError("the data overflow float64; rescale them first")
+        self.constant = s1 <= max(self.n, self.p) * eps * max(s1, scale) or self.total == 0.0
+
+    def residual(self):
+        """``x_c`` minus its projection on the top ``k`` components, shape (n, p)."""
+        xp = self.xp
+        if not self.k:
+            return self.data
+        side, vecs = self.basis
+        if side == "left":  # u_k (u_k^T x_c)
+            return self.data - xp.matmul(vecs, xp.matmul(xp.matrix_transpose(vecs), self.data))
+        return self.data - xp.matmul(self.scores, xp.matrix_transpose(vecs))
+
+
 def check_rtol(rtol):
     if rtol is None:
         return None

@@ -114,6 +114,25 @@ def test_property_removal_is_orthogonal_to_the_removed_components(n, p, k, seed)
     assert np.all(np.diff(fracs) >= -1e-12) and 0 <= fracs[0] <= 1 + 1e-12
 
 
+@pytest.mark.parametrize("shape", [(40, 500), (500, 40), (64, 64)])
+def test_gram_route_matches_the_full_svd(shape):
+    """The leading components come from the smaller gram's eigendecomposition: wide,
+    tall and square data (rank-deficient: 6 directions) agree with a full SVD."""
+    n, p = shape
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((n, 6)) * [9.0, 5.0, 3.0, 2.0, 1.0, 0.5] @ rng.standard_normal((6, p)) + 4.0
+    xc = x - x.mean(0)
+    u, s, vh = np.linalg.svd(xc, full_matrices=False)
+    for k in (1, 3, 6, 8):
+        assert float(repsim.pc_variance_fraction(x, k=k)) == pytest.approx(
+            np.sum(s[:k] ** 2) / np.sum(s**2), rel=1e-12)
+        expected = xc - (u[:, :k] * s[:k]) @ vh[:k]
+        np.testing.assert_allclose(repsim.remove_top_pcs(x, k=k), expected, atol=1e-10 * s[0])
+    dom = repsim.dominant_examples(x, top=5)
+    np.testing.assert_allclose(np.abs(dom.scores), np.abs(u[:, 0] * s[0]), rtol=1e-10)
+    assert dom.pc1_fraction == pytest.approx(s[0] ** 2 / np.sum(s**2), rel=1e-12)
+
+
 @pytest.mark.parametrize("k", [-1, 1.0, True, "1", None, 13])
 def test_bad_k(k):
     x = _data()
