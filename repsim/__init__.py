@@ -20,7 +20,7 @@ from .hsic import hsic
 from .kernels import centre_gram, gram, median_sigma, ucentre_gram
 from .pcs import DominantExamples, dominant_examples, pc_variance_fraction, remove_top_pcs
 from .results import load_result, save_result
-from .stats import aggregate_seeds, bootstrap, compare_seeds, permutation_test
+from .stats import aggregate_seeds, bootstrap, compare_seeds, jackknife_interval, permutation_test
 from .streaming import MinibatchCKA
 
 __version__ = "0.1.0"
@@ -59,6 +59,7 @@ __all__ = sorted(
         "dominant_examples",
         "gram",
         "hsic",
+        "jackknife_interval",
         "load_result",
         "median_sigma",
         "permutation_test",

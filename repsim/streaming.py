@@ -331,7 +331,10 @@ class MinibatchCKA:
             layers give NaN with a warning naming them.
         xarray.Dataset
             With ``uncertainty=True``: variables ``cka`` (the same values), ``stderr``,
-            ``ci_low``, ``ci_high``, dims ``(layer_a, layer_b)``, the same attrs plus
+            ``ci_low``, ``ci_high``, dims ``(layer_a, layer_b)``, and ``jackknife``, dims
+            ``(group, layer_a, layer_b)``: the leave-one-group-out matrices, from which
+            :func:`repsim.jackknife_interval` gives an interval for any function of the
+            matrix (a block's contrast, a mean over the diagonal); the same attrs plus
             ``method``, ``level``, ``n_groups``, ``estimate``.
         """
         if uncertainty:
@@ -369,13 +372,16 @@ class MinibatchCKA:
             )
         plain = self.compute()
         s = self._sums
-        _, se, low, high, used = jackknife_ratio(
-            s["group_ab"], s["group_aa"], s["group_bb"], s["group_batches"], level
+        _, se, low, high, used, loo = jackknife_ratio(
+            s["group_ab"], s["group_aa"], s["group_bb"], s["group_batches"], level, replicates=True
         )
         bad = np.isnan(plain.values)
         se, low, high = (np.where(bad, np.nan, v) for v in (se, low, high))
+        loo = np.where(bad[None], np.nan, loo)
         attrs = dict(plain.attrs, method="delete-a-group jackknife", level=level, n_groups=used)
-        return _uncertainty_dataset(plain.values, se, low, high, self.names_a, self.names_b, attrs)
+        ds = _uncertainty_dataset(plain.values, se, low, high, self.names_a, self.names_b, attrs)
+        ds["jackknife"] = (("group", "layer_a", "layer_b"), loo)
+        return ds
 
     def _config(self):
         return (self.kernel, self.estimator, self.names_a, self.names_b, self.symmetric, self.groups)

@@ -603,3 +603,54 @@ def test_seed_helpers_take_uncertainty_datasets(rng):
     assert list(agg.layer_b.values) == ["y"]
     with pytest.raises(TypeError, match="'estimate' attribute"):
         repsim.aggregate_seeds([xr.Dataset({"v": 1.0})])
+
+
+# --------------------------------------------------------------------------- jackknife of a statistic
+def _three_layer_run(rng, groups=5, batches=10, transform=None, seed=0):
+    local = np.random.default_rng(seed)
+    acc = repsim.MinibatchCKA(groups=groups, transform=transform)
+    for _ in range(batches):
+        x = local.standard_normal((32, 6))
+        acc.update({"x": x, "y": x + local.standard_normal((32, 6)), "z": local.standard_normal((32, 4))})
+    return acc.compute(uncertainty=True)
+
+
+def test_jackknife_interval_of_one_entry_is_the_entrywise_interval(rng):
+    ds = _three_layer_run(rng)
+    assert ds["jackknife"].dims == ("group", "layer_a", "layer_b") and ds.sizes["group"] == 5
+    iv = repsim.jackknife_interval(ds, lambda m: m[0, 1])
+    assert iv.estimate == pytest.approx(float(ds.cka[0, 1]), rel=1e-12)
+    assert iv.stderr == pytest.approx(float(ds.stderr[0, 1]), rel=1e-10)
+    assert (iv.ci_low, iv.ci_high) == pytest.approx((float(ds.ci_low[0, 1]), float(ds.ci_high[0, 1])), rel=1e-10)
+    assert iv.level == 0.9 and iv.n_groups == 5
+
+
+def test_jackknife_interval_matches_the_formula_and_pairs_results(rng):
+    ds = _three_layer_run(rng)
+    stat = lambda m: m[0, 1] - np.mean([m[0, 2], m[1, 2]])  # noqa: E731
+    reps = np.array([stat(m) for m in ds["jackknife"].values])
+    se = math.sqrt(4 / 5 * np.sum((reps - reps.mean()) ** 2))
+    iv = repsim.jackknife_interval(ds, stat, level=0.8)
+    assert iv.stderr == pytest.approx(se, rel=1e-12)
+    assert iv.ci_high - iv.estimate == pytest.approx(stats.t_quantile(0.9, 4) * se, rel=1e-12)
+    # paired: the difference of a result with itself has no spread; vector statistics keep their shape
+    same = repsim.jackknife_interval([ds, ds], lambda a, b: stat(a) - stat(b))
+    assert same.estimate == 0.0 and same.stderr == 0.0
+    vec = repsim.jackknife_interval(ds, lambda m: np.diag(m, 1))
+    np.testing.assert_allclose(vec.stderr, [float(ds.stderr[0, 1]), float(ds.stderr[1, 2])], rtol=1e-10)
+    # a PC-removal run on the same batches pairs with the plain run
+    nopc = _three_layer_run(rng, transform=lambda a: repsim.remove_top_pcs(a, k=1))
+    paired = repsim.jackknife_interval([ds, nopc], lambda a, b: a[0, 1] - b[0, 1])
+    assert paired.estimate == pytest.approx(float(ds.cka[0, 1] - nopc.cka[0, 1]), rel=1e-12)
+
+
+def test_jackknife_interval_bad_input(rng):
+    ds = _three_layer_run(rng)
+    with pytest.raises(ValueError, match="no leave-one-group-out"):
+        repsim.jackknife_interval(ds.drop_vars("jackknife"), lambda m: m[0, 1])
+    with pytest.raises(ValueError, match="different numbers of groups"):
+        repsim.jackknife_interval([ds, _three_layer_run(rng, groups=4)], lambda a, b: a[0, 1])
+    with pytest.raises(ValueError, match="at least one"):
+        repsim.jackknife_interval([], lambda m: m)
+    with pytest.raises(ValueError, match="level"):
+        repsim.jackknife_interval(ds, lambda m: m[0, 1], level=1.5)

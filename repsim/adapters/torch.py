@@ -730,7 +730,9 @@ def compare_models(
         and ``torch_version``. Constant layers give NaN with a warning naming them.
     xarray.Dataset
         With ``groups``: variables ``cka``, ``stderr``, ``ci_low``, ``ci_high`` with those
-        dims and attrs (plus ``method``, ``level``, ``n_groups``).
+        dims and attrs (plus ``method``, ``level``, ``n_groups``), and the leave-one-group-out
+        matrices ``jackknife`` (dims ``group, layer_a, layer_b``) for
+        :func:`repsim.jackknife_interval`.
 
     Raises
     ------
