@@ -100,8 +100,11 @@ DEFAULT_CONFIG = {
     "block_threshold": None,  # passed to repsim.block_structure when set
     "dominant_top": 25,  # examples removed in analysis (d)
     "cross_passes": 4,
+    "interval_groups": 10,  # batch groups of the delete-a-group jackknife behind every interval
+    "level": 0.9,  # confidence level of the intervals
     "threads": None,
     "device": "cpu",
+    "amp": None,  # "bf16": train under bfloat16 autocast (GPU configs); analyses stay float32
 }
 
 SMOKE_CONFIG = {
@@ -135,9 +138,10 @@ CIFAR10_DEFAULTS = {
 TRAIN_KEYS = (
     "dataset", "digits_test_size", "split_seed", "image_size", "epochs", "batch_size", "lr",
     "momentum", "nesterov", "weight_decay", "warmup_fraction", "augment", "crop_padding",
-    "min_steps",
+    "min_steps", "amp",
 )
-ANALYSIS_KEYS = ("n_eval", "cka_batch_size", "passes", "layers", "dominant_top", "cross_passes")
+ANALYSIS_KEYS = ("n_eval", "cka_batch_size", "passes", "layers", "dominant_top", "cross_passes",
+                 "interval_groups", "level")
 
 
 def parse_args(argv=None):
@@ -208,6 +212,8 @@ def build_config(args) -> dict:
         }]
     if cfg["dataset"] == "cifar10" and cfg["image_size"] is None:
         cfg["image_size"] = 32
+    if cfg["amp"] not in (None, "bf16"):
+        raise SystemExit(f"amp must be null or \"bf16\", got {cfg['amp']!r}")
     return cfg
 
 
@@ -337,21 +343,26 @@ def _json_default(o):
 
 
 def _augment(xb, gen, padding, flip):
-    """Random crop with zero padding ``padding`` and (optionally) horizontal flip."""
+    """Random crop with zero padding ``padding`` and (optionally) horizontal flip.
+
+    The random draws come from the CPU generator ``gen`` (so a run repeats on any device);
+    the gather runs where ``xb`` is.
+    """
     import torch
 
     n, c, h, w = xb.shape
+    dev = xb.device
     if padding:
         padded = torch.nn.functional.pad(xb, (padding,) * 4)
-        dx = torch.randint(0, 2 * padding + 1, (n,), generator=gen)
-        dy = torch.randint(0, 2 * padding + 1, (n,), generator=gen)
-        rows = (dy[:, None] + torch.arange(h)[None, :])  # (n, h)
-        cols = (dx[:, None] + torch.arange(w)[None, :])  # (n, w)
-        batch = torch.arange(n)[:, None, None, None]
-        chan = torch.arange(c)[None, :, None, None]
+        dx = torch.randint(0, 2 * padding + 1, (n,), generator=gen).to(dev)
+        dy = torch.randint(0, 2 * padding + 1, (n,), generator=gen).to(dev)
+        rows = (dy[:, None] + torch.arange(h, device=dev)[None, :])  # (n, h)
+        cols = (dx[:, None] + torch.arange(w, device=dev)[None, :])  # (n, w)
+        batch = torch.arange(n, device=dev)[:, None, None, None]
+        chan = torch.arange(c, device=dev)[None, :, None, None]
         xb = padded[batch, chan, rows[:, None, :, None], cols[:, None, None, :]]
     if flip:
-        mask = torch.rand(n, generator=gen) < 0.5
+        mask = (torch.rand(n, generator=gen) < 0.5).to(dev)
         xb = torch.where(mask[:, None, None, None], xb.flip(-1), xb)
     return xb
 
@@ -404,8 +415,17 @@ def train_one(spec, data, cfg, out: Path, progress=True):
     torch.manual_seed(spec["seed"])
     model = build_model(spec, data).to(device)
     idx = train_subset(data["y_train"], spec["train_fraction"], cfg["split_seed"])
-    xtr = torch.from_numpy(data["x_train"][idx])
-    ytr = torch.from_numpy(data["y_train"][idx])
+    # the training set lives on the training device (a GPU then never waits for the host)
+    xtr = torch.from_numpy(data["x_train"][idx]).to(device)
+    ytr = torch.from_numpy(data["y_train"][idx]).to(device)
+    fast = device.type == "cuda"
+    if fast:  # NHWC convolutions (tensor cores); the analyses see ordinary tensors
+        torch.backends.cudnn.benchmark = True
+        model = model.to(memory_format=torch.channels_last)
+    def autocast():
+        if cfg.get("amp") == "bf16":
+            return torch.autocast(device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
     bs = min(cfg["batch_size"], len(idx))
     steps_per_epoch = math.ceil(len(idx) / bs)
     epochs = cfg["epochs"]
@@ -434,10 +454,14 @@ def train_one(spec, data, cfg, out: Path, progress=True):
             b = perm[i * bs:(i + 1) * bs]
             if len(b) < 2:  # batch norm needs two examples
                 continue
+            b = b.to(device)
             xb = xtr[b]
             if cfg["augment"]:
                 xb = _augment(xb, gen, padding, flip)
-            loss = torch.nn.functional.cross_entropy(model(xb.to(device)), ytr[b].to(device))
+            if fast:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            with autocast():
+                loss = torch.nn.functional.cross_entropy(model(xb), ytr[b])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -446,6 +470,8 @@ def train_one(spec, data, cfg, out: Path, progress=True):
         bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
     bar.close()
     train_seconds = time.perf_counter() - t0
+    if fast:  # back to the layout a resumed (freshly loaded) model has
+        model = model.to(memory_format=torch.contiguous_format)
     model.eval()
     meta = {
         **{k: spec[k] for k in ("id", "depth", "width", "seed", "train_fraction")},
@@ -511,26 +537,38 @@ def eval_loader(x, batch_size):
                       shuffle=True, drop_last=drop_last)
 
 
+def n_groups(n, cfg, passes) -> int:
+    """Jackknife groups for ``passes`` passes over ``n`` examples: ``interval_groups``, or
+    fewer when there are fewer batches."""
+    batches = passes * len(eval_loader(np.zeros((n, 1), np.float32), cfg["cka_batch_size"]))
+    return max(2, min(cfg["interval_groups"], batches))
+
+
 def within_model_cka(model, names, x, cfg, seed, device, transform=None, progress=True, name="model"):
-    """Minibatch CKA of every pair of ``names`` on ``x`` (analyses a, c, d).
+    """Minibatch CKA of every pair of ``names`` on ``x`` (analyses a, c, d), with intervals.
 
     ``repsim.compare_models`` with ``cfg["passes"]`` shuffled passes of batches of
     ``cfg["cka_batch_size"]``; ``transform`` is applied to each layer's batch (e.g. PC1
-    removal) before its gram.
+    removal) before its gram. Returns the Dataset of ``compare_models(groups=...)``:
+    ``cka``, ``stderr``, ``ci_low``, ``ci_high`` and the leave-one-group-out matrices
+    ``jackknife`` (runs with the same ``x``, ``seed`` and groups see the same batches, so
+    :func:`repsim.jackknife_interval` can pair them).
     """
     return repsim.compare_models(
         model, None, eval_loader(x, cfg["cka_batch_size"]), layers_a=list(names),
         epochs=cfg["passes"], estimator="unbiased", device=device, progress=progress, seed=seed,
-        transform=transform, names=(name, name),
+        transform=transform, names=(name, name), groups=n_groups(len(x), cfg, cfg["passes"]), level=cfg["level"],
     )
 
 
 def cross_model_cka(model_a, model_b, names_a, names_b, x, cfg, seed, device, progress=True, names=("a", "b")):
-    """Minibatch CKA between every layer of ``model_a`` and every layer of ``model_b`` (e)."""
+    """Minibatch CKA between every layer of ``model_a`` and every layer of ``model_b`` (e),
+    with intervals (as :func:`within_model_cka`)."""
     return repsim.compare_models(
         model_a, model_b, eval_loader(x, cfg["cka_batch_size"]), layers_a=list(names_a),
         layers_b=list(names_b), epochs=cfg["cross_passes"], estimator="unbiased", device=device,
-        progress=progress, seed=seed, names=names,
+        progress=progress, seed=seed, names=names, groups=n_groups(len(x), cfg, cfg["cross_passes"]),
+        level=cfg["level"],
     )
 
 
@@ -633,19 +671,18 @@ def extract_one(spec, model, meta, data, cfg, out: Path, device, progress=True):
     x = data["x_eval"]
     seed = 7 + spec["seed"]
     pc1, dominant = layer_statistics(model, names, x, device, cfg["dominant_top"])
-    sim = within_model_cka(model, names, x, cfg, seed, device, progress=progress, name=spec["id"])
-    sim_nopc = within_model_cka(model, names, x, cfg, seed, device, transform=_remove_pc1, progress=progress,
-                                name=spec["id"])
-    blocks = find_blocks(sim, cfg)
+    runs = {"cka": within_model_cka(model, names, x, cfg, seed, device, progress=progress, name=spec["id"])}
+    runs["cka_no_pc1"] = within_model_cka(model, names, x, cfg, seed, device, transform=_remove_pc1,
+                                          progress=progress, name=spec["id"])
+    blocks = find_blocks(runs["cka"]["cka"], cfg)
     layer, removed = dominant_set(dominant, pc1, blocks[0] if blocks else None, cfg["dominant_top"])
     keep = np.setdiff1d(np.arange(len(x)), removed)
-    sim_nodom = within_model_cka(model, names, x[keep], cfg, seed, device, progress=progress, name=spec["id"])
+    runs["cka_no_dominant"] = within_model_cka(model, names, x[keep], cfg, seed, device, progress=progress,
+                                               name=spec["id"])
     logits = predict(model, x, device)
     ds = xr.Dataset(
         {
-            "cka": sim,
-            "cka_no_pc1": sim_nopc,
-            "cka_no_dominant": sim_nodom,
+            **run_variables(runs),
             "pc1_share": ("layer", pc1),
             "dominant_examples": (("layer", "rank"), dominant),
             "logits": (("example", "class"), logits),
@@ -660,7 +697,8 @@ def extract_one(spec, model, meta, data, cfg, out: Path, device, progress=True):
             "test_accuracy": meta["test_accuracy"], "train_accuracy": meta["train_accuracy"],
             "estimator": "unbiased", "kernel": "linear", "measure": "minibatch_cka",
             "n_examples": int(len(x)), "batch_size": cfg["cka_batch_size"], "passes": cfg["passes"],
-            "cka_seed": seed, "layers": cfg["layers"],
+            "cka_seed": seed, "layers": cfg["layers"], "level": cfg["level"],
+            "interval_method": "delete-a-group jackknife over batch groups",
             "dominant_layer": names[layer], "dominant_removed": removed.tolist() if len(removed) else "none",
             "pc_removed": 1, "signature": sig, "repsim_version": repsim.__version__,
             "reference": "Nguyen, Raghu & Kornblith (2021), ICLR",
@@ -672,6 +710,39 @@ def extract_one(spec, model, meta, data, cfg, out: Path, device, progress=True):
     ds.attrs = _netcdf_attrs(ds.attrs)
     repsim.save_result(ds, path)
     return ds
+
+
+def run_variables(runs: dict) -> dict:
+    """Extract variables of named CKA runs (uncertainty Datasets): the estimate ``key``,
+    ``key_stderr`` and the leave-one-group-out matrices ``key_jackknife`` (own group dim)."""
+    variables = {}
+    for key, res in runs.items():
+        variables[key] = res["cka"]
+        variables[f"{key}_stderr"] = res["stderr"]
+        variables[f"{key}_jackknife"] = res["jackknife"].rename(group=f"{key}_group")
+    return variables
+
+
+def jackknife_view(ds, key="cka"):
+    """The ``key`` run of an extract (or a cross result) as the Dataset that
+    :func:`repsim.jackknife_interval` takes."""
+    import xarray as xr
+
+    if key == "cka" and "jackknife" in ds:  # a compare_models result
+        return ds
+    rep = ds[f"{key}_jackknife"].rename({f"{key}_group": "group"})
+    return xr.Dataset({"cka": ds[key], "jackknife": rep}, attrs={"level": ds.attrs.get("level", 0.9),
+                                                                  "estimate": "cka"})
+
+
+def interval(results, statistic) -> dict | None:
+    """``{"estimate", "ci": [low, high], "stderr"}`` of ``statistic`` (jackknife, paired
+    across ``results``), rounded for ``summary.json``; None when not finite."""
+    iv = repsim.jackknife_interval(results, statistic)
+    if not np.isfinite(iv.estimate):
+        return None
+    return {"estimate": _finite(iv.estimate), "ci": [_finite(iv.ci_low), _finite(iv.ci_high)],
+            "stderr": _finite(iv.stderr), "level": iv.level}
 
 
 def _netcdf_attrs(attrs) -> dict:
@@ -791,12 +862,27 @@ def model_summary(spec, meta, ds, cfg) -> dict:
             block_contrast_after_pc1_removal=_finite(contrast(ds["cka_no_pc1"].values, b["first"], b["last"])),
             block_contrast_without_dominant=_finite(contrast(ds["cka_no_dominant"].values, b["first"], b["last"])),
         )
+        # intervals (delete-a-group jackknife over batch groups; paired where the runs share batches)
+        plain, nopc, nodom = (jackknife_view(ds, k) for k in ("cka", "cka_no_pc1", "cka_no_dominant"))
+        opts = block_options(cfg)
+
+        def con(m):
+            return contrast(m, b["first"], b["last"])
+
+        entry["intervals"] = {
+            "block_contrast": interval(plain, con),
+            "block_contrast_change_after_pc1_removal": interval([plain, nopc], lambda a, r: con(r) - con(a)),
+            "block_score_change_after_pc1_removal": interval(
+                [plain, nopc], lambda a, r: repsim.block_score(r, **opts) - repsim.block_score(a, **opts)),
+            "block_contrast_without_dominant": interval(nodom, con),
+        }
     return entry
 
 
 def seed_pair_summary(a, b, res, entries) -> dict:
-    """In-block vs out-of-block CKA between corresponding layers of two seeds (analysis e)."""
-    diag = np.diag(res.values)
+    """In-block vs out-of-block CKA between corresponding layers of two seeds (analysis e),
+    with jackknife intervals of both means and of their difference."""
+    diag = np.diag(res["cka"].values)
     ea = entries[a["id"]]
     out = {"model_a": a["id"], "model_b": b["id"], "mean_corresponding_cka": _finite(np.nanmean(diag)),
            "in_block_cka": None, "out_of_block_cka": None}
@@ -805,13 +891,20 @@ def seed_pair_summary(a, b, res, entries) -> dict:
         rest = np.setdiff1d(np.arange(len(diag)), inside)
         out["in_block_cka"] = _finite(np.nanmean(diag[inside]))
         out["out_of_block_cka"] = _finite(np.nanmean(diag[rest])) if len(rest) else None
+        if len(rest):
+            view = jackknife_view(res)
+            out["intervals"] = {
+                "in_block_cka": interval(view, lambda m: np.nanmean(np.diag(m)[inside])),
+                "out_of_block_cka": interval(view, lambda m: np.nanmean(np.diag(m)[rest])),
+                "in_minus_out": interval(view, lambda m: np.nanmean(np.diag(m)[inside]) - np.nanmean(np.diag(m)[rest])),
+            }
     return out
 
 
 def arch_pair_summary(a, b, res, entries) -> dict:
     """Cross-architecture CKA (analysis e): for each model that has a block, how well its
     in-block and out-of-block layers are matched by their best counterpart in the other model."""
-    values = res.values
+    values = res["cka"].values
     out = {"model_a": a, "model_b": b, "mean_best_match_a": _finite(np.nanmax(values, axis=1).mean()),
            "mean_best_match_b": _finite(np.nanmax(values, axis=0).mean())}
     for side, model, best in (("a", a, np.nanmax(values, axis=1)), ("b", b, np.nanmax(values, axis=0))):
@@ -822,6 +915,11 @@ def arch_pair_summary(a, b, res, entries) -> dict:
         rest = np.setdiff1d(np.arange(len(best)), inside)
         out[f"best_match_in_block_{side}"] = _finite(best[inside].mean())
         out[f"best_match_out_of_block_{side}"] = _finite(best[rest].mean()) if len(rest) else None
+        if len(rest):
+            axis = 1 if side == "a" else 0
+            out[f"best_match_in_minus_out_{side}"] = interval(
+                jackknife_view(res), lambda m, axis=axis, inside=inside, rest=rest:
+                np.nanmax(m, axis=axis)[inside].mean() - np.nanmax(m, axis=axis)[rest].mean())
     return out
 
 
@@ -835,6 +933,27 @@ def _mcnemar(right_a, right_b):
     return b, c, p
 
 
+def _wilson(k, n, level=0.9):
+    """Wilson score interval of a proportion ``k / n``."""
+    from scipy.stats import norm
+
+    z = float(norm.ppf(0.5 + level / 2))
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [round(centre - half, 4), round(centre + half, 4)]
+
+
+def _mean_interval(d, level=0.9):
+    """Mean of paired per-example differences ``d`` with a Student-t interval."""
+    n = len(d)
+    se = float(np.std(d, ddof=1) / math.sqrt(n))
+    half = repsim.stats.t_quantile(0.5 + level / 2, n - 1) * se
+    m = float(np.mean(d))
+    return {"estimate": round(m, 4), "ci": [round(m - half, 4), round(m + half, 4)], "stderr": round(se, 4),
+            "level": level}
+
+
 def _holm(pvalues):
     p = np.asarray(pvalues, dtype=float)
     order = np.argsort(p)
@@ -846,8 +965,10 @@ def _holm(pvalues):
     return adj
 
 
-def output_summary(specs, extracts, data) -> dict:
-    """Per-example disagreement and per-class differences (analysis f)."""
+def output_summary(specs, extracts, data, level=0.9) -> dict:
+    """Per-example disagreement and per-class differences (analysis f), with Wilson
+    intervals for the disagreement rates and a paired interval for wide-vs-deep minus
+    seed-to-seed disagreement (same held-out images)."""
     preds = {s["id"]: extracts[s["id"]]["logits"].values.argmax(1) for s in specs}
     y = data["y_eval"]
     seeds = []
@@ -860,12 +981,15 @@ def output_summary(specs, extracts, data) -> dict:
             for j in range(i + 1, len(group)):
                 pa, pb = preds[group[i]["id"]], preds[group[j]["id"]]
                 seeds.append({"model_a": group[i]["id"], "model_b": group[j]["id"],
-                              "disagreement": round(float(np.mean(pa != pb)), 4)})
+                              "disagreement": round(float(np.mean(pa != pb)), 4),
+                              "disagreement_ci": _wilson(int(np.sum(pa != pb)), len(pa), level),
+                              "_differs": pa != pb})
     top = main_fraction(specs)
     full = [s for s in specs if s["train_fraction"] == top and s["seed"] == min(x["seed"] for x in specs)]
     wide = max(full, key=lambda s: (s["width"], -s["depth"]))
     deep = max(full, key=lambda s: (s["depth"], -s["width"]))
     result = {"seed_disagreement": seeds, "wide_vs_deep": None}
+    seed_differs = [e.pop("_differs") for e in seeds]
     if wide["id"] == deep["id"]:
         return result
     pw, pd_ = preds[wide["id"]], preds[deep["id"]]
@@ -885,11 +1009,60 @@ def output_summary(specs, extracts, data) -> dict:
         "wide": wide["id"], "deep": deep["id"],
         "accuracy_wide": round(float(rw.mean()), 4), "accuracy_deep": round(float(rd.mean()), 4),
         "disagreement": round(float(np.mean(pw != pd_)), 4),
+        "disagreement_ci": _wilson(int(np.sum(pw != pd_)), len(pw), level),
+        # per image: wide/deep disagree (0/1) minus the mean over seed pairs of seeds disagreeing
+        "minus_seed_disagreement": (_mean_interval((pw != pd_).astype(float) - np.mean(seed_differs, axis=0), level)
+                                    if seed_differs else None),
         "overall_mcnemar_p": round(p, 5),
         "n_classes_significant": int(sum(e["p_holm"] < 0.05 for e in per_class)),
         "per_class": per_class,
     }
     return result
+
+
+SEED_METRICS = ("test_accuracy", "pc1_max", "block_score", "block_contrast", "pc1_in_block")
+
+
+def seed_aggregates(models, level=0.9) -> dict:
+    """Across training seeds (``repsim.aggregate_seeds``, ``repsim.compare_seeds``).
+
+    ``per_architecture``: for every architecture and training fraction with two seeds or
+    more, the mean, seed-to-seed spread and t interval of each of ``SEED_METRICS``.
+    ``comparisons``: for every two such architectures, whether they differ beyond
+    seed-to-seed variation (Welch t test per metric).
+    """
+    groups = {}
+    for m in models:
+        groups.setdefault(f"resnet{m['depth']}_w{m['width']}_f{m['train_fraction']:g}", []).append(m)
+    groups = {k: v for k, v in groups.items() if len(v) >= 2}
+
+    def values(group, key):
+        return [np.nan if m.get(key) is None else float(m[key]) for m in group]
+
+    out = {"per_architecture": {}, "comparisons": []}
+    for arch, group in groups.items():
+        entry = {"seeds": [m["seed"] for m in group]}
+        for key in SEED_METRICS:
+            agg = repsim.aggregate_seeds(values(group, key), level=level)
+            entry[key] = {"mean": _finite(float(agg["mean"])), "std": _finite(float(agg["std"])),
+                          "ci": [_finite(float(agg["ci_low"])), _finite(float(agg["ci_high"]))],
+                          "values": [_finite(v) for v in values(group, key)]}
+        out["per_architecture"][arch] = entry
+    archs = sorted(groups)
+    for i, a in enumerate(archs):
+        for b in archs[i + 1:]:
+            row = {"a": a, "b": b}
+            for key in SEED_METRICS:
+                va, vb = values(groups[a], key), values(groups[b], key)
+                if np.isnan(va).any() or np.isnan(vb).any():
+                    row[key] = None
+                    continue
+                cmp = repsim.compare_seeds(va, vb, level=level)
+                row[key] = {"difference": _finite(float(cmp["difference"])),
+                            "ci": [_finite(float(cmp["ci_low"])), _finite(float(cmp["ci_high"]))],
+                            "p": _finite(float(cmp["p_value"])), "differs": bool(cmp["differs"])}
+            out["comparisons"].append(row)
+    return out
 
 
 def findings(summary) -> list[dict]:
@@ -898,9 +1071,20 @@ def findings(summary) -> list[dict]:
     out = []
 
     def add(key, claim, ok, text):
-        # ok: one verdict, or one per model / pair ("partly" when they differ)
+        # ok: one verdict, or one per model / pair ("partly" when they differ); for claims
+        # tested with intervals, None = the interval contains zero (within the noise)
         if isinstance(ok, list):
-            verdict = "yes" if all(ok) else "no" if not any(ok) else f"partly ({sum(ok)} of {len(ok)})"
+            yes, no = sum(o is True for o in ok), sum(o is False for o in ok)
+            if yes == len(ok):
+                verdict = "yes"
+            elif yes:
+                verdict = f"partly ({yes} of {len(ok)})"
+            elif no == len(ok):
+                verdict = "no"
+            elif no:
+                verdict = f"no ({no} of {len(ok)} against, {len(ok) - no} within the intervals)"
+            else:
+                verdict = "inconclusive (every interval contains zero)"
         else:
             verdict = {True: "yes", False: "no", None: "not testable"}[ok]
         out.append({"key": key, "claim": claim, "reproduced": verdict, "evidence": text})
@@ -951,24 +1135,33 @@ def findings(summary) -> list[dict]:
         add("pc1_higher_inside", "The first principal component explains more variance inside the block than "
             "outside.", ok, "; ".join(f"{m['id']}: {m['pc1_in_block']:.3f} inside vs {m['pc1_out_of_block']:.3f} "
                                       "outside" for m in with_block))
-        ok = [m["block_contrast_after_pc1_removal"] is not None
-              and m["block_contrast_after_pc1_removal"] < m["block_contrast"] for m in with_block]
-        add("pc1_removal_weakens_block", "Removing the first principal component weakens the block.", ok,
+        ivs = [m.get("intervals", {}) for m in with_block]
+        ok = [_below_zero(iv.get("block_contrast_change_after_pc1_removal")) for iv in ivs]
+        add("pc1_removal_weakens_block", "Removing the first principal component weakens the block (its contrast "
+            "falls by more than the paired 90% jackknife interval allows).", ok,
             "; ".join(f"{m['id']}: contrast {m['block_contrast']:.3f} → {_fmt(m['block_contrast_after_pc1_removal'])}"
-                      f" (score {_fmt(m['block_score'])} → {_fmt(m['block_score_after_pc1_removal'])})"
-                      for m in with_block))
-        ok = [m["block_contrast_without_dominant"] is not None
-              and m["block_contrast_without_dominant"] < m["block_contrast"] for m in with_block]
-        add("dominant_examples_carry_block", "Removing the block's dominant examples weakens the block.", ok,
-            "; ".join(f"{m['id']}: contrast {m['block_contrast']:.3f} → "
-                      f"{_fmt(m['block_contrast_without_dominant'])} without {m['dominant_removed']} examples"
-                      for m in with_block))
+                      f", change {_ivtext(iv.get('block_contrast_change_after_pc1_removal'))}; score "
+                      f"{_fmt(m['block_score'])} → {_fmt(m['block_score_after_pc1_removal'])}, change "
+                      f"{_ivtext(iv.get('block_score_change_after_pc1_removal'))}"
+                      for m, iv in zip(with_block, ivs)))
+        ok = []
+        for m, iv in zip(with_block, ivs):
+            full, nodom = iv.get("block_contrast"), iv.get("block_contrast_without_dominant")
+            ok.append(None if full is None or nodom is None else True if nodom["ci"][1] < full["ci"][0]
+                      else False if nodom["ci"][0] > full["ci"][1] else None)
+        add("dominant_examples_carry_block", "Removing the block's dominant examples weakens the block (the "
+            "two contrasts' 90% intervals do not overlap).", ok,
+            "; ".join(f"{m['id']}: contrast {_ivtext(iv.get('block_contrast'))} → "
+                      f"{_ivtext(iv.get('block_contrast_without_dominant'))} without {m['dominant_removed']} "
+                      "examples" for m, iv in zip(with_block, ivs)))
     seed_pairs = [p for p in summary["cross_seed"] if p["in_block_cka"] is not None and p["out_of_block_cka"] is not None]
     if seed_pairs:
-        ok = [p["in_block_cka"] < p["out_of_block_cka"] for p in seed_pairs]
-        add("block_differs_across_seeds", "Across seeds, layers inside the block match less than layers outside it.",
-            ok, "; ".join(f"{p['model_a']} vs {p['model_b']}: {p['in_block_cka']:.3f} in block vs "
-                          f"{p['out_of_block_cka']:.3f} outside" for p in seed_pairs))
+        ok = [_below_zero(p.get("intervals", {}).get("in_minus_out")) for p in seed_pairs]
+        add("block_differs_across_seeds", "Across seeds, layers inside the block match less than layers outside it "
+            "(corresponding-layer CKA; 90% jackknife intervals).",
+            ok, "; ".join(f"{p['model_a']} vs {p['model_b']}: {_ivtext(p['intervals']['in_block_cka'])} in block vs "
+                          f"{_ivtext(p['intervals']['out_of_block_cka'])} outside, difference "
+                          f"{_ivtext(p['intervals']['in_minus_out'])}" for p in seed_pairs))
     elif summary["cross_seed"]:
         add("block_differs_across_seeds", "Across seeds, layers inside the block match less than layers outside it.",
             None, "no seed pair of a model with a block: " + "; ".join(
@@ -979,23 +1172,61 @@ def findings(summary) -> list[dict]:
         for side in ("a", "b"):
             inside, outside = p.get(f"best_match_in_block_{side}"), p.get(f"best_match_out_of_block_{side}")
             if inside is not None and outside is not None:
-                verdicts.append(inside < outside)
+                diff = p.get(f"best_match_in_minus_out_{side}")
+                verdicts.append(_below_zero(diff))
                 rows.append(f"{p['model_' + side]} vs {p['model_b' if side == 'a' else 'model_a']}: "
-                            f"{inside:.3f} in block vs {outside:.3f} outside")
+                            f"{inside:.3f} in block vs {outside:.3f} outside, difference {_ivtext(diff)}")
     if rows:
         add("block_unmatched_across_architectures", "Across architectures, block layers find a poorer match in "
-            "the other model than layers outside the block.", verdicts, "; ".join(rows))
+            "the other model than layers outside the block (90% jackknife interval of the difference below zero).",
+            verdicts, "; ".join(rows))
     wd = summary["outputs"]["wide_vs_deep"]
     seeds = summary["outputs"]["seed_disagreement"]
     if wd is not None and seeds:
         mean_seed = float(np.mean([s["disagreement"] for s in seeds]))
-        ok = wd["disagreement"] > mean_seed
+        diff = wd.get("minus_seed_disagreement")
+        ok = None if diff is None else True if diff["ci"][0] > 0 else False if diff["ci"][1] < 0 else None
+        verdict_ok = ok if ok is not None else [None]
         add("wide_deep_disagree_more", "A wide and a deep model disagree on more examples than two seeds of one "
-            "architecture.", ok, f"{wd['wide']} (acc {wd['accuracy_wide']:.3f}) vs {wd['deep']} (acc "
-            f"{wd['accuracy_deep']:.3f}) disagree on {wd['disagreement']:.3f} of the held-out images; seeds disagree "
-            f"on {mean_seed:.3f} on average ({len(seeds)} pair(s)); {wd['n_classes_significant']} class(es) differ "
-            "significantly (exact McNemar, Holm-corrected p < 0.05)")
+            "architecture (paired 90% interval over the held-out images above zero).", verdict_ok,
+            f"{wd['wide']} (acc {wd['accuracy_wide']:.3f}) vs {wd['deep']} (acc "
+            f"{wd['accuracy_deep']:.3f}) disagree on {wd['disagreement']:.3f} (90% CI {_citext(wd['disagreement_ci'])})"
+            f" of the held-out images; seeds disagree on {mean_seed:.3f} on average ({len(seeds)} pair(s): "
+            + ", ".join(_citext(s['disagreement_ci']) for s in seeds) + f"); difference {_ivtext(diff)}; "
+            f"{wd['n_classes_significant']} class(es) differ significantly (exact McNemar, Holm-corrected p < 0.05)")
+    aggs = summary.get("seed_aggregates", {}).get("per_architecture", {})
+    if aggs:
+        text = "; ".join(
+            f"{arch} (seeds {', '.join(map(str, a['seeds']))}): " + ", ".join(
+                f"{key.replace('_', ' ')} {_fmt(a[key]['mean'])} (values {', '.join(_fmt(v) for v in a[key]['values'])})"
+                for key in ("pc1_max", "block_contrast", "test_accuracy")) for arch, a in aggs.items())
+        cmps = summary["seed_aggregates"]["comparisons"]
+        if cmps:
+            text += "; " + "; ".join(
+                f"{c['a']} − {c['b']}: " + ", ".join(
+                    f"{key.replace('_', ' ')} {_fmt(c[key]['difference'])} (90% CI {_citext(c[key]['ci'])}, "
+                    f"p = {_fmt(c[key]['p'], '.3g')})" for key in ("pc1_max", "test_accuracy") if c[key])
+                for c in cmps)
+        out.append({"key": "seed_spread", "claim": "Seed-to-seed spread of the block measures (architectures with "
+                    "several seeds; repsim.aggregate_seeds / compare_seeds)", "reproduced": "reported",
+                    "evidence": text})
     return out
+
+
+def _below_zero(iv):
+    """True / False / None: the interval lies below zero / above zero / contains it."""
+    if iv is None or iv["ci"][0] is None or iv["ci"][1] is None:
+        return None
+    return True if iv["ci"][1] < 0 else False if iv["ci"][0] > 0 else None
+
+
+def _citext(ci):
+    return "n/a" if ci is None or None in ci else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def _ivtext(iv):
+    """``0.123 [0.100, 0.146]`` (estimate and its interval) or n/a."""
+    return "n/a" if iv is None else f"{_fmt(iv['estimate'])} {_citext(iv['ci'])}"
 
 
 def _pc1_dominated(m) -> bool:
@@ -1126,7 +1357,7 @@ def make_figures(specs, extracts, crosses, summary, out: Path) -> dict:
         fig, axes = plt.subplots(1, len(crosses), figsize=(2.4 * len(crosses) + 0.8, 2.8), squeeze=False,
                                  constrained_layout=True)
         for ax, ((a, b, kind), res) in zip(axes[0], crosses.items()):
-            im = _heat(ax, res.values, f"{kind}:\n{a} (rows)\nvs {b}", xlabel=b.split("_")[0],
+            im = _heat(ax, res["cka"].values, f"{kind}:\n{a} (rows)\nvs {b}", xlabel=b.split("_")[0],
                        ylabel=a.split("_")[0])
         fig.colorbar(im, ax=axes, shrink=0.8, label="cross-model minibatch CKA")
         figs["cross"] = _savefig(fig, fig_dir / "cross_models.png", plt)
@@ -1160,8 +1391,11 @@ def write_report(summary, figs, cfg, out: Path):
     L = []
     L.append(f"# Wide and deep ResNets on {summary['dataset']}: block structure study\n")
     L.append(f"Generated by `examples/wide_deep_study.py` (repsim {repsim.__version__}). "
-             f"Reproduces the analyses of Nguyen, Raghu & Kornblith (ICLR 2021) at the scale given below; "
-             "single runs, so treat differences of a few hundredths as noise.\n")
+             f"Reproduces the analyses of Nguyen, Raghu & Kornblith (ICLR 2021) at the scale given below. "
+             "Intervals (in brackets) are 90% delete-a-group jackknife intervals over batch groups of the "
+             "minibatch estimates, paired where two runs share their batches (repsim.jackknife_interval): they "
+             "describe the measurement on these held-out images, not training randomness, which only the seed "
+             "comparisons show.\n")
     L.append("## Set-up\n")
     L.append(f"- data: {summary['data']}")
     L.append(f"- training: SGD (momentum {cfg['momentum']}, Nesterov {cfg['nesterov']}), peak lr {cfg['lr']}, "
@@ -1183,29 +1417,51 @@ def write_report(summary, figs, cfg, out: Path):
     for f in summary["findings"]:
         r = f["reproduced"]
         verdict = {"yes": "**reproduced**", "no": "**not reproduced at this scale**",
-                   "not testable": "**not testable**"}.get(r, f"**{r.replace('partly', 'partly reproduced')}**")
+                   "not testable": "**not testable**", "reported": "**reported**"}.get(
+            r, f"**{r.replace('partly', 'partly reproduced').replace('no (', 'not reproduced (')}**")
         L.append(f"- {f['claim']} — {verdict}. {f['evidence']}.")
     L.append("")
     L.append("## Models\n")
     L.append("| model | train frac | steps | train s | train acc | test acc | PC1 max | blocks | largest block | "
-             "score | contrast | PC1 in / out | contrast w/o PC1 | contrast w/o dominant |")
-    L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+             "score | contrast [90% CI] | PC1 in / out | contrast w/o PC1 | change [90% CI] | contrast w/o dominant |")
+    L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for m in summary["models"]:
         b = m["largest_block"]
+        iv = m.get("intervals", {})
         block = "—" if b is None else f"{b['first_layer']}…{b['last_layer']} ({b['size']}/{m['n_layers']})"
         L.append(f"| {m['id']} | {m['train_fraction']:g} | {m['steps']} | {m['train_seconds']:.0f} | "
                  f"{m['train_accuracy']:.3f} | {m['test_accuracy']:.3f} | {_fmt(m['pc1_max'])} | {m['n_blocks']} | "
-                 f"{block} | {_fmt(m['block_score'])} | {_fmt(m['block_contrast'])} | "
+                 f"{block} | {_fmt(m['block_score'])} | {_ivtext(iv.get('block_contrast'))} | "
                  f"{_fmt(m['pc1_in_block'])} / {_fmt(m['pc1_out_of_block'])} | "
-                 f"{_fmt(m['block_contrast_after_pc1_removal'])} | {_fmt(m['block_contrast_without_dominant'])} |")
+                 f"{_fmt(m['block_contrast_after_pc1_removal'])} | "
+                 f"{_ivtext(iv.get('block_contrast_change_after_pc1_removal'))} | "
+                 f"{_ivtext(iv.get('block_contrast_without_dominant'))} |")
     L.append("")
+    aggs = summary.get("seed_aggregates", {})
+    if aggs.get("per_architecture"):
+        L.append("## Seed to seed\n")
+        L.append("Mean over seeds with the seed-to-seed standard deviation and a 90% t interval "
+                 "(`repsim.aggregate_seeds`); with two seeds the interval is wide by construction.\n")
+        L.append("| architecture | seeds | " + " | ".join(k.replace("_", " ") for k in SEED_METRICS) + " |")
+        L.append("|---|---|" + "---|" * len(SEED_METRICS))
+        for arch, a in aggs["per_architecture"].items():
+            L.append(f"| {arch} | {', '.join(map(str, a['seeds']))} | " + " | ".join(
+                f"{_fmt(a[k]['mean'])} ± {_fmt(a[k]['std'])} {_citext(a[k]['ci'])}" for k in SEED_METRICS) + " |")
+        for c in aggs["comparisons"]:
+            L.append(f"\n{c['a']} − {c['b']} (Welch t test over seeds, `repsim.compare_seeds`): " + "; ".join(
+                f"{k.replace('_', ' ')} {_fmt(c[k]['difference'])} {_citext(c[k]['ci'])}, p = {_fmt(c[k]['p'], '.3g')}"
+                for k in SEED_METRICS if c[k]))
+        L.append("")
     if summary["cross_seed"]:
         L.append("## Across seeds\n")
-        L.append("| model a | model b | corresponding-layer CKA (mean) | in block | outside block |")
-        L.append("|---|---|---|---|---|")
+        L.append("| model a | model b | corresponding-layer CKA (mean) | in block [90% CI] | outside block [90% CI] "
+                 "| in − out [90% CI] |")
+        L.append("|---|---|---|---|---|---|")
         for p in summary["cross_seed"]:
+            iv = p.get("intervals", {})
             L.append(f"| {p['model_a']} | {p['model_b']} | {_fmt(p['mean_corresponding_cka'])} | "
-                     f"{_fmt(p['in_block_cka'])} | {_fmt(p['out_of_block_cka'])} |")
+                     f"{_ivtext(iv.get('in_block_cka'))} | {_ivtext(iv.get('out_of_block_cka'))} | "
+                     f"{_ivtext(iv.get('in_minus_out'))} |")
         L.append("")
     if summary["cross_architecture"]:
         L.append("## Across architectures\n")
@@ -1223,10 +1479,13 @@ def write_report(summary, figs, cfg, out: Path):
     wd = summary["outputs"]["wide_vs_deep"]
     L.append("## Outputs\n")
     for s in summary["outputs"]["seed_disagreement"]:
-        L.append(f"- seeds {s['model_a']} vs {s['model_b']}: disagree on {s['disagreement']:.3f} of held-out images")
+        L.append(f"- seeds {s['model_a']} vs {s['model_b']}: disagree on {s['disagreement']:.3f} "
+                 f"(90% CI {_citext(s['disagreement_ci'])}) of held-out images")
     if wd is not None:
         L.append(f"- wide {wd['wide']} (acc {wd['accuracy_wide']:.3f}) vs deep {wd['deep']} (acc "
-                 f"{wd['accuracy_deep']:.3f}): disagree on {wd['disagreement']:.3f}; overall McNemar p = "
+                 f"{wd['accuracy_deep']:.3f}): disagree on {wd['disagreement']:.3f} "
+                 f"(90% CI {_citext(wd['disagreement_ci'])}; minus the seeds' disagreement, paired over images: "
+                 f"{_ivtext(wd.get('minus_seed_disagreement'))}); overall McNemar p = "
                  f"{wd['overall_mcnemar_p']:.3g}; classes with Holm-corrected p < 0.05: "
                  f"{wd['n_classes_significant']} of {len(wd['per_class'])}")
         big = sorted(wd["per_class"], key=lambda e: -abs(e["difference"]))[:3]
@@ -1315,8 +1574,9 @@ def main(argv=None) -> int:
                        for (a, b, kind), res in crosses.items() if kind == "seeds"],
         "cross_architecture": [arch_pair_summary(a, b, res, entries)
                                for (a, b, kind), res in crosses.items() if kind == "architectures"],
-        "outputs": output_summary(specs, extracts, data),
+        "outputs": output_summary(specs, extracts, data, cfg["level"]),
     }
+    summary["seed_aggregates"] = seed_aggregates(summary["models"], cfg["level"])
     timed = [ds.attrs.get("seconds") for ds in extracts.values()] + [r.attrs.get("seconds") for r in crosses.values()]
     summary["analysis_seconds"] = round(float(sum(timed)), 1) if all(t is not None for t in timed) else None
     summary["findings"] = findings(summary)

@@ -92,8 +92,14 @@ def test_netcdf_has_provenance(smoke_run):
         assert key in ds.attrs
     assert ds.attrs["estimator"] == "unbiased" and ds.attrs["depth"] == 14
     np.testing.assert_allclose(np.diag(ds["cka"].values), 1.0, atol=1e-6)
+    # every CKA run keeps its entrywise standard errors and jackknife replicates
+    for key in ("cka", "cka_no_pc1", "cka_no_dominant"):
+        assert ds[f"{key}_jackknife"].dims == (f"{key}_group", "layer_a", "layer_b")
+        assert np.all(ds[f"{key}_stderr"].values[~np.eye(6, dtype=bool)] > 0)
+    assert ds.attrs["level"] == 0.9
     cross = repsim.load_result(smoke_run / "cross" / "resnet14_w1_s0_f1__resnet14_w1_s1_f1.nc")
-    assert cross.attrs["pair"] == "seeds" and cross.shape == (6, 6)
+    assert cross.attrs["pair"] == "seeds" and cross["cka"].shape == (6, 6)
+    assert set(cross.data_vars) >= {"cka", "stderr", "ci_low", "ci_high", "jackknife"}
 
 
 def test_checkpoints_load_with_weights_only(smoke_run, study):
@@ -210,3 +216,78 @@ def test_cifar10_data_path(study, tmp_path):
     assert data["x_train"].dtype == np.float32
     np.testing.assert_allclose(data["x_train"].mean(axis=(0, 2, 3)), 0, atol=1e-4)
     assert data["classes"][0] == "airplane"
+
+
+def _planted_layers(rng, n, block, rotation):
+    """Twelve layers drifting apart, plus a strong component shared by the layers of
+    ``block`` along a direction set by ``rotation`` (another 'seed' rotates it)."""
+    t = rng.standard_normal(n) * 3
+    h = rng.standard_normal((n, 16))
+    acts = {}
+    for layer in range(12):
+        h = 0.9 * h + np.sqrt(1 - 0.81) * rng.standard_normal((n, 16))
+        x = h.copy()
+        if block[0] <= layer <= block[1]:
+            x = x + np.outer(t, rotation[layer])
+        acts[f"l{layer}"] = x
+    return acts
+
+
+def test_block_intervals_and_findings_on_a_planted_block(study):
+    """Summaries on synthetic layers with a PC1-carried block: contrast intervals contain
+    the estimate, PC1 removal lowers the contrast beyond its paired interval, and the
+    block matches across 'seeds' less than the rest, beyond the interval."""
+    import repsim
+
+    rng = np.random.default_rng(0)
+    cfg = dict(study.DEFAULT_CONFIG)
+    seed_dirs = [rng.standard_normal((12, 16)) * 3 for _ in range(2)]
+    runs = {k: repsim.MinibatchCKA(groups=10, transform=t) for k, t in
+            (("cka", None), ("cka_no_pc1", study._remove_pc1), ("cka_no_dominant", None))}
+    cross = repsim.MinibatchCKA(groups=10)
+    for _ in range(20):
+        state = rng.bit_generator.state
+        a = _planted_layers(rng, 64, (4, 9), seed_dirs[0])
+        rng.bit_generator.state = state  # the other 'seed': same inputs, block direction rotated
+        b = _planted_layers(rng, 64, (4, 9), seed_dirs[1])
+        for acc in runs.values():
+            acc.update(a)
+        cross.update(a, b)
+    results = {k: acc.compute(uncertainty=True) for k, acc in runs.items()}
+    names = list(a)
+    import xarray as xr
+
+    ds = xr.Dataset({**study.run_variables(results), "pc1_share": ("layer", np.linspace(0.1, 0.5, 12))},
+                    coords={"layer": names})
+    ds.attrs.update(dominant_layer="l6", dominant_removed=[1, 2, 3], level=0.9)
+    spec = {"id": "m_s0", "depth": 110, "width": 1, "seed": 0, "train_fraction": 1.0}
+    meta = {"n_train": 100, "steps": 10, "train_seconds": 1.0, "train_accuracy": 1.0, "test_accuracy": 0.9,
+            "n_parameters": 1000}
+    entry = study.model_summary(spec, meta, ds, cfg)
+    b = entry["largest_block"]
+    assert (b["first"], b["last"]) == (4, 9)
+    con = entry["intervals"]["block_contrast"]
+    assert con["estimate"] == pytest.approx(entry["block_contrast"], abs=1e-4)
+    assert con["ci"][0] < con["estimate"] < con["ci"][1] and con["level"] == 0.9
+    change = entry["intervals"]["block_contrast_change_after_pc1_removal"]
+    assert change["estimate"] == pytest.approx(entry["block_contrast_after_pc1_removal"] - entry["block_contrast"],
+                                               abs=2e-4)
+    assert change["ci"][1] < 0  # the planted block is carried by one component
+    pair = study.seed_pair_summary(spec, dict(spec, id="m_s1"), cross.compute(uncertainty=True), {"m_s0": entry})
+    iv = pair["intervals"]
+    assert iv["in_minus_out"]["ci"][1] < 0 < iv["out_of_block_cka"]["ci"][0]
+    assert iv["in_block_cka"]["estimate"] == pytest.approx(pair["in_block_cka"], abs=1e-4)
+    summary = {"models": [entry], "cross_seed": [pair], "cross_architecture": [],
+               "outputs": {"wide_vs_deep": None, "seed_disagreement": []}}
+    verdicts = {f["key"]: f["reproduced"] for f in study.findings(summary)}
+    assert verdicts["pc1_removal_weakens_block"] == "yes"
+    assert verdicts["block_differs_across_seeds"] == "yes"
+
+
+def test_output_intervals(study):
+    """Wilson intervals of disagreement rates and the paired wide-vs-deep minus seeds interval."""
+    lo, hi = study._wilson(10, 100)
+    assert lo < 0.1 < hi and (lo, hi) == pytest.approx((0.0607, 0.1604), abs=1e-4)  # z = 1.645
+    d = np.r_[np.ones(30), np.zeros(70)] - np.r_[np.ones(10), np.zeros(90)]
+    iv = study._mean_interval(d)
+    assert iv["estimate"] == pytest.approx(0.2) and iv["ci"][0] > 0.1
