@@ -3,6 +3,7 @@
 Usage::
 
     python benchmarks/core_ratios.py [--repeats 5] [--layers 64] [--batches 4] [--n 256] [--p 4096]
+    python benchmarks/core_ratios.py --device cuda [...]
 
 Prints, for the all-pairs minibatch CKA workload (float32), the time of repsim's numpy and
 torch paths as a multiple of the gram floor (the float32 grams ``X X^T`` alone, same
@@ -10,6 +11,12 @@ library), the speed-up over a loop over layer pairs with an ``n x n x n`` produc
 (what most peer libraries do), and the numba-vs-numpy figures of the fused steps. Runs
 are interleaved and the minimum over repeats is kept, so a shared machine's noise hits
 both sides alike; numpy and torch are measured in separate processes (one script run).
+
+With ``--device cuda`` (or ``cuda:N``) only the torch path is measured, with the tensors on
+that GPU: repsim against the float32 grams ``X X^T`` on the device, and the per-pair loop
+on the device (numba runs on host memory only, so its rows and section are left out).
+Every timed function ends with ``torch.cuda.synchronize()``, so a time covers the kernels
+it queued, and each is run once untimed first (CUDA context, cuBLAS handles).
 """
 
 import argparse
@@ -37,15 +44,16 @@ def per_pair_loop(batch):
 
     grams = [x @ x.T for x in batch]
     n = grams[0].shape[0]
+    device = grams[0].device
     tilde = [g.double() - torch.diag(torch.diag(g.double())) for g in grams]
-    one = torch.ones(n, dtype=torch.float64)
+    one = torch.ones(n, dtype=torch.float64, device=device)
 
     def h(k, l):
         kl = k @ l
         return (torch.trace(kl) + k.sum() * l.sum() / ((n - 1) * (n - 2)) - 2 / (n - 2) * (one @ kl @ one)) / (n * (n - 3))
 
     self_terms = [h(k, k) for k in tilde]
-    out = torch.empty(len(tilde), len(tilde), dtype=torch.float64)
+    out = torch.empty(len(tilde), len(tilde), dtype=torch.float64, device=device)
     for i, k in enumerate(tilde):
         for j, l in enumerate(tilde):
             out[i, j] = h(k, l) / torch.sqrt(self_terms[i] * self_terms[j])
@@ -120,6 +128,59 @@ def measure(library, args):
             print(f"| {step} | {a:.3f} | {b:.3f} | {b / a:.2f} |")
 
 
+def measure_device(args):
+    """Time floor, repsim and the per-pair loop with torch tensors on a CUDA device."""
+    import torch
+
+    device = torch.device(args.device)
+    rng = np.random.default_rng(0)
+    batch = {f"layer{i}": torch.from_numpy(rng.standard_normal((args.n, args.p), dtype=np.float32)).to(device)
+             for i in range(args.layers)}
+
+    def synced(fn):
+        def run():
+            out = fn()
+            torch.cuda.synchronize(device)
+            return out
+        return run
+
+    def floor():
+        for _ in range(args.batches):
+            for x in batch.values():
+                x @ x.T
+
+    def minibatch():
+        acc = repsim.MinibatchCKA()
+        for _ in range(args.batches):
+            acc.update(batch)
+        return acc.compute()
+
+    fns = {"floor": synced(floor), "repsim": synced(minibatch)}
+    for fn in fns.values():
+        fn()  # untimed first run: CUDA context, cuBLAS handles, allocator
+    t = best_of(fns, args.repeats)
+    where = f"torch {device}"
+    print("\n| path | time (s) | x gram floor |\n|---|---|---|")
+    print(f"| repsim {where} | {t['repsim']:.3f} | {t['repsim'] / t['floor']:.3f} |")
+    print(f"| gram floor {where} | {t['floor']:.3f} | 1.000 |")
+
+    sub = {k: batch[k] for k in list(batch)[: args.pair_layers]}
+
+    def packed():
+        acc = repsim.MinibatchCKA()
+        acc.update(sub)
+        return acc.compute()
+
+    loop = synced(lambda: per_pair_loop(list(sub.values())))
+    packed = synced(packed)
+    ref = loop().cpu().numpy()
+    dev = float(np.max(np.abs(packed().values - ref)))
+    tp = best_of({"per-pair loop": loop, "repsim": packed}, max(1, args.repeats // 2))
+    print(f"\nper-pair loop ({len(sub)} layers, 1 batch, {where}): {tp['per-pair loop']:.3f} s; "
+          f"repsim {tp['repsim']:.3f} s; speed-up {tp['per-pair loop'] / tp['repsim']:.1f}x; "
+          f"max |difference| {dev:.2e}")
+
+
 def main():
     import subprocess
     import sys
@@ -132,8 +193,28 @@ def main():
     ap.add_argument("--p", type=int, default=4096)
     ap.add_argument("--pair-layers", type=int, default=16,
                     help="layers in the per-pair-loop comparison (it is slow)")
+    ap.add_argument("--device", default="cpu",
+                    help="cpu (default: numpy and torch, numba included) or a CUDA device, "
+                    "cuda or cuda:N (torch only, tensors on that GPU)")
     ap.add_argument("--library", choices=["numpy", "torch"], help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.device != "cpu":
+        import torch
+
+        try:
+            kind = torch.device(args.device).type
+        except RuntimeError as err:
+            ap.error(f"--device {args.device!r}: {err}")
+        if kind != "cuda":
+            ap.error(f"--device must be cpu or a CUDA device (cuda, cuda:N); got {args.device!r}")
+        if not torch.cuda.is_available():
+            ap.error(f"--device {args.device!r} needs CUDA, but torch.cuda.is_available() is False")
+        print(f"workload: {args.layers} layers x {args.batches} batches of n={args.n}, p={args.p}, "
+              f"float32; repeats={args.repeats} (interleaved, min kept); torch only, tensors on "
+              f"{args.device} ({torch.cuda.get_device_name(torch.device(args.device))}, torch "
+              f"{torch.__version__}), each timed function ending in torch.cuda.synchronize()")
+        measure_device(args)
+        return
     if args.library:
         measure(args.library, args)
         return
