@@ -104,7 +104,7 @@ DEFAULT_CONFIG = {
     "level": 0.9,  # confidence level of the intervals
     "threads": None,
     "device": "cpu",
-    "amp": None,  # "bf16": train under bfloat16 autocast (GPU configs); analyses stay float32
+    "amp": None,  # "bf16": train under bfloat16 autocast on CUDA (ignored on CPU); analyses stay float32
 }
 
 SMOKE_CONFIG = {
@@ -423,7 +423,7 @@ def train_one(spec, data, cfg, out: Path, progress=True):
         torch.backends.cudnn.benchmark = True
         model = model.to(memory_format=torch.channels_last)
     def autocast():
-        if cfg.get("amp") == "bf16":
+        if cfg.get("amp") == "bf16" and fast:  # CPUs have no fast bf16 convolutions: ignored there
             return torch.autocast(device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
     bs = min(cfg["batch_size"], len(idx))
@@ -990,7 +990,7 @@ def output_summary(specs, extracts, data, level=0.9) -> dict:
     deep = max(full, key=lambda s: (s["depth"], -s["width"]))
     result = {"seed_disagreement": seeds, "wide_vs_deep": None}
     seed_differs = [e.pop("_differs") for e in seeds]
-    if wide["id"] == deep["id"]:
+    if wide["width"] <= deep["width"] or wide["depth"] >= deep["depth"]:  # no wide model and deep model pair
         return result
     pw, pd_ = preds[wide["id"]], preds[deep["id"]]
     rw, rd = pw == y, pd_ == y
