@@ -152,6 +152,15 @@ def _fmt(value, spec=".3f"):
     return "n/a" if value is None else format(value, spec)
 
 
+def _change(m):
+    """`` (+0.027 [0.024, 0.030])``: the paired jackknife interval of the contrast change
+    after PC1 removal, when the run recorded one."""
+    iv = (m.get("intervals") or {}).get("block_contrast_change_after_pc1_removal")
+    if not iv or None in iv["ci"]:
+        return ""
+    return f" ({iv['estimate']:+.3f} [{iv['ci'][0]:.3f}, {iv['ci'][1]:.3f}])"
+
+
 class StudyRun(Directive):
     required_arguments = 1
 
@@ -170,10 +179,13 @@ class StudyRun(Directive):
         train = sum(m["train_seconds"] for m in models)
         verdicts = {"yes": "reproduced", "no": "not reproduced at this scale",
                     "not testable": "not testable"}
+        device = s["config"].get("device", "cpu")
+        where = (f"{s['torch_threads']} torch thread(s)" if device == "cpu"
+                 else f"a {device} device")
         lines = [
             f"*Run:* ``python examples/wide_deep_study.py {s['command']}`` — {s['data']}; "
-            f"{len(models)} models trained in {train:.0f} s in all on {s['torch_threads']} "
-            f"torch thread(s) (per model in the table); minibatch CKA on {s['n_eval']} "
+            f"{len(models)} models trained in {train:.0f} s in all on {where} "
+            f"(per model in the table); minibatch CKA on {s['n_eval']} "
             "held-out images. Read from "
             f"``docs/study/{run}/summary.json``.",
             "",
@@ -182,12 +194,12 @@ class StudyRun(Directive):
         ]
         for f in s["findings"]:
             r = f["reproduced"]
-            verdict = verdicts.get(r, r.replace("partly", "partly reproduced"))
+            verdict = verdicts.get(r, r.replace("partly", "partly reproduced").replace("no (", "not reproduced ("))
             lines.append(f"- {f['claim']} — **{verdict}**.")
         lines += ["", ".. list-table::", "   :header-rows: 1", "",
                   "   * - model", "     - data", "     - train s", "     - train / test acc",
                   "     - PC1 max", "     - largest block", "     - block score",
-                  "     - PC1 in / out", "     - contrast → w/o PC1"]
+                  "     - PC1 in / out", "     - contrast → w/o PC1 (change, 90% CI)"]
         for m in models:
             b = m["largest_block"]
             block = "—" if b is None else f"{b['size']} of {m['n_layers']} layers"
@@ -201,7 +213,7 @@ class StudyRun(Directive):
                 f"     - {_fmt(m['block_score'])}",
                 f"     - {_fmt(m['pc1_in_block'])} / {_fmt(m['pc1_out_of_block'])}",
                 f"     - {_fmt(m['block_contrast'])} → "
-                f"{_fmt(m['block_contrast_after_pc1_removal'])}",
+                f"{_fmt(m['block_contrast_after_pc1_removal'])}" + _change(m),
             ]
         node = nodes.section()
         node.document = self.state.document

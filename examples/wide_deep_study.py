@@ -78,11 +78,10 @@ DEFAULT_CONFIG = {
     "split_seed": 0,
     "image_size": None,  # CIFAR-10: 32, or 16 (2×2 average pooling); digits stay 8×8
     "n_eval": 1000,  # held-out images used for the analyses (CIFAR-10 test set subset)
-    "grids": [
-        {"depths": [20, 56, 110], "widths": [1], "seeds": [0], "train_fractions": [1.0]},
-        {"depths": [14], "widths": [2], "seeds": [0], "train_fractions": [1.0]},
-        {"depths": [110], "widths": [1], "seeds": [1], "train_fractions": [1.0]},
-        {"depths": [56], "widths": [1], "seeds": [0], "train_fractions": [0.25]},
+    "grids": [  # two seeds of the smallest, the widest and the deepest model
+        {"depths": [20, 110], "widths": [1], "seeds": [0, 1], "train_fractions": [1.0]},
+        {"depths": [14], "widths": [2], "seeds": [0, 1], "train_fractions": [1.0]},
+        {"depths": [56], "widths": [1], "seeds": [0], "train_fractions": [1.0, 0.25]},
     ],
     "epochs": 60,
     "batch_size": 128,
