@@ -530,16 +530,21 @@ def eval_loader(x, batch_size):
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
-    # every batch needs n >= 4 for the unbiased estimator: drop a tiny ragged tail
-    drop_last = 0 < len(x) % batch_size < 4
+    drop_last = _drops_tail(len(x), batch_size)
     return DataLoader(TensorDataset(torch.from_numpy(np.ascontiguousarray(x))), batch_size=batch_size,
                       shuffle=True, drop_last=drop_last)
+
+
+def _drops_tail(n, batch_size) -> bool:
+    """Every batch needs n >= 4 for the unbiased estimator: a tiny ragged tail is dropped."""
+    return 0 < n % batch_size < 4
 
 
 def n_groups(n, cfg, passes) -> int:
     """Jackknife groups for ``passes`` passes over ``n`` examples: ``interval_groups``, or
     fewer when there are fewer batches."""
-    batches = passes * len(eval_loader(np.zeros((n, 1), np.float32), cfg["cka_batch_size"]))
+    bs = cfg["cka_batch_size"]
+    batches = passes * (math.ceil(n / bs) - _drops_tail(n, bs))
     return max(2, min(cfg["interval_groups"], batches))
 
 
