@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from . import _backend as B
 from . import _validation as V
 
@@ -278,6 +280,53 @@ def centre_into(k, unbiased, out, xp, engine="auto"):
         c = xp.reshape(c, (-1,))
     out[...] = c
     return tr, total
+
+
+#: Layers centred together by :func:`centre_stack_into` (bounds its float64 temporaries at
+#: two ``(chunk, n, n)`` arrays).
+STACK_CHUNK = 32
+
+
+def stacks_centring(k) -> bool:
+    """Whether grams like ``k`` are centred in stacks (:func:`centre_stack_into`): on an
+    accelerator, where the per-layer path is launch-bound. On the CPU the per-layer path is
+    faster (numba by default; the stack's extra copy costs more than it saves)."""
+    return B.is_torch(k) and k.device.type != "cpu"
+
+
+def centre_stack_into(ks, unbiased, out, xp):
+    """:func:`centre_into` for many grams at once, without numba (GPU tensors, ``engine="numpy"``).
+
+    ``ks`` is a list of ``(n, n)`` grams (one library and device) and ``out`` the
+    ``(len(ks), n*n)`` float64 rows they go to. The grams are centred in stacks of
+    ``STACK_CHUNK``: a fixed number of array operations per stack instead of per layer,
+    which on a GPU turns hundreds of small kernel launches per batch into a handful.
+    Returns ``(traces, totals)`` as numpy float64 arrays of shape ``(len(ks),)``: one
+    device-to-host transfer for all layers.
+    """
+    n = ks[0].shape[0]
+    traces, totals = [], []
+    for start in range(0, len(ks), STACK_CHUNK):
+        k64 = xp.stack([xp.astype(k, xp.float64) for k in ks[start:start + STACK_CHUNK]])
+        diag = xp.linalg.diagonal(k64)  # (m, n)
+        tr = xp.sum(diag, axis=1)
+        rs = xp.sum(k64, axis=2)
+        cs = xp.sum(k64, axis=1)
+        total = xp.sum(rs, axis=1)
+        if unbiased:
+            a = 1.0 / (n - 2)
+            t = (total - tr) / ((n - 1) * (n - 2))
+            c = k64 - ((rs - diag) * a)[:, :, None] - ((cs - diag) * a - t[:, None])[:, None, :]
+        else:
+            c = k64 - (rs / n)[:, :, None] - (cs / n - (total / (n * n))[:, None])[:, None, :]
+        rows = out[start:start + c.shape[0]]
+        rows[...] = xp.reshape(c, (c.shape[0], n * n))
+        if unbiased:
+            rows[:, :: n + 1] = 0.0
+        traces.append(tr)
+        totals.append(total)
+    return (np.asarray(B.to_numpy(xp.concat(traces)), dtype=np.float64),
+            np.asarray(B.to_numpy(xp.concat(totals)), dtype=np.float64))
 
 
 def degeneracy_terms(trace, total, n, gram_dtype_eps):

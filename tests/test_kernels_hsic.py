@@ -126,3 +126,33 @@ def test_torch_gram_and_numba_centring_on_cpu_tensors(rng):
     torch.testing.assert_close(a, b)
     xg = x.clone().requires_grad_(True)
     assert repsim.gram(xg).requires_grad
+
+
+@pytest.mark.parametrize("estimator", ["biased", "unbiased"])
+@pytest.mark.parametrize("kernel", ["linear", "rbf"])
+def test_stacked_centring_equals_per_layer_numba(monkeypatch, estimator, kernel):
+    """On an accelerator the grams are centred in stacks (forced here on the CPU); rows,
+    degeneracy terms and bandwidths equal the per-layer numba path, across chunk borders
+    (chunks of 3 for 7 layers), also when only some layers can take numba (torch tensors
+    that require grad cannot be viewed by numba)."""
+    from repsim import kernels
+    from repsim.hsic import centred_gram_stack
+
+    assert not kernels.stacks_centring(torch.zeros(2, 2)) and not kernels.stacks_centring(np.zeros((2, 2)))
+    monkeypatch.setattr(kernels, "STACK_CHUNK", 3)
+    monkeypatch.setattr(kernels, "stacks_centring", lambda k: True)
+    rng = np.random.default_rng(5)
+    layers = [rng.standard_normal((30, p)) for p in (4, 9, 2, 16, 5, 7, 3)]
+    names = [f"l{i}" for i in range(len(layers))]
+    kw = dict(kernel=kernel, estimator=estimator, sigmas=[0.7] * 7 if kernel == "rbf" else None)
+    ref = centred_gram_stack(layers, names, engine="numba", **kw)
+    got = centred_gram_stack(layers, names, engine="numpy", **kw)
+    np.testing.assert_allclose(got[0], ref[0], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got[2], ref[2], rtol=1e-12)
+    np.testing.assert_allclose(got[3], ref[3], rtol=1e-12)
+    if estimator == "unbiased":
+        assert np.all(got[0].reshape(7, 30, 30)[:, np.arange(30), np.arange(30)] == 0)
+    mixed = [torch.tensor(x, requires_grad=i % 2 == 1) for i, x in enumerate(layers)]
+    out = centred_gram_stack(mixed, names, engine="auto", **kw)
+    np.testing.assert_allclose(out[0].detach().numpy(), ref[0], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(out[2], ref[2], rtol=1e-12)
