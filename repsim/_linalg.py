@@ -23,28 +23,34 @@ class Rep:
     u, s, vh : thin SVD of ``data``
     rank : int -- numerical rank (see :func:`numerical_rank`)
     dtype : the input's float dtype (float16/bfloat16 -> float32, ints -> float64)
+    eps : machine epsilon of ``dtype``; scale : ``||x||_F`` before centring
     shape : the input's shape
     """
 
-    __slots__ = ("xp", "data", "u", "s", "vh", "rank", "tol", "dtype", "shape", "n", "p")
+    __slots__ = ("xp", "data", "u", "s", "vh", "rank", "tol", "dtype", "eps", "scale", "shape", "n", "p")
 
     def __init__(self, x, name="x", *, centre=True, rtol=None, xp=None):
-        x = B.asarray(x)
-        xp = xp or B.namespace(x)
-        self.xp = xp
-        self.shape = tuple(x.shape)
-        x = V.as_2d(x, xp, name)
-        self.n, self.p = int(x.shape[0]), int(x.shape[1])
-        self.dtype = B.float_dtype(x, xp)
-        eps = float(xp.finfo(self.dtype).eps)
-        x = xp.astype(x, xp.float64)
-        V.check_finite_array(x, xp, name)
-        scale = float(xp.sqrt(xp.sum(x * x)))  # ||x||_F before centring
-        if centre:
-            x = x - xp.mean(x, axis=0)
-        self.data = x
-        self.u, self.s, self.vh = xp.linalg.svd(x, full_matrices=False)
-        self.rank, self.tol = numerical_rank(self.s, self.n, self.p, eps, rtol, scale, xp)
+        prepared(self, x, name, centre=centre, xp=xp)
+        self.u, self.s, self.vh = self.xp.linalg.svd(self.data, full_matrices=False)
+        self.rank, self.tol = numerical_rank(self.s, self.n, self.p, self.eps, rtol, self.scale, self.xp)
+
+
+def prepared(rep, x, name, *, centre=True, xp=None):
+    """Fill ``rep``'s common attributes from ``x``: ``xp``, ``shape``, ``n``, ``p``,
+    ``dtype``, ``eps`` (of the input's float dtype), ``scale`` (``||x||_F`` before
+    centring) and ``data`` (flattened, float64, centred if ``centre``); validated once."""
+    x = B.asarray(x)
+    xp = xp or B.namespace(x)
+    rep.xp = xp
+    rep.shape = tuple(x.shape)
+    x = V.as_2d(x, xp, name)
+    rep.n, rep.p = int(x.shape[0]), int(x.shape[1])
+    rep.dtype = B.float_dtype(x, xp)
+    rep.eps = float(xp.finfo(rep.dtype).eps)
+    x = xp.astype(x, xp.float64)
+    V.check_finite_array(x, xp, name)
+    rep.scale = float(xp.sqrt(xp.sum(x * x)))  # ||x||_F before centring
+    rep.data = x - xp.mean(x, axis=0) if centre else x
 
 
 class TopComponents:
@@ -68,34 +74,28 @@ class TopComponents:
     scores : array, shape (n, k) -- projections ``x_c v_i = u_i s_i``
     total : float -- ``sum_i s_i^2 = ||x_c||_F^2``
     constant : bool -- ``s_1`` within the rank tolerance of zero (see :func:`numerical_rank`)
-    dtype, shape, n, p : as :class:`Rep`
+    dtype, eps, scale, shape, n, p : as :class:`Rep`
+
+    Built in two steps, ``TopComponents(x).decompose(k)``, so that ``k`` can be checked
+    against ``n`` and ``p`` in between.
     """
 
-    __slots__ = ("xp", "data", "variances", "scores", "basis", "total", "constant", "dtype",
-                 "shape", "n", "p", "k")
+    __slots__ = ("xp", "data", "variances", "scores", "basis", "total", "constant", "dtype", "eps",
+                 "scale", "shape", "n", "p", "k")
 
-    def __init__(self, x, k, name="x", check=None):
-        x = B.asarray(x)
-        xp = B.namespace(x)
-        self.xp = xp
-        self.shape = tuple(x.shape)
-        x = V.as_2d(x, xp, name)
-        self.n, self.p = int(x.shape[0]), int(x.shape[1])
-        if check is not None:  # validate k once n and p are known
-            k = check(self)
+    def __init__(self, x, name="x"):
+        prepared(self, x, name)
+        self.total = float(self.xp.sum(self.data * self.data))
+        self.k = 0
+        self.variances = self.scores = self.basis = self.constant = None
+
+    def decompose(self, k):
+        """Find the top ``k`` components (``0 <= k <= min(n, p)``, validated by the caller
+        from ``n`` and ``p``); returns ``self``."""
+        xp, x = self.xp, self.data
         self.k = k
-        self.dtype = B.float_dtype(x, xp)
-        eps = float(xp.finfo(self.dtype).eps)
-        x = xp.astype(x, xp.float64)
-        V.check_finite_array(x, xp, name)
-        scale = float(xp.sqrt(xp.sum(x * x)))  # ||x||_F before centring
-        x = x - xp.mean(x, axis=0)
-        self.data = x
-        self.total = float(xp.sum(x * x))
         if k == 0:  # nothing to decompose: only the centring is asked for
-            self.variances = self.scores = self.basis = None
-            self.constant = self.total <= (max(self.n, self.p) * eps * scale) ** 2
-            return
+            return self
         wide = self.n <= self.p
         gram = xp.matmul(x, xp.matrix_transpose(x)) if wide else xp.matmul(xp.matrix_transpose(x), x)
         lam, vecs = xp.linalg.eigh(gram)  # ascending
@@ -109,10 +109,9 @@ class TopComponents:
         else:  # vecs are the right singular vectors v_i: scores x_c v_i
             self.basis = ("right", vecs)
             self.scores = xp.matmul(x, vecs)
-        s1 = math.sqrt(float(lam[0]))
-        if not math.isfinite(s1) or not math.isfinite(scale):
-            raise ValueError("the data overflow float64; rescale them first")
-        self.constant = s1 <= max(self.n, self.p) * eps * max(s1, scale) or self.total == 0.0
+        rank, _ = numerical_rank(xp.sqrt(lam), self.n, self.p, self.eps, None, self.scale, xp)
+        self.constant = rank == 0
+        return self
 
     def residual(self):
         """``x_c`` minus its projection on the top ``k`` components, shape (n, p)."""

@@ -32,12 +32,10 @@ from ._linalg import TopComponents
 from .hsic import scalar
 
 
-def _check_k(k, allow_zero):
-    def check(rep):
-        limit = min(rep.n, rep.p)
-        return V.check_int(k, "k", 0 if allow_zero else 1, limit,
-                           what=f" (at most min(n, features) = {limit} for shape {rep.shape})")
-    return check
+def _check_k(k, rep, allow_zero):
+    limit = min(rep.n, rep.p)
+    return V.check_int(k, "k", 0 if allow_zero else 1, limit,
+                       what=f" (at most min(n, features) = {limit} for shape {rep.shape})")
 
 
 def pc_variance_fraction(x, k=1):
@@ -72,7 +70,8 @@ def pc_variance_fraction(x, k=1):
     >>> round(float(repsim.pc_variance_fraction(np.r_[x, -x], k=1)), 3)
     0.9
     """
-    rep = TopComponents(x, None, "x", check=_check_k(k, allow_zero=False))
+    rep = TopComponents(x, "x")
+    rep.decompose(_check_k(k, rep, allow_zero=False))
     xp = rep.xp
     if rep.constant:
         warnings.warn(
@@ -131,7 +130,8 @@ def remove_top_pcs(x, k=1):
     >>> bool(np.allclose(r.mean(axis=0), 0))
     True
     """
-    rep = TopComponents(x, None, "x", check=_check_k(k, allow_zero=True))
+    rep = TopComponents(x, "x")
+    rep.decompose(_check_k(k, rep, allow_zero=True))
     xp = rep.xp
     out = xp.astype(rep.residual(), rep.dtype)
     return xp.reshape(out, rep.shape)
@@ -263,8 +263,9 @@ def dominant_examples(x, top=10):
     >>> dom.exclude(x).shape
     (198, 8)
     """
-    rep = TopComponents(x, 1, "x")
+    rep = TopComponents(x, "x")
     top = V.check_int(top, "top", 1, rep.n - 1, what=f" (fewer than the n={rep.n} examples)")
+    rep.decompose(1)
     if rep.constant:
         raise ValueError(
             "x is constant (zero variance after centring): it has no principal component"
