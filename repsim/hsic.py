@@ -142,8 +142,8 @@ def centred_gram_stack(
     V.check_n(n, estimator, f"{side}[{names[0]!r}]")
     unbiased = estimator == "unbiased"
     packed = xp.empty((len(arrays), n * n), dtype=xp.float64, device=B.device(arrays[0]))
-    raw_traces, stats, sigmas_used, eps = [], [None] * len(arrays), [], []
-    pending = []  # grams centred together (on an accelerator: kernels.stacks_centring)
+    raw_traces, stats, sigmas_used, eps = [], [], [], []
+    stacked = []  # on an accelerator the grams are centred together (kernels.stacks_centring)
     for i, (name, a) in enumerate(zip(names, arrays)):
         label = f"{side}[{name!r}]"
         if grams:
@@ -165,21 +165,12 @@ def centred_gram_stack(
             fixed = None if sigmas is None else sigmas[i]
             k, sigma = rbf_from_linear(k, xp, sigma=fixed, threshold=threshold, engine=engine, name=label)
         sigmas_used.append(sigma)
-        if kernels.stacks_centring(k) and not B.use_numba(engine, k, packed[i]):
-            pending.append((i, k))
+        if kernels.stacks_centring(packed):  # all layers share packed's device
+            stacked.append(k)
         else:
-            stats[i] = centre_into(k, unbiased, packed[i], xp, engine=engine)
-    if pending:
-        idx = [i for i, _ in pending]
-        first = idx[0]
-        contiguous = idx == list(range(first, first + len(idx)))
-        rows = packed[first:first + len(idx)] if contiguous else xp.empty(
-            (len(idx), n * n), dtype=xp.float64, device=B.device(packed))
-        traces, totals = centre_stack_into([k for _, k in pending], unbiased, rows, xp)
-        for j, i in enumerate(idx):
-            stats[i] = (traces[j], totals[j])
-            if not contiguous:
-                packed[i] = rows[j]
+            stats.append(centre_into(k, unbiased, packed[i], xp, engine=engine))
+    if stacked:
+        stats = list(zip(*centre_stack_into(stacked, unbiased, packed, xp)))
     raw_traces = B.to_numpy(xp.stack(raw_traces)) if B.is_torch(packed) else [B.item(t) for t in raw_traces]
     for name, t in zip(names, raw_traces):
         V.check_finite(float(t), f"{side}[{name!r}]")

@@ -262,23 +262,28 @@ def centre_into(k, unbiased, out, xp, engine="auto"):
 
         tr, total = _numba.centre_into(B.numba_view(k), unbiased, B.numba_view(out))
         return float(tr), float(total)
-    n = k.shape[0]
-    k64 = xp.astype(k, xp.float64)
-    diag = _diag(k64, xp)
-    tr = xp.sum(diag)
-    rs = xp.sum(k64, axis=1)
-    cs = xp.sum(k64, axis=0)
-    total = xp.sum(rs)
+    tr, total = _centre_rows(xp.astype(k, xp.float64)[None], unbiased, out[None], xp)
+    return tr[0], total[0]
+
+
+def _centre_rows(k64, unbiased, rows, xp):
+    """Centre (or U-centre) a stack ``k64`` of float64 grams ``(m, n, n)`` into ``rows``
+    ``(m, n*n)``; returns their traces and total sums, arrays of shape ``(m,)``."""
+    n = k64.shape[-1]
+    diag = xp.linalg.diagonal(k64)  # (m, n)
+    tr = xp.sum(diag, axis=1)
+    rs = xp.sum(k64, axis=2)
+    cs = xp.sum(k64, axis=1)
+    total = xp.sum(rs, axis=1)
     if unbiased:
         a = 1.0 / (n - 2)
         t = (total - tr) / ((n - 1) * (n - 2))
-        c = k64 - ((rs - diag) * a)[:, None] - ((cs - diag) * a - t)[None, :]
-        c = xp.reshape(c, (-1,))
-        c[:: n + 1] = 0.0
+        c = k64 - ((rs - diag) * a)[:, :, None] - ((cs - diag) * a - t[:, None])[:, None, :]
     else:
-        c = k64 - (rs / n)[:, None] - (cs / n - total / (n * n))[None, :]
-        c = xp.reshape(c, (-1,))
-    out[...] = c
+        c = k64 - (rs / n)[:, :, None] - (cs / n - (total / (n * n))[:, None])[:, None, :]
+    rows[...] = xp.reshape(c, (c.shape[0], n * n))
+    if unbiased:
+        rows[:, :: n + 1] = 0.0
     return tr, total
 
 
@@ -295,7 +300,7 @@ def stacks_centring(k) -> bool:
 
 
 def centre_stack_into(ks, unbiased, out, xp):
-    """:func:`centre_into` for many grams at once, without numba (GPU tensors, ``engine="numpy"``).
+    """:func:`centre_into` for many grams at once (on an accelerator, see :func:`stacks_centring`).
 
     ``ks`` is a list of ``(n, n)`` grams (one library and device) and ``out`` the
     ``(len(ks), n*n)`` float64 rows they go to. The grams are centred in stacks of
@@ -304,25 +309,11 @@ def centre_stack_into(ks, unbiased, out, xp):
     Returns ``(traces, totals)`` as numpy float64 arrays of shape ``(len(ks),)``: one
     device-to-host transfer for all layers.
     """
-    n = ks[0].shape[0]
     traces, totals = [], []
     for start in range(0, len(ks), STACK_CHUNK):
-        k64 = xp.stack([xp.astype(k, xp.float64) for k in ks[start:start + STACK_CHUNK]])
-        diag = xp.linalg.diagonal(k64)  # (m, n)
-        tr = xp.sum(diag, axis=1)
-        rs = xp.sum(k64, axis=2)
-        cs = xp.sum(k64, axis=1)
-        total = xp.sum(rs, axis=1)
-        if unbiased:
-            a = 1.0 / (n - 2)
-            t = (total - tr) / ((n - 1) * (n - 2))
-            c = k64 - ((rs - diag) * a)[:, :, None] - ((cs - diag) * a - t[:, None])[:, None, :]
-        else:
-            c = k64 - (rs / n)[:, :, None] - (cs / n - (total / (n * n))[:, None])[:, None, :]
-        rows = out[start:start + c.shape[0]]
-        rows[...] = xp.reshape(c, (c.shape[0], n * n))
-        if unbiased:
-            rows[:, :: n + 1] = 0.0
+        chunk = ks[start:start + STACK_CHUNK]
+        k64 = xp.stack([xp.astype(k, xp.float64) for k in chunk])
+        tr, total = _centre_rows(k64, unbiased, out[start:start + len(chunk)], xp)
         traces.append(tr)
         totals.append(total)
     return (np.asarray(B.to_numpy(xp.concat(traces)), dtype=np.float64),

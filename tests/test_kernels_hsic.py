@@ -133,12 +133,13 @@ def test_torch_gram_and_numba_centring_on_cpu_tensors(rng):
 def test_stacked_centring_equals_per_layer_numba(monkeypatch, estimator, kernel):
     """On an accelerator the grams are centred in stacks (forced here on the CPU); rows,
     degeneracy terms and bandwidths equal the per-layer numba path, across chunk borders
-    (chunks of 3 for 7 layers), also when only some layers can take numba (torch tensors
-    that require grad cannot be viewed by numba)."""
+    (chunks of 3 for 7 layers), for numpy arrays and for torch tensors (some requiring
+    grad)."""
     from repsim import kernels
     from repsim.hsic import centred_gram_stack
 
     assert not kernels.stacks_centring(torch.zeros(2, 2)) and not kernels.stacks_centring(np.zeros((2, 2)))
+    assert kernels.stacks_centring(torch.zeros(2, 2, device="meta"))
     monkeypatch.setattr(kernels, "STACK_CHUNK", 3)
     monkeypatch.setattr(kernels, "stacks_centring", lambda k: True)
     rng = np.random.default_rng(5)
