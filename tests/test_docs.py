@@ -251,8 +251,7 @@ def test_user_guide_pages_exist(site):
 
 
 def test_study_page_shows_the_committed_run(browser):
-    if not (DOCS / "study" / "digits" / "summary.json").exists():
-        pytest.skip("no committed study run under docs/study/digits")
+    assert (DOCS / "study" / "digits" / "summary.json").exists(), "the default study run is committed"
     run = browser("user_guide/study.html")
     info = run("""
         return {images: [...document.querySelectorAll('article img')].map(
