@@ -248,10 +248,22 @@ def jackknife_ratio(ab, aa, bb, counts, level=0.9, replicates=False):
             out = (est, nan, nan.copy(), nan.copy(), g)
             return out + (np.full((g,) + est.shape, np.nan),) if replicates else out
         loo = (tab[None] - ab) / np.sqrt((taa[None] - aa)[:, :, None] * (tbb[None] - bb)[:, None, :])
-        se = np.sqrt((g - 1) / g * np.sum((loo - loo.mean(0)) ** 2, axis=0))
-    half = t_quantile(0.5 + level / 2, g - 1) * se
-    out = (est, se, est - half, est + half, g)
+        se, low, high = _delete_a_group(est, loo, level)
+    out = (est, se, low, high, g)
     return out + (loo,) if replicates else out
+
+
+def _delete_a_group(estimate, loo, level):
+    """Jackknife standard error from the leave-one-group-out values ``loo`` (G, ...), and
+    the Student-t interval on ``G - 1`` degrees of freedom around ``estimate`` (NaN for
+    fewer than 2 groups)."""
+    g = loo.shape[0]
+    if g < 2:
+        nan = np.full(np.shape(estimate), np.nan)
+        return nan, nan.copy(), nan.copy()
+    se = np.sqrt((g - 1) / g * np.sum((loo - loo.mean(0)) ** 2, axis=0))
+    half = t_quantile(0.5 + level / 2, g - 1) * se
+    return se, estimate - half, estimate + half
 
 
 def jackknife_interval(results, statistic, level=None):
@@ -291,7 +303,7 @@ def jackknife_interval(results, statistic, level=None):
     ------
     ValueError
         If a result has no ``jackknife`` variable, or the results disagree in their number
-        of groups or layer names.
+        of groups.
 
     References
     ----------
@@ -333,12 +345,7 @@ def jackknife_interval(results, statistic, level=None):
     reps = np.stack([
         np.asarray(statistic(*(r["jackknife"].values[j] for r in results)), dtype=float) for j in range(g)
     ])
-    if g < 2:
-        se = np.full(estimate.shape, np.nan)
-    else:
-        se = np.sqrt((g - 1) / g * np.sum((reps - reps.mean(0)) ** 2, axis=0))
-    half = t_quantile(0.5 + level / 2, g - 1) * se if g >= 2 else se
-    low, high = estimate - half, estimate + half
+    se, low, high = _delete_a_group(estimate, reps, level)
     if estimate.ndim == 0:
         estimate, se, low, high = (float(v) for v in (estimate, se, low, high))
     return Interval(estimate, se, low, high, level, g)
