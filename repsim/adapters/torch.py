@@ -38,7 +38,7 @@ from ..streaming import GROUP_STATES, SUM_STATES, MinibatchCKA
 
 __all__ = ["GramHooks", "compare_models", "select_layers"]
 
-POOLINGS = ("flatten", "spatial_mean", "token_mean", "first_token")
+from .pooling import POOLINGS, batch_context, pool  # noqa: E402  (mask-aware pooling)
 REPEATS = ("error", "index")
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
@@ -229,36 +229,6 @@ def _default_select(output, name):
     )
 
 
-def _pool(x, pooling, name):
-    """``(n, ...)`` layer output -> ``(n, features)`` under the pooling policy."""
-    if callable(pooling):
-        x = pooling(x)
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(
-                f"pooling returned {type(x).__name__} for layer {name!r}; expected a tensor"
-            )
-    elif pooling == "spatial_mean":
-        if x.ndim < 3:
-            raise ValueError(
-                f"pooling='spatial_mean' needs an output of shape (n, channels, *spatial); "
-                f"layer {name!r} gave shape {tuple(x.shape)}"
-            )
-        x = x.mean(dim=tuple(range(2, x.ndim)))
-    elif pooling in ("token_mean", "first_token"):
-        if x.ndim != 3:
-            raise ValueError(
-                f"pooling={pooling!r} needs an output of shape (n, tokens, features); "
-                f"layer {name!r} gave shape {tuple(x.shape)}"
-            )
-        x = x.mean(dim=1) if pooling == "token_mean" else x[:, 0]
-    if x.ndim < 2:
-        raise ValueError(
-            f"layer {name!r} gave shape {tuple(x.shape)}; expected (n, ...) with at least 2 "
-            "dimensions (a per-example output)"
-        )
-    return x.reshape(x.shape[0], -1)
-
-
 class GramHooks:
     """Forward hooks that turn each selected layer's output into its ``n x n`` gram.
 
@@ -277,18 +247,32 @@ class GramHooks:
         Picks the tensor to compare from a module's output (for tuple, dict or dataclass
         outputs), e.g. ``lambda out: out.last_hidden_state``. Default: a tensor is used as
         is, a tuple or list contributes its first element; anything else raises TypeError.
-    pooling : {"flatten", "spatial_mean", "token_mean", "first_token"} or callable
-        How a ``(n, ...)`` output becomes ``(n, features)``. ``"flatten"`` (default, the
-        paper's protocol) keeps every unit; ``"spatial_mean"`` averages ``(n, c, h, w)``
-        maps over space to ``(n, c)``; ``"token_mean"`` and ``"first_token"`` reduce
-        ``(n, tokens, d)`` sequences to ``(n, d)``. A callable gets the tensor and returns
-        ``(n, ...)``.
+    pooling : str or callable, default "flatten"
+        How a ``(n, ...)`` output becomes ``(rows, features)``; see
+        :mod:`repsim.adapters.pooling`. ``"flatten"`` (default, the paper's protocol)
+        keeps every unit; ``"spatial_mean"`` averages ``(n, c, h, w)`` maps over space to
+        ``(n, c)``. For sequences ``(n, tokens, d)``: ``"masked_mean"``, ``"last_token"``,
+        ``"first_token"``/``"cls"`` give ``(n, d)`` from the real tokens only;
+        ``"tokens"`` makes every real token an example; ``"none"`` flattens the real
+        tokens of equal-length examples; ``"word_mean"``, ``"word_first"``,
+        ``"word_last"`` make every word an example (see
+        :func:`repsim.word_aligned_batches`); ``"token_mean"`` averages every position,
+        padding included (kept for compatibility; it warns when the mask shows padding).
+        A callable gets the tensor and returns ``(n, ...)``.
     repeated : {"error", "index"}, default "error"
         A module that runs several times in one forward (weight sharing, recurrence):
         ``"error"`` raises ValueError naming it; ``"index"`` compares each call separately
         as layers ``"name:0"``, ``"name:1"``, ...
     transform : callable, optional
-        Applied to each ``(n, features)`` tensor before its gram (e.g. removing top PCs).
+        Applied to each ``(n, features)`` tensor before its gram (e.g. removing top PCs,
+        or :func:`repsim.standardize_features` against rogue dimensions).
+    mask : str, callable or None, default "attention_mask"
+        Where the padding mask of each forward comes from. A root forward pre-hook sees
+        the model's keyword arguments: a string names the argument holding the mask (1 for
+        real tokens, 0 for padding); a callable ``(args, kwargs) -> tensor or None`` gives
+        it explicitly; None never captures one. A ``repsim_mask`` keyword argument (for
+        example an entry of a dict batch) wins over both and is removed before the model
+        sees it. Poolings that need a mask refuse to run without one.
 
     Attributes
     ----------
@@ -316,7 +300,7 @@ class GramHooks:
     """
 
     def __init__(self, model, layers=None, *, select=None, pooling="flatten",
-                 repeated="error", transform=None):
+                 repeated="error", transform=None, mask="attention_mask"):
         self.model = unwrap_model(model)
         self.names = select_layers(self.model, layers)
         if not (callable(pooling) or pooling in POOLINGS):
@@ -333,6 +317,11 @@ class GramHooks:
         if transform is not None and not callable(transform):
             raise TypeError(f"transform must be callable; got {transform!r}")
         self.transform = transform
+        if not (mask is None or isinstance(mask, str) or callable(mask)):
+            raise TypeError("mask must be None, the name of the model's keyword argument that "
+                            f"holds it, or a callable (args, kwargs) -> tensor; got {mask!r}")
+        self.mask = mask
+        self._context = {}
         self._handles = []
         self._grams = {}
         self._calls = {}
@@ -343,7 +332,8 @@ class GramHooks:
             raise RuntimeError("these hooks are already registered")
         modules = dict(self.model.named_modules())
         try:
-            self._handles.append(self.model.register_forward_pre_hook(self._new_pass))
+            self._handles.append(self.model.register_forward_pre_hook(self._new_pass,
+                                                                      with_kwargs=True))
             for name in self.names:
                 self._handles.append(modules[name].register_forward_hook(self._hook_for(name)))
         except BaseException:
@@ -366,9 +356,12 @@ class GramHooks:
         """Whether the hooks are registered."""
         return bool(self._handles)
 
-    def _new_pass(self, *args):
+    def _new_pass(self, module=None, args=(), kwargs=None):
         self._grams = {}
         self._calls = {name: 0 for name in self.names}
+        # the attention mask (and word ids) of this pass; repsim's own entries are removed
+        self._context, stripped = batch_context(args, kwargs, self.mask)
+        return None if stripped is None else (args, stripped)
 
     # ---------------------------------------------------------------- capture
     def _select_for(self, name):
@@ -398,7 +391,10 @@ class GramHooks:
         return hook
 
     def _gram(self, x, name):
-        x = _pool(x.detach(), self.pooling, name)
+        x = x.detach()
+        if x.dtype in (torch.float16, torch.bfloat16):
+            x = x.to(torch.float32)  # pool and form the gram at float32 or better
+        x = pool(x, self.pooling, name, **self._context)
         if not x.dtype.is_floating_point:
             x = x.to(torch.float64)
         elif x.dtype not in (torch.float32, torch.float64):
@@ -451,6 +447,9 @@ def _to_device(obj, device):
 
 def _run_forward(model, batch, device, forward):
     """Forward one loader batch: tensor, (input, target, ...) sequence, or dict of kwargs."""
+    if isinstance(batch, collections.abc.Mapping) and not isinstance(batch, dict):
+        # transformers' BatchEncoding (a UserDict): keyword arguments, moved entry by entry
+        batch = dict(batch) if forward is None or not hasattr(batch, "to") else batch.to(device)
     batch = _to_device(batch, device)
     if forward is not None:
         return forward(model, batch)
