@@ -40,12 +40,17 @@ CORPUS = [
 
 # --------------------------------------------------------------------------- fixtures
 def _wordpiece():
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    """A WordPiece tokenizer with a fixed vocabulary (trainers order ties by hash, so a
+    trained vocabulary could change between processes): words of up to five letters are
+    whole tokens, longer ones split into letters."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    words = sorted({w for s in CORPUS for w in s.split() if len(w) <= 5})
+    letters = sorted(set("".join(CORPUS).replace(" ", "")) | set(".,;?!"))
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + words + letters + ["##" + c for c in letters]
+    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(dict.fromkeys(vocab))},
+                                     unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.train_from_iterator(CORPUS, trainers.WordPieceTrainer(
-        vocab_size=60, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]"]))
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
     return transformers.PreTrainedTokenizerFast(
