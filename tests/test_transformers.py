@@ -491,3 +491,69 @@ def test_import_repsim_does_not_import_transformers():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+class _TupleLinear(torch.nn.Linear):
+    """Returns ``(output, None)``, as BertLayer and GPT2Block did in transformers 4.x."""
+
+    def forward(self, x):
+        return (super().forward(x), None)
+
+
+class _Blocks(torch.nn.Module):
+    def __init__(self, block_type):
+        super().__init__()
+        torch.manual_seed(0)
+        self.h = torch.nn.ModuleList(block_type(8, 8) for _ in range(2))
+
+    def forward(self, inputs_embeds, attention_mask=None):
+        x = inputs_embeds
+        for block in self.h:
+            out = block(x)
+            x = out[0] if isinstance(out, tuple) else out
+        return x
+
+
+def test_tuple_and_model_output_outputs(wordpiece):
+    tensors, tuples = _Blocks(torch.nn.Linear), _Blocks(_TupleLinear)  # same weights
+    x = torch.randn(6, 5, 8, generator=torch.Generator().manual_seed(0))
+    mask = (torch.arange(5) < torch.tensor([[2], [5], [3], [4], [5], [1]])).long()
+    batch = {"inputs_embeds": x, "attention_mask": mask}
+    ref = _grams(tensors, batch, "h.*", "masked_mean")
+    tup = _grams(tuples, batch, "h.*", "masked_mean")
+    with torch.inference_mode():
+        h0 = tensors.h[0](x).double()
+    m0 = (h0 * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+    assert torch.allclose(ref["h.0"], m0 @ m0.T, rtol=1e-5, atol=1e-6)
+    for name in ref:
+        assert torch.allclose(tup[name], ref[name])
+    model = _bert(len(wordpiece))
+    batch = wordpiece(CORPUS[:6], padding=True, return_tensors="pt")
+    # a submodule that returns a ModelOutput (the base model inside a task model)
+    torch.manual_seed(0)
+    head = transformers.BertForSequenceClassification(model.config).eval()
+    head.bert.load_state_dict(model.state_dict())
+    out = _grams(head, batch, "bert", "masked_mean",
+                 select=lambda o: o.last_hidden_state)
+    last = _grams(model, batch, "encoder.layer.1", "masked_mean")["encoder.layer.1"]
+    assert torch.allclose(out["bert"], last, rtol=1e-6, atol=1e-6)
+    with pytest.raises(TypeError, match=r"layer 'bert' returned .*pass select="):
+        _grams(head, batch, "bert", "masked_mean")
+
+
+def test_vision_transformer_cls_and_patch_mean():
+    torch.manual_seed(0)
+    vit = transformers.ViTModel(transformers.ViTConfig(
+        image_size=8, patch_size=4, num_channels=1, hidden_size=16, num_hidden_layers=2,
+        num_attention_heads=2, intermediate_size=32)).eval()
+    pixels = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    layers = hidden_state_layers(vit)
+    with torch.inference_mode():
+        hidden = vit(pixel_values=pixels, output_hidden_states=True).hidden_states
+    assert len(layers) == len(hidden) == 3
+    cls = _grams(vit, {"pixel_values": pixels}, layers, "cls")  # no mask: position 0
+    patch = _grams(vit, {"pixel_values": pixels}, layers, lambda x: x[:, 1:].mean(dim=1))
+    for name, h in zip(layers, hidden):
+        c, p = h[:, 0].double(), h[:, 1:].double().mean(1)
+        assert torch.allclose(cls[name], c @ c.T, rtol=1e-5, atol=1e-6)
+        assert torch.allclose(patch[name], p @ p.T, rtol=1e-5, atol=1e-6)
