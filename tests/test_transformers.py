@@ -436,6 +436,11 @@ def test_token_level_comparison_across_tokenizers_is_refused(wordpiece, bpe, poo
 
 
 def test_word_aligned_batches_bad_input(wordpiece, bpe):
+    batches = word_aligned_batches(wordpiece, bpe, CORPUS[:8], batch_size=8)
+    bert, gpt2 = _bert(len(wordpiece)), _gpt2(len(bpe))
+    with pytest.raises(ValueError, match=r"pass forward=batches.forward\(model_a, model_b\)"):
+        repsim.compare_models(bert, gpt2, batches, "encoder.layer.*", "h.*",
+                              pooling="word_mean", progress=False)
     with pytest.raises(ValueError, match="batch_size must be an integer >= 1; got 0"):
         word_aligned_batches(wordpiece, bpe, CORPUS, batch_size=0)
     with pytest.raises(ValueError, match="sentences must be a non-empty sequence"):

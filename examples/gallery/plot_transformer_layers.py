@@ -27,10 +27,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from transformers import AutoModel, AutoTokenizer, ViTConfig, ViTModel
+from transformers.utils import logging as hf_logging
 
 import repsim
 
 torch.set_num_threads(2)
+hf_logging.disable_progress_bar()  # no "Loading weights" bar in the rendered page
 
 
 def minilm_folder():

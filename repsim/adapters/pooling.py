@@ -252,6 +252,12 @@ def batch_context(args, kwargs, mask):
     """
     if kwargs is None:  # no forward yet (the hooks were just registered)
         return {}, None
+    if set(kwargs) == {"a", "b"} and all(isinstance(v, dict) and "repsim_word_ids" in v
+                                         for v in kwargs.values()):
+        raise ValueError(
+            "the model got a batch of word_aligned_batches for two tokenizers as is; pass "
+            "forward=batches.forward(model_a, model_b) so that each model gets its own encoding"
+        )
     stripped = None
     if any(k in kwargs for k in RESERVED):
         stripped = {k: v for k, v in kwargs.items() if k not in RESERVED}
