@@ -1,5 +1,6 @@
 """MinibatchCKA: agreement with full-data CKA, merging, state, ragged batches."""
 
+import functools
 import warnings
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 import repsim
-from repsim.streaming import SUM_STATES
+from repsim.streaming import GROUP_STATES, SUM_STATES
 
 
 def stack(rng, n, widths=(3, 5, 8, 2)):
@@ -181,3 +182,183 @@ def test_no_warning_for_healthy_layers(rng):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         acc.compute()
+
+
+# --------------------------------------------------------------------------- declared states
+def fed(rng, batches=3, n=20, **opts):
+    acc = repsim.MinibatchCKA(**opts)
+    for _ in range(batches):
+        acc.update(stack(rng, n))
+    return acc
+
+
+def test_states_are_declared_on_the_accumulators_library(rng):
+    acc = fed(rng, groups=2)
+    state = acc.state_dict()
+    assert set(state) == {"class", "options", "names_a", "names_b", "symmetric", "sigmas_a",
+                          "sigmas_b", *SUM_STATES, *GROUP_STATES}
+    for key in SUM_STATES + GROUP_STATES:  # every state, counts included, is an array
+        assert isinstance(state[key], np.ndarray)
+    assert state["n_batches"].dtype == np.int64 and state["n_batches"] == 3
+    t = repsim.MinibatchCKA(groups=2)
+    t.update({k: torch.tensor(v) for k, v in stack(rng, 20).items()})
+    for key in SUM_STATES + GROUP_STATES:
+        assert isinstance(t.state_dict()[key], torch.Tensor)
+    acc.reset()
+    assert not acc.started and acc.n_batches == 0 and acc.names_a is None
+
+
+@pytest.mark.parametrize("opts,other", [
+    (dict(kernel="rbf", sigma=1.0), dict(kernel="rbf", sigma=50.0)),
+    (dict(kernel="rbf", sigma={"layer0": 1.0, "layer1": 1, "layer2": 1, "layer3": 1}),
+     dict(kernel="rbf", sigma={"layer0": 2.0, "layer1": 1, "layer2": 1, "layer3": 1})),
+    (dict(transform=functools.partial(repsim.remove_top_pcs, k=1)), dict()),
+    (dict(transform=functools.partial(repsim.remove_top_pcs, k=1)),
+     dict(transform=functools.partial(repsim.remove_top_pcs, k=2))),
+    (dict(weighting="pairs"), dict(weighting="batches")),
+    (dict(groups=2), dict(groups=3)),
+    (dict(kernel="rbf", threshold=0.5), dict(kernel="rbf", threshold=1.0)),
+])
+def test_merge_refuses_another_computation(rng, opts, other):
+    a, b = fed(rng, **opts), fed(rng, **other)
+    before = a.state_dict()
+    with pytest.raises(ValueError, match="cannot merge accumulators of different computations"):
+        a.merge(b)
+    with pytest.raises(ValueError, match="other options"):
+        a.load_state_dict(b.state_dict())
+    np.testing.assert_array_equal(a.state_dict()["sum_ab"], before["sum_ab"])
+
+
+def test_merge_refuses_other_calibrated_bandwidths_and_layers(rng):
+    a = fed(rng, kernel="rbf")
+    b = repsim.MinibatchCKA(kernel="rbf")
+    b.update({k: 100 * v for k, v in stack(rng, 20).items()})  # calibrated 100x larger
+    with pytest.raises(ValueError, match="sigmas_a"):
+        a.merge(b)
+    c = repsim.MinibatchCKA()
+    c.update({"x": rng.standard_normal((8, 2))})
+    with pytest.raises(ValueError, match="names_a"):
+        fed(rng).merge(c)
+
+
+def test_merge_refuses_numpy_with_torch_in_repsims_words(rng):
+    t = repsim.MinibatchCKA()
+    t.update({k: torch.tensor(v) for k, v in stack(rng, 20).items()})
+    with pytest.raises(TypeError, match="holds numpy arrays.*accumulated torch arrays on cpu"):
+        t.merge(fed(rng))
+    with pytest.raises(TypeError, match="acts_a\\['layer0'\\] holds numpy arrays"):
+        t.update(stack(rng, 20))  # a numpy batch after torch batches
+    assert t.n_batches == 1
+
+
+def test_lambdas_identify_by_object_and_partials_by_contents(rng):
+    f = lambda x: x[:, :2]  # noqa: E731
+    a, b = fed(rng, transform=f), fed(rng, transform=f)
+    assert a.merge(b).n_batches == 6
+    with pytest.raises(ValueError, match="transform"):
+        a.merge(fed(rng, transform=lambda x: x[:, :2]))
+    p = fed(rng, transform=functools.partial(repsim.remove_top_pcs, k=1))
+    q = fed(rng, transform=functools.partial(repsim.remove_top_pcs, k=1))
+    assert p.merge(q).n_batches == 6
+
+
+def test_load_state_dict_validates_everything_before_assigning(rng):
+    grouped = fed(rng, groups=3)
+    plain = fed(rng)
+    snapshot = plain.state_dict()
+
+    def unchanged():
+        now = plain.state_dict()
+        assert now["names_a"] == snapshot["names_a"]
+        for key in SUM_STATES:
+            np.testing.assert_array_equal(now[key], snapshot[key])
+        plain.update(stack(rng, 20))  # still usable (no KeyError on a half-loaded object)
+        plain.load_state_dict(snapshot)
+
+    with pytest.raises(ValueError, match="groups"):  # other groups: refused, nothing loaded
+        plain.load_state_dict(grouped.state_dict())
+    unchanged()
+    renamed = dict(grouped.state_dict(), options=dict(grouped.state_dict()["options"], groups=None))
+    with pytest.raises(ValueError, match="unexpected keys"):
+        plain.load_state_dict(renamed)
+    unchanged()
+    for key, bad, what in [
+        ("sum_ab", np.zeros((3, 4)), "shape \\(4, 4\\)"),
+        ("sum_aa", np.zeros(4, dtype=np.float32), "dtype float64"),
+        ("n_batches", np.zeros((), dtype=np.float64), "dtype int64"),
+        ("names_a", ["a", "b"], "shape \\(2, 4\\)"),  # the names decide the shapes
+        ("sum_bb", torch.zeros(4, dtype=torch.float64), "holds torch"),
+        ("sum_bb", [0.0] * 4, "numpy array or torch tensor"),
+        ("symmetric", "yes", "bool"),
+        ("class", "Other", "written by"),
+    ]:
+        broken = dict(snapshot, **{key: bad})
+        with pytest.raises(ValueError, match=what):
+            plain.load_state_dict(broken)
+        unchanged()
+    missing = dict(snapshot)
+    del missing["tolerance_b"]
+    with pytest.raises(ValueError, match="missing keys \\['tolerance_b'\\]"):
+        plain.load_state_dict(missing)
+    unchanged()
+
+
+def test_state_dict_round_trip_is_exact_under_both_weightings(rng):
+    for weighting in ("pairs", "batches"):
+        batches = [stack(rng, n) for n in (20, 9, 33)]
+        whole = repsim.MinibatchCKA(weighting=weighting, groups=2)
+        part = repsim.MinibatchCKA(weighting=weighting, groups=2)
+        for b in batches:
+            whole.update(b)
+        part.update(batches[0])
+        resumed = repsim.MinibatchCKA(weighting=weighting, groups=2)
+        resumed.load_state_dict(part.state_dict())
+        for b in batches[1:]:
+            resumed.update(b)
+        np.testing.assert_array_equal(resumed.compute().values, whole.compute().values)
+        np.testing.assert_array_equal(resumed.compute(uncertainty=True)["stderr"].values,
+                                      whole.compute(uncertainty=True)["stderr"].values)
+        first, second = repsim.MinibatchCKA(weighting=weighting), repsim.MinibatchCKA(weighting=weighting)
+        first.update(batches[0])
+        for b in batches[1:]:
+            second.update(b)
+        plain = repsim.MinibatchCKA(weighting=weighting)
+        for b in batches:
+            plain.update(b)
+        np.testing.assert_allclose(first.merge(second).compute().values, plain.compute().values,
+                                   rtol=1e-13)
+
+
+def _simulated_all_reduce(partner_state, partner_check, calls):
+    """The collective of a 2-process group, seen from one process: adds the partner's
+    check vector first, then its declared states in declaration order."""
+    order = iter(SUM_STATES + GROUP_STATES)
+
+    def all_reduce(x):
+        key = next(order) if calls else None
+        calls.append(key)
+        x += partner_check if key is None else partner_state[key]
+    return all_reduce
+
+
+def test_sync_sums_every_declared_state(rng):
+    a, b = fed(rng, batches=2, groups=2), fed(rng, batches=3, groups=2)
+    expected = repsim.MinibatchCKA(groups=2).merge(a).merge(b)
+    fp = float(b._fingerprint())
+    calls = []
+    a.sync(_simulated_all_reduce(b.state_dict(), np.array([1.0, 1.0, fp, fp * fp]), calls))
+    assert calls == [None, *SUM_STATES, *GROUP_STATES]
+    for key in SUM_STATES + GROUP_STATES:
+        np.testing.assert_array_equal(a.state_dict()[key], expected.state_dict()[key])
+    assert a.n_batches == 5
+
+
+def test_sync_refuses_differing_or_empty_processes(rng):
+    a, b = fed(rng), fed(rng, batches=1, n=20, estimator="biased")
+    fp = float(b._fingerprint())
+    before = a.state_dict()
+    with pytest.raises(ValueError, match="different layers or options"):
+        a.sync(_simulated_all_reduce(b.state_dict(), np.array([1.0, 1.0, fp, fp * fp]), []))
+    with pytest.raises(ValueError, match="1 of 2 processes have no batches"):
+        a.sync(_simulated_all_reduce({}, np.array([1.0, 0.0, 0.0, 0.0]), []))
+    np.testing.assert_array_equal(a.state_dict()["sum_ab"], before["sum_ab"])

@@ -34,13 +34,14 @@ from torch import nn
 
 from .. import _validation as V
 from ..kernels import ESTIMATORS, KERNELS
-from ..streaming import GROUP_STATES, SUM_STATES, MinibatchCKA
+from ..streaming import MinibatchCKA
 
 __all__ = ["GramHooks", "compare_models", "select_layers"]
 
 POOLINGS = ("flatten", "spatial_mean", "token_mean", "first_token")
 REPEATS = ("error", "index")
 _GLOB_CHARS = re.compile(r"[*?\[]")
+FORMAT = 2  # checkpoint layout: the accumulator's declared state_dict
 
 
 # --------------------------------------------------------------------------- selection
@@ -491,63 +492,27 @@ def _comm_device(device):
 
 
 def all_reduce_accumulator(acc, device=None):
-    """Sum an accumulator's sum states over all processes.
+    """Sum an accumulator's declared states over all processes of the default group.
 
-    These are :data:`repsim.streaming.SUM_STATES`, and :data:`repsim.streaming.GROUP_STATES`
-    for an accumulator with ``groups``.
-
-    Every process must call this with an accumulator over the same layers (and at least
-    one batch); afterwards each holds the sums of all processes, so ``acc.compute()``
-    gives the same result everywhere. All states travel in one float64 buffer through a
-    single ``all_reduce`` (gloo on CPU, NCCL on GPU).
+    ``acc.sync(torch.distributed.all_reduce)`` on the right device: every process must
+    call it with an accumulator over the same layers and options (checked first, so a
+    mismatch raises the same error everywhere instead of hanging); afterwards each holds
+    the sums of all processes, so ``acc.compute()`` gives the same result everywhere.
 
     Parameters
     ----------
-    acc : repsim.MinibatchCKA
+    acc : repsim.MinibatchCKA (or any accumulator built on repsim._accumulator.Accumulator)
     device : torch.device, optional
-        The device the accumulator's tensors live on (used for NCCL).
+        The device of the accumulator's tensors (where NCCL's check vector goes when this
+        process has no batch).
 
     Returns
     -------
-    repsim.MinibatchCKA
+    Accumulator
         ``acc``, updated in place.
     """
-    dist = torch.distributed
     device = torch.device("cpu") if device is None else torch.device(device)
-    state = acc.state_dict()
-    comm = _comm_device(device)
-    meta = (state["names_a"], state["names_b"], state["symmetric"], state["kernel"],
-            state["estimator"])
-    gathered = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, meta)
-    if any(g != meta for g in gathered):
-        raise ValueError(
-            "processes accumulated different layers or options; every process must hook "
-            f"the same layers (rank {dist.get_rank()} has {meta[:2]})"
-        )
-    parts, layout = [], []
-    for key in SUM_STATES + (GROUP_STATES if state.get("groups") else ()):
-        value = state[key]
-        if isinstance(value, torch.Tensor):
-            flat = value.detach().reshape(-1).to(comm, torch.float64)
-        else:
-            flat = torch.as_tensor(np.asarray(value, dtype=np.float64).reshape(-1)).to(comm)
-        layout.append((key, value, flat.numel()))
-        parts.append(flat)
-    buffer = torch.cat(parts)
-    dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
-    offset = 0
-    for key, value, size in layout:
-        chunk = buffer[offset : offset + size]
-        offset += size
-        if isinstance(value, torch.Tensor):
-            state[key] = chunk.reshape(value.shape).to(value.device, value.dtype)
-        elif isinstance(value, np.ndarray):
-            state[key] = chunk.cpu().numpy().reshape(value.shape).astype(value.dtype)
-        else:
-            state[key] = int(round(float(chunk[0])))
-    acc.load_state_dict(state)
-    return acc
+    return acc.sync(torch.distributed.all_reduce, device=_comm_device(device))
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -562,10 +527,8 @@ def _portable(value):
 
 def _save_checkpoint(path, acc, config, epoch, batch, seen):
     state = {k: _portable(v) for k, v in acc.state_dict().items()}
-    # which library each array state came from, so it is restored as such
-    kinds = {k: type(v).__module__.split(".")[0] for k, v in acc.state_dict().items()}
-    payload = {"format": 1, "config": config, "epoch": epoch, "batch": batch, "seen": seen,
-               "state": state, "kinds": kinds}
+    payload = {"format": FORMAT, "config": config, "epoch": epoch, "batch": batch,
+               "seen": seen, "state": state}
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
@@ -581,18 +544,15 @@ def _save_checkpoint(path, acc, config, epoch, batch, seen):
 
 def _load_checkpoint(path, acc, config, device):
     payload = torch.load(path, map_location="cpu", weights_only=True)
-    if payload.get("format") != 1 or payload.get("config") != config:
+    if payload.get("format") != FORMAT or payload.get("config") != config:
         saved = payload.get("config", {})
         diff = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
         raise ValueError(
             f"checkpoint {os.fspath(path)!r} was written by a different comparison "
             f"(differs in {diff}); delete it or pass another checkpoint path"
         )
-    state = dict(payload["state"])
-    for key, kind in payload["kinds"].items():
-        value = state[key]
-        if isinstance(value, torch.Tensor):
-            state[key] = value.numpy() if kind == "numpy" else value.to(device)
+    state = {k: v.to(device) if isinstance(v, torch.Tensor) else v
+             for k, v in payload["state"].items()}
     acc.load_state_dict(state)
     return payload["epoch"], payload["batch"], payload["seen"]
 
