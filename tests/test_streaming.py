@@ -362,3 +362,155 @@ def test_sync_refuses_differing_or_empty_processes(rng):
     with pytest.raises(ValueError, match="1 of 2 processes have no batches"):
         a.sync(_simulated_all_reduce({}, np.array([1.0, 0.0, 0.0, 0.0]), []))
     np.testing.assert_array_equal(a.state_dict()["sum_ab"], before["sum_ab"])
+
+
+# --------------------------------------------------------------------------- batch weighting
+def official_minibatch_cka(batches):
+    """The official accumulator (Nguyen et al.'s ``efficient_CKA.MinibatchCKA``), written
+    out: raw U-centred inner products summed over batches, normalised once."""
+    def ugram(x):
+        x = x.reshape(x.shape[0], -1)
+        gram = x @ x.T
+        n = gram.shape[0]
+        np.fill_diagonal(gram, 0)
+        means = np.sum(gram, 0) / (n - 2)
+        means -= np.sum(means) / (2 * (n - 1))
+        gram -= means[:, None]
+        gram -= means[None, :]
+        np.fill_diagonal(gram, 0)
+        return gram.reshape(-1)
+
+    acc = 0
+    for acts in batches:
+        g = np.stack([ugram(x) for x in acts.values()])
+        acc = acc + g @ g.T
+    norm = np.sqrt(np.diag(acc))
+    return acc / norm[:, None] / norm[None, :]
+
+
+def eq3_minibatch_cka(batches):
+    """Nguyen et al. eq. (3): every batch's unbiased HSIC weighted equally."""
+    names = list(batches[0])
+    h = np.zeros((len(names), len(names)))
+    for acts in batches:
+        grams = [repsim.gram(acts[k]) for k in names]
+        h += [[repsim.hsic(k, l, "unbiased") for l in grams] for k in grams]
+    d = np.sqrt(np.diag(h))
+    return h / d[:, None] / d[None, :]
+
+
+@pytest.mark.parametrize("sizes", [(256, 200, 56), (4, 5, 64, 439)])
+def test_ragged_batches_official_by_default_eq3_with_batches(rng, sizes):
+    batches = [stack(rng, n) for n in sizes]
+    pairs, per_batch = repsim.MinibatchCKA(), repsim.MinibatchCKA(weighting="batches")
+    for b in batches:
+        pairs.update(b)
+        per_batch.update(b)
+    official, eq3 = official_minibatch_cka(batches), eq3_minibatch_cka(batches)
+    np.testing.assert_allclose(pairs.compute().values, official, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(per_batch.compute().values, eq3, rtol=0, atol=1e-10)
+    assert np.abs(official - eq3).max() > 1e-3  # the two really differ on these batches
+    assert pairs.compute().attrs["weighting"] == "pairs"
+    assert per_batch.compute().attrs["weighting"] == "batches"
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=25, deadline=None)
+@given(sizes=st.lists(st.integers(4, 40), min_size=1, max_size=5), seed=st.integers(0, 2**16))
+def test_ragged_batches_property(sizes, seed):
+    rng = np.random.default_rng(seed)
+    batches = [stack(rng, n) for n in sizes]
+    pairs, per_batch = repsim.MinibatchCKA(), repsim.MinibatchCKA(weighting="batches")
+    for b in batches:
+        pairs.update(b)
+        per_batch.update(b)
+    np.testing.assert_allclose(pairs.compute().values, official_minibatch_cka(batches), atol=1e-10)
+    np.testing.assert_allclose(per_batch.compute().values, eq3_minibatch_cka(batches), atol=1e-10)
+    if len(set(sizes)) == 1:  # equal batches: the two weightings agree
+        np.testing.assert_allclose(pairs.compute().values, per_batch.compute().values, atol=1e-12)
+
+
+def test_batches_weighting_with_groups_merge_and_biased(rng):
+    batches = [stack(rng, n) for n in (12, 30, 7, 19)]
+    whole = repsim.MinibatchCKA(weighting="batches", groups=2, estimator="biased")
+    a = repsim.MinibatchCKA(weighting="batches", groups=2, estimator="biased")
+    b = repsim.MinibatchCKA(weighting="batches", groups=2, estimator="biased")
+    for i, x in enumerate(batches):
+        whole.update(x)
+        (a if i < 2 else b).update(x)
+    names = list(batches[0])
+    h = np.zeros((4, 4))
+    for x in batches:
+        grams = [repsim.gram(x[k]) for k in names]
+        h += [[repsim.hsic(k, l, "biased") for l in grams] for k in grams]
+    np.testing.assert_allclose(whole.compute().values, h / np.sqrt(np.outer(np.diag(h), np.diag(h))),
+                               atol=1e-12)
+    np.testing.assert_allclose(a.merge(b).compute().values, whole.compute().values, rtol=1e-13)
+    # group g holds batches g, g+2 (each batch's HSIC): its ratio by hand
+    g0 = sum(np.array([[repsim.hsic(repsim.gram(x[k]), repsim.gram(x[l]), "biased") for l in names]
+                       for k in names]) for x in batches[::2])
+    np.testing.assert_allclose(whole.state_dict()["group_ab"][0], g0, rtol=1e-12)
+
+
+# --------------------------------------------------------------------------- hostile input
+@pytest.mark.parametrize("kwargs,err,match", [
+    (dict(kernel="rbf", sigma=-1), ValueError, "sigma must be a finite number > 0; got -1"),
+    (dict(kernel="rbf", sigma="1"), ValueError, "sigma must be a finite number > 0"),
+    (dict(kernel="rbf", sigma=float("nan")), ValueError, "sigma must be"),
+    (dict(kernel="rbf", sigma={"a": 0.0}), ValueError, "sigma\\['a'\\] must be"),
+    (dict(sigma=1.0), ValueError, "sigma applies to kernel='rbf' only"),
+    (dict(transform=3), TypeError, "transform must be a callable"),
+    (dict(threshold=True), ValueError, "threshold must be a finite number > 0"),
+    (dict(weighting="equal"), ValueError, "weighting must be one of 'pairs', 'batches'"),
+])
+def test_bad_options_refused_at_construction(kwargs, err, match):
+    with pytest.raises(err, match=match):
+        repsim.MinibatchCKA(**kwargs)
+
+
+@pytest.mark.parametrize("engine", ["numpy", "numba"])
+@pytest.mark.parametrize("transform,match", [
+    (lambda a: a[:5], "n=20.*got shape \\(5, "),
+    (lambda a: a[:, 0], "got shape \\(20,\\)"),
+    (lambda a: a[:, :0], "got shape \\(20, 0\\)"),
+    (lambda a: a.tolist(), "array of the input's library"),
+])
+def test_transform_that_changes_n_or_shape_is_refused(rng, engine, transform, match):
+    acc = repsim.MinibatchCKA(transform=transform, engine=engine)
+    with pytest.raises((ValueError, TypeError), match=match):
+        acc.update(stack(rng, 20))
+    assert not acc.started
+
+
+@pytest.mark.parametrize("where", [(0, 0), (2, 5)])  # on and off the diagonal
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_update_grams_with_nan_or_inf_refused_before_state(rng, where, bad):
+    acc = repsim.MinibatchCKA()
+    grams = {k: v @ v.T for k, v in stack(rng, 10).items()}
+    acc.update_grams(grams)
+    before = acc.state_dict()
+    poisoned = dict(grams)
+    poisoned["layer2"] = poisoned["layer2"].copy()
+    poisoned["layer2"][where] = bad
+    with pytest.raises(ValueError, match="grams_a\\['layer2'\\] contains NaN or Inf"):
+        acc.update_grams(poisoned)
+    for key in SUM_STATES:
+        np.testing.assert_array_equal(acc.state_dict()[key], before[key])
+    acc.update_grams(grams)
+    assert np.isfinite(acc.compute().values).all()
+
+
+def test_inputs_that_require_grad_are_detached(rng):
+    acts = {k: torch.tensor(v, requires_grad=True) for k, v in stack(rng, 20).items()}
+    acc = repsim.MinibatchCKA()
+    acc.update(acts)
+    acc.update_grams({k: v @ v.T for k, v in acts.items()})
+    for key in SUM_STATES:
+        assert not acc.state_dict()[key].requires_grad
+    assert acc._values["sum_ab"].grad_fn is None
+    ref = repsim.MinibatchCKA()
+    ref.update({k: v.detach() for k, v in acts.items()})
+    ref.update({k: v.detach() for k, v in acts.items()})
+    np.testing.assert_allclose(acc.compute().values, ref.compute().values, atol=1e-12)
