@@ -120,9 +120,7 @@ def callable_identity(fn: Any) -> tuple[str, bool]:
     if fn is None:
         return "None", True
     if isinstance(fn, functools.partial):
-        parts, portable = [], True
-        inner, ok = callable_identity(fn.func)
-        portable &= ok
+        inner, portable = callable_identity(fn.func)
         for value in list(fn.args) + [v for _, v in sorted(fn.keywords.items())]:
             text, ok = callable_identity(value) if callable(value) else (repr(value), True)
             portable &= ok and not _has_address(text)
@@ -164,13 +162,13 @@ def _describe(x: Any) -> str:
     return f"{library(x)} arrays on {B.device(x)}" if B.is_torch(x) else f"{library(x)} arrays"
 
 
-def differences(mine: dict, theirs: dict) -> list[str]:
-    """``"key: a vs b"`` for every key whose values differ (missing keys count)."""
+def differences(mine: dict, theirs: dict, where: str) -> list[str]:
+    """``"key: a here, b <where>"`` for every key whose values differ (missing keys count)."""
     out = []
     for key in sorted(set(mine) | set(theirs), key=str):
         a, b = mine.get(key, "<absent>"), theirs.get(key, "<absent>")
         if a != b:
-            out.append(f"{key}: {a!r} vs {b!r}")
+            out.append(f"{key}: {a!r} here, {b!r} {where}")
     return out
 
 
@@ -257,7 +255,7 @@ class Accumulator:
         """
         if type(other) is not type(self):
             raise TypeError(f"other must be a {type(self).__name__}; got {type(other).__name__}")
-        diff = differences(self._options(), other._options())
+        diff = differences(self._options(), other._options(), "in other")
         if diff:
             raise ValueError(f"cannot merge accumulators of different computations: {'; '.join(diff)}")
         if not other.started:
@@ -267,7 +265,7 @@ class Accumulator:
         if not self.started:
             self.load_state_dict(other.state_dict())
             return self
-        diff = differences(self._layout(), other._layout())
+        diff = differences(self._layout(), other._layout(), "in other")
         if diff:
             raise ValueError(f"cannot merge accumulators with different layers or bandwidths: "
                              f"{'; '.join(diff)}")
@@ -305,7 +303,8 @@ class Accumulator:
         if state.get("class") != name:
             raise ValueError(f"state was written by {state.get('class')!r}, not by a {name}")
         options = self._options()
-        diff = differences(options, state.get("options") if isinstance(state.get("options"), dict) else {})
+        saved = state.get("options")
+        diff = differences(options, saved if isinstance(saved, dict) else {}, "in the state")
         if diff:
             raise ValueError(f"state was accumulated with other options: {'; '.join(diff)}")
         layout = {key: state.get(key) for key in self.LAYOUT}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -72,6 +73,21 @@ def _check_sigma(sigma: Any, kernel: str) -> Any:
     if isinstance(sigma, dict):
         return {str(k): float(v) for k, v in sigma.items()}
     return float(sigma)
+
+
+def apply_transform(transform: Callable[[Any], Any], a: Any, where: str) -> Any:
+    """``transform(a)`` for an ``(n, features)`` array, checked before any kernel sees it:
+    the result must be an array of the same library with shape ``(n, features')``."""
+    n = a.shape[0]
+    t = transform(a)
+    if not (B.is_numpy(t) or B.is_torch(t)) or B.namespace(t) is not B.namespace(a):
+        raise TypeError(f"transform must return an array of the input's library "
+                        f"({type(a).__name__}) for {where}; got {type(t).__name__}")
+    shape = tuple(t.shape)
+    if len(shape) != 2 or shape[0] != n or shape[1] < 1:
+        raise ValueError(f"transform must return shape (n, features) with n={n} for {where} "
+                         f"(input shape {tuple(a.shape)}); got shape {shape}")
+    return t
 
 
 class MinibatchCKA(Accumulator):
@@ -339,18 +355,7 @@ class MinibatchCKA(Accumulator):
                 V.check_square(a, where)
                 V.check_finite_array(a, xp, where)
             elif self.transform is not None:
-                a = B.as_float(V.as_2d(a, xp, where), xp)
-                n = a.shape[0]
-                t = self.transform(a)
-                if not (B.is_numpy(t) or B.is_torch(t)) or B.namespace(t) is not xp:
-                    raise TypeError(f"transform must return an array of the input's library "
-                                    f"({type(a).__name__}) for {where}; got {type(t).__name__}")
-                shape = tuple(t.shape)
-                if len(shape) != 2 or shape[0] != n or shape[1] < 1:
-                    raise ValueError(f"transform must return shape (n, features) with n={n} "
-                                     f"for {where} (input shape {tuple(a.shape)}); got shape "
-                                     f"{shape}")
-                a = t
+                a = apply_transform(self.transform, B.as_float(V.as_2d(a, xp, where), xp), where)
             out.append(a)
         return names, out
 
@@ -467,7 +472,11 @@ class MinibatchCKA(Accumulator):
                                               "centred_trace_b", "tolerance_b")}
         deg_a = host["centred_trace_a"] <= host["tolerance_a"]
         deg_b = deg_a if self.symmetric else host["centred_trace_b"] <= host["tolerance_b"]
-        values = _mask_degenerate(B.to_numpy(values), deg_a, deg_b, self.names_a, self.names_b)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            values = _mask_degenerate(B.to_numpy(values), deg_a, deg_b, self.names_a, self.names_b)
+        for w in caught:  # re-issued so that it points at the user's code
+            warnings.warn(w.message, w.category, stacklevel=V.user_stacklevel())
         attrs = {
             "measure": "minibatch_cka",
             "estimator": self.estimator,
@@ -478,8 +487,8 @@ class MinibatchCKA(Accumulator):
             "symmetric": bool(self.symmetric),
         }
         if self.kernel == "rbf":
-            attrs["sigma_a"] = list(self.sigmas_a)
-            attrs["sigma_b"] = list(self.sigmas_b)
+            attrs["sigma_a"] = list(self.sigmas_a or [])
+            attrs["sigma_b"] = list(self.sigmas_b or [])
             attrs["threshold"] = self.threshold
         return similarity_array(values, self.names_a, self.names_b, attrs)
 
