@@ -514,3 +514,62 @@ def test_inputs_that_require_grad_are_detached(rng):
     ref.update({k: v.detach() for k, v in acts.items()})
     ref.update({k: v.detach() for k, v in acts.items()})
     np.testing.assert_allclose(acc.compute().values, ref.compute().values, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- the base, reused
+from repsim._accumulator import Accumulator, State  # noqa: E402
+
+
+class Moments(Accumulator):
+    """A feature-moment accumulator written on the base: sum x (D,), X^T X (D, D), n."""
+
+    STATES = (State("sum_x", ("d",)), State("xtx", ("d", "d")), State("n", (), "int64"))
+    LAYOUT = ("names",)
+
+    def __init__(self, centre=False):
+        self.centre = centre
+        self.reset()
+
+    def _options(self):
+        return {"centre": self.centre}
+
+    def _dims(self, layout):
+        return {"d": len(layout["names"])}
+
+    def update(self, x, names):
+        self._check_like(x, "x")
+        if not self.started:
+            self._start({"names": list(names)}, np, None)
+        self._values["sum_x"] += x.sum(0)
+        self._values["xtx"] += x.T @ x
+        self._values["n"] += x.shape[0]
+
+
+def test_a_second_accumulator_reuses_the_base_unchanged(rng):
+    xs = [rng.standard_normal((n, 3)) for n in (5, 9, 4)]
+    whole, a, b = Moments(), Moments(), Moments()
+    for i, x in enumerate(xs):
+        whole.update(x, "pqr")
+        (a if i < 1 else b).update(x, "pqr")
+    a.merge(b)
+    np.testing.assert_allclose(a._values["xtx"], whole._values["xtx"], rtol=1e-14)
+    assert int(a._values["n"]) == 18
+    copy = Moments()
+    copy.load_state_dict(whole.state_dict())
+    np.testing.assert_array_equal(copy.state_dict()["sum_x"], whole.state_dict()["sum_x"])
+    with pytest.raises(ValueError, match="xtx.*shape \\(3, 3\\)"):
+        Moments().load_state_dict(dict(whole.state_dict(), xtx=np.zeros((2, 2))))
+    with pytest.raises(ValueError, match="centre: True here, False in other"):
+        Moments(centre=True).merge(whole)
+    fp = float(whole._fingerprint())
+    calls = []
+
+    def all_reduce(x):
+        calls.append(x.shape)
+        x += np.array([1.0, 1.0, fp, fp * fp]) if len(calls) == 1 else x  # partner = a copy
+
+    twice = Moments()
+    twice.load_state_dict(whole.state_dict())
+    twice.sync(all_reduce)
+    assert calls == [(4,), (3,), (3, 3), ()]
+    np.testing.assert_allclose(twice._values["xtx"], 2 * whole._values["xtx"], rtol=1e-15)
