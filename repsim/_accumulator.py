@@ -53,13 +53,14 @@ from __future__ import annotations
 import functools
 import hashlib
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, TypeVar
 
 import numpy as np
 
 from . import _backend as B
 
 REDUCTIONS = ("sum",)
+_A = TypeVar("_A", bound="Accumulator")
 DTYPES = ("float64", "int64")
 
 
@@ -241,7 +242,7 @@ class Accumulator:
             )
 
     # ---------------------------------------------------------------- combining
-    def merge(self, other: Accumulator) -> Accumulator:
+    def merge(self: _A, other: _A) -> _A:
         """Add the states of ``other`` (same class and computation) into this one.
 
         Exact, because every state is a sum over batches. Refused with a message naming
@@ -348,7 +349,7 @@ class Accumulator:
                      sorted(self._layout().items())))
         return int.from_bytes(hashlib.sha256(text.encode()).digest()[:2], "big")
 
-    def sync(self, all_reduce: Callable[[Any], Any], *, device: Any = None) -> Accumulator:
+    def sync(self: _A, all_reduce: Callable[[Any], Any], *, device: Any = None) -> _A:
         """Sum every declared state over all processes with the caller's collective.
 
         Parameters
