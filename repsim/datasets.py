@@ -34,10 +34,10 @@ from ._io import atomic_write, progress as _progress
 
 try:  # numpy >= 2
     from numpy._core.multiarray import _reconstruct
-    from numpy._core.numeric import _frombuffer
+    from numpy._core.numeric import _frombuffer  # type: ignore[attr-defined]
 except ImportError:  # numpy 1.x
-    from numpy.core.multiarray import _reconstruct
-    from numpy.core.numeric import _frombuffer
+    from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
+    from numpy.core.numeric import _frombuffer  # type: ignore[attr-defined,no-redef]
 
 __all__ = [
     "CIFAR10_CLASSES",
@@ -150,7 +150,7 @@ def _load_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return data.reshape(-1, 3, 32, 32), labels
 
 
-def load_cifar10(data_dir, train: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def load_cifar10(data_dir: str | os.PathLike, train: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Load CIFAR-10 from the standard python batches.
 
     Parameters
@@ -227,7 +227,7 @@ def _check_member(member: tarfile.TarInfo) -> None:
 
 
 def download_cifar10(
-    root=None,
+    root: str | os.PathLike | None = None,
     url: str = CIFAR10_URL,
     md5: str | None = CIFAR10_MD5,
     *,
@@ -245,8 +245,8 @@ def download_cifar10(
     md5 : str or None, default :data:`CIFAR10_MD5`
         Expected MD5 of the archive; ``None`` skips the check (not recommended).
     progress : bool, default True
-        Show the download's progress (:func:`repsim._io.progress`: a tqdm bar on a
-        terminal, one line in a log).
+        Show the download's progress: a tqdm bar on a terminal or in Jupyter (when tqdm
+        is installed), one plain line in a non-interactive log.
     timeout : float, default 60
         Socket timeout in seconds.
 
@@ -268,8 +268,7 @@ def download_cifar10(
     Notes
     -----
     Nothing is fetched when the extracted folder already holds every batch file. The
-    archive is written to a temporary file and kept (renamed into the cache, by
-    :func:`repsim._io.atomic_write`) only once its length matches the server's
+    archive is written to a temporary file and kept (renamed into the cache) only once its length matches the server's
     Content-Length, its MD5 matches and it reads as a tar archive to its end: a failed
     download is never cached, and a cached archive that fails these checks is fetched
     again. It is extracted into a temporary folder beside the destination, which is then

@@ -101,9 +101,9 @@ def save_result(result: xr.DataArray | xr.Dataset, path: str | os.PathLike) -> N
     Notes
     -----
     Attributes are converted as netCDF requires (booleans to 0/1, None to ``"none"``,
-    lists of strings kept, other objects to their ``str``). The file is written by
-    :func:`repsim._io.atomic_write`: it replaces an existing file with that file's
-    permissions, and a new file gets the usual ``0o666`` less the umask.
+    lists of strings kept, other objects to their ``str``). The file is written beside
+    the target and renamed over it once complete: it replaces an existing file with that
+    file's permissions, and a new file gets the usual ``0o666`` less the umask.
 
     Examples
     --------

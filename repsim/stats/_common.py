@@ -22,7 +22,7 @@ ALTERNATIVES = ("greater", "less", "two-sided")
 
 
 # ---------------------------------------------------------------- Student t (scipy)
-def t_two_sided_p(t, df):
+def t_two_sided_p(t: Any, df: Any) -> np.ndarray:
     """Two-sided p-value ``P(|T| >= |t|)`` of Student's t with ``df`` degrees of freedom.
 
     ``df = inf`` gives the normal limit; NaN in, NaN out; ``df <= 0`` gives NaN
@@ -37,7 +37,7 @@ def t_two_sided_p(t, df):
     return np.minimum(out, 1.0)
 
 
-def t_quantile(q, df):
+def t_quantile(q: float, df: Any) -> float | np.ndarray:
     """Quantile of Student's t: ``q`` a probability, ``df`` scalar or array (> 0).
 
     :func:`scipy.special.stdtrit`; ``df = inf`` gives the normal quantile, ``df <= 0`` or
@@ -65,7 +65,8 @@ def attrs_for_netcdf(attrs: Mapping[str, Any]) -> dict[str, Any]:
     return {k: _netcdf_attr(v) for k, v in attrs.items()}
 
 
-def _uncertainty_dataset(estimate, stderr, low, high, names_a, names_b, attrs, name="cka"):
+def _uncertainty_dataset(estimate, stderr, low, high, names_a, names_b, attrs,
+                         name: str = "cka") -> xr.Dataset:
     """A Dataset with the estimate and its interval, dims (layer_a, layer_b) or scalar."""
     if names_a is None:
         dims: tuple[str, ...] = ()

@@ -8,7 +8,8 @@ carries the same jackknife through any function of the matrices.
 from __future__ import annotations
 
 import warnings
-from typing import NamedTuple
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import xarray as xr
@@ -20,7 +21,8 @@ from ._common import t_quantile
 __all__ = ["Interval", "jackknife_interval", "jackknife_ratio"]
 
 
-def jackknife_ratio(ab, aa, bb, counts, level=0.9, replicates=False):
+def jackknife_ratio(ab: Any, aa: Any, bb: Any, counts: Any, level: float = 0.9,
+                    replicates: bool = False) -> tuple:
     """Delete-a-group jackknife for the ratio ``S_ab / sqrt(S_aa S_bb)`` of group sums.
 
     The estimator of :class:`repsim.MinibatchCKA` is a ratio of sums over batches; with
@@ -88,7 +90,11 @@ def _delete_a_group(estimate, loo, level):
     return se, estimate - half, estimate + half
 
 
-def jackknife_interval(results, statistic, level=None):
+def jackknife_interval(
+    results: xr.Dataset | Sequence[xr.Dataset],
+    statistic: Callable[..., Any],
+    level: float | None = None,
+) -> Interval:
     """Standard error and interval of any function of minibatch CKA matrices.
 
     The delete-a-group jackknife of :meth:`repsim.MinibatchCKA.compute` gives intervals
@@ -169,17 +175,34 @@ def jackknife_interval(results, statistic, level=None):
     ])
     se, low, high = _delete_a_group(estimate, reps, level)
     if estimate.ndim == 0:
-        estimate, se, low, high = (float(v) for v in (estimate, se, low, high))
+        return Interval(float(estimate), float(se), float(low), float(high), level, g)
     return Interval(estimate, se, low, high, level, g)
 
 
 class Interval(NamedTuple):
-    """An estimate with its standard error and confidence interval
-    (:func:`jackknife_interval`)."""
+    """An estimate with its standard error and confidence interval.
 
-    estimate: float
-    stderr: float
-    ci_low: float
-    ci_high: float
+    Returned by :func:`repsim.jackknife_interval`; a named tuple, so it also unpacks as
+    ``estimate, stderr, ci_low, ci_high, level, n_groups = interval``.
+
+    Attributes
+    ----------
+    estimate : float or numpy.ndarray
+        The statistic on the full data (an array of the statistic's shape when it
+        returns one).
+    stderr : float or numpy.ndarray
+        Delete-a-group jackknife standard error.
+    ci_low, ci_high : float or numpy.ndarray
+        Student-t interval on ``n_groups - 1`` degrees of freedom.
+    level : float
+        Confidence level.
+    n_groups : int
+        Number of jackknife groups used.
+    """
+
+    estimate: float | np.ndarray
+    stderr: float | np.ndarray
+    ci_low: float | np.ndarray
+    ci_high: float | np.ndarray
     level: float
     n_groups: int

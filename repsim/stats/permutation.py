@@ -100,7 +100,8 @@ def permutation_test(
         ``calibrated`` (CKA only: other measures have no closed form).
     seed : int, default 0
     progress : bool, default True
-        Progress display (:func:`repsim._io.progress`).
+        Show progress: a tqdm bar on a terminal or in Jupyter (when tqdm is installed),
+        one plain line per stage in a non-interactive log.
     alternative : {"greater", "less", "two-sided"}, default "greater"
         Which values are more extreme than the observed one: larger (a similarity),
         smaller (a distance), or farther from the null mean in either direction.
@@ -142,7 +143,7 @@ def permutation_test(
     if n_permutations != 0:
         n_permutations = V.check_int(n_permutations, "n_permutations", 10)
     V.check_option(alternative, "alternative", ALTERNATIVES)
-    cka_opts = dict(kernel=kernel, estimator=estimator, sigma=sigma, threshold=threshold,
+    cka_opts: dict[str, Any] = dict(kernel=kernel, estimator=estimator, sigma=sigma, threshold=threshold,
                     engine=engine)
     if measure is not None:
         if not callable(measure):
@@ -165,6 +166,7 @@ def permutation_test(
     common = dict(n_permutations=n_permutations, seed=seed, symmetric=ys is None,
                   alternative=alternative,
                   method="permutation null (example order of layer_b shuffled)")
+    opts: dict[str, Any] | None
     if measure is None:
         opts = cka_opts
     else:

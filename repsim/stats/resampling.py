@@ -75,8 +75,8 @@ def bootstrap(
     biased, few features next to ``n`` -- it is instead recomputed on each subsample:
     ``O(m p q)`` beats holding ``n x n`` grams.) RBF bandwidths are fixed at their
     full-data values (median heuristic on all examples, or ``sigma``). The choice is made
-    by an explicit table of fast-path hooks (``repsim.stats._common.GRAM_HOOKS``), not by
-    the measure's name. Any other callable (the CCA family, say) is recomputed on each
+    by an explicit table of fast-path hooks keyed by the measure function (after
+    unwrapping :func:`functools.partial`), not by the measure's name. Any other callable (the CCA family, say) is recomputed on each
     subsample.
 
     Parameters
@@ -116,8 +116,8 @@ def bootstrap(
     seed : int, default 0
         Seeds :func:`numpy.random.default_rng`; same seed, same intervals.
     progress : bool, default True
-        Progress display (:func:`repsim._io.progress`: a tqdm bar on a terminal, one
-        line in a log).
+        Show progress: a tqdm bar on a terminal or in Jupyter (when tqdm is installed),
+        one plain line per stage in a non-interactive log.
     statistic : callable, optional
         A quantity derived from the measure's result, bootstrapped instead of the result
         itself: called on the full-data result and on every resample's (a DataArray for

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -55,7 +56,7 @@ def _estimate_variable(ds, name):
     return ds[est]
 
 
-def aggregate_seeds(results, *, level=0.9, dim="seed"):
+def aggregate_seeds(results: Any, *, level: float = 0.9, dim: str = "seed") -> xr.Dataset:
     """Mean and spread of a similarity over training seeds.
 
     Parameters
@@ -102,15 +103,15 @@ def aggregate_seeds(results, *, level=0.9, dim="seed"):
 
 
 def compare_seeds(
-    results_a,
-    results_b,
+    results_a: Any,
+    results_b: Any,
     *,
-    level=0.9,
-    test="welch",
-    n_permutations=2000,
-    seed=0,
-    dim="seed",
-):
+    level: float = 0.9,
+    test: str = "welch",
+    n_permutations: int = 2000,
+    seed: int = 0,
+    dim: str = "seed",
+) -> xr.Dataset:
     """Do two architectures differ beyond seed-to-seed variation? Per entry.
 
     ``results_a`` holds one result per seed of architecture A (say a similarity of the
