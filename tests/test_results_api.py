@@ -217,3 +217,34 @@ def test_docstring_examples(module):
     mod = importlib.import_module(f"repsim.{module}")
     result = doctest.testmod(mod, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None)
+@given(mask=st.integers(0, 0o777), existing=st.one_of(st.none(), st.integers(0o400, 0o777)))
+def test_atomic_write_mode_property(tmp_path_factory, mask, existing):
+    """Any umask, any existing mode: a new file gets 0o666 & ~umask, a replaced file its
+    old mode; the content is the new one and no temporary file is left."""
+    import os
+    import stat
+
+    from repsim._io import atomic_write
+
+    folder = tmp_path_factory.mktemp("aw")
+    path = folder / "f.bin"
+    if existing is not None:
+        path.write_bytes(b"old")
+        os.chmod(path, existing)
+    old = os.umask(mask)
+    try:
+        atomic_write(path, lambda tmp: open(tmp, "wb").write(b"new"))
+    finally:
+        os.umask(old)
+    os.chmod(folder, 0o700)
+    want = (0o666 & ~mask) if existing is None else existing
+    assert stat.S_IMODE(path.stat().st_mode) == want
+    os.chmod(path, 0o600)
+    assert path.read_bytes() == b"new" and [p.name for p in folder.iterdir()] == ["f.bin"]

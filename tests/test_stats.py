@@ -849,3 +849,32 @@ def test_pandas_and_list_inputs_converted_or_refused(rng):
         repsim.bootstrap(repsim.cka, x.tolist(), y.tolist(), **kw)
     with pytest.raises(TypeError, match=r"xs is a list of numbers.*numpy.asarray"):
         repsim.permutation_test(x.tolist(), y)
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None)
+@given(q=st.floats(1e-6, 1 - 1e-6), df=st.floats(0.5, 1e6))
+def test_t_quantile_inverts_the_two_sided_p(q, df):
+    t = stats.t_quantile(q, df)
+    assert float(stats.t_two_sided_p(t, df)) == pytest.approx(2 * min(q, 1 - q), rel=1e-9, abs=1e-15)
+    assert (t > 0) == (q > 0.5) or q == 0.5
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(8, 30), offset=st.floats(-1e3, 1e3))
+def test_permutation_any_measure_equals_the_gram_path_for_cka(seed, n, offset):
+    """A CKA measure that the hook does not recognise (a lambda) goes through the generic
+    path; its null equals the permuted-gram null of the same permutations."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, 3)) + offset
+    y = x @ rng.standard_normal((3, 2)) + rng.standard_normal((n, 2))
+    fast = repsim.permutation_test(x, y, estimator="unbiased", n_permutations=10, seed=seed,
+                                   progress=False)
+    slow = repsim.permutation_test(x, y, measure=lambda a, b: repsim.cka(a, b, estimator="unbiased"),
+                                   n_permutations=10, seed=seed, progress=False)
+    for var in ("null_mean", "null_std", "p_value"):
+        assert float(slow[var]) == pytest.approx(float(fast[var]), rel=1e-7, abs=1e-9)
+    assert float(slow["<lambda>"]) == pytest.approx(float(fast.cka), rel=1e-9, abs=1e-12)
