@@ -36,13 +36,13 @@ GROUPS = [
 OTHER = ("Other", "Public names not covered by the groups above.")
 
 # public names that live in a submodule, not at the top level: (title, description,
-# fully qualified names)
+# names relative to ``repsim``)
 SUBMODULE_GROUPS = [
     ("Models and data",
      "The CIFAR-style ResNets and datasets of the wide/deep study, in ``repsim.models`` "
      "and ``repsim.datasets`` (``from repsim.datasets import load_cifar10``).",
-     ("repsim.datasets.download_cifar10", "repsim.datasets.load_cifar10",
-      "repsim.datasets.load_digits_images", "repsim.models.cifar_resnet")),
+     ("datasets.download_cifar10", "datasets.load_cifar10", "datasets.load_digits_images",
+      "models.cifar_resnet")),
 ]
 
 # explicit placements that win over the submodule rule: name -> group title
@@ -125,8 +125,7 @@ def write_api_index(docs_dir: Path) -> Path:
     path = Path(docs_dir) / "api" / "index.rst"
     text = render(exports)
     # stubs of names that are no longer public would be orphans (a warning): drop them
-    keep = set(exports) | {name.removeprefix("repsim.")
-                           for _, _, names in SUBMODULE_GROUPS for name in names}
+    keep = set(exports) | {name for _, _, names in SUBMODULE_GROUPS for name in names}
     for stub in (path.parent / "generated").glob("repsim.*.rst"):
         if stub.name[len("repsim."):-len(".rst")] not in keep:
             stub.unlink()
