@@ -878,3 +878,11 @@ def test_permutation_any_measure_equals_the_gram_path_for_cka(seed, n, offset):
     for var in ("null_mean", "null_std", "p_value"):
         assert float(slow[var]) == pytest.approx(float(fast[var]), rel=1e-7, abs=1e-9)
     assert float(slow["<lambda>"]) == pytest.approx(float(fast.cka), rel=1e-9, abs=1e-12)
+
+
+def test_bootstrap_empty_or_scalar_data_is_refused(rng):
+    x = rng.standard_normal((20, 3))
+    with pytest.raises(ValueError, match="at least one layer; got an empty dict"):
+        repsim.bootstrap(repsim.cka_matrix, {}, progress=False)
+    with pytest.raises(ValueError, match="first axis of examples; got a 0-d array"):
+        repsim.bootstrap(lambda a, b: 0.0, x, np.float64(1.0), progress=False)

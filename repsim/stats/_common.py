@@ -189,13 +189,19 @@ def take_rows(a, idx):
 
 
 def n_rows(a) -> int:
+    """Examples (first-axis length) of an array, or of the first layer of a container."""
     if isinstance(a, xr.DataArray):
         return int(a.shape[0])
-    if isinstance(a, Mapping) or hasattr(a, "keys"):
-        return n_rows(next(iter(a.values())))
-    if isinstance(a, (list, tuple)):
-        return n_rows(a[0])
-    return int(B.asarray(a).shape[0])
+    if isinstance(a, Mapping) or hasattr(a, "keys") or isinstance(a, (list, tuple)):
+        layers = list(a.values()) if hasattr(a, "values") and not isinstance(a, (list, tuple)) else a
+        if not layers:
+            raise ValueError("the data must contain at least one layer; got an empty "
+                             f"{type(a).__name__}")
+        return n_rows(layers[0])
+    shape = B.asarray(a).shape
+    if len(shape) == 0:
+        raise ValueError("every data argument must have a first axis of examples; got a 0-d array")
+    return int(shape[0])
 
 
 def bare(a):
