@@ -209,7 +209,8 @@ def test_public_docstrings_cite_no_private_paths():
         assert not re.search(r"repsim(\.\w+)*\._\w", doc), f"repsim.{name} cites a private path"
 
 
-@pytest.mark.parametrize("module", ["kernels", "hsic", "cka", "results", "streaming"])
+@pytest.mark.parametrize("module", ["kernels", "hsic", "cka", "results", "streaming", "stats.resampling",
+                                    "stats.permutation", "stats.jackknife", "stats.seeds"])
 def test_docstring_examples(module):
     import doctest
     import importlib
