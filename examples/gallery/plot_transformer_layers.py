@@ -30,6 +30,7 @@ from transformers import AutoModel, AutoTokenizer, ViTConfig, ViTModel
 from transformers.utils import logging as hf_logging
 
 import repsim
+from repsim.datasets import load_digits_images
 
 torch.set_num_threads(2)
 hf_logging.disable_progress_bar()  # no "Loading weights" bar in the rendered page
@@ -196,7 +197,7 @@ torch.manual_seed(0)
 vit = ViTModel(ViTConfig(image_size=8, patch_size=2, num_channels=1, hidden_size=64,
                          num_hidden_layers=4, num_attention_heads=4,
                          intermediate_size=128)).eval()
-x_digits = torch.from_numpy(repsim.load_digits_images(test_size=200)[2])
+x_digits = torch.from_numpy(load_digits_images(test_size=200)[2])
 images = [{"pixel_values": x_digits[i:i + 50]} for i in range(0, 200, 50)]
 vit_layers = repsim.hidden_state_layers(vit)
 vit_cls = repsim.compare_models(vit, None, images, vit_layers[1:], pooling="cls",

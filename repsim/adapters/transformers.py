@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .torch import select_layers, unwrap_model
+from ._selection import select_layers, unwrap_model
 
 __all__ = ["block_layers", "hidden_state_layers", "standardize_features",
            "word_aligned_batches"]
