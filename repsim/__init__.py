@@ -47,6 +47,10 @@ _LAZY = {
     "plot_similarity_grid": "plotting",
     "plot_similarity_intervals": "plotting",
     "select_layers": "adapters.torch",
+    "block_layers": "adapters.transformers",
+    "hidden_state_layers": "adapters.transformers",
+    "standardize_features": "adapters.transformers",
+    "word_aligned_batches": "adapters.transformers",
 }
 
 # names that left the top level: name -> the submodule that holds them now
@@ -67,6 +71,7 @@ __all__ = [
     "MinibatchCKA",
     "UnderdeterminedCCAWarning",
     "aggregate_seeds",
+    "block_layers",
     "block_score",
     "block_structure",
     "bootstrap",
@@ -79,6 +84,7 @@ __all__ = [
     "compare_seeds",
     "dominant_examples",
     "gram",
+    "hidden_state_layers",
     "hsic",
     "jackknife_interval",
     "load_result",
@@ -93,8 +99,10 @@ __all__ = [
     "remove_top_pcs",
     "save_result",
     "select_layers",
+    "standardize_features",
     "svcca",
     "ucentre_gram",
+    "word_aligned_batches",
 ]
 
 

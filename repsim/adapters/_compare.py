@@ -59,6 +59,9 @@ def _to_device(obj, device):
 
 def _run_forward(model, batch, device, forward):
     """Forward one loader batch: tensor, (input, target, ...) sequence, or dict of kwargs."""
+    if isinstance(batch, collections.abc.Mapping) and not isinstance(batch, dict):
+        # transformers' BatchEncoding (a UserDict): keyword arguments, moved entry by entry
+        batch = dict(batch) if forward is None or not hasattr(batch, "to") else batch.to(device)
     batch = _to_device(batch, device)
     if forward is not None:
         return forward(model, batch)

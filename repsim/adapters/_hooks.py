@@ -1,7 +1,8 @@
 """Forward hooks that turn each selected layer's output into its ``n x n`` gram.
 
-The two steps another adapter extends live in one place each: :func:`_pool` (the pooling
-policy, ``(n, ...) -> (n, features)``) is called from :meth:`GramHooks._gram` only.
+The two steps another adapter extends live in one place each: the pooling policy,
+``(n, ...) -> (rows, features)``, is :func:`repsim.adapters.pooling.pool` (mask-aware for
+token sequences), called from :meth:`GramHooks._gram` only.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from .. import _validation as V
 from ..kernels import linear_gram
 from ..streaming import apply_transform
 from ._selection import LayerSpec, select_layers, unwrap_model
+from .pooling import POOLINGS, batch_context, pool
 
-POOLINGS = ("flatten", "spatial_mean", "token_mean", "first_token")
 REPEATS = ("error", "index")
 
 
@@ -31,36 +32,6 @@ def _default_select(output, name):
         "starting with one); pass select= a function that picks the tensor to compare, "
         "e.g. select=lambda out: out.last_hidden_state"
     )
-
-
-def _pool(x, pooling, name):
-    """``(n, ...)`` layer output -> ``(n, features)`` under the pooling policy."""
-    if callable(pooling):
-        x = pooling(x)
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(
-                f"pooling returned {type(x).__name__} for layer {name!r}; expected a tensor"
-            )
-    elif pooling == "spatial_mean":
-        if x.ndim < 3:
-            raise ValueError(
-                f"pooling='spatial_mean' needs an output of shape (n, channels, *spatial); "
-                f"layer {name!r} gave shape {tuple(x.shape)}"
-            )
-        x = x.mean(dim=tuple(range(2, x.ndim)))
-    elif pooling in ("token_mean", "first_token"):
-        if x.ndim != 3:
-            raise ValueError(
-                f"pooling={pooling!r} needs an output of shape (n, tokens, features); "
-                f"layer {name!r} gave shape {tuple(x.shape)}"
-            )
-        x = x.mean(dim=1) if pooling == "token_mean" else x[:, 0]
-    if x.ndim < 2:
-        raise ValueError(
-            f"layer {name!r} gave shape {tuple(x.shape)}; expected (n, ...) with at least 2 "
-            "dimensions (a per-example output)"
-        )
-    return x.reshape(x.shape[0], -1)
 
 
 class GramHooks:
@@ -81,18 +52,32 @@ class GramHooks:
         Picks the tensor to compare from a module's output (for tuple, dict or dataclass
         outputs), e.g. ``lambda out: out.last_hidden_state``. Default: a tensor is used as
         is, a tuple or list contributes its first element; anything else raises TypeError.
-    pooling : {"flatten", "spatial_mean", "token_mean", "first_token"} or callable
-        How a ``(n, ...)`` output becomes ``(n, features)``. ``"flatten"`` (default, the
-        paper's protocol) keeps every unit; ``"spatial_mean"`` averages ``(n, c, h, w)``
-        maps over space to ``(n, c)``; ``"token_mean"`` and ``"first_token"`` reduce
-        ``(n, tokens, d)`` sequences to ``(n, d)``. A callable gets the tensor and returns
-        ``(n, ...)``.
+    pooling : str or callable, default "flatten"
+        How a ``(n, ...)`` output becomes ``(rows, features)``; see
+        :mod:`repsim.adapters.pooling`. ``"flatten"`` (default, the paper's protocol)
+        keeps every unit; ``"spatial_mean"`` averages ``(n, c, h, w)`` maps over space to
+        ``(n, c)``. For sequences ``(n, tokens, d)``: ``"masked_mean"``, ``"last_token"``,
+        ``"first_token"``/``"cls"`` give ``(n, d)`` from the real tokens only;
+        ``"tokens"`` makes every real token an example; ``"none"`` flattens the real
+        tokens of equal-length examples; ``"word_mean"``, ``"word_first"``,
+        ``"word_last"`` make every word an example (see
+        :func:`repsim.word_aligned_batches`); ``"token_mean"`` averages every position,
+        padding included (kept for compatibility; it warns when the mask shows padding).
+        A callable gets the tensor and returns ``(n, ...)``.
     repeated : {"error", "index"}, default "error"
         A module that runs several times in one forward (weight sharing, recurrence):
         ``"error"`` raises ValueError naming it; ``"index"`` compares each call separately
         as layers ``"name:0"``, ``"name:1"``, ...
     transform : callable, optional
-        Applied to each ``(n, features)`` tensor before its gram (e.g. removing top PCs).
+        Applied to each ``(n, features)`` tensor before its gram (e.g. removing top PCs,
+        or :func:`repsim.standardize_features` against rogue dimensions).
+    mask : str, callable or None, default "attention_mask"
+        Where the padding mask of each forward comes from. A root forward pre-hook sees
+        the model's keyword arguments: a string names the argument holding the mask (1 for
+        real tokens, 0 for padding); a callable ``(args, kwargs) -> tensor or None`` gives
+        it explicitly; None never captures one. A ``repsim_mask`` keyword argument (for
+        example an entry of a dict batch) wins over both and is removed before the model
+        sees it. Poolings that need a mask refuse to run without one.
 
     Attributes
     ----------
@@ -123,7 +108,9 @@ class GramHooks:
                  select: Callable[[Any], Any] | Mapping[str, Callable[[Any], Any]] | None = None,
                  pooling: str | Callable[[torch.Tensor], torch.Tensor] = "flatten",
                  repeated: str = "error",
-                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 mask: str | Callable[[tuple, dict], torch.Tensor | None] | None
+                 = "attention_mask") -> None:
         self.model = unwrap_model(model)
         self.names = select_layers(self.model, layers)
         if not (callable(pooling) or pooling in POOLINGS):
@@ -140,6 +127,11 @@ class GramHooks:
         if transform is not None and not callable(transform):
             raise TypeError(f"transform must be callable; got {transform!r}")
         self.transform = transform
+        if not (mask is None or isinstance(mask, str) or callable(mask)):
+            raise TypeError("mask must be None, the name of the model's keyword argument that "
+                            f"holds it, or a callable (args, kwargs) -> tensor; got {mask!r}")
+        self.mask = mask
+        self._context: dict[str, Any] = {}
         self._handles: list[Any] = []
         self._grams: dict[str, torch.Tensor] = {}
         self._calls: dict[str, int] = {}
@@ -150,7 +142,8 @@ class GramHooks:
             raise RuntimeError("these hooks are already registered")
         modules = dict(self.model.named_modules())
         try:
-            self._handles.append(self.model.register_forward_pre_hook(self.start_pass))
+            self._handles.append(self.model.register_forward_pre_hook(self.start_pass,
+                                                                      with_kwargs=True))
             for name in self.names:
                 self._handles.append(modules[name].register_forward_hook(self._hook_for(name)))
         except BaseException:
@@ -173,15 +166,21 @@ class GramHooks:
         """Whether the hooks are registered."""
         return bool(self._handles)
 
-    def start_pass(self, *args: Any) -> None:
+    def start_pass(self, module: nn.Module | None = None, args: tuple = (),
+                   kwargs: dict | None = None) -> tuple[tuple, dict] | None:
         """Forget the previous forward's grams and call counts.
 
         A forward pre-hook on the model calls it before every ``model(...)``;
         :func:`repsim.compare_models` also calls it before each batch, so an entry point
         other than ``forward`` (``forward=lambda m, b: m.encode(b)``) starts a new pass too.
+        As the pre-hook it also keeps the attention mask (and word ids) of the call's
+        keyword arguments for the pooling, and removes repsim's own entries
+        (``repsim_mask``, ``repsim_word_ids``, ...) before the model sees them.
         """
         self._grams = {}
         self._calls = {name: 0 for name in self.names}
+        self._context, stripped = batch_context(args, kwargs, self.mask)
+        return None if stripped is None else (args, stripped)
 
     # ---------------------------------------------------------------- capture
     def _select_for(self, name):
@@ -213,7 +212,10 @@ class GramHooks:
     def _gram(self, x, name):
         """Pool, upcast (the dtype policy of :func:`repsim._backend.float_dtype`),
         transform, then the linear gram of :func:`repsim.kernels.linear_gram`."""
-        x = _pool(x.detach(), self.pooling, name)
+        x = x.detach()
+        if x.dtype in (torch.float16, torch.bfloat16):
+            x = x.to(torch.float32)  # pool at float32 or better, as the gram is formed
+        x = pool(x, self.pooling, name, **self._context)
         xp = B.namespace(x)
         x = B.as_float(x, xp)
         if self.transform is not None:

@@ -10,9 +10,9 @@ and the accumulator's sum states are all-reduced before the result is computed.
 This module imports torch; ``import repsim`` loads it only when one of its names is used.
 It gathers the adapter's public names from modules of one responsibility each:
 ``_selection`` (:func:`select_layers`, :func:`unwrap_model`), ``_hooks``
-(:class:`GramHooks`, the pooling policy in ``_pool``), ``_distributed`` (sharding,
-:func:`all_reduce_accumulator`), ``_checkpoint`` (what identifies a comparison, the
-file) and ``_compare`` (:func:`compare_models`, the forward of one batch in
+(:class:`GramHooks`), ``pooling`` (the mask-aware pooling policies), ``_distributed``
+(sharding, :func:`all_reduce_accumulator`), ``_checkpoint`` (what identifies a
+comparison, the file) and ``_compare`` (:func:`compare_models`, the forward of one batch in
 ``_run_forward``, the epoch/shard/resume generator ``_batches``).
 
 References
