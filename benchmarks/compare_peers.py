@@ -6,7 +6,7 @@ Usage (peers installed without their heavy dependencies, see requirements-peers.
     .venv/bin/python benchmarks/compare_peers.py [--batches-a 2] [--batches-b 1] \
         [--rows-a 3] [--rows-b 2] [--repeats 2] [--device cpu] [--json results.json]
 
-Workloads (CIFAR-style ResNets from :func:`repsim.cifar_resnet`, random weights, batches of
+Workloads (CIFAR-style ResNets from :func:`repsim.models.cifar_resnet`, random weights, batches of
 256 random 32x32 images, unbiased minibatch CKA):
 
 (a) ResNet-20 vs ResNet-56 on the residual-block outputs (9 x 27 layers);
@@ -495,8 +495,8 @@ def main():
     args.peers = [p for p in args.peers.split(",") if p]
     device = torch.device(args.device)
     torch.manual_seed(0)
-    r20 = repsim.cifar_resnet(20).to(device).eval()
-    r56 = repsim.cifar_resnet(56).to(device).eval()
+    r20 = repsim.models.cifar_resnet(20).to(device).eval()
+    r56 = repsim.models.cifar_resnet(56).to(device).eval()
     g = torch.Generator().manual_seed(1)
     print(f"python {platform.python_version()}, torch {torch.__version__}, numpy "
           f"{np.__version__}, {torch.get_num_threads()} threads, device {device}, "

@@ -61,6 +61,9 @@ _MOVED = {
     "load_digits_images": "datasets",
 }
 
+# submodules that import torch (or are rarely needed), loaded on first attribute access
+_SUBMODULES = ("datasets", "models")
+
 # written out (not computed) so that IDEs and type checkers can read it; one name per
 # line, in sorted() order
 __all__ = [
@@ -118,6 +121,8 @@ def __getattr__(name):
             stacklevel=2,
         )
         return getattr(_import_module(f"repsim.{module}"), name)
+    if name in _SUBMODULES:  # ``repsim.models.cifar_resnet`` after a plain ``import repsim``
+        return _import_module(f"repsim.{name}")
     try:
         module = _LAZY[name]
     except KeyError:

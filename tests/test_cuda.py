@@ -530,7 +530,7 @@ COMPARED = ["stem.conv", "stem", "stage*.block*", "pool", "fc"]
 def test_compare_models_on_device_matches_cpu():
     """A small ResNet (float32) on the device against the same model on the CPU."""
     torch.manual_seed(0)
-    net, other = repsim.cifar_resnet(8, 1), repsim.cifar_resnet(8, 1)
+    net, other = repsim.models.cifar_resnet(8, 1), repsim.models.cifar_resnet(8, 1)
     g = torch.Generator().manual_seed(1)
     data = [torch.randn(12, 3, 16, 16, generator=g) for _ in range(3)]
     labelled = [(x, torch.zeros(12, dtype=torch.long)) for x in data]

@@ -249,3 +249,15 @@ def test_atomic_write_mode_property(tmp_path_factory, mask, existing):
     assert stat.S_IMODE(path.stat().st_mode) == want
     os.chmod(path, 0o600)
     assert path.read_bytes() == b"new" and [p.name for p in folder.iterdir()] == ["f.bin"]
+
+
+def test_submodules_load_on_attribute_access():
+    """``repsim.models`` and ``repsim.datasets`` work after a plain ``import repsim``
+    (they import torch, so ``import repsim`` itself does not load them)."""
+    import repsim.datasets as datasets
+    import repsim.models as models
+
+    assert repsim.models is models and repsim.models.cifar_resnet is models.cifar_resnet
+    assert repsim.datasets is datasets
+    with pytest.raises(AttributeError, match="no attribute 'nosuch'"):
+        repsim.nosuch

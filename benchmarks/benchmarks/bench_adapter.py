@@ -18,7 +18,7 @@ import repsim
 
 def _setup(depth, n, batches):
     torch.manual_seed(0)
-    model = repsim.cifar_resnet(depth).eval()
+    model = repsim.models.cifar_resnet(depth).eval()
     g = torch.Generator().manual_seed(1)
     loader = [torch.randn(n, 3, 32, 32, generator=g) for _ in range(batches)]
     names = [k for k, m in model.named_modules() if k and not isinstance(m, nn.Sequential)]

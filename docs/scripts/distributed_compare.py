@@ -36,7 +36,7 @@ def main(out):
 
     # the same model and the same data on every process (fixed seeds)
     torch.manual_seed(0)
-    model = repsim.cifar_resnet(depth=20)
+    model = repsim.models.cifar_resnet(depth=20)
     images = torch.randn(2048, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     loader = torch.utils.data.DataLoader(images, batch_size=128)  # 16 batches
 

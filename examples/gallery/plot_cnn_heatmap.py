@@ -7,7 +7,7 @@ returns minibatch CKA between every pair of selected layers — without storing 
 activations (each layer's ``n × n`` gram is formed inside its forward hook) and without
 looping over layer pairs.
 
-Here: a CIFAR-style ResNet-20 (:func:`repsim.cifar_resnet`) trained for a few epochs on
+Here: a CIFAR-style ResNet-20 (:func:`repsim.models.cifar_resnet`) trained for a few epochs on
 scikit-learn's 8×8 digits (bundled, no download), compared with itself and with its own
 untrained initialisation.
 """
@@ -25,11 +25,11 @@ import repsim
 
 torch.set_num_threads(1)  # tiny model: one thread beats threading overhead
 torch.manual_seed(0)
-x_train, y_train, x_test, y_test = repsim.load_digits_images(test_size=500)
+x_train, y_train, x_test, y_test = repsim.datasets.load_digits_images(test_size=500)
 x_train, y_train = torch.from_numpy(x_train), torch.from_numpy(y_train)
 x_test, y_test = torch.from_numpy(x_test), torch.from_numpy(y_test)
 
-model = repsim.cifar_resnet(depth=20, width=1, in_channels=1)
+model = repsim.models.cifar_resnet(depth=20, width=1, in_channels=1)
 untrained = copy.deepcopy(model)
 
 opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9,
