@@ -212,7 +212,7 @@ def cca(x, y, summary="mean", *, centre=True, rtol=None):
         Centre columns first. The public reference value -- Kornblith et al.'s demo,
         ``np.random.seed(1337); X = np.random.randn(100, 10); Y = X + np.random.randn(100,
         10)``, mean squared CCA 0.54312 -- uses QR of the uncentred data:
-        ``cca(X, Y, "mean_squared", centre=False)``; with centring it is 0.54540.
+        ``cca(X, Y, summary="mean_squared", centre=False)``; with centring it is 0.54540.
     rtol : float, optional
         Rank tolerance, as in :func:`canonical_correlations`.
 
@@ -239,9 +239,9 @@ def cca(x, y, summary="mean", *, centre=True, rtol=None):
     >>> np.random.seed(1337)
     >>> X = np.random.randn(100, 10)
     >>> Y = X + np.random.randn(100, 10)
-    >>> print(f"{repsim.cca(X, Y, 'mean_squared', centre=False):.5f}")
+    >>> print(f"{repsim.cca(X, Y, summary='mean_squared', centre=False):.5f}")
     0.54312
-    >>> print(f"{repsim.cca(X, Y, 'mean_squared'):.5f}")
+    >>> print(f"{repsim.cca(X, Y, summary='mean_squared'):.5f}")
     0.54540
     """
     V.check_option(summary, "summary", SUMMARIES)

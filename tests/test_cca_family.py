@@ -45,13 +45,13 @@ def test_reference_value_of_kornblith_demo():
     np.random.seed(1337)
     x = np.random.randn(100, 10)
     y = x + np.random.randn(100, 10)
-    assert round(float(repsim.cca(x, y, "mean_squared", centre=False)), 5) == 0.54312
+    assert round(float(repsim.cca(x, y, summary="mean_squared", centre=False)), 5) == 0.54312
     assert round(float(repsim.cca(x, y, summary="mean_squared")), 5) == 0.54540
     # the demo's own formula: QR of the uncentred data
     qx, _ = np.linalg.qr(x)
     qy, _ = np.linalg.qr(y)
     demo = np.linalg.norm(qx.T @ qy) ** 2 / 10
-    assert repsim.cca(x, y, "mean_squared", centre=False) == pytest.approx(demo, abs=1e-12)
+    assert repsim.cca(x, y, summary="mean_squared", centre=False) == pytest.approx(demo, abs=1e-12)
 
 
 @pytest.mark.parametrize("centre", [True, False])
@@ -316,7 +316,7 @@ def test_property_results_in_unit_interval(pair, centre):
         warnings.simplefilter("ignore", UnderdeterminedCCAWarning)
         rho = repsim.canonical_correlations(x, y, centre=centre)
         values = [repsim.cca(x, y, centre=centre),
-                  repsim.cca(x, y, "mean_squared", centre=centre),
+                  repsim.cca(x, y, summary="mean_squared", centre=centre),
                   repsim.svcca(x, y), repsim.svcca(x, y, keep=1),
                   repsim.pwcca(x, y, centre=centre)]
     assert rho.shape[0] <= min(x.shape[1], y.shape[1])

@@ -32,9 +32,9 @@ def test_minibatch_formula_by_hand(rng):
     for b in batches:
         acc.update(b)
     a, c = "layer0", "layer2"
-    hab = sum(repsim.hsic(repsim.gram(b[a]), repsim.gram(b[c]), "unbiased") for b in batches)
-    haa = sum(repsim.hsic(repsim.gram(b[a]), repsim.gram(b[a]), "unbiased") for b in batches)
-    hcc = sum(repsim.hsic(repsim.gram(b[c]), repsim.gram(b[c]), "unbiased") for b in batches)
+    hab = sum(repsim.hsic(repsim.gram(b[a]), repsim.gram(b[c]), estimator="unbiased") for b in batches)
+    haa = sum(repsim.hsic(repsim.gram(b[a]), repsim.gram(b[a]), estimator="unbiased") for b in batches)
+    hcc = sum(repsim.hsic(repsim.gram(b[c]), repsim.gram(b[c]), estimator="unbiased") for b in batches)
     assert float(acc.compute().sel(layer_a=a, layer_b=c)) == pytest.approx(hab / np.sqrt(haa * hcc), abs=1e-12)
     res = acc.compute()
     assert res.attrs["n_batches"] == 3 and res.attrs["n_examples"] == 48

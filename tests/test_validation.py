@@ -58,7 +58,7 @@ def test_unknown_options(rng):
     with pytest.raises(ValueError, match="threshold must be"):
         repsim.cka(x, x, kernel="rbf", threshold=0)
     with pytest.raises(ValueError, match="sigma must be"):
-        repsim.gram(x, "rbf", sigma=-1.0)
+        repsim.gram(x, kernel="rbf", sigma=-1.0)
 
 
 def test_mixing_numpy_and_torch_is_refused(rng):
