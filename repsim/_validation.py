@@ -141,7 +141,7 @@ PARAMS = {
     "summary": Options("mean", "mean_squared"),
     "side": Options("x", "y", "smaller"),
     "convention": Options("morcos", "svcca"),
-    "keep_count": Options("variance", "singular_values"),
+    "keep_by": Options("variance", "singular_values"),
     "sigma": Positive(none_ok=True),
     "threshold": Positive(),
     "centre": Flag(),
