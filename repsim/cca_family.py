@@ -124,13 +124,13 @@ def _rho(ux, uy, xp):
     """Canonical correlations (descending, clipped to [0, 1]) of two orthonormal bases."""
     m = xp.matmul(ux.T, uy)
     if m.shape[0] == 0 or m.shape[1] == 0:
-        return xp.zeros((0,), dtype=xp.float64, device=B.device(m))
+        return xp.zeros((0,), dtype=B.accumulation_dtype(xp), device=B.device(m))
     return xp.clip(xp.linalg.svdvals(m), 0.0, 1.0)
 
 
 def _summary(rho, summary, xp):
     if rho.shape[0] == 0:
-        return scalar(xp.asarray(math.nan, dtype=xp.float64, device=B.device(rho)), xp)
+        return scalar(xp.asarray(math.nan, dtype=B.accumulation_dtype(xp), device=B.device(rho)), xp)
     vals = rho * rho if summary == "mean_squared" else rho
     return scalar(xp.mean(vals), xp)
 
@@ -453,7 +453,7 @@ def pwcca(x, y, *, side: str = "x", centre: bool = True, rtol: float | None = No
         return _pwcca_convention_svcca(x, y, side)
     xp, rx, ry = _pair(x, y, centre=centre, rtol=rtol)
     if _warn_constant([("x", rx, rx.rank), ("y", ry, ry.rank)], "PWCCA"):
-        return _summary(xp.zeros((0,), dtype=xp.float64, device=B.device(rx.data)), "mean", xp)
+        return _summary(xp.zeros((0,), dtype=B.accumulation_dtype(xp), device=B.device(rx.data)), "mean", xp)
     _warn_underdetermined(rx.rank, ry.rank, rx.n, centre, "PWCCA")
     ux, uy = rx.u[:, : rx.rank], ry.u[:, : ry.rank]
     a, rho, bt = xp.linalg.svd(xp.matmul(ux.T, uy), full_matrices=False)

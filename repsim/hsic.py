@@ -196,7 +196,7 @@ def centred_gram_stack(
         stats = list(zip(*centre_stack_into(stacked, unbiased, packed, xp)))
     centred = np.empty(len(stats))
     tolerance = np.empty(len(stats))
-    eps64 = float(np.finfo(np.float64).eps)
+    eps64 = float(np.finfo(B.accumulation_dtype(np)).eps)
     for i, ((tr, total), e) in enumerate(zip(stats, eps)):
         if kernel == "rbf":
             c_lin, t_lin = degeneracy_terms(B.item(linear_stats[i][0]), B.item(linear_stats[i][1]), n, e)
@@ -212,7 +212,7 @@ def centred_gram_stack(
 
 def _check_pairing_range(centred, n, label):
     """Refuse a layer whose pairing products (``~ tr(HKH)^2``) under- or overflow float64."""
-    lo, hi = kernels.gram_range(np.float64, np)
+    lo, hi = kernels.gram_range(B.accumulation_dtype(np), np)
     sq = (centred / n) ** 2
     if centred > 0 and not (lo <= sq <= hi):
         raise ValueError(

@@ -243,7 +243,7 @@ def rbf_from_linear(k, xp, sigma=None, threshold=1.0, engine="auto", name="x"):
     if use_nb:
         from . import _numba
 
-        out = np.empty(k.shape, dtype=np.float64)
+        out = np.empty(k.shape, dtype=B.accumulation_dtype(np))
         out = _numba.rbf_from_linear(B.numba_view(k), inv, out)
         return (out if B.is_numpy(k) else xp.asarray(out)), sigma
     if d2 is None:
@@ -468,8 +468,9 @@ def centre_stack_into(ks, unbiased, out, xp):
         tr, total = _centre_rows(k64, unbiased, out[start:start + len(chunk)], xp)
         traces.append(tr)
         totals.append(total)
-    return (np.asarray(B.to_numpy(xp.concat(traces)), dtype=np.float64),
-            np.asarray(B.to_numpy(xp.concat(totals)), dtype=np.float64))
+    acc = B.accumulation_dtype(np)
+    return (np.asarray(B.to_numpy(xp.concat(traces)), dtype=acc),
+            np.asarray(B.to_numpy(xp.concat(totals)), dtype=acc))
 
 
 def degeneracy_terms(trace, total, n, gram_dtype_eps):

@@ -81,7 +81,7 @@ def pc_variance_fraction(x, *, k: int = 1):
             V.DegenerateRepresentationWarning,
             stacklevel=V.user_stacklevel(),
         )
-        return scalar(xp.asarray(float("nan"), dtype=xp.float64, device=B.device(rep.data)), xp)
+        return scalar(xp.asarray(float("nan"), dtype=B.accumulation_dtype(xp), device=B.device(rep.data)), xp)
     return scalar(xp.sum(rep.variances) / rep.total, xp)
 
 
