@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 import repsim
 from repsim._backend import namespace
-from repsim.kernels import centre_into
+from repsim.kernels import MEAN_BLOCK, centre_into, column_means
 
 
 def textbook_unbiased_hsic(k, l):
@@ -121,7 +121,7 @@ def test_torch_gram_and_numba_centring_on_cpu_tensors(rng):
     x = torch.tensor(rng.standard_normal((30, 17)), dtype=torch.float32)
     g = repsim.gram(x)
     assert isinstance(g, torch.Tensor) and g.dtype == torch.float32
-    xc = x - x.double().mean(dim=0).float()  # column means accumulated in float64
+    xc = x - column_means(x, namespace(x)).float()  # column means accumulated in float64
     assert torch.equal(g, xc @ xc.T)
     k = g.double()
     a, b = torch.empty(900, dtype=torch.float64), torch.empty(900, dtype=torch.float64)
@@ -162,3 +162,16 @@ def test_stacked_centring_equals_per_layer_numba(monkeypatch, estimator, kernel)
     out = centred_gram_stack(mixed, names, engine="auto", **kw)
     np.testing.assert_allclose(out[0].detach().numpy(), ref[0], rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(out[2], ref[2], rtol=1e-12)
+
+
+@pytest.mark.parametrize("n", [1, 5, 16, 17, 250, 1000])
+def test_column_means_accumulate_in_float64(rng, n):
+    x = (rng.standard_normal((n, 7)) * [1, 10, 1e3, 1e4, 1e5, 3e7, 1]).astype(np.float32) + 1e4
+    exact = x.astype(np.float64).mean(axis=0)
+    for a in (x, torch.from_numpy(x)):
+        m = column_means(a, namespace(a))
+        assert m.dtype in (np.float64, torch.float64)
+        bound = MEAN_BLOCK * np.finfo(np.float32).eps * np.abs(x.astype(np.float64)).mean(axis=0)
+        assert np.all(np.abs(np.asarray(m) - exact) <= bound)
+    x64 = x.astype(np.float64)
+    np.testing.assert_array_equal(column_means(x64, namespace(x64)), x64.mean(axis=0))
