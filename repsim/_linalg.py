@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import Any
 
 from . import _backend as B
 from . import _validation as V
@@ -32,6 +33,16 @@ class Rep:
 
     __slots__ = ("xp", "data", "basis_data", "u", "s", "vh", "rank", "tol", "dtype", "eps",
                  "floor", "shape", "n", "p", "name")
+
+    xp: Any
+    data: Any
+    dtype: Any
+    eps: float
+    floor: float
+    shape: tuple
+    n: int
+    p: int
+    name: str
 
     def __init__(self, x, name="x", *, centre=True, rtol=None, xp=None, unit_columns=False):
         prepared(self, x, name, centre=centre, xp=xp)
@@ -127,6 +138,16 @@ class TopComponents:
 
     __slots__ = ("xp", "data", "variances", "scores", "basis", "total", "constant", "dtype", "eps",
                  "floor", "shape", "n", "p", "k", "name")
+
+    xp: Any
+    data: Any
+    dtype: Any
+    eps: float
+    floor: float
+    shape: tuple
+    n: int
+    p: int
+    name: str
 
     def __init__(self, x, name="x"):
         prepared(self, x, name)

@@ -275,7 +275,7 @@ def dominant_examples(x, *, top: int = 10) -> DominantExamples:
     power = scores * scores
     order = np.argsort(-np.abs(scores), kind="stable")
     indices = order[:top].astype(np.int64)
-    keep = np.ones(rep.n, dtype=bool)
+    keep = np.ones(rep.n, dtype=np.bool_)
     keep[indices] = False
     return DominantExamples(
         indices=indices,
