@@ -106,6 +106,11 @@ def asarray(x, name="x"):
     return x
 
 
+def is_array(x) -> bool:
+    """Whether ``x`` is an array of a supported library (not a container of arrays)."""
+    return array_api_compat.is_array_api_obj(x)
+
+
 def is_numpy(x) -> bool:
     return array_api_compat.is_numpy_array(x)
 

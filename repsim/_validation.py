@@ -18,8 +18,9 @@ class DegenerateRepresentationWarning(RuntimeWarning):
 
 
 def check_option(value, name, allowed):
-    """Raise ValueError unless ``value`` is one of ``allowed`` (same type and value)."""
-    if not any(type(value) is type(a) and value == a for a in allowed):
+    """Raise ValueError unless ``value`` is one of ``allowed`` (an instance of its type
+    with an equal value: ``1`` is not ``"1"``, ``numpy.str_("rbf")`` is ``"rbf"``)."""
+    if not any(isinstance(value, type(a)) and value == a for a in allowed):
         choices = ", ".join(repr(a) for a in allowed)
         raise ValueError(f"{name} must be one of {choices}; got {value!r}")
     return value
@@ -97,7 +98,7 @@ class Options:
         self.allowed = allowed
 
     def __call__(self, value, name):
-        if not any(type(value) is type(a) and value == a for a in self.allowed):
+        if not any(isinstance(value, type(a)) and value == a for a in self.allowed):
             choices = ", ".join(repr(a) for a in self.allowed)
             raise ValueError(f"{name} must be one of {choices}; got {value!r}")
         return value
@@ -209,9 +210,9 @@ def is_mapping(obj) -> bool:
     object with ``keys``) rather than an array -- the one place repsim decides this."""
     if isinstance(obj, Mapping):
         return True
-    import array_api_compat
+    from ._backend import is_array
 
-    return hasattr(obj, "keys") and not array_api_compat.is_array_api_obj(obj)
+    return hasattr(obj, "keys") and not is_array(obj)
 
 
 def is_layer_sequence(obj) -> bool:

@@ -40,12 +40,14 @@ def all_paths(x, y, **kw):
 
 
 def as_f32(a, lib):
+    if lib == "numpy>":  # big-endian float32, as read from FITS / netCDF-3 / HDF5
+        return a.astype(">f4")
     a = a.astype(np.float32)
     return torch.from_numpy(a) if lib == "torch" else a
 
 
 def upcast(a):
-    return a.double() if isinstance(a, torch.Tensor) else a.astype(np.float64)
+    return a.double() if isinstance(a, torch.Tensor) else a.astype(np.float64)  # native order
 
 
 # --------------------------------------------------------------------------- the issue's cases
@@ -94,16 +96,21 @@ def test_tiny_and_huge_float32_scales(scale, estimator):
         assert value == pytest.approx(ref, abs=1e-5), path
 
 
+@pytest.mark.parametrize("lib", ["numpy", "torch"])
 @pytest.mark.parametrize("scale", [1e-160, 1e-100, 1e100, 1e150])
-def test_float64_extreme_scales_in_single_shot_measures(scale):
+def test_float64_extreme_scales_in_single_shot_measures(scale, lib):
     # before: float64 x 1e-160 gave NaN (the squares underflow)
     x, y = issue_pair(n=50, p=20, q=15)
+    if lib == "torch":
+        x, y = torch.from_numpy(x), torch.from_numpy(y)
     ref = float(repsim.cka(x, y))
     for method in ("gram", "features"):
         assert float(repsim.cka(x * scale, y * scale, method=method)) == pytest.approx(ref, abs=1e-12)
     assert float(repsim.cka(x * scale, y * scale, estimator="unbiased")) == pytest.approx(
         float(repsim.cka(x, y, estimator="unbiased")), abs=1e-12)
     assert repsim.cka_matrix([x * scale], [y * scale]).values[0, 0] == pytest.approx(ref, abs=1e-12)
+    assert float(repsim.cka(x * scale, y * scale, kernel="rbf")) == pytest.approx(
+        float(repsim.cka(x, y, kernel="rbf")), abs=1e-12)
 
 
 def test_float64_extreme_scale_in_an_accumulator_is_refused_clearly():
@@ -171,7 +178,7 @@ def test_gram_error_bound_is_that_of_the_centred_data():
     width=st.sampled_from([3, 17, 64]),
     estimator=st.sampled_from(["biased", "unbiased"]),
     kernel=st.sampled_from(["linear", "rbf"]),
-    lib=st.sampled_from(["numpy", "torch"]),
+    lib=st.sampled_from(["numpy", "torch", "numpy>"]),
     seed=st.integers(0, 2**16),
 )
 def test_float32_cka_within_1e4_of_float64(offset, log_scale, width, estimator, kernel, lib, seed):
