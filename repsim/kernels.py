@@ -49,6 +49,8 @@ def column_means(x, xp):
     n, p = x.shape[0], x.shape[1]
     if x.dtype == acc:
         return xp.mean(x, axis=0)
+    if B.on_accelerator(x):  # one fused float64 reduction: fewer kernel launches
+        return xp.sum(x, axis=0, dtype=acc) / n
     m = (n // MEAN_BLOCK) * MEAN_BLOCK
     total = xp.zeros((p,), dtype=acc, device=B.device(x))
     if m:
@@ -102,6 +104,11 @@ def scaled_centred_gram(x, xp, name="x", bounds=None):
     with ``x_c`` = :func:`centre_features` of ``x``, ``e`` an integer (0 unless the largest
     squared row norm ``dmax`` of the centred data falls outside ``bounds``, default
     :func:`gram_range` of the dtype), and ``dmax`` of the unscaled data (a float).
+
+    Cost: two passes over ``x`` (column sums, subtraction) next to the gram's ``n^2 p``
+    flops, and one host synchronisation (the largest diagonal entry, to decide on the
+    rescaling); on an accelerator that sync waits for the work queued so far, about the
+    launch latency of one kernel per layer when the queue is short.
 
     Error bound: each entry of ``k`` is the dot product of two centred rows formed in the
     gram dtype, so ``|k_ij - exact| <= p * eps * |x_ci| |x_cj|`` (``p`` features, ``eps``
