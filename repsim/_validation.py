@@ -2,6 +2,23 @@
 
 Nothing here clamps or repairs a value: bad input raises, and an undefined result
 (a constant representation) becomes NaN with a :class:`DegenerateRepresentationWarning`.
+
+Options are checked against one declarative table, :data:`PARAMS` (parameter name ->
+constraint; the pattern of scikit-learn's ``validate_params``). A public function checks
+all its options in one call, before any work::
+
+    V.check_params(kernel=kernel, estimator=estimator, sigma=sigma, threshold=threshold)
+
+and a module with options of its own registers their constraints once, at import::
+
+    V.register_params(weighting=V.Options("pairs", "batches"))
+
+Constraints are small callables ``(value, name) -> value`` that raise ``ValueError``
+("``name`` must be ...; got ...``"): :class:`Options` (one of fixed values, type-checked:
+``1`` is not ``"1"``), :class:`Positive` (finite real > 0, bools and strings refused,
+optionally None) and :class:`Flag` (exactly True or False). Containers of layers are
+recognised by :func:`is_mapping` / :func:`is_layer_sequence` and unpacked by
+:func:`layer_items`, the one place that decides what a container is.
 """
 
 from __future__ import annotations
