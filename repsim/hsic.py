@@ -183,7 +183,7 @@ def centred_gram_stack(
         eps.append(eps_of(k, xp))
         sigma = None
         if kernel == "rbf":
-            linear_stats.append((xp.sum(xp.linalg.diagonal(k)), xp.sum(k)))
+            linear_stats.append((xp.sum(xp.linalg.diagonal(k), dtype=acc), xp.sum(k, dtype=acc)))
             fixed = None if sigmas is None or sigmas[i] is None else math.ldexp(float(sigmas[i]), -e)
             k, sigma = rbf_from_linear(k, xp, sigma=fixed, threshold=threshold, engine=engine, name=label)
             sigma = math.ldexp(sigma, e)

@@ -249,8 +249,8 @@ def median_sigma(x, *, threshold: float = 1.0) -> float:
     V.check_params(threshold=threshold)
     xp, x = prepare(x)
     V.check_finite_array(x, xp, "x")
-    d2 = squared_distances(linear_gram(x, xp), xp)
-    return threshold * math.sqrt(_median(d2, xp))
+    k, e, _ = scaled_centred_gram(x, xp, "x", NORMAL_RANGE)  # any scale: sigma scales back
+    return threshold * math.ldexp(math.sqrt(_median(squared_distances(k, xp), xp)), e)
 
 
 def rbf_from_linear(k, xp, sigma=None, threshold=1.0, engine="auto", name="x"):

@@ -110,6 +110,9 @@ def test_float64_extreme_scales_in_single_shot_measures(scale, lib):
     assert repsim.cka_matrix([x * scale], [y * scale]).values[0, 0] == pytest.approx(ref, abs=1e-12)
     assert float(repsim.cka(x * scale, y * scale, kernel="rbf")) == pytest.approx(
         float(repsim.cka(x, y, kernel="rbf")), abs=1e-12)
+    sim = repsim.cka_matrix([x * scale], [y * scale], kernel="rbf", threshold=0.5)
+    assert sim.attrs["sigma_a"][0] == pytest.approx(scale * repsim.median_sigma(x, threshold=0.5), rel=1e-12)
+    assert repsim.median_sigma(x * scale) == pytest.approx(scale * repsim.median_sigma(x), rel=1e-12)
 
 
 def test_float64_extreme_scale_in_an_accumulator_is_refused_clearly():
