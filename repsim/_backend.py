@@ -64,7 +64,8 @@ def asarray(x, name="x"):
     array
         ``x`` itself for a supported array in native byte order; a numpy array for other
         array-likes; a native-order copy of a non-native (big-endian) numpy array, with
-        the same dtype and values.
+        the same dtype and values; a C-contiguous copy of a non-contiguous numpy array
+        (results do not depend on the memory layout).
 
     Raises
     ------
@@ -103,6 +104,10 @@ def asarray(x, name="x"):
             )
         if not x.dtype.isnative:
             x = x.astype(x.dtype.newbyteorder("="))
+        if x.ndim >= 2 and not x.flags.c_contiguous:
+            # one memory layout, one result: a column-major array (pandas' DataFrame.values,
+            # Fortran files) would otherwise take other BLAS paths and differ in the last bits
+            x = np.ascontiguousarray(x)
     return x
 
 

@@ -10,12 +10,12 @@ same things?", ICLR.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import numpy as np
 
 from . import _backend as B
 from . import _validation as V
+from ._pairs import prepare_pair
 from .hsic import centred_gram_stack, scalar
 from .kernels import NORMAL_RANGE, _ldexp, degeneracy_terms, eps_of, prepare
 from .results import similarity_array
@@ -182,64 +182,6 @@ def _normalise(cross, self_a, self_b, xp):
         return cross / xp.sqrt(self_a[:, None] * self_b[None, :])
 
 
-class PreparedPair(NamedTuple):
-    """Both sides of an all-pairs comparison, validated and packed (:func:`prepare_pair`)."""
-
-    names_a: list
-    names_b: list
-    ga: object
-    gb: object
-    sigmas_a: list
-    sigmas_b: list
-    degenerate_a: np.ndarray
-    degenerate_b: np.ndarray
-    n: int
-
-
-def prepare_pair(xs, ys=None, *, kernel="linear", estimator="biased", sigma=None,
-                 threshold=1.0, engine="auto", normalise=True):
-    """Validate and pack both sides of a comparison of many layers: the one preparation
-    step of :func:`cka_matrix` and the resampling statistics.
-
-    Parameters
-    ----------
-    xs, ys : sequence or dict name -> array
-        As in :func:`repsim.cka_matrix` (``ys`` None: ``xs`` against itself).
-    kernel, estimator, sigma, threshold, engine
-        As in :func:`repsim.cka_matrix` (checked here).
-    normalise : bool, default True
-        Scale each layer by a power of two where needed (see
-        :func:`repsim.hsic.centred_gram_stack`); right for any per-layer scale-invariant
-        result, including resampled CKA.
-
-    Returns
-    -------
-    PreparedPair
-        ``(names_a, names_b, ga, gb, sigmas_a, sigmas_b, degenerate_a, degenerate_b, n)``;
-        ``gb`` is None when ``ys`` is None (then the ``_b`` fields repeat the ``_a`` ones).
-    """
-    V.check_params(kernel=kernel, estimator=estimator, sigma=sigma, threshold=threshold,
-                   engine=engine)
-    V.check_sigma_kernel(sigma, kernel)
-    names_a, arrays_a = V.layer_items(xs, "xs")
-    opts = dict(kernel=kernel, estimator=estimator, threshold=threshold, engine=engine,
-                normalise=normalise)
-    ga, sig_a, ca, ta = centred_gram_stack(
-        arrays_a, names_a, sigmas=[sigma] * len(arrays_a), side="xs", **opts
-    )
-    n = int(B.asarray(arrays_a[0]).shape[0])
-    if ys is None:
-        return PreparedPair(names_a, names_a, ga, None, sig_a, sig_a, ca <= ta, ca <= ta, n)
-    names_b, arrays_b = V.layer_items(ys, "ys")
-    a0, b0 = B.asarray(arrays_a[0], "xs"), B.asarray(arrays_b[0], "ys")
-    B.namespace(a0, b0, names=["xs", "ys"])
-    V.check_same_n(a0.shape[0], b0.shape[0], "xs", "ys", a0.shape, b0.shape)
-    gb, sig_b, cb, tb = centred_gram_stack(
-        arrays_b, names_b, sigmas=[sigma] * len(arrays_b), side="ys", **opts
-    )
-    return PreparedPair(names_a, names_b, ga, gb, sig_a, sig_b, ca <= ta, cb <= tb, n)
-
-
 def cka_matrix(
     xs,
     ys=None,
@@ -295,7 +237,7 @@ def cka_matrix(
     p = prepare_pair(xs, ys, kernel=kernel, estimator=estimator, sigma=sigma,
                      threshold=threshold, engine=engine)
     names_a, names_b, sig_a, sig_b = p.names_a, p.names_b, p.sigmas_a, p.sigmas_b
-    values = _clip(pair_cka(p.ga, p.gb), estimator, np)
+    values = _clip(pair_cka(p.packed_a, p.packed_b), estimator, np)
     values = _mask_degenerate(values, p.degenerate_a, p.degenerate_b, names_a, names_b)
     attrs = {
         "measure": "cka",
