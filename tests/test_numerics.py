@@ -221,3 +221,24 @@ def test_minibatch_float32_ragged_batches_match_float64(offset, log_scale, seed,
 
     ref = run(lambda a: upcast(as_f32(a, lib)))
     assert run(lambda a: as_f32(a, lib)) == pytest.approx(ref, abs=1e-4)
+
+
+@pytest.mark.parametrize("bias", [300.0, 2000.0])
+def test_compare_models_float32_with_a_large_bias(bias):
+    # before: a Linear layer with bias 300 gave NaN in float32 (0.875 in float64)
+    nn = torch.nn
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 64), nn.Tanh(), nn.Linear(64, 32))
+    with torch.no_grad():
+        model[2].bias.fill_(bias)  # the layer's output: offset ``bias`` against a spread ~0.3
+    data = torch.randn(192, 20)
+    loader = [(data[i:i + 64],) for i in range(0, 192, 64)]
+    kw = dict(layers_a=["0", "2"], progress=False, forward=lambda m, b: m(b[0]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DegenerateRepresentationWarning)
+        got = repsim.compare_models(model, None, loader, **kw)
+    model64 = model.double()
+    loader64 = [(b[0].double(),) for b in loader]
+    want = repsim.compare_models(model64, None, loader64, **kw)
+    np.testing.assert_allclose(got.values, want.values, atol=1e-4)
+    assert not np.isnan(got.values).any()
