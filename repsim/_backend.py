@@ -5,6 +5,18 @@ Every measure in repsim runs one code path written against the array API standar
 same route and results come back in the caller's array type and on its device. Steps that
 are memory-bound on the numpy path can run in a fused numba kernel instead (see
 :mod:`repsim._numba`); :func:`use_numba` decides.
+
+numba is a hard dependency of repsim (``pyproject.toml`` requires it); it is imported
+lazily, on the first call that runs a fused kernel, only to keep ``import repsim`` fast.
+``REPSIM_DISABLE_NUMBA=1`` turns the kernels off (the array-API path gives the same
+numbers), which is how the tests compare the two paths.
+
+Input types (:func:`asarray`, the entry of every measure): numpy arrays, torch tensors and
+anything ``numpy.asarray`` reads (lists, pandas objects) are accepted. Values are never
+reinterpreted: non-native byte orders (``>f8`` from FITS/netCDF-3/HDF5) are converted to
+the same dtype in native order; complex numbers, masked arrays (the mask has no value a
+similarity could use, and filling it would be a silent repair), non-numeric dtypes and
+torch ``meta`` tensors (no data) are refused with a message naming the argument.
 """
 
 from __future__ import annotations
@@ -37,11 +49,71 @@ def namespace(*arrays, names=None):
         ) from None
 
 
-def asarray(x):
-    """Return ``x`` unchanged if it is a supported array, else as a numpy array."""
-    if array_api_compat.is_array_api_obj(x):
+def asarray(x, name="x"):
+    """``x`` as a numpy array or torch tensor whose values repsim can read as they are.
+
+    Parameters
+    ----------
+    x : array_like
+        numpy array, torch tensor, or anything :func:`numpy.asarray` converts.
+    name : str
+        The argument's name, for error messages.
+
+    Returns
+    -------
+    array
+        ``x`` itself for a supported array in native byte order; a numpy array for other
+        array-likes; a native-order copy of a non-native (big-endian) numpy array, with
+        the same dtype and values; a C-contiguous copy of a non-contiguous numpy array
+        (results do not depend on the memory layout).
+
+    Raises
+    ------
+    TypeError
+        For masked arrays, complex, non-numeric (strings, objects) or datetime dtypes, and
+        torch tensors on the ``meta`` device.
+    """
+    if isinstance(x, np.ma.MaskedArray):
+        raise TypeError(
+            f"{name} must be a plain array; got a numpy masked array (shape {x.shape}): "
+            "masked entries have no value to compare -- drop those examples or fill them "
+            "(x.filled(value)) first"
+        )
+    if not array_api_compat.is_array_api_obj(x):
+        x = np.asarray(x)
+    if is_torch(x):
+        if x.device.type == "meta":
+            raise TypeError(
+                f"{name} must hold data; got a torch tensor on the 'meta' device "
+                f"(shape {tuple(x.shape)}), which has a shape but no values"
+            )
+        if x.is_complex():
+            raise TypeError(f"{name} must be real; got complex dtype {x.dtype}")
         return x
-    return np.asarray(x)
+    if is_numpy(x):
+        kind = x.dtype.kind
+        if kind == "c":
+            raise TypeError(
+                f"{name} must be real; got complex dtype {x.dtype} (shape {x.shape}): "
+                "pass x.real, abs(x) or both parts as features"
+            )
+        if kind not in "biuf":
+            raise TypeError(
+                f"{name} must have a numeric (bool, integer or float) dtype; got {x.dtype} "
+                f"(shape {x.shape})"
+            )
+        if not x.dtype.isnative:
+            x = x.astype(x.dtype.newbyteorder("="))
+        if x.ndim >= 2 and not x.flags.c_contiguous:
+            # one memory layout, one result: a column-major array (pandas' DataFrame.values,
+            # Fortran files) would otherwise take other BLAS paths and differ in the last bits
+            x = np.ascontiguousarray(x)
+    return x
+
+
+def is_array(x) -> bool:
+    """Whether ``x`` is an array of a supported library (not a container of arrays)."""
+    return array_api_compat.is_array_api_obj(x)
 
 
 def is_numpy(x) -> bool:
@@ -103,6 +175,24 @@ def accumulation_dtype(xp):
     return xp.float64
 
 
+def is_numpy_namespace(xp) -> bool:
+    """Whether ``xp`` is numpy's namespace (results then come back as numpy scalars)."""
+    return array_api_compat.is_numpy_namespace(xp)
+
+
+def on_accelerator(x) -> bool:
+    """Whether ``x`` lives in accelerator memory (a torch tensor off the CPU)."""
+    return is_torch(x) and x.device.type != "cpu"
+
+
+def scalar(value, xp):
+    """A 0-d result in the caller's array type: a numpy float64 scalar for numpy, the 0-d
+    tensor itself (on its device, no host sync) for torch."""
+    if is_numpy_namespace(xp):
+        return np.float64(value)
+    return value
+
+
 def self_product(x, xp):
     """The linear gram ``x @ x.T`` in the input's own library.
 
@@ -126,7 +216,7 @@ def numba_view(a):
     tensors without autograd as zero-copy views, anything else None."""
     if is_numpy(a):
         return a
-    if is_torch(a) and a.device.type == "cpu" and not a.requires_grad:
+    if is_torch(a) and not on_accelerator(a) and not a.requires_grad:
         return a.numpy()
     return None
 

@@ -2,12 +2,14 @@
 
 Everything here runs through the array namespace of the input (numpy or torch, any
 device) in float64, whatever the input's float dtype; the rank tolerance is taken from the
-input's own precision (see :func:`numerical_rank`).
+input's own precision, relative to the *centred* data (see :func:`numerical_rank`).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
+from typing import Any
 
 from . import _backend as B
 from . import _validation as V
@@ -20,37 +22,91 @@ class Rep:
     ----------
     xp : namespace
     data : array, shape (n, p), float64 -- centred if ``centre``
-    u, s, vh : thin SVD of ``data``
+    basis_data : array, shape (n, p) -- ``data`` with unit-norm columns if
+        ``unit_columns`` (zero columns stay zero), else ``data``; the SVD is of this
+    u, s, vh : thin SVD of ``basis_data``
     rank : int -- numerical rank (see :func:`numerical_rank`)
     dtype : the input's float dtype (float16/bfloat16 -> float32, ints -> float64)
-    eps : machine epsilon of ``dtype``; scale : ``||x||_F`` before centring
+    eps : machine epsilon of ``dtype``; floor : the centring's rounding (see :func:`prepared`)
     shape : the input's shape
     """
 
-    __slots__ = ("xp", "data", "u", "s", "vh", "rank", "tol", "dtype", "eps", "scale", "shape", "n", "p")
+    __slots__ = ("xp", "data", "basis_data", "u", "s", "vh", "rank", "tol", "dtype", "eps",
+                 "floor", "shape", "n", "p", "name")
 
-    def __init__(self, x, name="x", *, centre=True, rtol=None, xp=None):
+    xp: Any
+    data: Any
+    dtype: Any
+    eps: float
+    floor: float
+    shape: tuple
+    n: int
+    p: int
+    name: str
+
+    def __init__(self, x, name="x", *, centre=True, rtol=None, xp=None, unit_columns=False):
         prepared(self, x, name, centre=centre, xp=xp)
-        self.u, self.s, self.vh = self.xp.linalg.svd(self.data, full_matrices=False)
-        self.rank, self.tol = numerical_rank(self.s, self.n, self.p, self.eps, rtol, self.scale, self.xp)
+        xp = self.xp
+        data = self.data
+        if unit_columns:
+            # CCA is invariant to scaling a column, so equalise them first: the rank rule
+            # then sees a 1e-3 column next to a 1e3 one as the direction it is
+            norms = xp.sqrt(xp.sum(data * data, axis=0))
+            ok = norms > self.floor
+            data = xp.where(ok[None, :], data / xp.where(ok, norms, xp.ones_like(norms))[None, :],
+                            xp.zeros_like(data))
+            self.floor = self.floor / float(xp.min(xp.where(ok, norms, xp.full_like(norms, math.inf)))) \
+                if bool(xp.any(ok)) else 0.0
+        self.basis_data = data
+        self.u, self.s, self.vh = xp.linalg.svd(data, full_matrices=False)
+        self.rank, self.tol = numerical_rank(self.s, self.n, self.p, self.eps, rtol, self.floor, xp)
+        if rtol is None:
+            warn_dropped(self, name)
+
+
+def warn_dropped(rep, name):
+    """Warn when the input dtype's rank rule drops directions that float64 resolves: the
+    data of such a direction are below the input dtype's rounding of the largest one
+    (typically a linear combination of other features stored in float32)."""
+    kept64, _ = numerical_rank(rep.s, rep.n, rep.p, 2.0 ** -52, None, rep.floor, rep.xp)
+    if kept64 > rep.rank:
+        warnings.warn(
+            f"{name}: {kept64 - rep.rank} direction(s) with singular values below "
+            f"max(n, p) * eps of its {rep.dtype} dtype (relative to the largest) were "
+            f"treated as rounding and dropped (numerical rank {rep.rank}, {kept64} in "
+            "float64); pass rtol (e.g. rtol=1e-12) to keep them",
+            RuntimeWarning,
+            stacklevel=V.user_stacklevel(),
+        )
 
 
 def prepared(rep, x, name, *, centre=True, xp=None):
     """Fill ``rep``'s common attributes from ``x``: ``xp``, ``shape``, ``n``, ``p``,
-    ``dtype``, ``eps`` (of the input's float dtype), ``scale`` (``||x||_F`` before
-    centring) and ``data`` (flattened, float64, centred if ``centre``); validated once."""
-    x = B.asarray(x)
+    ``dtype``, ``eps`` (of the input's float dtype), ``data`` (flattened, float64, centred
+    if ``centre``) and ``floor``, the rounding that centring in float64 can leave (at most
+    ``n * eps64 * sqrt(n) * ||column means||``, a per-column constant); validated once."""
+    x = B.asarray(x, name)
     xp = xp or B.namespace(x)
     rep.xp = xp
+    rep.name = name
     rep.shape = tuple(x.shape)
     x = V.as_2d(x, xp, name)
     rep.n, rep.p = int(x.shape[0]), int(x.shape[1])
     rep.dtype = B.float_dtype(x, xp)
     rep.eps = float(xp.finfo(rep.dtype).eps)
-    x = xp.astype(x, xp.float64)
+    acc = B.accumulation_dtype(xp)
+    x = xp.astype(x, acc)
     V.check_finite_array(x, xp, name)
-    rep.scale = float(xp.sqrt(xp.sum(x * x)))  # ||x||_F before centring
-    rep.data = x - xp.mean(x, axis=0) if centre else x
+    if centre:
+        mean = xp.mean(x, axis=0)
+        rep.data = x - mean
+        eps64 = float(xp.finfo(acc).eps)
+        rep.floor = rep.n * eps64 * math.sqrt(rep.n) * float(xp.sqrt(xp.sum(mean * mean)))
+    else:
+        rep.data = x
+        rep.floor = 0.0
+    if not math.isfinite(rep.floor) or not bool(xp.all(xp.isfinite(rep.data))):
+        raise ValueError(f"{name} overflows float64 when centred; rescale it first")
 
 
 class TopComponents:
@@ -74,14 +130,24 @@ class TopComponents:
     scores : array, shape (n, k) -- projections ``x_c v_i = u_i s_i``
     total : float -- ``sum_i s_i^2 = ||x_c||_F^2``
     constant : bool -- ``s_1`` within the rank tolerance of zero (see :func:`numerical_rank`)
-    dtype, eps, scale, shape, n, p : as :class:`Rep`
+    dtype, eps, floor, shape, n, p : as :class:`Rep`
 
     Built in two steps, ``TopComponents(x).decompose(k)``, so that ``k`` can be checked
     against ``n`` and ``p`` in between.
     """
 
     __slots__ = ("xp", "data", "variances", "scores", "basis", "total", "constant", "dtype", "eps",
-                 "scale", "shape", "n", "p", "k")
+                 "floor", "shape", "n", "p", "k", "name")
+
+    xp: Any
+    data: Any
+    dtype: Any
+    eps: float
+    floor: float
+    shape: tuple
+    n: int
+    p: int
+    name: str
 
     def __init__(self, x, name="x"):
         prepared(self, x, name)
@@ -109,7 +175,7 @@ class TopComponents:
         else:  # vecs are the right singular vectors v_i: scores x_c v_i
             self.basis = ("right", vecs)
             self.scores = xp.matmul(x, vecs)
-        rank, _ = numerical_rank(xp.sqrt(lam), self.n, self.p, self.eps, None, self.scale, xp)
+        rank, _ = numerical_rank(xp.sqrt(lam), self.n, self.p, self.eps, None, self.floor, xp)
         self.constant = rank == 0
         return self
 
@@ -133,23 +199,24 @@ def check_rtol(rtol):
     return value
 
 
-def numerical_rank(s, n, p, eps, rtol, scale, xp):
+def numerical_rank(s, n, p, eps, rtol, floor, xp):
     """Number of singular values above the rank tolerance, and the tolerance.
 
-    A singular value counts as zero when it is at most ``rtol * max(s_1, scale)``, with
-    ``s_1`` the largest singular value and ``scale`` the Frobenius norm of the data before
-    centring (so that the rounding left by centring a constant column never counts as a
-    direction). The default ``rtol = max(n, p) * eps`` uses the machine epsilon of the
-    *input's* float dtype (numpy's ``matrix_rank`` convention): float32 data that is rank
-    deficient up to float32 rounding is treated as rank deficient although the SVD runs in
-    float64.
+    A singular value counts as zero when it is at most ``max(rtol * s_1, floor)``, with
+    ``s_1`` the largest singular value *of the centred data* and ``floor`` the rounding
+    that centring can leave (see :func:`prepared`; 0 for uncentred data). The default
+    ``rtol = max(n, p) * eps`` uses the machine epsilon of the *input's* float dtype
+    (numpy's ``matrix_rank`` convention): float32 data that is rank deficient up to
+    float32 rounding of its centred values is treated as rank deficient although the SVD
+    runs in float64 (:func:`warn_dropped` says so). A common offset or a per-column scale
+    never enters the tolerance: CCA is invariant to both.
     """
     if rtol is None:
         rtol = max(n, p) * eps
     if s.shape[0] == 0:
         return 0, 0.0
     s1 = float(s[0])
-    tol = rtol * max(s1, scale)
+    tol = max(rtol * s1, floor)
     if not math.isfinite(tol):
         raise ValueError("the data overflow float64 in the SVD; rescale them first")
     return int(xp.sum(xp.astype(s > tol, xp.int64))), tol

@@ -3,8 +3,7 @@
 :func:`prepare_pair` checks the options, turns each side (a sequence or dict of layers)
 into names and arrays, checks that both sides hold the same examples on one library, and
 centres (or U-centres) every layer's gram into one packed ``(L, n^2)`` matrix per side.
-:mod:`repsim.stats` (bootstrap, permutation test) calls it; ``cka_matrix`` does the same
-steps and can call it too.
+:mod:`repsim.stats` (bootstrap, permutation test) and :func:`repsim.cka_matrix` call it.
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ import numpy as np
 from . import _backend as B
 from . import _validation as V
 from .hsic import centred_gram_stack
-from .kernels import ESTIMATORS, KERNELS
 
 
 class PreparedPair(NamedTuple):
@@ -35,17 +33,17 @@ class PreparedPair(NamedTuple):
     n: int
 
 
-def _side(acts, side, kernel, estimator, sigma, threshold, engine):
+def _side(acts, side, kernel, estimator, sigma, threshold, engine, normalise):
     names, arrays = V.layer_items(acts, side)
     packed, sig, cen, tol = centred_gram_stack(
         arrays, names, kernel=kernel, estimator=estimator, sigmas=[sigma] * len(arrays),
-        threshold=threshold, engine=engine, side=side,
+        threshold=threshold, engine=engine, side=side, normalise=normalise,
     )
     return names, arrays, packed, list(sig), np.asarray(cen <= tol, dtype=bool)
 
 
 def prepare_pair(xs, ys=None, *, kernel="linear", estimator="biased", sigma=None,
-                 threshold=1.0, engine="auto") -> PreparedPair:
+                 threshold=1.0, engine="auto", normalise=True) -> PreparedPair:
     """Check the options and both sides, and form each side's packed centred grams.
 
     Parameters
@@ -54,24 +52,29 @@ def prepare_pair(xs, ys=None, *, kernel="linear", estimator="biased", sigma=None
     ys : sequence or dict, optional
         None: ``xs`` against itself (``packed_b`` is None, names and flags shared).
     kernel, estimator, sigma, threshold, engine
-        As in :func:`repsim.cka_matrix`.
+        As in :func:`repsim.cka_matrix` (checked here, ``sigma`` refused with the linear
+        kernel).
+    normalise : bool, default True
+        Scale each layer by a power of two where its gram or the pairing products would
+        leave float64's range (see :func:`repsim.hsic.centred_gram_stack`): right for any
+        result that does not depend on a layer's scale, resampled CKA included.
 
     Returns
     -------
     PreparedPair
         Layer names, packed grams, bandwidths, constant-layer flags of each side, ``n``.
     """
-    V.check_option(kernel, "kernel", KERNELS)
-    V.check_option(estimator, "estimator", ESTIMATORS)
-    V.check_option(engine, "engine", B.ENGINES)
-    opts = (kernel, estimator, sigma, threshold, engine)
+    V.check_params(kernel=kernel, estimator=estimator, sigma=sigma, threshold=threshold,
+                   engine=engine)
+    V.check_sigma_kernel(sigma, kernel)
+    opts = (kernel, estimator, sigma, threshold, engine, normalise)
     names_a, arrays_a, ga, sig_a, deg_a = _side(xs, "xs", *opts)
     n = int(B.asarray(arrays_a[0]).shape[0])
     if ys is None:
         return PreparedPair(names_a, names_a, ga, None, sig_a, sig_a, deg_a, deg_a, n)
     names_b, arrays_b = V.layer_items(ys, "ys")
-    B.namespace(B.asarray(arrays_a[0]), B.asarray(arrays_b[0]), names=["xs", "ys"])
-    V.check_same_n(arrays_a[0].shape[0], arrays_b[0].shape[0], "xs", "ys",
-                   arrays_a[0].shape, arrays_b[0].shape)
+    a0, b0 = B.asarray(arrays_a[0], "xs"), B.asarray(arrays_b[0], "ys")
+    B.namespace(a0, b0, names=["xs", "ys"])
+    V.check_same_n(a0.shape[0], b0.shape[0], "xs", "ys", a0.shape, b0.shape)
     names_b, _, gb, sig_b, deg_b = _side(ys, "ys", *opts)
     return PreparedPair(names_a, names_b, ga, gb, sig_a, sig_b, deg_a, deg_b, n)

@@ -2,6 +2,23 @@
 
 Nothing here clamps or repairs a value: bad input raises, and an undefined result
 (a constant representation) becomes NaN with a :class:`DegenerateRepresentationWarning`.
+
+Options are checked against one declarative table, :data:`PARAMS` (parameter name ->
+constraint; the pattern of scikit-learn's ``validate_params``). A public function checks
+all its options in one call, before any work::
+
+    V.check_params(kernel=kernel, estimator=estimator, sigma=sigma, threshold=threshold)
+
+and a module with options of its own registers their constraints once, at import::
+
+    V.register_params(weighting=V.Options("pairs", "batches"))
+
+Constraints are small callables ``(value, name) -> value`` that raise ``ValueError``
+("``name`` must be ...; got ...``"): :class:`Options` (one of fixed values, type-checked:
+``1`` is not ``"1"``), :class:`Positive` (finite real > 0, bools and strings refused,
+optionally None) and :class:`Flag` (exactly True or False). Containers of layers are
+recognised by :func:`is_mapping` / :func:`is_layer_sequence` and unpacked by
+:func:`layer_items`, the one place that decides what a container is.
 """
 
 from __future__ import annotations
@@ -10,6 +27,7 @@ import math
 import numbers
 import sys
 import warnings
+from collections.abc import Mapping
 
 
 class DegenerateRepresentationWarning(RuntimeWarning):
@@ -17,8 +35,9 @@ class DegenerateRepresentationWarning(RuntimeWarning):
 
 
 def check_option(value, name, allowed):
-    """Raise ValueError unless ``value`` is one of ``allowed``."""
-    if value not in allowed:
+    """Raise ValueError unless ``value`` is one of ``allowed`` (an instance of its type
+    with an equal value: ``1`` is not ``"1"``, ``numpy.str_("rbf")`` is ``"rbf"``)."""
+    if not any(isinstance(value, type(a)) and value == a for a in allowed):
         choices = ", ".join(repr(a) for a in allowed)
         raise ValueError(f"{name} must be one of {choices}; got {value!r}")
     return value
@@ -79,8 +98,107 @@ def check_finite(value, name):
 
 
 def check_positive(value, name):
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+    """``value`` must be a real finite number > 0 (bools and strings refused)."""
+    if not (isinstance(value, numbers.Real) and not isinstance(value, bool)
+            and math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be a finite number > 0; got {value!r}")
+    return float(value)
+
+
+# --------------------------------------------------------------------------- constraints
+
+
+class Options:
+    """Constraint: one of a fixed set of values (compared with ``==``, type-checked)."""
+
+    def __init__(self, *allowed):
+        self.allowed = allowed
+
+    def __call__(self, value, name):
+        if not any(isinstance(value, type(a)) and value == a for a in self.allowed):
+            choices = ", ".join(repr(a) for a in self.allowed)
+            raise ValueError(f"{name} must be one of {choices}; got {value!r}")
+        return value
+
+
+class Positive:
+    """Constraint: a finite real number > 0 (not a bool, not a string); ``none_ok`` also
+    lets None through (meaning "pick a default")."""
+
+    def __init__(self, none_ok=False):
+        self.none_ok = none_ok
+
+    def __call__(self, value, name):
+        if value is None and self.none_ok:
+            return None
+        if not (isinstance(value, numbers.Real) and not isinstance(value, bool)
+                and math.isfinite(value) and value > 0):
+            alt = " or None" if self.none_ok else ""
+            raise ValueError(f"{name} must be a finite number > 0{alt}; got {value!r}")
+        return float(value)
+
+
+class Flag:
+    """Constraint: exactly True or False (not 0/1, not a string)."""
+
+    def __call__(self, value, name):
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be True or False; got {value!r}")
+        return value
+
+
+#: The declarative table of repsim's option constraints: parameter name -> constraint.
+#: One entry per option, shared by every public function that takes it
+#: (:func:`check_params` applies it; the pattern of scikit-learn's ``validate_params``).
+#: Other modules add their own options with :func:`register_params`.
+PARAMS = {
+    "kernel": Options("linear", "rbf"),
+    "estimator": Options("biased", "unbiased"),
+    "engine": Options("auto", "numpy", "numba"),
+    "method": Options("auto", "gram", "features"),
+    "summary": Options("mean", "mean_squared"),
+    "side": Options("x", "y", "smaller"),
+    "convention": Options("morcos", "svcca"),
+    "keep_by": Options("variance", "singular_values"),
+    "sigma": Positive(none_ok=True),
+    "threshold": Positive(),
+    "centre": Flag(),
+}
+
+
+def register_params(**constraints):
+    """Add constraints to :data:`PARAMS` (refusing to redefine an existing one
+    differently), so that another module's options are checked the same way."""
+    for name, constraint in constraints.items():
+        if name in PARAMS and PARAMS[name] is not constraint:
+            raise ValueError(f"parameter constraint {name!r} is already defined")
+        PARAMS[name] = constraint
+
+
+def check_params(**values):
+    """Check every keyword against its constraint in :data:`PARAMS`; raise ValueError
+    naming the first bad one ("``name`` must be ...; got ...").
+
+    Examples
+    --------
+    >>> check_params(kernel="rbf", sigma=None)
+    >>> check_params(kernel="poly")
+    Traceback (most recent call last):
+    ...
+    ValueError: kernel must be one of 'linear', 'rbf'; got 'poly'
+    """
+    for name, value in values.items():
+        PARAMS[name](value, name)
+
+
+def check_sigma_kernel(sigma, kernel, name="sigma"):
+    """A bandwidth only means something for the RBF kernel: refuse it for the linear one
+    (silently ignoring it would hide a mistake)."""
+    if sigma is not None and kernel != "rbf":
+        raise ValueError(
+            f"{name} applies to kernel='rbf' only; got {name}={sigma!r} with kernel={kernel!r} "
+            "(leave it None or use kernel='rbf')"
+        )
 
 
 def check_level(level, name="level"):
@@ -100,16 +218,47 @@ def warn_degenerate(names):
             f"CKA is undefined (set to NaN) for constant representation(s) {shown}{more}: "
             "zero variance after centring",
             DegenerateRepresentationWarning,
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
 
 
+def is_mapping(obj) -> bool:
+    """Whether ``obj`` is a container of named layers (a dict, an xarray Dataset, any
+    object with ``keys``) rather than an array -- the one place repsim decides this."""
+    if isinstance(obj, Mapping):
+        return True
+    from ._backend import is_array
+
+    return hasattr(obj, "keys") and not is_array(obj)
+
+
+def is_layer_sequence(obj) -> bool:
+    """Whether ``obj`` is a list or tuple of per-layer arrays."""
+    return isinstance(obj, (list, tuple))
+
+
 def layer_items(acts, name):
-    """Turn a sequence or mapping of per-layer arrays into ``(names, arrays)``."""
-    if isinstance(acts, dict) or hasattr(acts, "keys"):
-        names = [str(k) for k in acts.keys()]
+    """Turn a sequence or mapping of per-layer arrays into ``(names, arrays)``.
+
+    Names are ``str(key)`` (``"0", "1", ...`` for a sequence); keys whose strings
+    coincide (``1`` and ``"1"``) are refused, since results are labelled by the strings.
+    """
+    if is_mapping(acts):
+        keys = list(acts.keys())
+        names = [str(k) for k in keys]
+        if len(set(names)) != len(names):
+            seen, dup = {}, None
+            for k, s in zip(keys, names):
+                if s in seen:
+                    dup = (seen[s], k)
+                    break
+                seen[s] = k
+            raise ValueError(
+                f"{name} has layer keys {dup[0]!r} and {dup[1]!r} that are both labelled "
+                f"{str(dup[0])!r}; layer names must be distinct as strings"
+            )
         arrays = list(acts.values())
-    elif isinstance(acts, (list, tuple)):
+    elif is_layer_sequence(acts):
         names = [str(i) for i in range(len(acts))]
         arrays = list(acts)
     else:

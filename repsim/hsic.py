@@ -11,6 +11,8 @@ ICLR, eq. 3.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import _backend as B
@@ -28,13 +30,14 @@ from .kernels import (
 )
 
 
-def hsic(k, l, estimator="biased"):
+def hsic(k, l, *, estimator: str = "biased"):
     """HSIC of two gram matrices of the same examples.
 
     Parameters
     ----------
     k, l : array, shape (n, n)
-        Symmetric gram matrices (numpy arrays or torch tensors, not mixed).
+        Symmetric gram matrices (numpy arrays or torch tensors, not mixed); must be
+        finite.
     estimator : {"biased", "unbiased"}
         ``"biased"``: ``tr(K H L H) / (n-1)^2`` (Gretton et al. 2005).
         ``"unbiased"``: the estimator of Song et al. (2012), needs ``n >= 4``::
@@ -49,6 +52,12 @@ def hsic(k, l, estimator="biased"):
     scalar
         float64; a numpy scalar for numpy input, a 0-d tensor on the input's device for
         torch input.
+
+    Raises
+    ------
+    ValueError
+        If a gram is not square, the ``n`` differ, ``n`` is too small for the estimator,
+        or a gram contains NaN or Inf (checked before any arithmetic).
 
     References
     ----------
@@ -65,29 +74,26 @@ def hsic(k, l, estimator="biased"):
     >>> bool(repsim.hsic(k, k) > repsim.hsic(k, l))
     True
     """
-    V.check_option(estimator, "estimator", ESTIMATORS)
-    k, l = B.asarray(k), B.asarray(l)
+    V.check_params(estimator=estimator)
+    k, l = B.asarray(k, "k"), B.asarray(l, "l")
     xp = B.namespace(k, l, names=["k", "l"])
     V.check_square(k, "k")
     V.check_square(l, "l")
     n = k.shape[0]
     V.check_same_n(n, l.shape[0], "k", "l", k.shape, l.shape)
     V.check_n(n, estimator, "k")
+    k, l = B.as_float(k, xp), B.as_float(l, xp)
+    V.check_finite_array(k, xp, "k")
+    V.check_finite_array(l, xp, "l")
     unbiased = estimator == "unbiased"
-    packed = xp.empty((2, n * n), dtype=xp.float64, device=B.device(k))
+    packed = xp.empty((2, n * n), dtype=B.accumulation_dtype(xp), device=B.device(k))
     for i, g in enumerate((k, l)):
-        centre_into(B.as_float(g, xp), unbiased, packed[i], xp)
+        centre_into(g, unbiased, packed[i], xp)
     norm = n * (n - 3) if unbiased else (n - 1) ** 2
     return scalar(xp.sum(packed[0] * packed[1]) / norm, xp)
 
 
-def scalar(value, xp):
-    """A 0-d result in the caller's array type (numpy scalar or 0-d tensor)."""
-    if xp.__name__.endswith("numpy"):
-        import numpy as np
-
-        return np.float64(value)
-    return value
+scalar = B.scalar
 
 
 def centred_gram_stack(
@@ -102,6 +108,7 @@ def centred_gram_stack(
     transform=None,
     side="x",
     grams=False,
+    normalise=False,
 ):
     """Centre (or U-centre) the gram of every representation into one packed matrix.
 
@@ -121,8 +128,15 @@ def centred_gram_stack(
     side : str
         Name of the argument, for error messages.
     grams : bool, default False
-        The arrays are already linear grams ``x x^T`` of shape ``(n, n)`` (as formed by
-        the PyTorch adapter's hooks); ``transform`` then cannot apply.
+        The arrays are already linear grams of shape ``(n, n)`` (as formed by the PyTorch
+        adapter's hooks through :func:`repsim.kernels.linear_gram`); ``transform`` then
+        cannot apply.
+    normalise : bool, default False
+        Scale each layer's centred features by a power of two (exact) so that its gram
+        and the pairing products stay inside float64's range. Only for results that are
+        invariant to each layer's scale (CKA of one batch; not the sums of
+        :class:`repsim.MinibatchCKA`, which are compared across batches). Without it,
+        data whose pairing products under- or overflow float64 are refused.
 
     Returns
     -------
@@ -130,19 +144,22 @@ def centred_gram_stack(
         Row ``l`` is the flattened centred (biased) or U-centred (unbiased) gram of layer
         ``l``; all pairwise HSICs are ``packed @ packed.T`` up to a constant.
     sigmas_used : list of float or None
+        RBF bandwidths in the data's own units.
     centred, tolerance : numpy arrays, shape (L,)
         ``tr(HKH)`` per layer and its rounding tolerance; a layer is constant (its CKA
-        undefined) where ``centred <= tolerance``. Both are sums over batches too.
+        undefined) where ``centred <= tolerance``. Both are sums over batches too. For the
+        RBF kernel a layer is constant when its features are (then both are 0), or when
+        its RBF gram rounds to a constant in float64 (a bandwidth far above the spread).
     """
-    V.check_option(kernel, "kernel", KERNELS)
-    V.check_option(estimator, "estimator", ESTIMATORS)
-    arrays = [B.asarray(a) for a in arrays]
+    V.check_params(kernel=kernel, estimator=estimator, engine=engine, threshold=threshold)
+    arrays = [B.asarray(a, f"{side}[{nm!r}]") for nm, a in zip(names, arrays)]
     xp = B.namespace(*arrays, names=[f"{side}[{n!r}]" for n in names])
     n = arrays[0].shape[0]
     V.check_n(n, estimator, f"{side}[{names[0]!r}]")
     unbiased = estimator == "unbiased"
-    packed = xp.empty((len(arrays), n * n), dtype=xp.float64, device=B.device(arrays[0]))
-    raw_traces, stats, sigmas_used, eps = [], [], [], []
+    acc = B.accumulation_dtype(xp)
+    packed = xp.empty((len(arrays), n * n), dtype=acc, device=B.device(arrays[0]))
+    stats, sigmas_used, eps, linear_stats = [], [], [], []
     stacked = []  # on an accelerator the grams are centred together (kernels.stacks_centring)
     for i, (name, a) in enumerate(zip(names, arrays)):
         label = f"{side}[{name!r}]"
@@ -152,18 +169,24 @@ def centred_gram_stack(
             a = V.as_2d(a, xp, label)
         V.check_same_n(n, a.shape[0], f"{side}[{names[0]!r}]", label, arrays[0].shape, a.shape)
         a = B.as_float(a, xp)
+        e = 0
         if grams:
+            V.check_finite_array(a, xp, label)
             k = a
         else:
             if transform is not None:
                 a = transform(a)
-            k = linear_gram(a, xp)
-        raw_traces.append(xp.sum(xp.linalg.diagonal(k)))
+            if normalise:
+                k, e, _ = kernels.scaled_centred_gram(a, xp, label, kernels.NORMAL_RANGE)
+            else:
+                k = linear_gram(a, xp, name=label)
         eps.append(eps_of(k, xp))
         sigma = None
         if kernel == "rbf":
-            fixed = None if sigmas is None else sigmas[i]
+            linear_stats.append((xp.sum(xp.linalg.diagonal(k), dtype=acc), xp.sum(k, dtype=acc)))
+            fixed = None if sigmas is None or sigmas[i] is None else math.ldexp(float(sigmas[i]), -e)
             k, sigma = rbf_from_linear(k, xp, sigma=fixed, threshold=threshold, engine=engine, name=label)
+            sigma = math.ldexp(sigma, e)
         sigmas_used.append(sigma)
         if kernels.stacks_centring(packed):  # all layers share packed's device
             stacked.append(k)
@@ -171,11 +194,28 @@ def centred_gram_stack(
             stats.append(centre_into(k, unbiased, packed[i], xp, engine=engine))
     if stacked:
         stats = list(zip(*centre_stack_into(stacked, unbiased, packed, xp)))
-    raw_traces = B.to_numpy(xp.stack(raw_traces)) if B.is_torch(packed) else [B.item(t) for t in raw_traces]
-    for name, t in zip(names, raw_traces):
-        V.check_finite(float(t), f"{side}[{name!r}]")
     centred = np.empty(len(stats))
     tolerance = np.empty(len(stats))
+    eps64 = float(np.finfo(B.accumulation_dtype(np)).eps)
     for i, ((tr, total), e) in enumerate(zip(stats, eps)):
+        if kernel == "rbf":
+            c_lin, t_lin = degeneracy_terms(B.item(linear_stats[i][0]), B.item(linear_stats[i][1]), n, e)
+            if c_lin <= t_lin:
+                centred[i] = tolerance[i] = 0.0
+                continue
+            e = eps64  # the RBF gram is formed in float64
         centred[i], tolerance[i] = degeneracy_terms(B.item(tr), B.item(total), n, e)
+        if kernel == "linear" and not normalise and not grams:
+            _check_pairing_range(centred[i], n, f"{side}[{names[i]!r}]")
     return packed, sigmas_used, centred, tolerance
+
+
+def _check_pairing_range(centred, n, label):
+    """Refuse a layer whose pairing products (``~ tr(HKH)^2``) under- or overflow float64."""
+    lo, hi = kernels.gram_range(B.accumulation_dtype(np), np)
+    sq = (centred / n) ** 2
+    if centred > 0 and not (lo <= sq <= hi):
+        raise ValueError(
+            f"{label} has a total variance of {centred / n:.3g} per example, whose squares "
+            "(the HSIC sums) leave float64's range; rescale it (similarities are scale invariant)"
+        )

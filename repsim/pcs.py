@@ -29,7 +29,8 @@ import numpy as np
 from . import _backend as B
 from . import _validation as V
 from ._linalg import TopComponents
-from .hsic import scalar
+
+scalar = B.scalar
 
 
 def _check_k(k, rep, allow_zero):
@@ -38,7 +39,7 @@ def _check_k(k, rep, allow_zero):
                        what=f" (at most min(n, features) = {limit} for shape {rep.shape})")
 
 
-def pc_variance_fraction(x, k=1):
+def pc_variance_fraction(x, *, k: int = 1):
     """Share of the variance of ``x`` in its top-``k`` principal components.
 
     ``sum_{i<=k} s_i^2 / sum_i s_i^2`` with ``s`` the singular values of the
@@ -55,7 +56,7 @@ def pc_variance_fraction(x, k=1):
     -------
     scalar
         float64 in [0, 1]; NaN with a
-        :class:`~repsim._validation.DegenerateRepresentationWarning` for a constant
+        :class:`repsim.DegenerateRepresentationWarning` for a constant
         ``x``. A numpy scalar for numpy input, a 0-d tensor for torch.
 
     References
@@ -80,11 +81,11 @@ def pc_variance_fraction(x, k=1):
             V.DegenerateRepresentationWarning,
             stacklevel=V.user_stacklevel(),
         )
-        return scalar(xp.asarray(float("nan"), dtype=xp.float64, device=B.device(rep.data)), xp)
+        return scalar(xp.asarray(float("nan"), dtype=B.accumulation_dtype(xp), device=B.device(rep.data)), xp)
     return scalar(xp.sum(rep.variances) / rep.total, xp)
 
 
-def remove_top_pcs(x, k=1):
+def remove_top_pcs(x, *, k: int = 1):
     """Centre ``x`` and subtract its projection on the top-``k`` principal components.
 
     ``x_c - U_k S_k V_k^T = x_c (I - V_k V_k^T)`` with ``x_c = U S V^T`` the thin SVD of
@@ -198,9 +199,9 @@ class DominantExamples:
             library and on its own device; ready for :func:`repsim.cka_matrix` or
             :func:`repsim.cka`.
         """
-        if isinstance(acts, dict) or hasattr(acts, "keys"):
+        if V.is_mapping(acts):
             return {name: self._drop(a, repr(name)) for name, a in acts.items()}
-        if isinstance(acts, (list, tuple)):
+        if V.is_layer_sequence(acts):
             return type(acts)(self._drop(a, f"acts[{i}]") for i, a in enumerate(acts))
         return self._drop(acts, "acts")
 
@@ -216,7 +217,7 @@ class DominantExamples:
         return xp.take(a, xp.asarray(rows, device=B.device(a)), axis=0)
 
 
-def dominant_examples(x, top=10):
+def dominant_examples(x, *, top: int = 10) -> DominantExamples:
     """The examples with the largest projections on the first principal component.
 
     Nguyen, Raghu & Kornblith (2022) traced the block structure to a handful of examples
@@ -274,7 +275,7 @@ def dominant_examples(x, top=10):
     power = scores * scores
     order = np.argsort(-np.abs(scores), kind="stable")
     indices = order[:top].astype(np.int64)
-    keep = np.ones(rep.n, dtype=bool)
+    keep = np.ones(rep.n, dtype=np.bool_)
     keep[indices] = False
     return DominantExamples(
         indices=indices,

@@ -45,13 +45,13 @@ def test_reference_value_of_kornblith_demo():
     np.random.seed(1337)
     x = np.random.randn(100, 10)
     y = x + np.random.randn(100, 10)
-    assert round(float(repsim.cca(x, y, "mean_squared", centre=False)), 5) == 0.54312
+    assert round(float(repsim.cca(x, y, summary="mean_squared", centre=False)), 5) == 0.54312
     assert round(float(repsim.cca(x, y, summary="mean_squared")), 5) == 0.54540
     # the demo's own formula: QR of the uncentred data
     qx, _ = np.linalg.qr(x)
     qy, _ = np.linalg.qr(y)
     demo = np.linalg.norm(qx.T @ qy) ** 2 / 10
-    assert repsim.cca(x, y, "mean_squared", centre=False) == pytest.approx(demo, abs=1e-12)
+    assert repsim.cca(x, y, summary="mean_squared", centre=False) == pytest.approx(demo, abs=1e-12)
 
 
 @pytest.mark.parametrize("centre", [True, False])
@@ -230,8 +230,10 @@ def test_float32_rank_uses_float32_precision():
     low64 = rng.standard_normal((300, 3)) @ rng.standard_normal((3, 40))
     low = low64.astype(np.float32)
     y = rng.standard_normal((300, 10))
-    # rank 3 in exact arithmetic; float32 rounding must not add 37 noise directions
-    assert repsim.canonical_correlations(low, y).shape == (3,)
+    # rank 3 in exact arithmetic; float32 rounding must not add 37 noise directions --
+    # and dropping directions that float64 resolves is said, not silent (issue 11)
+    with pytest.warns(RuntimeWarning, match=r"x: 37 direction\(s\).*float32.*rtol"):
+        assert repsim.canonical_correlations(low, y).shape == (3,)
     assert repsim.canonical_correlations(low64, y).shape == (3,)
     # the same rounded values declared float64 are taken at face value: full rank
     assert repsim.canonical_correlations(low.astype(np.float64), y).shape == (10,)
@@ -316,7 +318,7 @@ def test_property_results_in_unit_interval(pair, centre):
         warnings.simplefilter("ignore", UnderdeterminedCCAWarning)
         rho = repsim.canonical_correlations(x, y, centre=centre)
         values = [repsim.cca(x, y, centre=centre),
-                  repsim.cca(x, y, "mean_squared", centre=centre),
+                  repsim.cca(x, y, summary="mean_squared", centre=centre),
                   repsim.svcca(x, y), repsim.svcca(x, y, keep=1),
                   repsim.pwcca(x, y, centre=centre)]
     assert rho.shape[0] <= min(x.shape[1], y.shape[1])
@@ -408,3 +410,152 @@ def test_docstring_examples_run():
 
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+# --------------------------------------------------------------------------- hostile input (issue 11)
+
+
+def _f32_pair(x, y):
+    x32, y32 = x.astype(np.float32), y.astype(np.float32)
+    return x32, y32, x32.astype(np.float64), y32.astype(np.float64)
+
+
+@pytest.mark.parametrize("offset", [1e2, 1e4, 1e5])
+def test_offsets_do_not_drop_directions(offset):
+    # before: at a 1e4 offset the rank tolerance (scaled by the uncentred norm) kept 2 of
+    # 10 canonical correlations and the mean was off by 0.14; pc_variance_fraction was NaN
+    x, y = _pair(seed=21, n=300, p=10, q=12, shared=6)
+    x32, y32, x64, y64 = _f32_pair(x + offset, y + offset)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rho = repsim.canonical_correlations(x32, y32)
+        assert rho.shape == (10,)
+        np.testing.assert_allclose(rho, repsim.canonical_correlations(x64, y64), atol=1e-9)
+        assert repsim.cca(x32, y32) == pytest.approx(repsim.cca(x64, y64), abs=1e-9)
+        assert repsim.svcca(x32, y32) == pytest.approx(repsim.svcca(x64, y64), abs=1e-9)
+        assert repsim.pwcca(x32, y32) == pytest.approx(repsim.pwcca(x64, y64), abs=1e-9)
+        assert repsim.pc_variance_fraction(x32, k=2) == pytest.approx(
+            repsim.pc_variance_fraction(x64, k=2), abs=1e-9)
+
+
+def test_column_scales_do_not_drop_directions():
+    # before: columns scaled 1e-3 ... 1e3 kept 7 of 8 correlations (mean off by 0.063)
+    rng = np.random.default_rng(22)
+    scales = np.logspace(-3, 3, 8)
+    z = rng.standard_normal((400, 8))
+    x = z * scales
+    y = np.tanh(z) + 0.3 * rng.standard_normal((400, 8))
+    x32, y32, x64, y64 = _f32_pair(x, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rho = repsim.canonical_correlations(x32, y32)
+    assert rho.shape == (8,)
+    np.testing.assert_allclose(rho, _cov_formula(x64, y64), atol=1e-8)
+    assert repsim.cca(x32, y32) == pytest.approx(repsim.cca(z.astype(np.float32), y32), abs=1e-6)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(offset=st.sampled_from([0.0, 1.0, 1e3, 1e4]), log_scale=st.integers(-15, 15),
+       seed=st.integers(0, 2**16), dtype=st.sampled_from(["f4", "f8", ">f8"]))
+def test_cca_property_offsets_scales_dtypes(offset, log_scale, seed, dtype):
+    x, y = _pair(seed=seed, n=200, p=6, q=5, shared=3)
+    scale = 10.0 ** log_scale
+    xs, ys = ((x + offset) * scale).astype(dtype), ((y + offset) * scale).astype(dtype)
+    x64, y64 = xs.astype(np.float64), ys.astype(np.float64)
+    ref = _cov_formula(x64, y64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rho = repsim.canonical_correlations(xs, ys)
+        assert rho.shape == (5,)
+        np.testing.assert_allclose(rho, ref, atol=1e-7)
+        assert repsim.pwcca(xs, ys) == pytest.approx(repsim.pwcca(x64, y64), abs=1e-9)
+
+
+def test_constant_side_still_detected_at_large_offsets():
+    _, y = _pair(seed=23)
+    for value in (0.0, 1e4, 3.3e7, 1e15):
+        with pytest.warns(DegenerateRepresentationWarning, match="'x'"):
+            assert np.isnan(float(repsim.cca(np.full((120, 3), value), y)))
+        with pytest.warns(DegenerateRepresentationWarning):
+            assert np.isnan(float(repsim.pc_variance_fraction(np.full((120, 3), value))))
+
+
+# --------------------------------------------------------------------------- conventions
+
+
+def _google_pwcca_reference(acts1, acts2):
+    """google/svcca's ``compute_pwcca`` (pwcca.py with cca_core.get_cca_similarity,
+    epsilon=0), written out in float64 for the smaller side ``acts1`` (neurons, n)."""
+    numx = acts1.shape[0]
+    cov = np.cov(acts1, acts2)
+    sxx, sxy, syy = cov[:numx, :numx], cov[:numx, numx:], cov[numx:, numx:]
+    xmax, ymax = np.max(np.abs(sxx)), np.max(np.abs(syy))
+    sxx, syy, sxy = sxx / xmax, syy / ymax, sxy / np.sqrt(xmax * ymax)
+
+    def sqrtm(a):
+        w, v = np.linalg.eigh(a)
+        return v @ np.diag(np.sqrt(w)) @ v.T
+
+    arr = sqrtm(np.linalg.pinv(sxx)) @ (sxy @ sqrtm(np.linalg.pinv(syy)))
+    u, s, _ = np.linalg.svd(arr)
+    means = acts1.mean(axis=1, keepdims=True)
+    dirns = u.T @ (acts1 - means) + means  # no invsqrt_xx; means added back
+    p_, _ = np.linalg.qr(dirns.T)
+    weights = np.abs(p_.T @ acts1.T).sum(axis=1)  # against the uncentred activations
+    weights /= weights.sum()
+    return float(np.sum(weights * np.abs(s)))
+
+
+@pytest.mark.parametrize("shape", [(300, 6, 9), (500, 10, 10), (200, 4, 12)])
+def test_pwcca_svcca_convention_reproduces_the_reference_code(shape):
+    n, p, q = shape
+    x, y = _pair(seed=p + q, n=n, p=p, q=q, shared=3)
+    ref = _google_pwcca_reference(x.T, y.T)
+    assert repsim.pwcca(x, y, convention="svcca") == pytest.approx(ref, abs=1e-10)
+    if p < q:  # the smaller side is found from either order
+        assert repsim.pwcca(y, x, side="smaller", convention="svcca") == pytest.approx(ref, abs=1e-10)
+    # ... and it is a different number from Morcos et al.'s definition
+    assert abs(float(repsim.pwcca(x, y)) - ref) > 1e-3
+    if p < q:
+        with pytest.raises(ValueError, match="side='smaller'"):
+            repsim.pwcca(y, x, convention="svcca")
+
+
+def test_pwcca_svcca_convention_bad_input():
+    x, y = _pair(seed=1, n=8, p=10, q=12)
+    with pytest.raises(ValueError, match="more examples than features"):
+        repsim.pwcca(x, y, convention="svcca")
+    with pytest.raises(ValueError, match="convention must be one of 'morcos', 'svcca'"):
+        repsim.pwcca(x, y, convention="google")
+
+
+def test_pwcca_not_invariant_to_rotating_the_weighting_side():
+    # docs/user_guide/choosing.rst states this measurement
+    rng = np.random.default_rng(0)
+    n = 500
+    z = rng.standard_normal((n, 10))
+    x = z @ rng.standard_normal((10, 10))
+    y = np.tanh(z[:, :8] @ rng.standard_normal((8, 10))) + 0.5 * rng.standard_normal((n, 10))
+    q = np.linalg.qr(rng.standard_normal((10, 10)))[0]
+    base = float(repsim.pwcca(x, y))
+    assert abs(float(repsim.pwcca(x @ q, y)) - base) == pytest.approx(5.8e-3, abs=5e-4)
+    assert float(repsim.pwcca(x, y @ q)) == pytest.approx(base, abs=1e-12)  # other side: invariant
+    assert float(repsim.pwcca(x, y @ rng.standard_normal((10, 10)))) == pytest.approx(base, abs=1e-9)
+
+
+def test_svcca_keep_by_singular_values():
+    rng = np.random.default_rng(24)
+    x = rng.standard_normal((400, 6)) * [8.0, 4.0, 2.0, 1.0, 0.5, 0.25]
+    y = x @ rng.standard_normal((6, 6)) + 0.5 * rng.standard_normal((400, 6))
+    s = np.linalg.svd(x - x.mean(0), compute_uv=False)
+    share_sv = np.cumsum(s) / s.sum()
+    share_var = np.cumsum(s ** 2) / np.sum(s ** 2)
+    keep = 0.95
+    k_sv = int(np.sum(share_sv < keep)) + 1
+    k_var = int(np.sum(share_var < keep)) + 1
+    assert k_sv > k_var  # counting singular values keeps more directions
+    for keep_by, k in (("variance", k_var), ("singular_values", k_sv)):
+        expected = repsim.svcca(x, y, keep=(k, 6))
+        assert repsim.svcca(x, y, keep=(keep, 1.0), keep_by=keep_by) == pytest.approx(expected, abs=1e-12)
+    with pytest.raises(ValueError, match="keep_by must be one of"):
+        repsim.svcca(x, y, keep_by="sv")

@@ -188,9 +188,9 @@ def test_gram_and_centring(dtype):
     assert isinstance(k, torch.Tensor) and k.device == t.device and k.dtype == dtype
     ref = repsim.gram(x)
     close(k.cpu().numpy() / np.abs(ref).max(), ref / np.abs(ref).max(), dtype)
-    r = repsim.gram(t, "rbf", sigma=2.5)
+    r = repsim.gram(t, kernel="rbf", sigma=2.5)
     assert r.device == t.device and r.dtype == torch.float64
-    close(r.cpu().numpy(), repsim.gram(x, "rbf", sigma=2.5), dtype)
+    close(r.cpu().numpy(), repsim.gram(x, kernel="rbf", sigma=2.5), dtype)
     for fn in (repsim.centre_gram, repsim.ucentre_gram):
         c = fn(k)
         assert c.device == t.device and c.dtype == torch.float64
@@ -206,14 +206,14 @@ def test_gram_and_centring(dtype):
 def test_hsic(dtype, estimator):
     x, y = related(1, n=30)
     k, l = x @ x.T, y @ y.T
-    want = repsim.hsic(k, l, estimator)
+    want = repsim.hsic(k, l, estimator=estimator)
     tk, tl = dev(k, dtype), dev(l, dtype)
-    got = repsim.hsic(tk, tl, estimator)
+    got = repsim.hsic(tk, tl, estimator=estimator)
     assert isinstance(got, torch.Tensor) and got.ndim == 0 and got.dtype == torch.float64
     assert got.device == tk.device
-    scale = np.sqrt(repsim.hsic(k, k, estimator) * repsim.hsic(l, l, estimator))
+    scale = np.sqrt(repsim.hsic(k, k, estimator=estimator) * repsim.hsic(l, l, estimator=estimator))
     close(float(got) / scale, want / scale, dtype)  # HSIC in units of its CKA normaliser
-    close(float(repsim.hsic(tk, tk, estimator)) / scale, repsim.hsic(k, k, estimator) / scale,
+    close(float(repsim.hsic(tk, tk, estimator=estimator)) / scale, repsim.hsic(k, k, estimator=estimator) / scale,
           dtype)
 
 
@@ -312,9 +312,9 @@ def test_reference_values_on_device(dtype):
     assert repsim.median_sigma(tx, threshold=0.5) == pytest.approx(
         0.5 * np.sqrt(np.median(np.sum((x[:, None] - x[None]) ** 2, axis=-1))), rel=1e-6)
     # the CCA demo values of repsim.cca's docstring
-    uncentred = repsim.cca(tx, ty, "mean_squared", centre=False)
+    uncentred = repsim.cca(tx, ty, summary="mean_squared", centre=False)
     assert float(uncentred) == pytest.approx(0.54312, abs=5e-6)
-    assert float(repsim.cca(tx, ty, "mean_squared")) == pytest.approx(0.54540, abs=5e-6)
+    assert float(repsim.cca(tx, ty, summary="mean_squared")) == pytest.approx(0.54540, abs=5e-6)
 
 
 # --------------------------------------------------------------------------- MinibatchCKA
@@ -411,9 +411,9 @@ def test_cca_family(dtype):
     rho_u = repsim.canonical_correlations(tx, ty, centre=False)
     close(rho_u.cpu().numpy(), repsim.canonical_correlations(x, y, centre=False), dtype)
     for summary in ("mean", "mean_squared"):
-        check_scalar(repsim.cca(tx, ty, summary), tx, repsim.cca(x, y, summary), dtype)
-        check_scalar(repsim.cca(tx, ty, summary, centre=False), tx,
-                     repsim.cca(x, y, summary, centre=False), dtype)
+        check_scalar(repsim.cca(tx, ty, summary=summary), tx, repsim.cca(x, y, summary=summary), dtype)
+        check_scalar(repsim.cca(tx, ty, summary=summary, centre=False), tx,
+                     repsim.cca(x, y, summary=summary, centre=False), dtype)
     keeps = [5, (4, 6), 1] + ([0.99, (0.9, 7)] if dtype == torch.float64 else [])
     for keep in keeps:
         check_scalar(repsim.svcca(tx, ty, keep=keep), tx, repsim.svcca(x, y, keep=keep), dtype)

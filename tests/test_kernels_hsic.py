@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 import repsim
 from repsim._backend import namespace
-from repsim.kernels import centre_into
+from repsim.kernels import MEAN_BLOCK, centre_into, column_means
 
 
 def textbook_unbiased_hsic(k, l):
@@ -30,17 +30,21 @@ def textbook_biased_hsic(k, l):
 
 
 def test_linear_gram(rng):
-    x = rng.standard_normal((7, 3, 2))
+    # issue 11.1 changed the contract: the linear gram is that of the centred features
+    x = rng.standard_normal((7, 3, 2)) + 5.0
     flat = x.reshape(7, 6)
-    np.testing.assert_allclose(repsim.gram(x), flat @ flat.T)
+    centred = flat - flat.mean(axis=0)
+    np.testing.assert_allclose(repsim.gram(x), centred @ centred.T, atol=1e-12)
+    h = np.eye(7) - 1 / 7  # ... which every centred kernel treats as x x^T
+    np.testing.assert_allclose(h @ repsim.gram(x) @ h, h @ flat @ flat.T @ h, atol=1e-10)
 
 
 def test_rbf_gram_definition(rng):
     x = rng.standard_normal((9, 4))
     d = ((x[:, None] - x[None]) ** 2).sum(-1)
-    np.testing.assert_allclose(repsim.gram(x, "rbf", sigma=1.7), np.exp(-d / (2 * 1.7**2)), rtol=1e-12)
+    np.testing.assert_allclose(repsim.gram(x, kernel="rbf", sigma=1.7), np.exp(-d / (2 * 1.7**2)), rtol=1e-12)
     sigma = np.sqrt(np.median(d)) * 0.8
-    np.testing.assert_allclose(repsim.gram(x, "rbf", threshold=0.8), np.exp(-d / (2 * sigma**2)), rtol=1e-10)
+    np.testing.assert_allclose(repsim.gram(x, kernel="rbf", threshold=0.8), np.exp(-d / (2 * sigma**2)), rtol=1e-10)
 
 
 def test_centre_gram_is_hkh(rng):
@@ -80,7 +84,7 @@ def test_unbiased_hsic_equals_textbook(n, seed):
     r = np.random.default_rng(seed)
     x, y = r.standard_normal((n, 3)), r.standard_normal((n, 5))
     k, l = x @ x.T, y @ y.T
-    assert repsim.hsic(k, l, "unbiased") == pytest.approx(textbook_unbiased_hsic(k, l), rel=1e-8, abs=1e-10)
+    assert repsim.hsic(k, l, estimator="unbiased") == pytest.approx(textbook_unbiased_hsic(k, l), rel=1e-8, abs=1e-10)
 
 
 @settings(max_examples=25, deadline=None)
@@ -95,7 +99,7 @@ def test_biased_hsic_equals_textbook(n, seed):
 def test_hsic_torch_returns_tensor(rng):
     x = rng.standard_normal((10, 4))
     k = torch.from_numpy(x @ x.T)
-    value = repsim.hsic(k, k, "unbiased")
+    value = repsim.hsic(k, k, estimator="unbiased")
     assert isinstance(value, torch.Tensor) and value.ndim == 0
     assert float(value) == pytest.approx(textbook_unbiased_hsic(x @ x.T, x @ x.T))
 
@@ -108,7 +112,7 @@ def test_unbiased_hsic_is_unbiased_for_independent_data():
         x, y = r.standard_normal((12, 2)), r.standard_normal((12, 2))
         k, l = x @ x.T, y @ y.T
         biased.append(repsim.hsic(k, l))
-        unbiased.append(repsim.hsic(k, l, "unbiased"))
+        unbiased.append(repsim.hsic(k, l, estimator="unbiased"))
     assert np.mean(biased) > 5 * np.std(biased) / np.sqrt(200)
     assert abs(np.mean(unbiased)) < 3 * np.std(unbiased) / np.sqrt(200)
 
@@ -117,7 +121,8 @@ def test_torch_gram_and_numba_centring_on_cpu_tensors(rng):
     x = torch.tensor(rng.standard_normal((30, 17)), dtype=torch.float32)
     g = repsim.gram(x)
     assert isinstance(g, torch.Tensor) and g.dtype == torch.float32
-    assert torch.equal(g, x @ x.T)
+    xc = x - column_means(x, namespace(x)).float()  # column means accumulated in float64
+    assert torch.equal(g, xc @ xc.T)
     k = g.double()
     a, b = torch.empty(900, dtype=torch.float64), torch.empty(900, dtype=torch.float64)
     xp = namespace(k)
@@ -157,3 +162,16 @@ def test_stacked_centring_equals_per_layer_numba(monkeypatch, estimator, kernel)
     out = centred_gram_stack(mixed, names, engine="auto", **kw)
     np.testing.assert_allclose(out[0].detach().numpy(), ref[0], rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(out[2], ref[2], rtol=1e-12)
+
+
+@pytest.mark.parametrize("n", [1, 5, 16, 17, 250, 1000])
+def test_column_means_accumulate_in_float64(rng, n):
+    x = (rng.standard_normal((n, 7)) * [1, 10, 1e3, 1e4, 1e5, 3e7, 1]).astype(np.float32) + 1e4
+    exact = x.astype(np.float64).mean(axis=0)
+    for a in (x, torch.from_numpy(x)):
+        m = column_means(a, namespace(a))
+        assert m.dtype in (np.float64, torch.float64)
+        bound = MEAN_BLOCK * np.finfo(np.float32).eps * np.abs(x.astype(np.float64)).mean(axis=0)
+        assert np.all(np.abs(np.asarray(m) - exact) <= bound)
+    x64 = x.astype(np.float64)
+    np.testing.assert_array_equal(column_means(x64, namespace(x64)), x64.mean(axis=0))

@@ -396,8 +396,8 @@ def _rbf_data():
 
 
 def _full_unbiased_rbf(x, y, sx, sy):
-    k, l = repsim.gram(x, "rbf", sigma=sx), repsim.gram(y, "rbf", sigma=sy)
-    h = lambda a, b: float(repsim.hsic(a, b, "unbiased"))  # noqa: E731
+    k, l = repsim.gram(x, kernel="rbf", sigma=sx), repsim.gram(y, kernel="rbf", sigma=sy)
+    h = lambda a, b: float(repsim.hsic(a, b, estimator="unbiased"))  # noqa: E731
     return h(k, l) / math.sqrt(h(k, k) * h(l, l))
 
 
@@ -428,11 +428,11 @@ def test_minibatch_rbf_bandwidth_calibrated_once_on_the_first_batch():
     for i in range(0, 1200, 100):
         acc.update({"x": x[i:i + 100]}, {"y": y[i:i + 100]})
     res = acc.compute()
-    assert res.attrs["sigma_a"] == pytest.approx([repsim.median_sigma(x[:100], 0.8)])
-    assert res.attrs["sigma_b"] == pytest.approx([repsim.median_sigma(y[:100], 0.8)])
+    assert res.attrs["sigma_a"] == pytest.approx([repsim.median_sigma(x[:100], threshold=0.8)])
+    assert res.attrs["sigma_b"] == pytest.approx([repsim.median_sigma(y[:100], threshold=0.8)])
     # never re-estimated: the same value after many batches; close to the full-data one
-    assert acc.sigmas_a == pytest.approx([repsim.median_sigma(x[:100], 0.8)])
-    assert res.attrs["sigma_a"][0] == pytest.approx(repsim.median_sigma(x, 0.8), rel=0.05)
+    assert acc.sigmas_a == pytest.approx([repsim.median_sigma(x[:100], threshold=0.8)])
+    assert res.attrs["sigma_a"][0] == pytest.approx(repsim.median_sigma(x, threshold=0.8), rel=0.05)
     fixed = repsim.MinibatchCKA(kernel="rbf", sigma={"x": res.attrs["sigma_a"][0],
                                                       "y": res.attrs["sigma_b"][0]})
     for i in range(0, 1200, 100):

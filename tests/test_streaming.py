@@ -33,9 +33,9 @@ def test_minibatch_formula_by_hand(rng):
     for b in batches:
         acc.update(b)
     a, c = "layer0", "layer2"
-    hab = sum(repsim.hsic(repsim.gram(b[a]), repsim.gram(b[c]), "unbiased") for b in batches)
-    haa = sum(repsim.hsic(repsim.gram(b[a]), repsim.gram(b[a]), "unbiased") for b in batches)
-    hcc = sum(repsim.hsic(repsim.gram(b[c]), repsim.gram(b[c]), "unbiased") for b in batches)
+    hab = sum(repsim.hsic(repsim.gram(b[a]), repsim.gram(b[c]), estimator="unbiased") for b in batches)
+    haa = sum(repsim.hsic(repsim.gram(b[a]), repsim.gram(b[a]), estimator="unbiased") for b in batches)
+    hcc = sum(repsim.hsic(repsim.gram(b[c]), repsim.gram(b[c]), estimator="unbiased") for b in batches)
     assert float(acc.compute().sel(layer_a=a, layer_b=c)) == pytest.approx(hab / np.sqrt(haa * hcc), abs=1e-12)
     res = acc.compute()
     assert res.attrs["n_batches"] == 3 and res.attrs["n_examples"] == 48
@@ -394,7 +394,7 @@ def eq3_minibatch_cka(batches):
     h = np.zeros((len(names), len(names)))
     for acts in batches:
         grams = [repsim.gram(acts[k]) for k in names]
-        h += [[repsim.hsic(k, l, "unbiased") for l in grams] for k in grams]
+        h += [[repsim.hsic(k, l, estimator="unbiased") for l in grams] for k in grams]
     d = np.sqrt(np.diag(h))
     return h / d[:, None] / d[None, :]
 
@@ -444,12 +444,12 @@ def test_batches_weighting_with_groups_merge_and_biased(rng):
     h = np.zeros((4, 4))
     for x in batches:
         grams = [repsim.gram(x[k]) for k in names]
-        h += [[repsim.hsic(k, l, "biased") for l in grams] for k in grams]
+        h += [[repsim.hsic(k, l, estimator="biased") for l in grams] for k in grams]
     np.testing.assert_allclose(whole.compute().values, h / np.sqrt(np.outer(np.diag(h), np.diag(h))),
                                atol=1e-12)
     np.testing.assert_allclose(a.merge(b).compute().values, whole.compute().values, rtol=1e-13)
     # group g holds batches g, g+2 (each batch's HSIC): its ratio by hand
-    g0 = sum(np.array([[repsim.hsic(repsim.gram(x[k]), repsim.gram(x[l]), "biased") for l in names]
+    g0 = sum(np.array([[repsim.hsic(repsim.gram(x[k]), repsim.gram(x[l]), estimator="biased") for l in names]
                        for k in names]) for x in batches[::2])
     np.testing.assert_allclose(whole.state_dict()["group_ab"][0], g0, rtol=1e-12)
 

@@ -220,7 +220,7 @@ class GramHooks:
         x = B.as_float(x, xp)
         if self.transform is not None:
             x = apply_transform(self.transform, x, f"layer {name!r}")
-        return linear_gram(x, xp)
+        return linear_gram(x, xp, name=f"layer {name!r}")
 
     @property
     def grams(self) -> dict[str, torch.Tensor]:
