@@ -13,7 +13,10 @@ matplotlib (or numba, which loads with the first fused kernel) behind the caller
 from importlib import import_module as _import_module
 
 from ._validation import DegenerateRepresentationWarning, UnderdeterminedCCAWarning
-from .blocks import block_score, block_structure
+from .blocks import (
+    BlockContrast, block_contrast, block_score, block_sensitivity, block_structure, find_block, pc1_runs,
+    segment_layers,
+)
 from .cca_family import canonical_correlations, cca, pwcca, svcca
 from .cka import cka, cka_matrix
 from .hsic import hsic
@@ -46,10 +49,16 @@ __all__ = sorted(
         "DegenerateRepresentationWarning",
         "DominantExamples",
         "MinibatchCKA",
+        "BlockContrast",
         "aggregate_seeds",
         "bootstrap",
+        "block_contrast",
         "block_score",
+        "block_sensitivity",
         "block_structure",
+        "find_block",
+        "pc1_runs",
+        "segment_layers",
         "canonical_correlations",
         "cca",
         "centre_gram",
