@@ -37,6 +37,7 @@ _LAZY = {
     "download_cifar10": "datasets",
     "load_cifar10": "datasets",
     "load_digits_images": "datasets",
+    "layer_statistics": "adapters.activations",
     "select_layers": "adapters.torch",
     "plot_diagonal_band": "plotting",
     "plot_similarity": "plotting",
