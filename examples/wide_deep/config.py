@@ -46,7 +46,7 @@ DEFAULT_CONFIG = {
     "random_removals": 20,  # ... against this many random removals of the same size
     "control_passes": 2,  # passes of each removal run (block window layers only)
     "edge_layers": 3,  # C4: first and last layers left out of the cross-seed comparison
-    "cross_passes": 4,
+    "cross_passes": 2,
     "interval_groups": 10,  # batch groups of the delete-a-group jackknife behind every interval
     "level": 0.9,
     "threads": None,
