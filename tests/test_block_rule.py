@@ -235,3 +235,12 @@ def test_bad_inputs():
         repsim.pc1_runs(np.ones((2, 2)))
     with pytest.raises(ValueError, match="min_insides must hold"):
         repsim.block_sensitivity(sim, min_insides=[])
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import repsim.blocks.declared as module
+
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
