@@ -31,7 +31,17 @@ SEGMENT_RULE = (
 
 
 class BlockContrast(NamedTuple):
-    """Inside and outside similarity of a run of layers (see :func:`block_contrast`)."""
+    """Inside and outside similarity of a run of layers (returned by :func:`block_contrast`).
+
+    Attributes
+    ----------
+    inside : float
+        Mean similarity between distinct layers of the run.
+    outside : float
+        Mean similarity from the run's layers to the compared layers (neighbours or all).
+    contrast : float
+        ``inside - outside``.
+    """
 
     inside: float
     outside: float
