@@ -17,9 +17,8 @@ DEFAULT_CONFIG = {
     "split_seed": 0,
     "image_size": None,  # CIFAR-10: 32, or 16 (2x2 average pooling); digits stay 8x8
     "n_eval": 1000,  # held-out images for the analyses
-    "grids": [  # three seeds of the smallest and the largest model, one wide model
+    "grids": [  # three seeds of the smallest and the largest model
         {"depths": [20, 110], "widths": [1], "seeds": [0, 1, 2], "train_fractions": [1.0]},
-        {"depths": [14], "widths": [2], "seeds": [0], "train_fractions": [1.0]},
     ],
     "epochs": 60,
     "batch_size": 128,
@@ -33,7 +32,7 @@ DEFAULT_CONFIG = {
     "min_steps": 0,  # reduced-data models train at least this many steps (epochs scaled up)
     "fit_threshold": 0.99,  # train accuracy below this: marked, excluded from verdicts
     "cka_batch_size": 250,
-    "passes": 5,
+    "passes": 4,
     "layers": "relu",  # repsim.models.layer_names kind: "all", "relu" or "blocks"
     # the declared block (repsim.find_block); penalty given for 54 layers, scaled by (L/54)^2
     "block_penalty": 3.0,
