@@ -161,6 +161,59 @@ def _change(m):
     return f" ({iv['estimate']:+.3f} [{iv['ci'][0]:.3f}, {iv['ci'][1]:.3f}])"
 
 
+def _declared_block_rows(s):
+    """Runs since the declared block (issue 12): each claim's criterion met / not met, and
+    the models with train accuracy, fit, the declared block and its PC1 measures."""
+    lines = [f"- {f['claim']} Criterion: {f['criterion']} — **{f['met']}**." for f in s["findings"]]
+    lines += ["", ".. list-table::", "   :header-rows: 1", "",
+              "   * - model", "     - train s", "     - train / test acc", "     - fits",
+              "     - PC1 max", "     - declared block", "     - inside / local contrast",
+              "     - PC1 in / out", "     - after PC1 removal"]
+    for m in s["models"]:
+        b = m["block"]
+        lines += [f"   * - ``{m['id']}``", f"     - {m['train_seconds']:.0f}",
+                  f"     - {m['train_accuracy']:.3f} / {m['test_accuracy']:.3f}",
+                  f"     - {'yes' if m['fits'] else 'no'}", f"     - {_fmt(m['pc1_max'])}"]
+        if b is None:
+            lines += ["     - none", "     - —", "     - —", "     - —"]
+        else:
+            lines += [f"     - layers {b['first']}–{b['last']} ({b['size']} of {m['n_layers']})",
+                      f"     - {_fmt(b['inside'])} / {_fmt(b['local_contrast'])}",
+                      f"     - {_fmt(b['pc1_in'])} / {_fmt(b['pc1_out'])}",
+                      f"     - {_fmt(b['inside_after_pc1_removal'])} / "
+                      f"{_fmt(b['local_contrast_after_pc1_removal'])}"]
+    return lines
+
+
+def _largest_block_rows(s, verdicts):
+    """Runs of the earlier rule (repsim.block_structure's largest block)."""
+    lines = []
+    for f in s["findings"]:
+        r = f["reproduced"]
+        verdict = verdicts.get(r, r.replace("partly", "partly reproduced").replace("no (", "not reproduced ("))
+        lines.append(f"- {f['claim']} — **{verdict}**.")
+    lines += ["", ".. list-table::", "   :header-rows: 1", "",
+              "   * - model", "     - data", "     - train s", "     - train / test acc",
+              "     - PC1 max", "     - largest block", "     - block score",
+              "     - PC1 in / out", "     - contrast → w/o PC1 (change, 90% CI)"]
+    for m in s["models"]:
+        b = m["largest_block"]
+        block = "—" if b is None else f"{b['size']} of {m['n_layers']} layers"
+        lines += [
+            f"   * - ``{m['id']}``",
+            f"     - {m['train_fraction']:g}",
+            f"     - {m['train_seconds']:.0f}",
+            f"     - {m['train_accuracy']:.3f} / {m['test_accuracy']:.3f}",
+            f"     - {_fmt(m['pc1_max'])}",
+            f"     - {block}",
+            f"     - {_fmt(m['block_score'])}",
+            f"     - {_fmt(m['pc1_in_block'])} / {_fmt(m['pc1_out_of_block'])}",
+            f"     - {_fmt(m['block_contrast'])} → "
+            f"{_fmt(m['block_contrast_after_pc1_removal'])}" + _change(m),
+        ]
+    return lines
+
+
 class StudyRun(Directive):
     required_arguments = 1
 
@@ -192,29 +245,10 @@ class StudyRun(Directive):
             "*Findings* (the report gives the evidence for each):",
             "",
         ]
-        for f in s["findings"]:
-            r = f["reproduced"]
-            verdict = verdicts.get(r, r.replace("partly", "partly reproduced").replace("no (", "not reproduced ("))
-            lines.append(f"- {f['claim']} — **{verdict}**.")
-        lines += ["", ".. list-table::", "   :header-rows: 1", "",
-                  "   * - model", "     - data", "     - train s", "     - train / test acc",
-                  "     - PC1 max", "     - largest block", "     - block score",
-                  "     - PC1 in / out", "     - contrast → w/o PC1 (change, 90% CI)"]
-        for m in models:
-            b = m["largest_block"]
-            block = "—" if b is None else f"{b['size']} of {m['n_layers']} layers"
-            lines += [
-                f"   * - ``{m['id']}``",
-                f"     - {m['train_fraction']:g}",
-                f"     - {m['train_seconds']:.0f}",
-                f"     - {m['train_accuracy']:.3f} / {m['test_accuracy']:.3f}",
-                f"     - {_fmt(m['pc1_max'])}",
-                f"     - {block}",
-                f"     - {_fmt(m['block_score'])}",
-                f"     - {_fmt(m['pc1_in_block'])} / {_fmt(m['pc1_out_of_block'])}",
-                f"     - {_fmt(m['block_contrast'])} → "
-                f"{_fmt(m['block_contrast_after_pc1_removal'])}" + _change(m),
-            ]
+        if s["findings"] and "met" in s["findings"][0]:
+            lines += _declared_block_rows(s)
+        else:
+            lines += _largest_block_rows(s, verdicts)
         node = nodes.section()
         node.document = self.state.document
         self.state.nested_parse(StringList(lines, str(path)), self.content_offset, node)

@@ -65,6 +65,22 @@ ax = repsim.plot_similarity(sim, blocks=blocks, title="linear CKA")
 ax.figure.tight_layout()
 
 # %%
+# The declared block: sharp edges, not just bright
+# ------------------------------------------------
+# :func:`repsim.find_block` asks a stricter question: it segments the layers optimally
+# into contiguous runs and takes the run with the largest *local* contrast (inside CKA
+# minus CKA to its neighbouring layers), if that passes declared thresholds. On a network
+# this is what separates the paper's block from stage structure; the PC1 view
+# (:func:`repsim.pc1_runs`) is a second, independent definition to compare with.
+
+found = repsim.find_block(sim)
+first, last = found.attrs["block_first_index"], found.attrs["block_last_index"]
+print(f"declared block: layers {first} .. {last}, local contrast "
+      f"{repsim.block_contrast(sim, first, last).contrast:.3f}")
+share = np.array([float(repsim.pc_variance_fraction(x, k=1)) for x in acts.values()])
+print(f"PC1 view (share > 0.5): {repsim.pc1_runs(share)}")
+
+# %%
 # Removing the first principal component
 # --------------------------------------
 # :func:`repsim.remove_top_pcs` centres a representation and subtracts its projection on
@@ -73,7 +89,9 @@ ax.figure.tight_layout()
 
 removed = repsim.cka_matrix({name: repsim.remove_top_pcs(x, k=1) for name, x in acts.items()})
 print(f"after removing PC1: {repsim.block_structure(removed).sizes['block']} block(s), "
-      f"score {repsim.block_score(removed):.3f}; "
+      f"score {repsim.block_score(removed):.3f}, local contrast of the declared block "
+      f"{repsim.block_contrast(sim, first, last).contrast:.3f} -> "
+      f"{repsim.block_contrast(removed, first, last).contrast:.3f}; "
       f"CKA(layer4, layer8) {float(sim.sel(layer_a='layer4', layer_b='layer8')):.3f} -> "
       f"{float(removed.sel(layer_a='layer4', layer_b='layer8')):.3f}")
 

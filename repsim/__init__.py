@@ -18,7 +18,16 @@ the first fused kernel) behind the caller's back.
 from importlib import import_module as _import_module
 
 from ._validation import DegenerateRepresentationWarning, UnderdeterminedCCAWarning
-from .blocks import block_score, block_structure
+from .blocks import (
+    BlockContrast,
+    block_contrast,
+    block_score,
+    block_sensitivity,
+    block_structure,
+    find_block,
+    pc1_runs,
+    segment_layers,
+)
 from .cca_family import canonical_correlations, cca, pwcca, svcca
 from .cka import cka, cka_matrix
 from .hsic import hsic
@@ -42,6 +51,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "GramHooks": "adapters.torch",
     "compare_models": "adapters.torch",
+    "layer_statistics": "adapters.activations",
     "plot_diagonal_band": "plotting",
     "plot_similarity": "plotting",
     "plot_similarity_grid": "plotting",
@@ -67,6 +77,7 @@ _SUBMODULES = ("datasets", "models")
 # written out (not computed) so that IDEs and type checkers can read it; one name per
 # line, in sorted() order
 __all__ = [
+    "BlockContrast",
     "DegenerateRepresentationWarning",
     "DominantExamples",
     "GramHooks",
@@ -74,8 +85,10 @@ __all__ = [
     "MinibatchCKA",
     "UnderdeterminedCCAWarning",
     "aggregate_seeds",
+    "block_contrast",
     "block_layers",
     "block_score",
+    "block_sensitivity",
     "block_structure",
     "bootstrap",
     "canonical_correlations",
@@ -86,12 +99,15 @@ __all__ = [
     "compare_models",
     "compare_seeds",
     "dominant_examples",
+    "find_block",
     "gram",
     "hidden_state_layers",
     "hsic",
     "jackknife_interval",
+    "layer_statistics",
     "load_result",
     "median_sigma",
+    "pc1_runs",
     "pc_variance_fraction",
     "permutation_test",
     "plot_diagonal_band",
@@ -101,6 +117,7 @@ __all__ = [
     "pwcca",
     "remove_top_pcs",
     "save_result",
+    "segment_layers",
     "select_layers",
     "standardize_features",
     "svcca",

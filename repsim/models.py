@@ -10,7 +10,12 @@ batch norm).
 
 Every residual block has a stable dotted name, ``stage{s}.block{b}`` (``s`` in 1..3, ``b``
 in 0..n-1), so its output can be selected by name or glob, e.g. ``"stage2.*"``;
-:func:`block_names` lists them in forward order.
+:func:`block_names` lists them in forward order. Inside a block every operation on the main
+path is its own module -- ``conv1``, ``bn1``, ``relu1``, ``conv2``, ``bn2`` and ``relu2``, the
+ReLU after the residual addition, whose output is the block's output -- so the analyses of
+Nguyen, Raghu & Kornblith (2021), which use every layer, can hook each one;
+:func:`layer_names` lists them. The ReLU modules hold no parameters: checkpoints are the
+same as before they became modules.
 
 This module imports torch at import time; ``import repsim`` does not import it.
 
@@ -29,9 +34,8 @@ from collections import OrderedDict
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-__all__ = ["BasicBlock", "CifarResNet", "cifar_resnet", "block_names"]
+__all__ = ["BasicBlock", "CifarResNet", "cifar_resnet", "block_names", "layer_names"]
 
 
 class BasicBlock(nn.Module):
@@ -53,6 +57,8 @@ class BasicBlock(nn.Module):
     the shortcut is a 1×1 convolution with the same stride followed by batch norm
     (He et al. 2016, option B); otherwise it is the identity. No operation is in place, so
     a forward hook's view of a block output is never overwritten later in the forward.
+    Submodules in forward order: ``conv1``, ``bn1``, ``relu1``, ``conv2``, ``bn2``, (the
+    ``shortcut``), ``relu2`` -- the ReLU after the addition, whose output is the block's.
     """
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
@@ -61,6 +67,8 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(out_channels)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_channels)
+        self.relu1 = nn.ReLU()
+        self.relu2 = nn.ReLU()
         if stride != 1 or in_channels != out_channels:
             self.shortcut = nn.Sequential(
                 OrderedDict(
@@ -72,9 +80,9 @@ class BasicBlock(nn.Module):
             self.shortcut = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.relu1(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+        return self.relu2(out + self.shortcut(x))
 
 
 class CifarResNet(nn.Module):
@@ -227,3 +235,49 @@ def block_names(model: nn.Module) -> list[str]:
         ``["stage1.block0", ..., "stage3.block{n-1}"]``, ``3n`` names for depth ``6n+2``.
     """
     return [name for name, m in model.named_modules() if isinstance(m, BasicBlock)]
+
+
+#: What :func:`layer_names` returns for each ``kind``.
+LAYER_KINDS = ("all", "relu", "blocks")
+
+
+def layer_names(model: nn.Module, kind: str = "all") -> list[str]:
+    """Dotted names of the layers of a :class:`CifarResNet` along its main path, in forward order.
+
+    Parameters
+    ----------
+    model : CifarResNet
+        The network.
+    kind : {"all", "relu", "blocks"}, default "all"
+        ``"all"``: every convolution, batch norm and ReLU output on the main path --
+        ``stem.conv``, ``stem.bn``, ``stem.relu``, then per residual block ``conv1``,
+        ``bn1``, ``relu1``, ``conv2``, ``bn2``, ``relu2`` (the ReLU after the residual
+        addition: the block output) -- ``2 + 6 * 3n + 1 = 18n + 3`` layers for depth
+        ``6n + 2``. Projection shortcuts are side branches and left out. ``"relu"``: the
+        ReLU outputs only (``6n + 1``). ``"blocks"``: the residual-block outputs
+        (:func:`block_names`, ``3n``; each equals that block's ``relu2`` output).
+
+    Returns
+    -------
+    list of str
+
+    Examples
+    --------
+    >>> net = cifar_resnet(8)
+    >>> layer_names(net)[:5]
+    ['stem.conv', 'stem.bn', 'stem.relu', 'stage1.block0.conv1', 'stage1.block0.bn1']
+    >>> len(layer_names(net)), len(layer_names(net, "relu")), len(layer_names(net, "blocks"))
+    (21, 7, 3)
+    """
+    if kind not in LAYER_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(map(repr, LAYER_KINDS))}; got {kind!r}")
+    if kind == "blocks":
+        return block_names(model)
+    per_block = ("conv1", "bn1", "relu1", "conv2", "bn2", "relu2")
+    stem = ("stem.conv", "stem.bn", "stem.relu")
+    if kind == "relu":
+        per_block, stem = ("relu1", "relu2"), ("stem.relu",)
+    names = list(stem)
+    for block in block_names(model):
+        names += [f"{block}.{part}" for part in per_block]
+    return names

@@ -102,3 +102,73 @@ def test_import_repsim_does_not_import_torch():
     code = "import sys, repsim; assert 'torch' not in sys.modules; print('ok')"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "ok", out.stderr
+
+
+@pytest.mark.parametrize("depth", [8, 20, 110])
+def test_every_layer_is_a_named_module(depth):
+    from repsim.models import layer_names
+
+    net = cifar_resnet(depth)
+    n = (depth - 2) // 6
+    names = layer_names(net)
+    assert len(names) == 18 * n + 3 and len(set(names)) == len(names)
+    assert len(layer_names(net, "relu")) == 6 * n + 1
+    assert layer_names(net, "blocks") == block_names(net)
+    kinds = {torch.nn.Conv2d: 0, torch.nn.BatchNorm2d: 0, torch.nn.ReLU: 0}
+    for name in names:
+        m = net.get_submodule(name)
+        kinds[type(m)] += 1
+    # main-path convs: stem + 2 per block; every conv has its BN; ReLUs: stem + 2 per block
+    assert kinds == {torch.nn.Conv2d: 1 + 6 * n, torch.nn.BatchNorm2d: 1 + 6 * n, torch.nn.ReLU: 1 + 6 * n}
+    with pytest.raises(ValueError, match="kind must be one of"):
+        layer_names(net, "leaves")
+
+
+def test_layer_outputs_follow_the_forward_and_relu2_is_the_block_output():
+    from repsim.models import layer_names
+
+    torch.manual_seed(0)
+    net = cifar_resnet(14, in_channels=1).eval()
+    seen, order = {}, []
+    names = layer_names(net) + block_names(net)
+    def hook(name):
+        def fn(m, i, o):
+            seen[name] = o
+            order.append(name)
+        return fn
+
+    for name in names:
+        net.get_submodule(name).register_forward_hook(hook(name))
+    x = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        net(x)
+    # hooks fire in forward order (a block's hook right after its relu2)
+    assert [n for n in order if n in set(layer_names(net))] == layer_names(net)
+    for block in block_names(net):
+        assert torch.equal(seen[f"{block}.relu2"], seen[block])
+        # relu2 = relu(bn2 + shortcut(block input)); relu1 = relu(bn1)
+        assert torch.equal(seen[f"{block}.relu1"], torch.relu(seen[f"{block}.bn1"]))
+    blk = net.stage2.block0
+    with torch.no_grad():
+        expected = torch.relu(seen["stage2.block0.bn2"] + blk.shortcut(seen["stage1.block1"]))
+    assert torch.equal(seen["stage2.block0.relu2"], expected)
+
+
+def test_state_dict_keys_and_outputs_unchanged_by_relu_modules():
+    # the ReLU modules hold nothing: the checkpoint layout of earlier versions loads strictly
+    net = cifar_resnet(8)
+    keys = set(net.state_dict())
+    assert not any("relu" in k for k in keys)
+    torch.manual_seed(1)
+    a = cifar_resnet(20).eval()
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        # the functional forward of earlier versions, written out
+        def old_block(b, h):
+            out = torch.nn.functional.relu(b.bn1(b.conv1(h)))
+            return torch.nn.functional.relu(b.bn2(b.conv2(out)) + b.shortcut(h))
+        h = a.stem(x)
+        for name in block_names(a):
+            h = old_block(a.get_submodule(name), h)
+        old = a.fc(torch.flatten(a.pool(h), 1))
+        assert torch.equal(a(x), old)

@@ -31,6 +31,11 @@ Consequences worth knowing:
 The defaults (``threshold=0.8``, ``min_size=3``) suit linear-CKA heatmaps of residual
 networks, where block layers typically reach CKA 0.9 and above; they are parameters, not
 constants of nature -- report them with any score.
+
+What this rule finds is *stage structure*: at residual-block granularity every stage of a
+ResNet is a bright square, and the scan returns those squares (its largest favours long,
+moderately similar runs). The paper's block -- near-identical inside, dark around it -- is
+what :func:`repsim.find_block` (in :mod:`repsim.blocks.declared`) looks for.
 """
 
 from __future__ import annotations
@@ -40,8 +45,8 @@ import math
 import numpy as np
 import xarray as xr
 
-from . import _backend as B
-from . import _validation as V
+from .. import _backend as B
+from .. import _validation as V
 
 RULE = (
     "grow a run from layer i while the next layer's mean similarity to the run's layers "
@@ -255,3 +260,8 @@ def block_score(sim, *, threshold=0.8, min_size=3):
     threshold, min_size = _options(threshold, min_size)
     values, _ = _matrix(sim)
     return _score(values, _find(values, threshold, min_size))
+
+
+from .declared import (  # noqa: E402  (the declared block builds on _matrix above)
+    BlockContrast, block_contrast, block_sensitivity, find_block, pc1_runs, segment_layers,
+)

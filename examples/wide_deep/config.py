@@ -1,0 +1,304 @@
+"""Configuration of the study: defaults, config files, flags, and checks before any training."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+from pathlib import Path
+
+#: Every key a config file may hold. ``grids`` is a list of sub-grids; the study's models
+#: are the union of their products depths x widths x seeds x train_fractions.
+DEFAULT_CONFIG = {
+    "dataset": "digits",
+    "data_dir": None,
+    "digits_test_size": 500,
+    "split_seed": 0,
+    "image_size": None,  # CIFAR-10: 32, or 16 (2x2 average pooling); digits stay 8x8
+    "n_eval": 1000,  # held-out images for the analyses
+    "grids": [  # three seeds of the smallest and the largest model
+        {"depths": [20, 110], "widths": [1], "seeds": [0, 1, 2], "train_fractions": [1.0]},
+    ],
+    "epochs": 60,
+    "batch_size": 128,
+    "lr": 0.05,
+    "momentum": 0.9,
+    "nesterov": True,
+    "weight_decay": 5e-4,
+    "warmup_fraction": 0.25,  # linear warm-up over this share of the steps, then cosine to zero
+    "augment": False,  # crop + horizontal flip (on for CIFAR-10)
+    "crop_padding": 4,
+    "min_steps": 0,  # reduced-data models train at least this many steps (epochs scaled up)
+    "fit_threshold": 0.99,  # train accuracy below this: marked, excluded from verdicts
+    "cka_batch_size": 250,
+    "passes": 4,
+    "layers": "relu",  # repsim.models.layer_names kind: "all", "relu" or "blocks"
+    # the declared block (repsim.find_block); penalty given for 54 layers, scaled by (L/54)^2
+    "block_penalty": 3.0,
+    "block_min_inside": 0.9,
+    "block_min_contrast": 0.2,
+    "block_min_size": 3,
+    "block_neighbours": 3,
+    "pc1_threshold": 0.5,  # the PC1 view (repsim.pc1_runs)
+    "dominant_fraction": 0.01,  # follow-up: top 1% by |PC1 score| at the block's middle layer
+    "random_removals": 20,  # ... against this many random removals of the same size
+    "control_passes": 2,  # passes of each removal run (block window layers only)
+    "edge_layers": 3,  # C4: first and last layers left out of the cross-seed comparison
+    "cross_passes": 2,
+    "interval_groups": 10,  # batch groups of the delete-a-group jackknife behind every interval
+    "level": 0.9,
+    "threads": None,
+    "device": "cpu",
+    "amp": None,  # "bf16": train under bfloat16 autocast on CUDA (ignored on CPU)
+}
+
+SMOKE_CONFIG = {
+    "digits_test_size": 1000,
+    "grids": [
+        {"depths": [8, 14], "widths": [1], "seeds": [0], "train_fractions": [1.0]},
+        {"depths": [8], "widths": [2], "seeds": [0], "train_fractions": [1.0]},
+        {"depths": [14], "widths": [1], "seeds": [1], "train_fractions": [1.0]},
+        {"depths": [8], "widths": [1], "seeds": [0], "train_fractions": [0.5]},
+    ],
+    "epochs": 2,
+    "batch_size": 64,
+    "cka_batch_size": 50,
+    "passes": 2,
+    "cross_passes": 1,
+    "random_removals": 3,
+    "control_passes": 1,
+    "n_eval": 100,
+    "dominant_fraction": 0.05,
+    "layers": "blocks",
+    # plumbing only: two epochs fit nothing, so every model counts as fitted and the block
+    # thresholds are loose, to run every code path of the claims
+    "fit_threshold": 0.0,
+    "block_min_inside": 0.3,
+    "block_min_contrast": 0.0,
+    "block_min_size": 2,
+    "edge_layers": 0,
+}
+
+#: What ``--dataset cifar10`` changes (before a config file and flags apply): the official
+#: recipe (He et al. 2016) -- SGD momentum 0.9, weight decay 1e-4, crop + flip, cosine.
+CIFAR10_DEFAULTS = {
+    "dataset": "cifar10",
+    "image_size": 16,
+    "augment": True,
+    "cka_batch_size": 256,
+    "n_eval": 1000,
+    "weight_decay": 1e-4,
+    "nesterov": False,
+    "lr": 0.1,
+    "grids": [{"depths": [20, 56], "widths": [1], "seeds": [0], "train_fractions": [0.0625]}],
+    "epochs": 30,
+}
+
+TRAIN_KEYS = (
+    "dataset", "digits_test_size", "split_seed", "image_size", "epochs", "batch_size", "lr",
+    "momentum", "nesterov", "weight_decay", "warmup_fraction", "augment", "crop_padding",
+    "min_steps", "amp",
+)
+ANALYSIS_KEYS = ("n_eval", "cka_batch_size", "passes", "layers", "dominant_fraction", "random_removals",
+                 "control_passes", "cross_passes", "interval_groups", "level", "block_penalty",
+                 "block_min_inside", "block_min_contrast", "block_min_size", "block_neighbours")
+FLAG_KEYS = ("dataset", "epochs", "batch_size", "lr", "image_size", "n_eval", "passes", "cross_passes",
+             "min_steps", "cka_batch_size", "threads", "device", "layers")
+
+
+def parse_args(argv=None):
+    """Command-line flags; every one overrides the config file."""
+    p = argparse.ArgumentParser(
+        description="Wide/deep ResNet representation study (Nguyen, Raghu & Kornblith 2021).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--config", type=Path, help="JSON file with any keys of DEFAULT_CONFIG")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default runs/wide_deep[_<dataset>])")
+    p.add_argument("--smoke", action="store_true", help="tiny models, every stage, seconds")
+    p.add_argument("--dataset", choices=["digits", "cifar10"])
+    p.add_argument("--data-dir", type=Path, help="CIFAR-10 python batches (with --dataset cifar10)")
+    p.add_argument("--train-fraction", type=float, nargs="+", dest="train_fractions",
+                   help="training fractions (one grid with --depths/--widths/--seeds)")
+    p.add_argument("--depths", type=int, nargs="+")
+    p.add_argument("--widths", type=int, nargs="+")
+    p.add_argument("--seeds", type=int, nargs="+")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--image-size", type=int, choices=[16, 32])
+    p.add_argument("--n-eval", type=int)
+    p.add_argument("--passes", type=int, help="shuffled passes for minibatch CKA (paper: 10)")
+    p.add_argument("--cross-passes", type=int, help="shuffled passes for cross-model CKA")
+    p.add_argument("--min-steps", type=int, help="reduced-data models train at least this many steps")
+    p.add_argument("--cka-batch-size", type=int, help="minibatch CKA batch size (paper: 256)")
+    p.add_argument("--layers", choices=["all", "relu", "blocks"], help="which layers the analyses use")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--device", help="torch device, e.g. cuda")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)  # tests: simulate a kill
+    return p.parse_args(argv)
+
+
+def build_config(args) -> dict:
+    """Defaults, then the CIFAR-10 defaults (for that dataset), then --smoke, then the
+    config file, then explicit flags; checked by :func:`check_config` before returning."""
+    cfg = copy.deepcopy(DEFAULT_CONFIG)
+    loaded = {}
+    if args.config is not None:
+        try:
+            loaded = json.loads(Path(args.config).read_text())
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"--config {args.config}: cannot read it as JSON ({exc})") from None
+        if not isinstance(loaded, dict):
+            raise SystemExit(f"--config {args.config} must hold a JSON object; got {type(loaded).__name__}")
+        unknown = sorted(set(loaded) - set(DEFAULT_CONFIG) - {"comment"})
+        if unknown:
+            raise SystemExit(f"unknown config keys {unknown} in {args.config}; expected keys of DEFAULT_CONFIG")
+        loaded.pop("comment", None)
+    dataset = args.dataset or loaded.get("dataset") or cfg["dataset"]
+    if dataset == "cifar10":
+        cfg.update(CIFAR10_DEFAULTS)
+    if args.smoke:
+        cfg.update(copy.deepcopy(SMOKE_CONFIG))
+    cfg.update(loaded)
+    for key in FLAG_KEYS:
+        value = getattr(args, key, None)
+        if value is not None:
+            cfg[key] = value
+    if args.data_dir is not None:
+        if cfg["dataset"] != "cifar10":
+            raise SystemExit(f"--data-dir is for --dataset cifar10; the dataset is {cfg['dataset']!r} "
+                             "(add --dataset cifar10, or drop --data-dir)")
+        cfg["data_dir"] = str(args.data_dir)
+    if any(v is not None for v in (args.depths, args.widths, args.seeds, args.train_fractions)):
+        base = cfg["grids"][0] if cfg["grids"] else {"depths": [20]}
+        cfg["grids"] = [{
+            "depths": args.depths or base["depths"], "widths": args.widths or [1],
+            "seeds": args.seeds or [0], "train_fractions": args.train_fractions or [1.0],
+        }]
+    if cfg["dataset"] == "cifar10" and cfg["image_size"] is None:
+        cfg["image_size"] = 32
+    check_config(cfg)
+    return cfg
+
+
+def _int(cfg, key, low, what=""):
+    v = cfg[key]
+    if isinstance(v, bool) or not isinstance(v, int) or v < low:
+        raise SystemExit(f"{key} must be an integer >= {low}{what}; got {v!r}")
+
+
+def _number(cfg, key, low, high, what=""):
+    v = cfg[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not low <= v <= high:
+        raise SystemExit(f"{key} must be a number in [{low}, {high}]{what}; got {v!r}")
+
+
+def check_config(cfg) -> None:
+    """Refuse a bad setting before anything trains (SystemExit naming the key and value)."""
+    if cfg["dataset"] not in ("digits", "cifar10"):
+        raise SystemExit(f"dataset must be 'digits' or 'cifar10'; got {cfg['dataset']!r}")
+    if cfg["data_dir"] is not None and cfg["dataset"] != "cifar10":
+        raise SystemExit(f"data_dir is for dataset 'cifar10'; the dataset is {cfg['dataset']!r}")
+    for key, low in (("epochs", 1), ("batch_size", 2), ("digits_test_size", 10), ("min_steps", 0),
+                     ("crop_padding", 0), ("passes", 1), ("cross_passes", 1), ("interval_groups", 2),
+                     ("random_removals", 0), ("control_passes", 1), ("edge_layers", 0), ("block_min_size", 2),
+                     ("block_neighbours", 1), ("split_seed", 0)):
+        _int(cfg, key, low)
+    _int(cfg, "cka_batch_size", 4, " (the unbiased estimator needs 4 examples per batch)")
+    _int(cfg, "n_eval", 8, " (two CKA batches of at least 4 held-out images)")
+    if cfg["threads"] is not None:
+        _int(cfg, "threads", 1)
+    for key, low, high in (("lr", 1e-12, 100.0), ("momentum", 0.0, 1.0), ("weight_decay", 0.0, 1.0),
+                           ("warmup_fraction", 0.0, 1.0), ("fit_threshold", 0.0, 1.0), ("level", 0.5, 0.999),
+                           ("block_penalty", 1e-9, 1e9), ("block_min_inside", -1.0, 1.0),
+                           ("block_min_contrast", -2.0, 2.0), ("pc1_threshold", 0.0, 1.0),
+                           ("dominant_fraction", 1e-6, 0.5)):
+        _number(cfg, key, low, high)
+    if cfg["image_size"] not in (None, 16, 32):
+        raise SystemExit(f"image_size must be 16 or 32 (CIFAR-10) or null; got {cfg['image_size']!r}")
+    if cfg["layers"] not in ("all", "relu", "blocks"):
+        raise SystemExit(f"layers must be 'all', 'relu' or 'blocks'; got {cfg['layers']!r}")
+    if cfg["amp"] not in (None, "bf16"):
+        raise SystemExit(f"amp must be null or \"bf16\", got {cfg['amp']!r}")
+    grids = cfg["grids"]
+    if not isinstance(grids, list) or not grids:
+        raise SystemExit(f"grids must be a non-empty list of sub-grids; got {grids!r}")
+    for i, grid in enumerate(grids):
+        if not isinstance(grid, dict) or not grid.get("depths"):
+            raise SystemExit(f"grids[{i}] must be an object with a non-empty 'depths' list; got {grid!r}")
+        for d in grid["depths"]:
+            if isinstance(d, bool) or not isinstance(d, int) or d < 8 or (d - 2) % 6:
+                raise SystemExit(f"grids[{i}] depths must be integers 6n+2 >= 8; got {d!r}")
+        for key, ok, what in (("widths", lambda w: isinstance(w, int) and not isinstance(w, bool) and w >= 1,
+                               "integers >= 1"),
+                              ("seeds", lambda s: isinstance(s, int) and not isinstance(s, bool) and s >= 0,
+                               "integers >= 0"),
+                              ("train_fractions", lambda f: isinstance(f, (int, float)) and not isinstance(f, bool)
+                               and math.isfinite(f) and 0 < f <= 1, "numbers in (0, 1]")):
+            values = grid.get(key, [1] if key != "seeds" else [0])
+            if not isinstance(values, list) or not values or not all(ok(v) for v in values):
+                raise SystemExit(f"grids[{i}] {key} must be a non-empty list of {what}; got {values!r}")
+
+
+def model_id(spec) -> str:
+    """``resnet{depth}_w{width}_s{seed}_f{fraction}``, e.g. ``resnet20_w1_s0_f0p25``."""
+    frac = f"{spec['train_fraction']:.4g}".replace(".", "p")
+    return f"resnet{spec['depth']}_w{spec['width']}_s{spec['seed']}_f{frac}"
+
+
+def model_specs(cfg) -> list[dict]:
+    """The union of the config's sub-grids, in a stable order (cheapest models first)."""
+    seen = {}
+    for grid in cfg["grids"]:
+        for d in grid["depths"]:
+            for w in grid.get("widths", [1]):
+                for s in grid.get("seeds", [0]):
+                    for f in grid.get("train_fractions", [1.0]):
+                        spec = {"depth": int(d), "width": int(w), "seed": int(s), "train_fraction": float(f)}
+                        spec["id"] = model_id(spec)
+                        seen[spec["id"]] = spec
+    return sorted(seen.values(), key=lambda s: (s["depth"] * s["width"] ** 2, s["depth"], s["width"],
+                                                 -s["train_fraction"], s["seed"]))
+
+
+def train_settings(cfg) -> dict:
+    """The settings a trained model depends on (stored with its weights)."""
+    return {k: cfg[k] for k in TRAIN_KEYS}
+
+
+def analysis_settings(cfg) -> dict:
+    """The settings an extract or cross result depends on (with the training settings)."""
+    return {"train": train_settings(cfg), "analysis": {k: cfg[k] for k in ANALYSIS_KEYS}}
+
+
+def deviations(cfg) -> str:
+    """The differences from the paper's protocol (He et al. 2016 recipe: SGD momentum 0.9,
+    lr 0.1 at batch 128, weight decay 1e-4, crop + flip, no warm-up, ~164 epochs on 32 px
+    CIFAR-10; Nguyen et al.: every layer, 10 passes of batch 256), each declared."""
+    out = []
+    if cfg["dataset"] == "digits":
+        out.append("scikit-learn 8x8 digits instead of CIFAR-10 (runs anywhere in minutes)")
+    elif cfg["image_size"] != 32:
+        out.append(f"{cfg['image_size']} px images (2x2 average pooling) instead of 32 px")
+    if cfg["dataset"] == "cifar10" and not cfg["augment"]:
+        out.append("no crop + flip augmentation")
+    scaled = 0.1 * cfg["batch_size"] / 128
+    if abs(cfg["lr"] - scaled) > 1e-12:
+        out.append(f"peak lr {cfg['lr']} (linear scaling of 0.1 at batch 128 would give {scaled:g} at batch "
+                   f"{cfg['batch_size']})")
+    if cfg["weight_decay"] != 1e-4:
+        out.append(f"weight decay {cfg['weight_decay']} instead of 1e-4")
+    if cfg["nesterov"]:
+        out.append("Nesterov momentum")
+    if cfg["warmup_fraction"]:
+        out.append(f"linear warm-up over {cfg['warmup_fraction']:.0%} of the steps")
+    out.append(f"{cfg['epochs']} epochs" + (f" (at least {cfg['min_steps']} steps)" if cfg["min_steps"] else ""))
+    if cfg["layers"] != "all":
+        out.append(f"layers {cfg['layers']!r} instead of every conv/BN/ReLU output")
+    if cfg["passes"] != 10:
+        out.append(f"{cfg['passes']} CKA passes instead of 10")
+    if cfg["amp"]:
+        out.append("bf16 autocast training")
+    return "; ".join(out)
