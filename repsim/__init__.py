@@ -19,7 +19,9 @@ from .cka import cka, cka_matrix
 from .hsic import hsic
 from .kernels import centre_gram, gram, median_sigma, ucentre_gram
 from .pcs import DominantExamples, dominant_examples, pc_variance_fraction, remove_top_pcs
+from .regression import gulp, ridge_r2
 from .results import load_result, save_result
+from .shape import nbs, shape_distance
 from .stats import aggregate_seeds, bootstrap, compare_seeds, jackknife_interval, permutation_test
 from .streaming import MinibatchCKA
 
@@ -58,15 +60,19 @@ __all__ = sorted(
         "compare_seeds",
         "dominant_examples",
         "gram",
+        "gulp",
         "hsic",
         "jackknife_interval",
         "load_result",
         "median_sigma",
+        "nbs",
         "permutation_test",
         "pc_variance_fraction",
         "pwcca",
         "remove_top_pcs",
+        "ridge_r2",
         "save_result",
+        "shape_distance",
         "svcca",
         "ucentre_gram",
         "UnderdeterminedCCAWarning",
