@@ -99,3 +99,13 @@ def test_mutual_knn_permutation_chance_level_is_k_over_n_minus_1():
     vals = [float(repsim.mutual_knn(x, y[rng.permutation(40)], k)) for _ in range(400)]
     se = np.std(vals) / np.sqrt(len(vals))
     assert abs(np.mean(vals) - k / 39) < 4 * se
+
+
+@pytest.mark.parametrize("module", ["shape", "regression", "neighbours", "rdm", "catalogue"])
+def test_docstring_examples_hold(module):
+    import doctest
+    import importlib
+
+    mod = importlib.import_module(f"repsim.{module}")
+    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
