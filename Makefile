@@ -8,7 +8,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup study test bench bench-quick bench-peers docs docs-deps clean
+.PHONY: setup study test typecheck bench bench-quick bench-peers docs docs-deps clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ study: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest $(ARGS)
+
+# The type checker over the package's public API (configuration: [tool.mypy] in
+# pyproject.toml); about a minute.
+typecheck: $(STAMP)
+	$(PY) -m mypy
 
 bench-quick: $(STAMP)
 	cd benchmarks && ../$(VENV)/bin/asv machine --yes >/dev/null && ../$(VENV)/bin/asv run --python=same --quick --show-stderr --dry-run
@@ -47,5 +52,5 @@ docs-deps:
 	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || { $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium chromium-driver; }
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis docs/_build docs/auto_examples docs/gen_modules \
+	rm -rf $(VENV) .pytest_cache .hypothesis .mypy_cache docs/_build docs/auto_examples docs/gen_modules \
 		docs/api/generated docs/api/index.rst docs/sg_execution_times.rst

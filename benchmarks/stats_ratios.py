@@ -1,13 +1,19 @@
 """Cost of uncertainty, measured side by side in one process (interleaved, best of N).
 
-    python benchmarks/stats_ratios.py [--repeats 5]
+    python benchmarks/stats_ratios.py [--repeats 5] [--quick]
 
-Prints (1) MinibatchCKA update time with ``groups=10`` over the plain accumulator, and
+Prints (1) MinibatchCKA update time with ``groups=10`` over the plain accumulator,
 (2) ``repsim.bootstrap`` (100 half-samples) and ``repsim.permutation_test`` (100
-permutations) in units of one full-data ``cka_matrix`` of the same layers.
+permutations) in units of one full-data ``cka_matrix`` of the same layers -- also with the
+measure given as ``functools.partial(repsim.cka_matrix, ...)``, which must take the same
+fast path (ratio ~1 to the plain call) -- and (3) ``permutation_test`` of a measure
+without a gram path (``repsim.cca``, recomputed per permutation and layer pair) in units
+of one call of the measure. ``--quick`` shrinks every size (a correctness run, not a
+timing).
 """
 
 import argparse
+import functools
 import time
 
 import numpy as np
@@ -33,9 +39,11 @@ def _best(fns, repeats):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--quick", action="store_true", help="tiny sizes: check that it runs")
     args = ap.parse_args()
+    n_layers, n, p = (4, 40, 16) if args.quick else (16, 400, 256)
 
-    batch = _layers(32, 256, 512)
+    batch = _layers(4, 32, 16) if args.quick else _layers(32, 256, 512)
 
     def feed(groups, uncertainty=False):
         def run():
@@ -49,24 +57,39 @@ def main():
     feed(None)(), feed(10, True)()  # warm up (numba compile, caches)
     t = _best({"plain": feed(None), "groups10": feed(10), "groups10+compute": feed(10, True)},
               args.repeats)
-    print(f"MinibatchCKA 32 layers x 4 batches n=256 p=512: plain updates {t['plain']*1e3:.1f} ms, "
+    print(f"MinibatchCKA {len(batch)} layers x 4 batches n={len(next(iter(batch.values())))}: plain updates {t['plain']*1e3:.1f} ms, "
           f"with groups=10 {t['groups10']*1e3:.1f} ms (ratio {t['groups10']/t['plain']:.3f}); "
           f"plus compute(uncertainty=True) {t['groups10+compute']*1e3:.1f} ms "
           f"(ratio {t['groups10+compute']/t['plain']:.3f})")
 
-    layers = _layers(16, 400, 256)
+    layers = _layers(n_layers, n, p)
     for est in ("biased", "unbiased"):
+        partial = functools.partial(repsim.cka_matrix, estimator=est)
         fns = {
             "cka_matrix": lambda: repsim.cka_matrix(layers, estimator=est),
-            "bootstrap100": lambda: repsim.bootstrap(repsim.cka_matrix, layers, estimator=est,
+            "bootstrap100": lambda: repsim.bootstrap(repsim.cka_matrix, data=(layers,),
+                                                     measure_kwargs={"estimator": est},
                                                      n_resamples=100, progress=False),
+            "bootstrap100_partial": lambda: repsim.bootstrap(partial, data=(layers,),
+                                                             n_resamples=100, progress=False),
             "permutation100": lambda: repsim.permutation_test(layers, estimator=est,
                                                               n_permutations=100, progress=False),
         }
         t = _best(fns, max(2, args.repeats // 2))
         base = t["cka_matrix"]
-        print(f"16 layers n=400 p=256 {est}: cka_matrix {base*1e3:.1f} ms; bootstrap x100 "
-              f"{t['bootstrap100']/base:.1f}x; permutations x100 {t['permutation100']/base:.1f}x")
+        print(f"{n_layers} layers n={n} p={p} {est}: cka_matrix {base*1e3:.1f} ms; bootstrap x100 "
+              f"{t['bootstrap100']/base:.1f}x (as a partial {t['bootstrap100_partial']/base:.1f}x); "
+              f"permutations x100 {t['permutation100']/base:.1f}x")
+
+    small = _layers(4, n, 16, seed=1)
+    fns = {
+        "cca": lambda: repsim.cca(small["layer0"], small["layer1"]),
+        "perm20": lambda: repsim.permutation_test(small, measure=repsim.cca, n_permutations=20,
+                                                  progress=False),
+    }
+    t = _best(fns, max(2, args.repeats // 2))
+    print(f"permutation_test(measure=cca), 4x4 layer pairs n={n} p=16, 20 permutations: "
+          f"{t['perm20']/t['cca']:.0f}x one cca call (16 pairs x 21 = 336 calls)")
 
 
 if __name__ == "__main__":

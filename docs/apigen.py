@@ -33,12 +33,20 @@ GROUPS = [
      ("stats", "statistics")),
     ("Results and plotting", "Saving and loading labelled results; heatmaps and grids.",
      ("results", "plotting")),
-    ("Models and data", "The CIFAR-style ResNets and datasets of the wide/deep study.",
-     ("models", "datasets")),
     ("Warnings", "Warning classes repsim emits, for filtering with the :mod:`warnings` module.",
      ("validation",)),
 ]
 OTHER = ("Other", "Public names not covered by the groups above.")
+
+# public names that live in a submodule, not at the top level: (title, description,
+# names relative to ``repsim``)
+SUBMODULE_GROUPS = [
+    ("Models and data",
+     "The CIFAR-style ResNets and datasets of the wide/deep study, in ``repsim.models`` "
+     "and ``repsim.datasets`` (``from repsim.datasets import load_cifar10``).",
+     ("datasets.download_cifar10", "datasets.load_cifar10", "datasets.load_digits_images",
+      "models.cifar_resnet")),
+]
 
 # explicit placements that win over the submodule rule: name -> group title
 OVERRIDES: dict[str, str] = {}
@@ -73,7 +81,8 @@ def render(exports: dict[str, str]) -> str:
         "API reference",
         "=============",
         "",
-        "Everything below is importable from the top-level package (``import repsim``).",
+        "Everything below is importable from the top-level package (``import repsim``),",
+        "except the last section's names, which live in the submodule they name.",
         "Public names are loaded lazily: ``import repsim`` imports neither torch, numba nor",
         "matplotlib until a name that needs them is used.",
         "",
@@ -81,6 +90,11 @@ def render(exports: dict[str, str]) -> str:
         "",
     ]
     for title, description, names in grouped_names(exports):
+        lines += [title, "-" * len(title), "", description, "",
+                  ".. autosummary::", "   :toctree: generated", "   :nosignatures:", ""]
+        lines += [f"   {name}" for name in names]
+        lines.append("")
+    for title, description, names in SUBMODULE_GROUPS:
         lines += [title, "-" * len(title), "", description, "",
                   ".. autosummary::", "   :toctree: generated", "   :nosignatures:", ""]
         lines += [f"   {name}" for name in names]
@@ -114,8 +128,9 @@ def write_api_index(docs_dir: Path) -> Path:
     path = Path(docs_dir) / "api" / "index.rst"
     text = render(exports)
     # stubs of names that are no longer public would be orphans (a warning): drop them
+    keep = set(exports) | {name for _, _, names in SUBMODULE_GROUPS for name in names}
     for stub in (path.parent / "generated").glob("repsim.*.rst"):
-        if stub.name[len("repsim."):-len(".rst")] not in exports:
+        if stub.name[len("repsim."):-len(".rst")] not in keep:
             stub.unlink()
     if not path.exists() or path.read_text() != text:
         path.parent.mkdir(parents=True, exist_ok=True)

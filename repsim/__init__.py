@@ -3,11 +3,16 @@
 Centered kernel alignment (linear and RBF, biased and unbiased HSIC, minibatch CKA),
 the CCA family (CCA, SVCCA, PWCCA), principal-component analyses and block-structure
 detection, on numpy arrays and torch tensors alike, plus a PyTorch adapter that hooks any
-model and streams its layers into accumulators.
+model and streams its layers into accumulators. Statistics (bootstrap intervals,
+permutation tests, seed comparisons) live in :mod:`repsim.stats`; the study's datasets
+and ResNets in :mod:`repsim.datasets` and :mod:`repsim.models`.
 
-The numpy-only core is imported here; modules that need torch or matplotlib are loaded
-lazily on first use of one of their names, so ``import repsim`` never imports torch,
-matplotlib (or numba, which loads with the first fused kernel) behind the caller's back.
+Dependencies: numpy, xarray, array-api-compat, scipy and numba are required (numba is a
+hard dependency: its fused kernels are the CPU default, compiled on first use); torch,
+matplotlib, h5netcdf and tqdm are optional extras. The numpy-only core is imported here;
+modules that need torch or matplotlib are loaded lazily on first use of one of their
+names, so ``import repsim`` never imports torch, matplotlib (or numba, which loads with
+the first fused kernel) behind the caller's back.
 """
 
 from importlib import import_module as _import_module
@@ -28,11 +33,18 @@ from .neighbours import (
     second_order_cosine,
 )
 from .pcs import DominantExamples, dominant_examples, pc_variance_fraction, remove_top_pcs
+from .rdm import dcor, rsa
 from .regression import gulp, ridge_r2
 from .results import load_result, save_result
-from .rdm import dcor, rsa
 from .shape import nbs, shape_distance
-from .stats import aggregate_seeds, bootstrap, compare_seeds, jackknife_interval, permutation_test
+from .stats import (
+    Interval,
+    aggregate_seeds,
+    bootstrap,
+    compare_seeds,
+    jackknife_interval,
+    permutation_test,
+)
 from .streaming import MinibatchCKA
 
 __version__ = "0.1.0"
@@ -41,66 +53,88 @@ __version__ = "0.1.0"
 # (module names must differ from the public names they hold)
 _LAZY = {
     "GramHooks": "adapters.torch",
-    "cifar_resnet": "models",
     "compare_models": "adapters.torch",
-    "download_cifar10": "datasets",
-    "load_cifar10": "datasets",
-    "load_digits_images": "datasets",
-    "select_layers": "adapters.torch",
     "plot_diagonal_band": "plotting",
     "plot_similarity": "plotting",
     "plot_similarity_grid": "plotting",
     "plot_similarity_intervals": "plotting",
+    "select_layers": "adapters.torch",
 }
 
-__all__ = sorted(
-    [
-        "DegenerateRepresentationWarning",
-        "DominantExamples",
-        "MinibatchCKA",
-        "aggregate_seeds",
-        "bootstrap",
-        "block_score",
-        "block_structure",
-        "canonical_correlations",
-        "cca",
-        "centre_gram",
-        "cka",
-        "cka_matrix",
-        "cknna",
-        "compare_seeds",
-        "dcor",
-        "dominant_examples",
-        "gram",
-        "gulp",
-        "hsic",
-        "jaccard_knn",
-        "jackknife_interval",
-        "load_result",
-        "measures",
-        "median_sigma",
-        "mutual_knn",
-        "nbs",
-        "neighbour_matrix",
-        "permutation_test",
-        "pc_variance_fraction",
-        "pwcca",
-        "rank_similarity",
-        "remove_top_pcs",
-        "ridge_r2",
-        "rsa",
-        "save_result",
-        "second_order_cosine",
-        "shape_distance",
-        "svcca",
-        "ucentre_gram",
-        "UnderdeterminedCCAWarning",
-    ]
-    + list(_LAZY)
-)
+# names that left the top level: name -> the submodule that holds them now
+_MOVED = {
+    "cifar_resnet": "models",
+    "download_cifar10": "datasets",
+    "load_cifar10": "datasets",
+    "load_digits_images": "datasets",
+}
+
+# written out (not computed) so that IDEs and type checkers can read it; one name per
+# line, in sorted() order
+__all__ = [
+    "DegenerateRepresentationWarning",
+    "DominantExamples",
+    "GramHooks",
+    "Interval",
+    "MinibatchCKA",
+    "UnderdeterminedCCAWarning",
+    "aggregate_seeds",
+    "block_score",
+    "block_structure",
+    "bootstrap",
+    "canonical_correlations",
+    "cca",
+    "centre_gram",
+    "cka",
+    "cka_matrix",
+    "cknna",
+    "compare_models",
+    "compare_seeds",
+    "dcor",
+    "dominant_examples",
+    "gram",
+    "gulp",
+    "hsic",
+    "jaccard_knn",
+    "jackknife_interval",
+    "load_result",
+    "measures",
+    "median_sigma",
+    "mutual_knn",
+    "nbs",
+    "neighbour_matrix",
+    "pc_variance_fraction",
+    "permutation_test",
+    "plot_diagonal_band",
+    "plot_similarity",
+    "plot_similarity_grid",
+    "plot_similarity_intervals",
+    "pwcca",
+    "rank_similarity",
+    "remove_top_pcs",
+    "ridge_r2",
+    "rsa",
+    "save_result",
+    "second_order_cosine",
+    "select_layers",
+    "shape_distance",
+    "svcca",
+    "ucentre_gram",
+]
 
 
 def __getattr__(name):
+    if name in _MOVED:
+        import warnings
+
+        module = _MOVED[name]
+        warnings.warn(
+            f"repsim.{name} moved to repsim.{module}.{name}; the top-level name will be "
+            "removed",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(_import_module(f"repsim.{module}"), name)
     try:
         module = _LAZY[name]
     except KeyError:

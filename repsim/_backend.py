@@ -70,6 +70,14 @@ def item(value) -> float:
     return float(value)
 
 
+def detached(x):
+    """``x`` without autograd history (a torch tensor that requires grad is detached;
+    anything else is returned as is). Similarities are not differentiable in repsim."""
+    if is_torch(x) and x.requires_grad:
+        return x.detach()
+    return x
+
+
 def float_dtype(x, xp):
     """dtype in which grams of ``x`` are formed.
 

@@ -15,7 +15,9 @@ used; torch is not imported.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
+import http.client
 import io
 import os
 import pickle
@@ -28,10 +30,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ._io import atomic_write, progress as _progress
+
 try:  # numpy >= 2
     from numpy._core.multiarray import _reconstruct
+    from numpy._core.numeric import _frombuffer  # type: ignore[attr-defined]
 except ImportError:  # numpy 1.x
-    from numpy.core.multiarray import _reconstruct
+    from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
+    from numpy.core.numeric import _frombuffer  # type: ignore[attr-defined,no-redef]
 
 __all__ = [
     "CIFAR10_CLASSES",
@@ -52,28 +58,63 @@ CIFAR10_CLASSES = (
 _TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 _TEST_BATCHES = ("test_batch",)
 
+class _RefusedGlobal(pickle.UnpicklingError):
+    """A batch file refers to a global outside :data:`_ALLOWED_GLOBALS`."""
+
+
+def _latin1_encode(text, encoding="utf-8", errors="strict"):
+    """``_codecs.encode`` as protocol-2 pickles of bytes use it (latin-1 only)."""
+    if codecs.lookup(encoding).name != "iso8859-1" or not isinstance(text, str):
+        raise _RefusedGlobal(
+            f"refusing _codecs.encode with encoding {encoding!r} in a CIFAR-10 batch file"
+        )
+    return codecs.encode(text, "latin1", errors)
+
+
 # The only globals a CIFAR-10 batch pickle refers to: numpy's array reconstructor (its
-# module moved from numpy.core to numpy._core in numpy 2), ndarray and dtype.
-_ALLOWED_GLOBALS = frozenset(
-    {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-    }
-)
+# module moved from numpy.core to numpy._core in numpy 2), ndarray and dtype; numpy's
+# _frombuffer for arrays pickled with protocol 5; _codecs.encode, with which protocol 2
+# stores bytes objects written by Python 3.
+_ALLOWED_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy.core.numeric", "_frombuffer"): _frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): _frombuffer,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): _latin1_encode,
+}
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
     """Unpickler that resolves only numpy's array-reconstruction globals."""
 
     def find_class(self, module, name):
-        if (module, name) in _ALLOWED_GLOBALS:
-            return _reconstruct if name == "_reconstruct" else getattr(np, name)
-        raise pickle.UnpicklingError(
-            f"refusing to load global {module}.{name} from a CIFAR-10 batch file; "
-            "expected only numpy arrays, dicts, lists, strings and ints"
+        try:
+            return _ALLOWED_GLOBALS[(module, name)]
+        except KeyError:
+            raise _RefusedGlobal(
+                f"refusing to load global {module}.{name} from a CIFAR-10 batch file; "
+                "expected only numpy arrays, dicts, lists, strings and ints"
+            ) from None
+
+
+def _labels(values, path: Path) -> np.ndarray:
+    """Class indices as int64, refusing non-integers and values outside 0..9."""
+    raw = np.asarray(values)
+    if raw.dtype.kind not in "iu" or raw.ndim != 1:
+        raise ValueError(
+            f"{path}: labels must be a list of integers 0..9; got an array of dtype "
+            f"{raw.dtype} and shape {raw.shape}"
         )
+    bad = (raw < 0) | (raw > 9)
+    if bad.any():
+        shown = sorted({int(v) for v in raw[bad]})[:5]
+        raise ValueError(
+            f"{path}: labels must be class indices 0..9; got {int(bad.sum())} outside that "
+            f"range (values {shown})"
+        )
+    return raw.astype(np.int64)
 
 
 def _load_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -82,10 +123,13 @@ def _load_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raw = f.read()
     try:
         batch = _RestrictedUnpickler(io.BytesIO(raw), encoding="latin1").load()
-    except pickle.UnpicklingError:
-        raise
+    except _RefusedGlobal as exc:
+        raise pickle.UnpicklingError(f"{path}: {exc}") from None
     except Exception as exc:  # truncated or not a pickle at all
-        raise ValueError(f"{path} is not a readable CIFAR-10 batch file: {exc}") from exc
+        raise ValueError(
+            f"{path} is not a readable CIFAR-10 batch file (truncated or not a pickle): "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
     if not isinstance(batch, dict):
         raise ValueError(f"{path}: expected a pickled dict, got {type(batch).__name__}")
     # Python 2 files give str keys (latin1); files pickled from Python 3 bytes keep bytes
@@ -93,7 +137,7 @@ def _load_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if "data" not in batch or not ("labels" in batch or "fine_labels" in batch):
         raise ValueError(f"{path}: expected keys 'data' and 'labels', got {sorted(batch)}")
     data = np.asarray(batch["data"])
-    labels = np.asarray(batch.get("labels", batch.get("fine_labels")), dtype=np.int64)
+    labels = _labels(batch.get("labels", batch.get("fine_labels")), path)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         raise ValueError(
             f"{path}: expected 'data' of shape (m, 3072) and dtype uint8, "
@@ -106,7 +150,7 @@ def _load_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return data.reshape(-1, 3, 32, 32), labels
 
 
-def load_cifar10(data_dir, train: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def load_cifar10(data_dir: str | os.PathLike, train: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Load CIFAR-10 from the standard python batches.
 
     Parameters
@@ -132,14 +176,17 @@ def load_cifar10(data_dir, train: bool = True) -> tuple[np.ndarray, np.ndarray]:
     pickle.UnpicklingError
         If a file refers to anything but numpy arrays and plain containers.
     ValueError
-        If a file does not have the CIFAR-10 layout.
+        If a file does not have the CIFAR-10 layout, is truncated (the message names the
+        file), or holds labels that are not integers 0..9.
 
     Notes
     -----
     Files are parsed with a restricted :class:`pickle.Unpickler` whose ``find_class``
-    allows only ``numpy.(_)core.multiarray._reconstruct``, ``numpy.ndarray`` and
-    ``numpy.dtype``. Both the original files (bytes keys) and re-pickled copies with str
-    keys load.
+    allows only ``numpy.(_)core.multiarray._reconstruct``,
+    ``numpy.(_)core.numeric._frombuffer`` (protocol 5), ``numpy.ndarray``,
+    ``numpy.dtype`` and a latin-1-only ``_codecs.encode`` (how protocol 2 stores bytes).
+    Both the original files (Python 2, bytes keys) and copies re-pickled by Python 3 with
+    protocols 2 to 5, with bytes or str keys, load.
 
     References
     ----------
@@ -180,7 +227,7 @@ def _check_member(member: tarfile.TarInfo) -> None:
 
 
 def download_cifar10(
-    root=None,
+    root: str | os.PathLike | None = None,
     url: str = CIFAR10_URL,
     md5: str | None = CIFAR10_MD5,
     *,
@@ -198,7 +245,8 @@ def download_cifar10(
     md5 : str or None, default :data:`CIFAR10_MD5`
         Expected MD5 of the archive; ``None`` skips the check (not recommended).
     progress : bool, default True
-        Show a tqdm progress bar while downloading (if tqdm is installed).
+        Show the download's progress: a tqdm bar on a terminal or in Jupyter (when tqdm
+        is installed), one plain line in a non-interactive log.
     timeout : float, default 60
         Socket timeout in seconds.
 
@@ -210,36 +258,45 @@ def download_cifar10(
     Raises
     ------
     ConnectionError
-        If the archive cannot be fetched (offline, host unreachable, HTTP error); the
-        message names the URL and how to supply the files by hand.
+        If the archive cannot be fetched (offline, host unreachable, HTTP error) or the
+        server sends fewer bytes than its Content-Length; the message names the URL.
     ValueError
-        If the archive's checksum does not match (the file is deleted), or it contains a
-        member with an absolute path, a ``..`` component, a link or a device.
+        If the archive's checksum does not match, it is not a readable tar archive, or
+        it contains a member with an absolute path, a ``..`` component, a link or a
+        device.
 
     Notes
     -----
-    Nothing is fetched when the extracted folder already exists. The archive is written
-    to a temporary file and renamed once complete and verified; it is extracted into a
-    temporary folder beside the destination, which is then renamed into place, so an
-    interrupted download or extraction never leaves a partial dataset behind.
+    Nothing is fetched when the extracted folder already holds every batch file. The
+    archive is written to a temporary file and kept (renamed into the cache) only once its length matches the server's
+    Content-Length, its MD5 matches and it reads as a tar archive to its end: a failed
+    download is never cached, and a cached archive that fails these checks is fetched
+    again. It is extracted into a temporary folder beside the destination, which is then
+    renamed into place; an incomplete ``cifar-10-batches-py`` folder found in the cache
+    (an interrupted extraction, a partial copy) is removed and replaced.
     """
     root = Path(root if root is not None else os.environ.get("REPSIM_CACHE", "~/.cache/repsim"))
     root = root.expanduser()
     target = root / CIFAR10_DIRNAME
-    if (target / "test_batch").is_file():
+    if _complete(target):
         return target
     root.mkdir(parents=True, exist_ok=True)
     archive = root / url.rstrip("/").rsplit("/", 1)[-1]
-    if not archive.is_file():
-        _fetch(url, archive, progress=progress, timeout=timeout)
-    if md5 is not None:
-        digest = _md5(archive)
-        if digest != md5.lower():
+    if archive.is_file():
+        try:  # a cache written by an older version may hold a failed download
+            _verify_archive(archive, url, md5)
+        except ValueError:
             archive.unlink()
-            raise ValueError(
-                f"checksum mismatch for {url}: expected md5 {md5}, got {digest}; "
-                "the corrupt download was deleted, run again to retry"
-            )
+    if not archive.is_file():
+        atomic_write(archive, lambda tmp: _fetch_verified(url, Path(tmp), md5, progress, timeout,
+                                                          archive.name))
+    if target.exists():  # a partial folder left by an interrupted extraction or by hand
+        aside = Path(tempfile.mkdtemp(prefix=".partial-", dir=root))
+        try:
+            os.replace(target, aside / CIFAR10_DIRNAME)
+        except FileNotFoundError:
+            pass  # a concurrent call moved it
+        shutil.rmtree(aside, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=root))
     try:
         with tarfile.open(archive, "r:*") as tar:
@@ -251,55 +308,76 @@ def download_cifar10(
             except TypeError:  # Python without extraction filters
                 tar.extractall(tmp, members=members)
         extracted = tmp / CIFAR10_DIRNAME
-        if not extracted.is_dir():
-            raise ValueError(f"archive {archive} has no '{CIFAR10_DIRNAME}' folder")
+        if not _complete(extracted):
+            raise ValueError(
+                f"archive {archive} has no complete '{CIFAR10_DIRNAME}' folder (expected "
+                f"{', '.join(_TRAIN_BATCHES + _TEST_BATCHES)})"
+            )
         try:
             os.replace(extracted, target)
         except OSError:
-            if not (target / "test_batch").is_file():  # not a concurrent winner
+            if not _complete(target):  # not a concurrent winner
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
-def _fetch(url: str, dest: Path, *, progress: bool, timeout: float) -> None:
-    part = dest.with_name(dest.name + ".part")
+def _complete(folder: Path) -> bool:
+    """Whether ``folder`` holds every CIFAR-10 batch file."""
+    return all((folder / name).is_file() for name in _TRAIN_BATCHES + _TEST_BATCHES)
+
+
+def _verify_archive(path: Path, url: str, md5: str | None) -> None:
+    """Raise ValueError unless ``path`` has the expected MD5 and reads as a tar archive
+    to its end (a truncated or non-tar file fails here, before it is cached)."""
+    if md5 is not None:
+        digest = _md5(path)
+        if digest != md5.lower():
+            raise ValueError(
+                f"checksum mismatch for {url}: expected md5 {md5}, got {digest}; "
+                "the corrupt download was not kept, run again to retry"
+            )
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            tar.getmembers()  # reads the whole stream: detects a truncated archive
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise ValueError(
+            f"the download from {url} is not a readable tar archive "
+            f"({' '.join(str(exc).split())}); it was not "
+            "kept, run again to retry"
+        ) from None
+
+
+def _fetch_verified(url: str, dest: Path, md5: str | None, progress: bool, timeout: float,
+                    desc: str) -> None:
+    """Download ``url`` into ``dest`` and verify its length, checksum and tar format."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
-            bar = _progress_bar(total, dest.name, progress)
-            try:
-                with open(part, "wb") as f:
-                    while True:
-                        chunk = response.read(1 << 16)
-                        if not chunk:
-                            break
-                        f.write(chunk)
-                        if bar is not None:
-                            bar.update(len(chunk))
-            finally:
-                if bar is not None:
-                    bar.close()
-    except (urllib.error.URLError, OSError) as exc:
-        part.unlink(missing_ok=True)
+            got = 0
+            with _progress(total=total, desc=desc, enabled=progress, unit="B", unit_scale=True) as bar, \
+                    open(dest, "wb") as f:
+                while True:
+                    chunk = response.read(1 << 16)
+                    if not chunk:
+                        break
+                    f.write(chunk)
+                    got += len(chunk)
+                    bar.update(len(chunk))
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
         reason = getattr(exc, "reason", exc)
         raise ConnectionError(
             f"could not download CIFAR-10 from {url} ({reason}). Are you offline? "
             f"Fetch the archive by hand and pass the extracted '{CIFAR10_DIRNAME}' "
             "folder as data_dir (--data-dir in the study)."
         ) from exc
-    os.replace(part, dest)
-
-
-def _progress_bar(total, desc, enabled):
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc)
+    if total is not None and got != total:
+        raise ConnectionError(
+            f"the download from {url} ended early: got {got} of {total} bytes "
+            "(Content-Length); nothing was cached, run again to retry"
+        )
+    _verify_archive(dest, url, md5)
 
 
 def load_digits_images(

@@ -8,15 +8,16 @@ saved file explains itself.
 from __future__ import annotations
 
 import os
-import tempfile
+from typing import Any
 
 import numpy as np
 import xarray as xr
 
 from . import _backend as B
+from ._io import atomic_write
 
 
-def _netcdf_attr(value):
+def _netcdf_attr(value: Any) -> Any:
     """netCDF attributes hold strings, numbers and 1-d numeric arrays only."""
     if isinstance(value, bool):
         return int(value)
@@ -33,7 +34,8 @@ def _netcdf_attr(value):
     return str(value)
 
 
-def similarity_array(values, names_a, names_b, attrs=None, name="cka"):
+def similarity_array(values: Any, names_a, names_b, attrs: dict | None = None,
+                     name: str = "cka") -> xr.DataArray:
     """Wrap an ``(L_a, L_b)`` similarity matrix as a DataArray.
 
     Parameters
@@ -60,7 +62,27 @@ def similarity_array(values, names_a, names_b, attrs=None, name="cka"):
     )
 
 
-def save_result(result, path):
+def _storable_attrs(attrs: dict, owner: str) -> dict:
+    """``attrs`` in the forms netCDF stores (:func:`_netcdf_attr`); an attribute that has
+    none (an array of objects or complex numbers) is refused by name."""
+    out = {}
+    for key, value in attrs.items():
+        v = _netcdf_attr(value)
+        if isinstance(v, np.ndarray) and v.dtype.kind not in "biuf":
+            raise TypeError(
+                f"attribute {key!r} of {owner} cannot be stored in netCDF: a numpy array of "
+                f"dtype {v.dtype}; netCDF attributes must be strings, numbers or numeric "
+                "arrays -- convert it (or drop it) before saving"
+            )
+        if not isinstance(key, str):
+            raise TypeError(
+                f"attribute names must be strings; {owner} has an attribute named {key!r}"
+            )
+        out[key] = v
+    return out
+
+
+def save_result(result: xr.DataArray | xr.Dataset, path: str | os.PathLike) -> None:
     """Write a DataArray or Dataset to netCDF atomically (write, then rename).
 
     Parameters
@@ -69,6 +91,19 @@ def save_result(result, path):
     path : str or os.PathLike
         Destination ``.nc`` file; an existing file is replaced only once the new one is
         complete, so an interrupted write never leaves a truncated result.
+
+    Raises
+    ------
+    TypeError
+        If ``result`` is not a DataArray or Dataset, or an attribute (of the result, a
+        variable or a coordinate) cannot be stored in netCDF; the message names it.
+
+    Notes
+    -----
+    Attributes are converted as netCDF requires (booleans to 0/1, None to ``"none"``,
+    lists of strings kept, other objects to their ``str``). The file is written beside
+    the target and renamed over it once complete: it replaces an existing file with that
+    file's permissions, and a new file gets the usual ``0o666`` less the umask.
 
     Examples
     --------
@@ -79,23 +114,23 @@ def save_result(result, path):
     >>> repsim.load_result(path).attrs["estimator"]
     'biased'
     """
-    path = os.fspath(path)
+    if not isinstance(result, (xr.DataArray, xr.Dataset)):
+        raise TypeError(
+            f"result must be an xarray.DataArray or xarray.Dataset; got {type(result).__name__}"
+        )
     result = result.copy(deep=False)
-    result.attrs = {k: _netcdf_attr(v) for k, v in result.attrs.items()}
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".nc.tmp")
-    os.close(fd)
-    try:
-        result.to_netcdf(tmp, engine="h5netcdf")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    what = "the DataArray" if isinstance(result, xr.DataArray) else "the Dataset"
+    result.attrs = _storable_attrs(result.attrs, what)
+    if isinstance(result, xr.DataArray):
+        variables = [(name, result.coords[name].variable) for name in result.coords]
+    else:
+        variables = list(result.variables.items())
+    for name, var in variables:
+        var.attrs = _storable_attrs(var.attrs, f"variable {name!r}")
+    atomic_write(path, lambda tmp: result.to_netcdf(tmp, engine="h5netcdf"))
 
 
-def load_result(path):
+def load_result(path: str | os.PathLike) -> xr.DataArray | xr.Dataset:
     """Read a result written by :func:`save_result` (fully loaded, file closed).
 
     Returns

@@ -8,27 +8,45 @@ ICLR, section 3.1 (minibatch CKA with the unbiased HSIC estimator).
 
 from __future__ import annotations
 
+import math
+import numbers
+import warnings
+from typing import Any, Callable, Mapping, Sequence
+
 import numpy as np
 
 from . import _backend as B
 from . import _validation as V
+from ._accumulator import Accumulator, State, as_state_array, callable_identity
 from .cka import _mask_degenerate, _normalise
 from .hsic import centred_gram_stack
 from .kernels import ESTIMATORS, KERNELS
 from .results import similarity_array
 
-#: state entries that are plain sums over batches: merging or all-reducing is exact
-SUM_STATES = (
-    "sum_ab",
-    "sum_aa",
-    "sum_bb",
-    "centred_trace_a",
-    "tolerance_a",
-    "centred_trace_b",
-    "tolerance_b",
-    "n_batches",
-    "n_examples",
+#: how a batch's terms enter the sums: ``"pairs"`` adds the raw (U-)centred inner
+#: products, weighting batch ``t`` by ``n_t (n_t - 3)`` (unbiased) or ``(n_t - 1)^2``
+#: (biased), as the official code does; ``"batches"`` adds each batch's HSIC, weighting
+#: every batch equally (Nguyen et al. eq. 3)
+WEIGHTINGS = ("pairs", "batches")
+
+_STATES = (
+    State("sum_ab", ("layers_a", "layers_b")),
+    State("sum_aa", ("layers_a",)),
+    State("sum_bb", ("layers_b",)),
+    State("centred_trace_a", ("layers_a",)),
+    State("tolerance_a", ("layers_a",)),
+    State("centred_trace_b", ("layers_b",)),
+    State("tolerance_b", ("layers_b",)),
+    State("n_batches", (), "int64"),
+    State("n_examples", (), "int64"),
+    State("group_ab", ("groups", "layers_a", "layers_b"), when="groups"),
+    State("group_aa", ("groups", "layers_a"), when="groups"),
+    State("group_bb", ("groups", "layers_b"), when="groups"),
+    State("group_batches", ("groups",), "int64", when="groups"),
 )
+
+#: state entries that are plain sums over batches: merging or all-reducing is exact
+SUM_STATES = tuple(st.name for st in _STATES if st.when is None)
 
 #: per-group sums kept only with ``MinibatchCKA(groups=G)`` (for standard errors and
 #: intervals): ``group_ab`` (G, L_a, L_b), ``group_aa`` (G, L_a), ``group_bb`` (G, L_b),
@@ -36,22 +54,68 @@ SUM_STATES = (
 #: :meth:`MinibatchCKA.set_group` pins one, so with the same ``G`` on every process the
 #: groups are aligned and these are plain sums too: all-reduce them like
 #: :data:`SUM_STATES` (group ``g`` then holds batch ``g, g+G, ...`` of every process).
-GROUP_STATES = ("group_ab", "group_aa", "group_bb", "group_batches")
+GROUP_STATES = tuple(st.name for st in _STATES if st.when == "groups")
 
 
-class MinibatchCKA:
+def _check_sigma(sigma: Any, kernel: str) -> Any:
+    """A fixed RBF bandwidth: None, a number > 0, or a dict name -> number > 0."""
+    if sigma is None:
+        return None
+    if kernel != "rbf":
+        raise ValueError(f"sigma applies to kernel='rbf' only; got sigma={sigma!r} with "
+                         f"kernel={kernel!r}")
+    items = sigma.items() if isinstance(sigma, dict) else [(None, sigma)]
+    for name, value in items:
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        if not (ok and math.isfinite(value) and value > 0):
+            where = "sigma" if name is None else f"sigma[{name!r}]"
+            raise ValueError(f"{where} must be a finite number > 0; got {value!r}")
+    if isinstance(sigma, dict):
+        return {str(k): float(v) for k, v in sigma.items()}
+    return float(sigma)
+
+
+def apply_transform(transform: Callable[[Any], Any], a: Any, where: str) -> Any:
+    """``transform(a)`` for an ``(n, features)`` array, checked before any kernel sees it:
+    the result must be an array of the same library with shape ``(n, features')``."""
+    n = a.shape[0]
+    t = transform(a)
+    if not (B.is_numpy(t) or B.is_torch(t)) or B.namespace(t) is not B.namespace(a):
+        raise TypeError(f"transform must return an array of the input's library "
+                        f"({type(a).__name__}) for {where}; got {type(t).__name__}")
+    shape = tuple(t.shape)
+    if len(shape) != 2 or shape[0] != n or shape[1] < 1:
+        raise ValueError(f"transform must return shape (n, features) with n={n} for {where} "
+                         f"(input shape {tuple(a.shape)}); got shape {shape}")
+    return t
+
+
+class MinibatchCKA(Accumulator):
     """Minibatch CKA between every pair of layers, accumulated batch by batch.
 
     For each batch the grams of all layers are centred (U-centred for the unbiased
     estimator), stacked into a ``(L, n^2)`` float64 matrix ``G`` and paired by one
     product ``G_a G_b^T`` that is added to a float64 ``(L_a, L_b)`` sum, together with
-    the self terms. ``compute()`` divides once at the end::
+    the self terms. ``compute()`` divides once at the end. With ``h_t(a, b) =
+    <U(K_a^t), U(L_b^t)>``, the raw inner product of batch ``t``'s U-centred grams
+    (``HSIC_t = h_t / (n_t (n_t - 3))``; biased: centred grams and ``(n_t - 1)^2``)::
 
-        CKA_mb(a, b) = sum_t HSIC(K_a^t, K_b^t) / sqrt(sum_t HSIC(K_a^t, K_a^t) sum_t HSIC(K_b^t, K_b^t))
+        weighting="pairs"   (default, the official code):
+            CKA_mb(a, b) = sum_t h_t(a, b) / sqrt(sum_t h_t(a, a) * sum_t h_t(b, b))
+        weighting="batches" (Nguyen et al. eq. 3):
+            CKA_mb(a, b) = sum_t HSIC_t(a, b) / sqrt(sum_t HSIC_t(a, a) * sum_t HSIC_t(b, b))
+
+    so ``"pairs"`` weights batch ``t`` by ``n_t (n_t - 3)`` and ``"batches"`` weights
+    every batch equally. They agree exactly when all batches have the same size and differ
+    on ragged batches; the result's attrs record ``weighting``.
 
     This is a different estimator from full-data CKA (it converges to the population CKA
     as batches are added, without ever holding ``n x n`` grams of the whole data). All
-    states are sums, so :meth:`merge` and a cross-process all-reduce are exact.
+    states are sums (declared in :data:`SUM_STATES` and :data:`GROUP_STATES` through
+    :class:`repsim._accumulator.Accumulator`), so :meth:`merge`, :meth:`sync` (a
+    cross-process all-reduce) and :meth:`state_dict` / :meth:`load_state_dict` are exact
+    under either weighting. Similarities are not differentiable: tensors that require
+    grad are detached on entry (the sums never join an autograd graph).
 
     Parameters
     ----------
@@ -60,15 +124,19 @@ class MinibatchCKA:
         HSIC estimator per batch; the unbiased one (Nguyen et al. 2021) makes the result
         independent of the batch size in expectation. Needs ``n >= 4`` per batch.
     sigma : float or dict name -> float, optional
-        Fixed RBF bandwidth(s). When None with ``kernel="rbf"``, each layer's bandwidth is
-        calibrated once on the first batch by the median heuristic and then kept fixed
-        (it is never re-estimated per batch); the values are stored in the result's attrs.
+        Fixed RBF bandwidth(s), each a finite number > 0 (``kernel="rbf"`` only). When
+        None with ``kernel="rbf"``, each layer's bandwidth is calibrated once on the first
+        batch by the median heuristic and then kept fixed (it is never re-estimated per
+        batch); the values are stored in the result's attrs.
     threshold : float, default 1.0
         Median-heuristic fraction for that calibration.
     transform : callable, optional
         Applied to each layer's flattened ``(n, features)`` batch before its gram, e.g.
         ``functools.partial(repsim.remove_top_pcs, k=1)`` for CKA after removing the first
-        principal component.
+        principal component. It must return an ``(n, features')`` array of the same
+        library with the same ``n`` (checked before any kernel runs). Identified by
+        qualified name (and ``functools.partial`` contents) for :meth:`merge` and
+        checkpoints.
     engine : {"auto", "numpy", "numba"}
         Implementation of the centring step on the numpy path.
     groups : int, optional
@@ -79,12 +147,15 @@ class MinibatchCKA:
         entry (delete-a-group jackknife, :func:`repsim.stats.jackknife_ratio`). The extra
         cost per batch is one ``(L_a, L_b)`` addition; None (default) keeps only the
         plain sums. Ten groups or more give stable intervals.
+    weighting : {"pairs", "batches"}, default "pairs"
+        How batches of different sizes are weighted (see above).
 
     References
     ----------
     .. [1] Nguyen, Raghu & Kornblith (2021), "Do wide and deep networks learn the same
        things? Uncovering how neural network representations vary with width and depth",
-       ICLR, section 3.1.
+       ICLR, section 3.1 and eq. (3); the official code's ``MinibatchCKA``
+       (``efficient_CKA.py``) sums the raw U-centred inner products (``"pairs"``).
 
     Examples
     --------
@@ -98,45 +169,88 @@ class MinibatchCKA:
     Frozen({'layer_a': 3, 'layer_b': 3})
     """
 
+    STATES = _STATES
+    LAYOUT = ("names_a", "names_b", "symmetric", "sigmas_a", "sigmas_b")
+
+    names_a: list[str] | None
+    names_b: list[str] | None
+    symmetric: bool | None
+    sigmas_a: list[Any] | None
+    sigmas_b: list[Any] | None
+
     def __init__(
         self,
         *,
-        kernel="linear",
-        estimator="unbiased",
-        sigma=None,
-        threshold=1.0,
-        transform=None,
-        engine="auto",
-        groups=None,
-    ):
+        kernel: str = "linear",
+        estimator: str = "unbiased",
+        sigma: float | Mapping[str, float] | None = None,
+        threshold: float = 1.0,
+        transform: Callable[[Any], Any] | None = None,
+        engine: str = "auto",
+        groups: int | None = None,
+        weighting: str = "pairs",
+    ) -> None:
         self.kernel = V.check_option(kernel, "kernel", KERNELS)
         self.groups = None if groups is None else V.check_int(groups, "groups", 2)
-        self._pinned_group = None
+        self._pinned_group: int | None = None
         self.estimator = V.check_option(estimator, "estimator", ESTIMATORS)
         self.engine = V.check_option(engine, "engine", B.ENGINES)
+        self.weighting = V.check_option(weighting, "weighting", WEIGHTINGS)
+        if isinstance(threshold, bool):
+            raise ValueError(f"threshold must be a finite number > 0; got {threshold!r}")
         V.check_positive(threshold, "threshold")
-        self.sigma = sigma
+        if transform is not None and not callable(transform):
+            raise TypeError(f"transform must be a callable (n, features) -> (n, features'); "
+                            f"got {transform!r}")
+        self.sigma = _check_sigma(sigma, self.kernel)
         self.threshold = threshold
         self.transform = transform
         self.reset()
 
     # ------------------------------------------------------------------ state
-    def reset(self):
-        """Forget all batches (and the layer names and calibrated bandwidths)."""
-        self.names_a = None
-        self.names_b = None
-        self.symmetric = None
-        self.sigmas_a = None
-        self.sigmas_b = None
-        self._sums = {}
+    def _options(self) -> dict[str, Any]:
+        opts = {
+            "kernel": self.kernel,
+            "estimator": self.estimator,
+            "weighting": self.weighting,
+            "groups": self.groups,
+            "transform": callable_identity(self.transform)[0],
+        }
+        if self.kernel == "rbf":
+            opts.update(sigma=self.sigma, threshold=float(self.threshold))
+        return opts
+
+    def _dims(self, layout: dict[str, Any]) -> dict[str, int]:
+        return {"layers_a": len(layout["names_a"]), "layers_b": len(layout["names_b"]),
+                "groups": self.groups or 0}
+
+    def _check_layout(self, layout: dict[str, Any]) -> None:
+        for side in ("a", "b"):
+            names = layout[f"names_{side}"]
+            if not (isinstance(names, (list, tuple)) and names
+                    and all(isinstance(n, str) for n in names)):
+                raise ValueError(f"state['names_{side}'] must be a non-empty list of layer "
+                                 f"names; got {names!r}")
+            sig = layout[f"sigmas_{side}"]
+            want = self.kernel == "rbf"
+            if want and not (isinstance(sig, (list, tuple)) and len(sig) == len(names)):
+                raise ValueError(f"state['sigmas_{side}'] must hold one bandwidth per layer "
+                                 f"({len(names)}); got {sig!r}")
+            if not want and sig is not None:
+                raise ValueError(f"state['sigmas_{side}'] must be None for kernel="
+                                 f"{self.kernel!r}; got {sig!r}")
+        if not isinstance(layout["symmetric"], bool):
+            raise ValueError(f"state['symmetric'] must be a bool; got {layout['symmetric']!r}")
 
     @property
     def n_batches(self) -> int:
-        return int(self._sums.get("n_batches", 0))
+        """Batches accumulated so far (over all merged or synced accumulators)."""
+        return int(self._values["n_batches"]) if self._values else 0
 
     @property
     def n_examples(self) -> int:
-        return int(self._sums.get("n_examples", 0))
+        """Examples accumulated so far."""
+        return int(self._values["n_examples"]) if self._values else 0
 
     def _sigmas_for(self, names):
         if self.kernel != "rbf":
@@ -145,37 +259,10 @@ class MinibatchCKA:
             missing = [n for n in names if n not in self.sigma]
             if missing:
                 raise ValueError(f"sigma has no bandwidth for layer(s) {missing}")
-            return [float(self.sigma[n]) for n in names]
-        return [None if self.sigma is None else float(self.sigma)] * len(names)
+            return [self.sigma[n] for n in names]
+        return [self.sigma] * len(names)
 
-    def _start(self, names_a, names_b, symmetric, xp, device):
-        self.names_a, self.names_b, self.symmetric = names_a, names_b, symmetric
-        la, lb = len(names_a), len(names_b)
-        f64 = xp.float64
-        self._sums = {
-            "sum_ab": xp.zeros((la, lb), dtype=f64, device=device),
-            "sum_aa": xp.zeros((la,), dtype=f64, device=device),
-            "sum_bb": xp.zeros((lb,), dtype=f64, device=device),
-            "centred_trace_a": np.zeros(la),
-            "tolerance_a": np.zeros(la),
-            "centred_trace_b": np.zeros(lb),
-            "tolerance_b": np.zeros(lb),
-            "n_batches": 0,
-            "n_examples": 0,
-        }
-        if self.groups:
-            g = self.groups
-            self._sums.update(
-                group_ab=xp.zeros((g, la, lb), dtype=f64, device=device),
-                group_aa=xp.zeros((g, la), dtype=f64, device=device),
-                group_bb=xp.zeros((g, lb), dtype=f64, device=device),
-                group_batches=np.zeros(g, dtype=np.int64),
-            )
-
-    def _state_keys(self):
-        return SUM_STATES + GROUP_STATES if self.groups else SUM_STATES
-
-    def set_group(self, group):
+    def set_group(self, group: int | None) -> None:
         """Send the following batches to ``group`` (None: back to round-robin).
 
         For example one group per pass over the data: ``acc.set_group(epoch % acc.groups)``.
@@ -196,21 +283,34 @@ class MinibatchCKA:
             )
 
     # ------------------------------------------------------------------ update
-    def update(self, acts_a, acts_b=None):
+    def update(self, acts_a: Sequence[Any] | Mapping[str, Any],
+               acts_b: Sequence[Any] | Mapping[str, Any] | None = None) -> None:
         """Add one batch.
 
         Parameters
         ----------
         acts_a : sequence or dict name -> array, each of shape (n, ...)
             This batch's activations of every layer of model A (numpy or torch, one
-            device). ``n`` may differ between batches (a ragged last batch is fine).
+            library and device throughout). ``n`` may differ between batches (a ragged
+            last batch is fine; see ``weighting``). Tensors that require grad are
+            detached.
         acts_b : sequence or dict, optional
             The same examples through model B. None: within-model comparison, symmetric,
             each gram formed once.
+
+        Raises
+        ------
+        ValueError
+            For mismatched ``n``, ``n < 4`` (unbiased), NaN/Inf (naming the layer), other
+            layers than the first batch's, or a transform that changes ``n`` or returns
+            something other than an ``(n, features)`` array; nothing is accumulated then.
+        TypeError
+            For a batch from another library or device than the previous ones.
         """
         self._update(acts_a, acts_b, grams=False)
 
-    def update_grams(self, grams_a, grams_b=None):
+    def update_grams(self, grams_a: Sequence[Any] | Mapping[str, Any],
+                     grams_b: Sequence[Any] | Mapping[str, Any] | None = None) -> None:
         """Add one batch given each layer's linear gram ``x x^T`` instead of its activations.
 
         This is the entry point of the PyTorch adapter (:func:`repsim.compare_models`),
@@ -231,7 +331,8 @@ class MinibatchCKA:
         ------
         ValueError
             If the accumulator has a ``transform`` (it acts on features, which a gram no
-            longer has), a gram is not square, the ``n`` differ, or a gram has NaN/Inf.
+            longer has), a gram is not square, the ``n`` differ, or a gram has NaN/Inf
+            anywhere (naming the layer; checked before any state is touched).
         """
         if self.transform is not None:
             raise ValueError(
@@ -240,23 +341,41 @@ class MinibatchCKA:
             )
         self._update(grams_a, grams_b, grams=True)
 
+    def _side(self, acts, label, grams):
+        """Names and arrays of one side, detached, checked against the states' library;
+        a transform is applied (and its output checked) here, before any kernel runs."""
+        names, arrays = V.layer_items(acts, label)
+        arrays = [B.detached(B.asarray(a)) for a in arrays]
+        out = []
+        for name, a in zip(names, arrays):
+            where = f"{label}[{name!r}]"
+            self._check_like(a, where)
+            xp = B.namespace(a)
+            if grams:
+                V.check_square(a, where)
+                V.check_finite_array(a, xp, where)
+            elif self.transform is not None:
+                a = apply_transform(self.transform, B.as_float(V.as_2d(a, xp, where), xp), where)
+            out.append(a)
+        return names, out
+
     def _update(self, a, b, grams):
         """One batch of activations (``grams=False``) or of linear grams (``grams=True``)."""
         label_a, label_b = ("grams_a", "grams_b") if grams else ("acts_a", "acts_b")
-        names_a, arrays_a = V.layer_items(a, label_a)
+        names_a, arrays_a = self._side(a, label_a, grams)
         symmetric = b is None
-        names_b, arrays_b = (names_a, None) if symmetric else V.layer_items(b, label_b)
+        names_b, arrays_b = (names_a, None) if symmetric else self._side(b, label_b, grams)
         self._check_update(names_a, names_b, symmetric)
         opts = dict(
             kernel=self.kernel, estimator=self.estimator, threshold=self.threshold,
-            engine=self.engine, transform=None if grams else self.transform, grams=grams,
+            engine=self.engine, transform=None, grams=grams,
         )
         sig_a = self.sigmas_a if self.sigmas_a is not None else self._sigmas_for(names_a)
         side_a = centred_gram_stack(arrays_a, names_a, sigmas=sig_a, side=label_a, **opts)
-        n = int(B.asarray(arrays_a[0]).shape[0])
+        n = int(arrays_a[0].shape[0])
         side_b = None
         if not symmetric:
-            shape_a, shape_b = B.asarray(arrays_a[0]).shape, B.asarray(arrays_b[0]).shape
+            shape_a, shape_b = arrays_a[0].shape, arrays_b[0].shape
             V.check_same_n(n, shape_b[0], label_a, label_b, shape_a, shape_b)
             sig_b = self.sigmas_b if self.sigmas_b is not None else self._sigmas_for(names_b)
             side_b = centred_gram_stack(arrays_b, names_b, sigmas=sig_b, side=label_b, **opts)
@@ -287,21 +406,26 @@ class MinibatchCKA:
             cross = B.pair_product(ga, gb, xp)
             self_a = xp.sum(ga * ga, axis=1)
             self_b = xp.sum(gb * gb, axis=1)
-        if self.names_a is None:
-            self._start(names_a, names_b, symmetric, xp, B.device(ga))
-            if self.kernel == "rbf":
-                self.sigmas_a, self.sigmas_b = list(used_a), list(used_b)
-        s = self._sums
+        if self.weighting == "batches":  # each batch's HSIC itself (eq. 3)
+            norm = float(n * (n - 3) if self.estimator == "unbiased" else (n - 1) ** 2)
+            cross, self_a, self_b = cross / norm, self_a / norm, self_b / norm
+        if not self.started:
+            sig = (list(used_a), list(used_b)) if self.kernel == "rbf" else (None, None)
+            self._start(dict(names_a=names_a, names_b=names_b, symmetric=symmetric,
+                             sigmas_a=sig[0], sigmas_b=sig[1]), xp, B.device(ga))
+        s = self._values
         s["sum_ab"] += cross
         s["sum_aa"] += self_a
         s["sum_bb"] += self_b
-        s["centred_trace_a"] += cen_a
-        s["tolerance_a"] += tol_a
+        like = s["sum_aa"]
+        s["centred_trace_a"] += as_state_array(cen_a, like)
+        s["tolerance_a"] += as_state_array(tol_a, like)
         if not symmetric:
-            s["centred_trace_b"] += cen_b
-            s["tolerance_b"] += tol_b
+            s["centred_trace_b"] += as_state_array(cen_b, like)
+            s["tolerance_b"] += as_state_array(tol_b, like)
         if self.groups:
-            g = self._pinned_group if self._pinned_group is not None else s["n_batches"] % self.groups
+            g = (self._pinned_group if self._pinned_group is not None
+                 else int(s["n_batches"]) % self.groups)
             s["group_ab"][g] += cross
             s["group_aa"][g] += self_a
             s["group_bb"][g] += self_b
@@ -310,7 +434,7 @@ class MinibatchCKA:
         s["n_examples"] += n
 
     # ------------------------------------------------------------------ results
-    def compute(self, uncertainty=False, level=0.9):
+    def compute(self, uncertainty: bool = False, level: float = 0.9) -> Any:
         """CKA for every pair of layers from the batches seen so far.
 
         Parameters
@@ -341,23 +465,30 @@ class MinibatchCKA:
             return self._compute_uncertainty(level)
         if not self.n_batches:
             raise ValueError("no batches accumulated yet; call update() first")
-        s = self._sums
+        s = self._values
         xp = B.namespace(s["sum_ab"])
         values = _normalise(s["sum_ab"], s["sum_aa"], s["sum_bb"], xp)
-        deg_a = s["centred_trace_a"] <= s["tolerance_a"]
-        deg_b = deg_a if self.symmetric else s["centred_trace_b"] <= s["tolerance_b"]
-        values = _mask_degenerate(B.to_numpy(values), deg_a, deg_b, self.names_a, self.names_b)
+        host = {k: B.to_numpy(s[k]) for k in ("centred_trace_a", "tolerance_a",
+                                              "centred_trace_b", "tolerance_b")}
+        deg_a = host["centred_trace_a"] <= host["tolerance_a"]
+        deg_b = deg_a if self.symmetric else host["centred_trace_b"] <= host["tolerance_b"]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            values = _mask_degenerate(B.to_numpy(values), deg_a, deg_b, self.names_a, self.names_b)
+        for w in caught:  # re-issued so that it points at the user's code
+            warnings.warn(w.message, w.category, stacklevel=V.user_stacklevel())
         attrs = {
             "measure": "minibatch_cka",
             "estimator": self.estimator,
             "kernel": self.kernel,
+            "weighting": self.weighting,
             "n_examples": self.n_examples,
             "n_batches": self.n_batches,
             "symmetric": bool(self.symmetric),
         }
         if self.kernel == "rbf":
-            attrs["sigma_a"] = list(self.sigmas_a)
-            attrs["sigma_b"] = list(self.sigmas_b)
+            attrs["sigma_a"] = list(self.sigmas_a or [])
+            attrs["sigma_b"] = list(self.sigmas_b or [])
             attrs["threshold"] = self.threshold
         return similarity_array(values, self.names_a, self.names_b, attrs)
 
@@ -371,7 +502,7 @@ class MinibatchCKA:
                 "with groups=G (G >= 2, e.g. 10)"
             )
         plain = self.compute()
-        s = self._sums
+        s = {k: B.to_numpy(v) if k == "group_batches" else v for k, v in self._values.items()}
         _, se, low, high, used, loo = jackknife_ratio(
             s["group_ab"], s["group_aa"], s["group_bb"], s["group_batches"], level, replicates=True
         )
@@ -382,88 +513,3 @@ class MinibatchCKA:
         ds = _uncertainty_dataset(plain.values, se, low, high, self.names_a, self.names_b, attrs)
         ds["jackknife"] = (("group", "layer_a", "layer_b"), loo)
         return ds
-
-    def _config(self):
-        return (self.kernel, self.estimator, self.names_a, self.names_b, self.symmetric, self.groups)
-
-    def merge(self, other):
-        """Add another accumulator's sums into this one (exact; same layers and options).
-
-        Returns
-        -------
-        MinibatchCKA
-            ``self``.
-        """
-        if not isinstance(other, MinibatchCKA):
-            raise TypeError(f"other must be a MinibatchCKA; got {type(other).__name__}")
-        if not other.n_batches:
-            return self
-        if not self.n_batches:
-            self.load_state_dict(other.state_dict())
-            return self
-        if self._config() != other._config():
-            raise ValueError(
-                "cannot merge accumulators with different layers or options: "
-                f"{self._config()} vs {other._config()}"
-            )
-        for key in self._state_keys():
-            self._sums[key] = self._sums[key] + other._sums[key]
-        return self
-
-    def state_dict(self):
-        """Everything needed to resume or merge: the sum states and the layer metadata.
-
-        The array entries keep their library and device (torch tensors stay tensors, so
-        they can be all-reduced across processes); the keys of :data:`SUM_STATES` are
-        plain sums.
-        """
-        state = {
-            "kernel": self.kernel,
-            "estimator": self.estimator,
-            "names_a": self.names_a,
-            "names_b": self.names_b,
-            "symmetric": self.symmetric,
-            "sigmas_a": self.sigmas_a,
-            "sigmas_b": self.sigmas_b,
-            "groups": self.groups,
-        }
-        for key in self._state_keys():
-            value = self._sums.get(key)
-            state[key] = value.copy() if hasattr(value, "copy") else (
-                value.clone() if hasattr(value, "clone") else value
-            )
-        return state
-
-    def load_state_dict(self, state):
-        """Restore a state produced by :meth:`state_dict` (options must match)."""
-        for key in ("kernel", "estimator"):
-            if state[key] != getattr(self, key):
-                raise ValueError(
-                    f"state was accumulated with {key}={state[key]!r}; this accumulator "
-                    f"has {key}={getattr(self, key)!r}"
-                )
-        self.names_a = list(state["names_a"]) if state["names_a"] is not None else None
-        self.names_b = list(state["names_b"]) if state["names_b"] is not None else None
-        self.symmetric = state["symmetric"]
-        self.sigmas_a = state["sigmas_a"]
-        self.sigmas_b = state["sigmas_b"]
-        if state.get("groups") != self.groups:
-            raise ValueError(
-                f"state was accumulated with groups={state.get('groups')!r}; this "
-                f"accumulator has groups={self.groups!r}"
-            )
-        self._sums = {}
-        if self.names_a is None:
-            return
-        for key in self._state_keys():
-            value = state[key]
-            if key in ("n_batches", "n_examples"):
-                value = int(value)
-            elif key == "group_batches":
-                value = np.array(B.to_numpy(value), dtype=np.int64)
-            elif key.startswith(("centred_trace", "tolerance")):
-                value = np.array(B.to_numpy(value), dtype=np.float64)
-            else:
-                value = value.copy() if hasattr(value, "copy") else value.clone()
-            self._sums[key] = value
-

@@ -475,3 +475,214 @@ def test_transform_rbf_and_half_precision_match_the_accumulator():
     with torch.no_grad():
         want = reference(bf, {"0": lambda x: half[0](x).float(), "1": lambda x: half(x).float()})
     np.testing.assert_allclose(got.values, want.values, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- issue 11 / 16
+import functools  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+
+
+def test_exact_name_with_glob_characters_wins():
+    net = nn.Module()
+    net.blocks = nn.ModuleDict({"a[0]": nn.Linear(2, 2), "a0": nn.Linear(2, 2)})
+    assert select_layers(net, "blocks.a[0]") == ["blocks.a[0]"]
+    assert select_layers(net, "blocks.a[0-9]") == ["blocks.a0"]  # still a pattern
+    assert select_layers(net, "blocks.a?") == ["blocks.a0"]
+
+
+class Encoder(nn.Module):
+    """Compared through ``encode``, not ``forward``; ``lin`` runs twice per pass."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(5, 5)
+        self.lin = nn.Linear(5, 5)
+
+    def encode(self, x):
+        return self.lin(torch.tanh(self.lin(self.inp(x))))
+
+    def forward(self, x):  # pragma: no cover - never the entry point here
+        raise AssertionError("forward must not run")
+
+
+def test_entry_point_other_than_forward_with_repeated_calls():
+    torch.manual_seed(3)
+    net = Encoder().eval()
+    data = [torch.randn(9, 5) for _ in range(3)]
+    enc = lambda m, b: m.encode(b)  # noqa: E731
+    got = compare_models(net, None, data, ["inp"], forward=enc, progress=False)  # 3 batches
+    assert got.attrs["n_batches"] == 3
+    with pytest.raises(ValueError, match="ran more than once"):
+        compare_models(net, None, data, ["lin"], forward=enc, progress=False)
+    idx = compare_models(net, None, data, ["inp", "lin"], forward=enc, repeated="index",
+                         progress=False)
+    assert idx.layer_a.values.tolist() == ["inp:0", "lin:0", "lin:1"]
+    with torch.no_grad():
+        def acts(x):
+            h0 = net.inp(x)
+            h1 = net.lin(h0)
+            return {"inp:0": h0, "lin:0": h1, "lin:1": net.lin(torch.tanh(h1))}
+        want = repsim.MinibatchCKA()
+        for x in data:
+            want.update({k: v.double() for k, v in acts(x).items()})
+    np.testing.assert_allclose(idx.values, want.compute().values, atol=1e-6)
+
+
+def test_repeated_index_with_other_layers_b():
+    torch.manual_seed(4)
+    net = Shared().eval()
+    data = [torch.randn(8, 5) for _ in range(2)]
+    both = compare_models(net, None, data, ["lin", "out"], repeated="index", progress=False)
+    got = compare_models(net, None, data, ["lin"], ["out"], repeated="index", progress=False)
+    assert got.layer_a.values.tolist() == ["lin:0", "lin:1"]
+    assert got.layer_b.values.tolist() == ["out:0"]
+    want = both.sel(layer_a=["lin:0", "lin:1"], layer_b=["out:0"])
+    np.testing.assert_allclose(got.values, want.values, atol=1e-12)
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage, not a checkpoint", b"PK\x03\x04trunc"])
+def test_unreadable_checkpoint_named_in_repsims_words(cnn, tmp_path, content):
+    path = tmp_path / "ck.pt"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match="cannot be resumed") as err:
+        compare_models(cnn, None, images(2), ["features.0"], progress=False, checkpoint=path)
+    assert "weights_only" not in str(err.value) and "ck.pt" in str(err.value)
+    torch.save({"not": "ours"}, path)
+    with pytest.raises(ValueError, match="does not hold a repsim checkpoint"):
+        compare_models(cnn, None, images(2), ["features.0"], progress=False, checkpoint=path)
+
+
+def first_columns(x):
+    return x[:, :3]
+
+
+@pytest.mark.parametrize("change,match", [
+    (dict(kernel="rbf", sigma=5.0), "sigma: 5.0 here, 2.0 in the state"),
+    (dict(kernel="rbf", sigma=2.0, transform=first_columns), "transform"),
+    (dict(kernel="rbf", sigma=2.0, select=functools.partial(torch.mul, other=2)), "select"),
+    (dict(kernel="rbf", sigma=2.0, weighting="batches"), "weighting"),
+    (dict(kernel="rbf", sigma=2.0, threshold=0.5), "threshold"),
+    (dict(kernel="rbf", sigma=2.0, pooling="spatial_mean"), "pooling"),
+    (dict(kernel="rbf", sigma=2.0, weights=True), "weights_a"),
+])
+def test_checkpoint_refuses_another_computation(cnn, tmp_path, change, match):
+    path = tmp_path / "ck.pt"
+    layers = ["features.0", "features.3"]
+    opts = dict(progress=False, checkpoint=path, kernel="rbf", sigma=2.0)
+    compare_models(cnn, None, images(2), layers, **opts)
+    change = dict(change)
+    if change.pop("weights", False):
+        with torch.no_grad():
+            cnn.features[0].bias.add_(1e-3)
+    with pytest.raises(ValueError, match=f"different comparison.*{match}"):
+        compare_models(cnn, None, images(2), layers, **dict(opts, **change))
+
+
+def test_checkpointed_callables_must_be_portable(cnn, tmp_path):
+    opts = dict(progress=False, checkpoint=tmp_path / "ck.pt")
+    for kwargs in (dict(transform=lambda x: x), dict(forward=lambda m, b: m(b)),
+                   dict(select={"features.0": lambda out: out})):
+        with pytest.raises(ValueError, match="could never resume"):
+            compare_models(cnn, None, images(2), ["features.0"], **opts, **kwargs)
+    assert not (tmp_path / "ck.pt").exists()
+    # without a checkpoint, lambdas are fine
+    compare_models(cnn, None, images(2), ["features.0"], progress=False, transform=lambda x: x)
+
+
+def test_checkpoint_with_callables_resumes_in_a_new_process(tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import functools, sys, torch, numpy as np, repsim\n"
+        "from torch import nn\n"
+        "torch.manual_seed(0)\n"
+        "net = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 4)).eval()\n"
+        "g = torch.Generator().manual_seed(1)\n"
+        "data = [torch.randn(10, 6, generator=g) for _ in range(3)]\n"
+        "loader = data if sys.argv[1] == 'run' else iter(())\n"
+        "r = repsim.compare_models(net, None, loader, progress=False, checkpoint=sys.argv[2],\n"
+        "    transform=functools.partial(repsim.remove_top_pcs, k=1), pooling=functools.partial(torch.flatten, start_dim=1))\n"
+        "np.save(sys.argv[3], r.values)\n")
+    env = dict(__import__("os").environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]),
+               OMP_NUM_THREADS="1")
+    ck = tmp_path / "ck.pt"
+    for mode, out in (("run", "first.npy"), ("resume", "again.npy")):
+        proc = subprocess.run([sys.executable, str(script), mode, str(ck), str(tmp_path / out)],
+                              env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "first.npy"), np.load(tmp_path / "again.npy"))
+
+
+def test_accumulator_options_pass_through(cnn):
+    data = images(3, n=10) + images(1, n=6, seed=5)  # ragged
+    layers = ["features.0", "features.4", "head.1"]
+    fns = {"features.0": cnn.features[0], "features.4": cnn.features, "head.1": cnn}
+    for opts in (dict(weighting="batches"), dict(kernel="rbf", threshold=0.5),
+                 dict(engine="numpy", estimator="biased")):
+        got = compare_models(cnn, None, data, layers, progress=False, **opts)
+        want = repsim.MinibatchCKA(**opts)
+        with torch.no_grad():
+            for x in data:
+                want.update({k: f(x) for k, f in fns.items()})
+        np.testing.assert_allclose(got.values, want.compute().values, atol=1e-6)
+        for key, value in opts.items():
+            assert got.attrs.get(key, value) == value
+        if opts.get("kernel"):
+            assert got.attrs["threshold"] == 0.5
+            np.testing.assert_allclose(got.attrs["sigma_a"], want.compute().attrs["sigma_a"],
+                                       rtol=1e-6)
+    batches = compare_models(cnn, None, data, layers, progress=False, weighting="batches")
+    pairs = compare_models(cnn, None, data, layers, progress=False)
+    assert np.abs(batches.values - pairs.values).max() > 1e-6
+
+
+def test_built_hooks_and_accumulator(cnn):
+    data = images(2)
+    plain = compare_models(cnn, None, data, ["features.0", "features.3"], pooling="spatial_mean",
+                           progress=False, groups=2)
+    hooks = GramHooks(cnn, ["features.0", "features.3"], pooling="spatial_mean")
+    acc = repsim.MinibatchCKA(groups=2)
+    got = compare_models(cnn, None, data, hooks=hooks, accumulator=acc, progress=False)
+    np.testing.assert_array_equal(got["cka"].values, plain["cka"].values)
+    assert acc.n_batches == 2
+    with pytest.raises(ValueError, match="either hooks= or \\['pooling'\\]"):
+        compare_models(cnn, None, data, hooks=hooks, pooling="flatten2", progress=False)
+    with pytest.raises(ValueError, match="either accumulator= or \\['groups'\\]"):
+        compare_models(cnn, None, data, accumulator=repsim.MinibatchCKA(), groups=3,
+                       progress=False)
+    with pytest.raises(ValueError, match="fresh"):
+        compare_models(cnn, None, data, accumulator=acc, progress=False)
+    other = SmallCNN().eval()
+    pair = (GramHooks(cnn, ["features.0"]), GramHooks(other, ["head.1"]))
+    across = compare_models(cnn, other, data, hooks=pair, progress=False)
+    assert across.sizes == {"layer_a": 1, "layer_b": 1}
+
+
+def test_hook_transform_that_changes_n_is_refused(cnn):
+    with pytest.raises(ValueError, match="n=16 for layer .features.0.*got shape \\(4, "):
+        compare_models(cnn, None, images(1), ["features.0"], transform=first_rows,
+                       progress=False)
+
+
+def first_rows(x):
+    return x[:4]
+
+
+def test_warnings_point_at_the_callers_code():
+    net = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+    with torch.no_grad():
+        net[1].weight.zero_()
+    data = [torch.randn(8, 4) for _ in range(2)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        compare_models(net, None, data, progress=False)
+        acc = repsim.MinibatchCKA()
+        acc.update({"z": np.zeros((8, 2)), "x": np.random.default_rng(0).standard_normal((8, 2))})
+        acc.compute()
+    degenerate = [w for w in caught if issubclass(w.category, repsim.DegenerateRepresentationWarning)]
+    assert len(degenerate) == 2
+    assert all(w.filename == __file__ for w in degenerate), [w.filename for w in degenerate]
+

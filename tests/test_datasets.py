@@ -31,6 +31,8 @@ def _batch(m, seed, str_keys=False):
 
 def _dump(obj, f, protocol, old_numpy):
     data = pickle.dumps(obj, protocol=protocol)
+    if protocol == 5:  # arrays through numpy's _frombuffer, not _reconstruct
+        assert b"_frombuffer" in data
     if old_numpy:  # the module path that numpy 1.x (and the original files) use
         assert protocol == 3
         if b"cnumpy._core.multiarray\n" in data:
@@ -56,7 +58,7 @@ def _key(d, k):
 
 
 @pytest.mark.parametrize("str_keys", [False, True])
-@pytest.mark.parametrize("protocol, old_numpy", [(3, False), (3, True), (4, False)])
+@pytest.mark.parametrize("protocol, old_numpy", [(2, False), (3, False), (3, True), (4, False), (5, False)])
 def test_reader_on_small_batches(tmp_path, str_keys, protocol, old_numpy):
     folder = tmp_path / "cifar-10-batches-py"
     batches = _write_batches(folder, str_keys, protocol, old_numpy)
@@ -128,8 +130,11 @@ def server():
             if body is None:
                 self.send_error(404)
                 return
+            declared = len(body)
+            if isinstance(body, tuple):  # (bytes, Content-Length to announce)
+                body, declared = body
             self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Length", str(declared))
             self.end_headers()
             self.wfile.write(body)
 
@@ -224,3 +229,113 @@ def test_digits_split_is_seeded_and_documented():
     assert raw[0].shape == (1697, 1, 8, 8) and raw[0].min() == 0 and raw[0].max() == 1
     with pytest.raises(ValueError, match="test_size"):
         load_digits_images(test_size=0)
+
+
+# ----------------------------------------------------------------- hostile batches (issue 11)
+@pytest.mark.parametrize("labels, match", [
+    ([99, 0, 1, 2, 3, 4, 5, 6, 7], r"outside that range \(values \[99\]\)"),
+    ([-5, 0, 1, 2, 3, 4, 5, 6, 7], r"outside that range \(values \[-5\]\)"),
+    ([1.7, 0, 1, 2, 3, 4, 5, 6, 7], "labels must be a list of integers 0..9; got an array of dtype float64"),
+    (np.arange(9) + 0.0, "dtype float64"),
+    ([True] * 9, "dtype bool"),
+    (["1"] * 9, "dtype <U1"),
+])
+def test_reader_refuses_bad_labels(tmp_path, labels, match):
+    folder = tmp_path / "cifar-10-batches-py"
+    _write_batches(folder)
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump({b"data": np.zeros((9, 3072), np.uint8), b"labels": labels}, f)
+    with pytest.raises(ValueError, match=match) as err:
+        load_cifar10(folder, train=False)
+    assert str(folder / "test_batch") in str(err.value)
+
+
+def test_reader_names_a_truncated_file(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    _write_batches(folder)
+    good = (folder / "data_batch_3").read_bytes()
+    (folder / "data_batch_3").write_bytes(good[: len(good) // 2])
+    with pytest.raises(ValueError, match=r"data_batch_3 is not a readable CIFAR-10 batch file \(truncated"):
+        load_cifar10(folder, train=True)
+    (folder / "test_batch").write_bytes(b"")
+    with pytest.raises(ValueError, match="test_batch is not a readable"):
+        load_cifar10(folder, train=False)
+
+
+def test_protocol_2_codecs_is_latin1_only(tmp_path):
+    """Protocol 2 stores bytes as _codecs.encode(text, 'latin1'); no other codec passes."""
+    folder = tmp_path / "cifar-10-batches-py"
+    _write_batches(folder)
+    evil = (b"\x80\x02}q\x00(X\x04\x00\x00\x00dataq\x01c_codecs\nencode\nq\x02X\x01\x00\x00\x00a"
+            b"X\x06\x00\x00\x00rot_13\x86Rq\x03u.")
+    (folder / "test_batch").write_bytes(evil)
+    with pytest.raises(pickle.UnpicklingError, match="refusing _codecs.encode with encoding 'rot_13'"):
+        load_cifar10(folder, train=False)
+
+
+def _nothing_cached(cache):
+    return sorted(p.name for p in cache.iterdir()) if cache.exists() else []
+
+
+def test_download_short_body_is_not_cached(tmp_path, server):
+    base, files, hits = server
+    data, md5, batches = _archive(tmp_path)
+    files["/c.tar.gz"] = (data[:-100], len(data))  # the connection drops 100 bytes early
+    cache = tmp_path / "cache"
+    for check in (md5, None):
+        with pytest.raises(ConnectionError, match=f"ended early: got {len(data) - 100} of {len(data)} bytes"):
+            download_cifar10(cache, url=base + "/c.tar.gz", md5=check, progress=False)
+        assert _nothing_cached(cache) == []
+    files["/c.tar.gz"] = data  # the retry downloads again and succeeds
+    n = len(hits)
+    path = download_cifar10(cache, url=base + "/c.tar.gz", md5=md5, progress=False)
+    assert len(hits) == n + 1
+    np.testing.assert_array_equal(load_cifar10(path, train=False)[1], batches["test_batch"][b"labels"])
+    assert _nothing_cached(cache) == ["c.tar.gz", "cifar-10-batches-py"]
+
+
+@pytest.mark.parametrize("body", [b"<html>503 Service Unavailable</html>", "truncated"])
+def test_download_non_tar_body_is_not_cached(tmp_path, server, body):
+    base, files, _ = server
+    data, md5, _ = _archive(tmp_path)
+    body = data[: len(data) // 2] if body == "truncated" else body  # a complete HTTP reply
+    files["/c.tar.gz"] = body
+    cache = tmp_path / "cache"
+    with pytest.raises(ValueError, match="is not a readable tar archive.*not kept"):
+        download_cifar10(cache, url=base + "/c.tar.gz", md5=None, progress=False)
+    assert _nothing_cached(cache) == []
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        download_cifar10(cache, url=base + "/c.tar.gz", md5=md5, progress=False)
+    assert _nothing_cached(cache) == []
+    files["/c.tar.gz"] = data
+    assert download_cifar10(cache, url=base + "/c.tar.gz", md5=None, progress=False).is_dir()
+
+
+def test_download_replaces_a_bad_cached_archive(tmp_path, server):
+    """An archive cached by an older version from a failed download is fetched again."""
+    base, files, hits = server
+    data, md5, _ = _archive(tmp_path)
+    files["/c.tar.gz"] = data
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "c.tar.gz").write_bytes(data[:50])
+    path = download_cifar10(cache, url=base + "/c.tar.gz", md5=None, progress=False)
+    assert hits == ["/c.tar.gz"] and (cache / "c.tar.gz").read_bytes() == data
+    assert load_cifar10(path, train=False)[0].shape == (9, 3, 32, 32)
+
+
+@pytest.mark.parametrize("left", [[], ["data_batch_1"], ["data_batch_1", "test_batch"]])
+def test_download_recovers_from_a_partial_folder(tmp_path, server, left):
+    base, files, hits = server
+    data, md5, batches = _archive(tmp_path)
+    files["/c.tar.gz"] = data
+    cache = tmp_path / "cache"
+    partial = cache / "cifar-10-batches-py"
+    partial.mkdir(parents=True)
+    for name in left:
+        (partial / name).write_bytes(b"half")
+    path = download_cifar10(cache, url=base + "/c.tar.gz", md5=md5, progress=False)
+    x, y = load_cifar10(path, train=True)
+    assert x.shape == (30, 3, 32, 32)
+    np.testing.assert_array_equal(load_cifar10(path, train=False)[1], batches["test_batch"][b"labels"])
+    assert _nothing_cached(cache) == ["c.tar.gz", "cifar-10-batches-py"]

@@ -68,6 +68,28 @@ WORKER = textwrap.dedent(
         with open(f"{out}/attrs{rank}.json", "w") as f:
             json.dump({k: int(v) for k, v in within.attrs.items()
                        if k in ("n_batches", "n_examples", "world_size")}, f)
+        # the accumulator's own sync with torch's collective, and its refusals
+        acc = repsim.MinibatchCKA(groups=2)
+        for x in data[rank::2]:
+            acc.update({"x": x.reshape(len(x), -1), "y": x[:, :1].reshape(len(x), -1)})
+        acc.sync(dist.all_reduce)
+        np.save(f"{out}/sync{rank}.npy", np.stack([acc.compute().values,
+                                                    acc.state_dict()["group_ab"].numpy()[0]]))
+        other = repsim.MinibatchCKA(estimator="biased" if rank else "unbiased")
+        other.update({"x": data[0].reshape(10, -1)})
+        try:
+            other.sync(dist.all_reduce)
+        except ValueError as e:
+            with open(f"{out}/differ{rank}.txt", "w") as f:
+                f.write(str(e))
+        empty = repsim.MinibatchCKA()
+        if rank == 0:
+            empty.update({"x": data[0].reshape(10, -1)})
+        try:
+            empty.sync(dist.all_reduce)
+        except ValueError as e:
+            with open(f"{out}/empty{rank}.txt", "w") as f:
+                f.write(str(e))
         try:
             repsim.compare_models(a, None, data, kernel="rbf", progress=False)
         except ValueError as e:
@@ -130,3 +152,13 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
     attrs = json.loads((tmp_path / "attrs0.json").read_text())
     assert attrs == {"n_batches": 14, "n_examples": 2 * (6 * 10 + 7), "world_size": 2}
     assert "explicit sigma" in (tmp_path / "rbf1.txt").read_text()
+    # acc.sync(torch.distributed.all_reduce) sums every declared state: the result of one
+    # accumulator over all batches, on both ranks; mismatches raise on every rank
+    whole = repsim.MinibatchCKA(groups=2)
+    for x in data[0::2] + data[1::2]:
+        whole.update({"x": x.reshape(len(x), -1), "y": x[:, :1].reshape(len(x), -1)})
+    for r in range(2):
+        values = np.load(tmp_path / f"sync{r}.npy")[0]
+        np.testing.assert_allclose(values, whole.compute().values, rtol=1e-12)
+        assert "different layers or options" in (tmp_path / f"differ{r}.txt").read_text()
+        assert "1 of 2 processes have no batches" in (tmp_path / f"empty{r}.txt").read_text()

@@ -30,7 +30,7 @@ def test_student_t_matches_scipy():
     sp = pytest.importorskip("scipy.stats")
     for df in [1, 2, 3, 4.5, 9, 30, 250]:
         for q in [0.005, 0.05, 0.5, 0.95, 0.975, 0.995]:
-            assert stats.t_quantile(q, df) == pytest.approx(sp.t.ppf(q, df), abs=1e-8)
+            assert stats.t_quantile(q, df) == pytest.approx(sp.t.ppf(q, df), rel=1e-12, abs=1e-12)
         t = np.array([0.0, 0.3, 1.7, 4.0, 25.0])
         np.testing.assert_allclose(stats.t_two_sided_p(t, df), 2 * sp.t.sf(t, df), rtol=1e-9, atol=1e-14)
     assert stats.t_quantile(0.95, np.inf) == pytest.approx(sp.norm.ppf(0.95))
@@ -520,7 +520,7 @@ def test_permutation_chunks_agree_and_p_values_are_calibrated(monkeypatch):
     xs = {"a": rng.standard_normal((20, 3)), "b": rng.standard_normal((20, 30))}
     ys = {"u": rng.standard_normal((20, 4)), "v": rng.standard_normal((20, 2)), "w": rng.standard_normal((20, 9))}
     whole = repsim.permutation_test(xs, ys, n_permutations=20, progress=False)
-    monkeypatch.setattr(stats, "_CHUNK_BYTES", 8 * 20 * 20 * 2)  # two layers per chunk
+    monkeypatch.setattr(stats.permutation, "_CHUNK_BYTES", 8 * 20 * 20 * 2)  # two layers per chunk
     xr.testing.assert_allclose(repsim.permutation_test(xs, ys, n_permutations=20, progress=False), whole)
     small = 0
     for d in range(200):
@@ -535,9 +535,10 @@ def test_bootstrap_cka_feature_path_agrees_with_gram_path(rng):
     """Linear biased CKA with few features is recomputed in feature space on each
     subsample (no n x n grams held); same subsamples, same intervals as the gram path."""
     x, y = pair(rng, 400, 3)
-    assert stats._cka_takes_feature_path((x, y), {})
-    assert not stats._cka_takes_feature_path((x, y), {"method": "gram"})
-    assert not stats._cka_takes_feature_path((x, y), {"estimator": "unbiased"})
+    gram_call = stats._common.gram_call
+    assert gram_call(repsim.cka, (x, y), {}) is None  # recomputed: the feature path
+    assert gram_call(repsim.cka, (x, y), {"method": "gram"}) is not None
+    assert gram_call(repsim.cka, (x, y), {"estimator": "unbiased"}) is not None
     feat = repsim.bootstrap(repsim.cka, x, y, n_resamples=15, progress=False)
     gram = repsim.bootstrap(repsim.cka, x, y, method="gram", n_resamples=15, progress=False)
     for var in ("cka", "stderr", "ci_low", "ci_high"):
@@ -654,3 +655,234 @@ def test_jackknife_interval_bad_input(rng):
         repsim.jackknife_interval([], lambda m: m)
     with pytest.raises(ValueError, match="level"):
         repsim.jackknife_interval(ds, lambda m: m[0, 1], level=1.5)
+
+
+# ----------------------------------------------------------------- any measure, own namespaces
+def test_bootstrap_partial_cka_takes_the_gram_path(rng):
+    """functools.partial(repsim.cka, ...) is recognised by the fast-path hook: same values
+    as repsim.cka with the options as keywords, and as recomputing on every subsample."""
+    import functools
+
+    x, y = pair(rng, 60, 4)
+    kw = dict(n_resamples=12, seed=2, progress=False)
+    rbf = functools.partial(repsim.cka, kernel="rbf", estimator="unbiased", sigma=3.0)
+    assert stats._common.gram_call(rbf, (x, y), {}) is not None
+    fast = repsim.bootstrap(rbf, data=(x, y), **kw)
+    assert fast.attrs["kernel"] == "rbf" and list(fast.attrs["sigma_a"]) == [3.0]  # gram path
+
+    def slow(a, b):  # the same computation, not recognised: recomputed per subsample
+        return repsim.cka(a, b, kernel="rbf", estimator="unbiased", sigma=3.0)
+
+    ref = repsim.bootstrap(slow, data=(x, y), **kw)
+    old = repsim.bootstrap(repsim.cka, x, y, kernel="rbf", estimator="unbiased", sigma=3.0, **kw)
+    for var in ("stderr", "ci_low", "ci_high"):
+        assert float(fast[var]) == pytest.approx(float(ref[var]), abs=1e-12)
+        assert float(fast[var]) == float(old[var])
+    assert float(fast.cka) == pytest.approx(float(ref.slow), abs=1e-12)
+    # a partial of cka_matrix, and a partial that pins the data too
+    xs = {"a": x, "b": y}
+    m1 = repsim.bootstrap(functools.partial(repsim.cka_matrix, estimator="unbiased"), data=(xs,), **kw)
+    m2 = repsim.bootstrap(repsim.cka_matrix, xs, estimator="unbiased", **kw)
+    xr.testing.assert_identical(m1, m2)
+    # linear biased with few features: cka's feature path, recomputed (no fast path)
+    assert stats._common.gram_call(functools.partial(repsim.cka), (x, y), {}) is None
+
+
+def test_bootstrap_measure_options_have_their_own_namespace(rng):
+    """A measure option named like one of bootstrap's (level, seed) reaches the measure."""
+    x, y = pair(rng, 50, 3)
+
+    def scaled(a, b, level=1.0, seed=0):
+        return level * float(np.mean(a * b)) + seed
+
+    ds = repsim.bootstrap(scaled, data=(x, y), measure_kwargs={"level": 2.0, "seed": 5},
+                          level=0.8, n_resamples=10, progress=False)
+    assert float(ds.scaled) == pytest.approx(2.0 * np.mean(x * y) + 5, rel=1e-14)
+    assert ds.attrs["level"] == 0.8 and ds.attrs["seed"] == 0
+    new = repsim.bootstrap(repsim.cka, data=[x, y], measure_kwargs={"estimator": "unbiased"},
+                           n_resamples=10, progress=False)
+    old = repsim.bootstrap(repsim.cka, x, y, estimator="unbiased", n_resamples=10, progress=False)
+    xr.testing.assert_identical(new, old)
+    with pytest.raises(TypeError, match="either positionally or as data"):
+        repsim.bootstrap(repsim.cka, x, y, data=(x, y))
+    with pytest.raises(TypeError, match="measure_kwargs=, not both"):
+        repsim.bootstrap(repsim.cka, data=(x, y), measure_kwargs={}, estimator="unbiased")
+    with pytest.raises(TypeError, match="data must be a non-empty tuple"):
+        repsim.bootstrap(repsim.cka, data=x)
+
+
+def _manual_null(measure, x, y, n_permutations, seed):
+    rng = np.random.default_rng(seed)
+    return np.array([measure(x, y[rng.permutation(len(y))]) for _ in range(n_permutations)])
+
+
+@pytest.mark.parametrize("alternative", ["greater", "less", "two-sided"])
+def test_permutation_test_any_measure_matches_a_manual_null(rng, alternative):
+    x = rng.standard_normal((40, 5))
+    y = x[:, :3] + rng.standard_normal((40, 3))
+    ds = repsim.permutation_test(x, y, measure=repsim.cca, n_permutations=30, seed=4,
+                                 alternative=alternative, progress=False)
+    null = _manual_null(repsim.cca, x, y, 30, 4)
+    obs = repsim.cca(x, y)
+    assert float(ds.cca) == obs and ds.attrs["estimate"] == "cca"
+    assert ds.attrs["chance_method"] == "permutation null mean"
+    assert float(ds.null_mean) == pytest.approx(null.mean(), rel=1e-13)
+    assert float(ds.chance) == pytest.approx(null.mean(), rel=1e-13)
+    assert float(ds.null_std) == pytest.approx(null.std(ddof=1), rel=1e-12)
+    extreme = {"greater": null >= obs - 1e-12, "less": null <= obs + 1e-12,
+               "two-sided": np.abs(null - null.mean()) >= abs(obs - null.mean()) - 1e-12}[alternative]
+    assert float(ds.p_value) == pytest.approx((1 + extreme.sum()) / 31, abs=1e-15)
+    if alternative == "greater":
+        assert float(ds.p_value) == pytest.approx(1 / 31)  # related: nothing beats it
+    elif alternative == "less":
+        assert float(ds.p_value) == pytest.approx(1.0)
+
+
+def test_permutation_test_any_measure_over_layer_pairs_and_distances(rng):
+    """Every pair gets the measure; one permutation per replicate is shared by all pairs;
+    a distance is tested with alternative='less'."""
+    xs = {"a": rng.standard_normal((30, 3)), "b": rng.standard_normal((30, 4))}
+    ys = {"u": xs["a"] + 0.1 * rng.standard_normal((30, 3))}
+
+    def procrustes_gap(a, b):  # a distance: small when related
+        a, b = a - a.mean(0), b - b.mean(0)
+        a, b = a / np.linalg.norm(a), b / np.linalg.norm(b)
+        return 2 - 2 * np.linalg.svd(a.T @ b, compute_uv=False).sum()
+
+    ds = repsim.permutation_test(xs, ys, measure=procrustes_gap, alternative="less",
+                                 n_permutations=20, seed=1, progress=False)
+    assert ds.procrustes_gap.dims == ("layer_a", "layer_b")
+    for name in ("a", "b"):
+        null = _manual_null(procrustes_gap, xs[name], ys["u"], 20, 1)
+        got = ds.sel(layer_a=name, layer_b="u")
+        assert float(got.procrustes_gap) == pytest.approx(procrustes_gap(xs[name], ys["u"]), abs=1e-15)
+        assert float(got.null_mean) == pytest.approx(null.mean(), rel=1e-12)
+    assert float(ds.p_value.sel(layer_a="a", layer_b="u")) == pytest.approx(1 / 21)
+
+
+def test_permutation_test_cka_measures_keep_the_gram_fast_path(rng):
+    import functools
+
+    xs = {"a": rng.standard_normal((25, 4)), "b": rng.standard_normal((25, 40))}
+    ys = {"u": xs["a"] + rng.standard_normal((25, 4))}
+    ref = repsim.permutation_test(xs, ys, estimator="unbiased", n_permutations=15, progress=False)
+    for measure, mk in [(repsim.cka_matrix, {"estimator": "unbiased"}),
+                        (repsim.cka, {"estimator": "unbiased", "method": "gram"}),
+                        (functools.partial(repsim.cka, estimator="unbiased"), None)]:
+        got = repsim.permutation_test(xs, ys, measure=measure, measure_kwargs=mk,
+                                      n_permutations=15, progress=False)
+        xr.testing.assert_identical(got, ref)
+    assert ref.attrs["chance_method"] == "exact"
+    closed = repsim.permutation_test(xs, ys, measure=repsim.cka, n_permutations=0, progress=False)
+    assert np.all(np.isfinite(closed.chance.values))
+
+
+def test_permutation_test_any_measure_bad_input(rng):
+    x, y = rng.standard_normal((20, 3)), rng.standard_normal((20, 3))
+    with pytest.raises(TypeError, match=r"\['kernel'\] are options of the default CKA"):
+        repsim.permutation_test(x, y, measure=repsim.cca, kernel="rbf")
+    with pytest.raises(TypeError, match="measure must be callable"):
+        repsim.permutation_test(x, y, measure="cca")
+    with pytest.raises(TypeError, match="measure_kwargs needs measure="):
+        repsim.permutation_test(x, y, measure_kwargs={"estimator": "unbiased"})
+    with pytest.raises(ValueError, match="n_permutations=0 needs a closed-form chance level"):
+        repsim.permutation_test(x, y, measure=repsim.cca, n_permutations=0)
+    with pytest.raises(TypeError, match=r"returning a scalar; per_column returned shape \(3,\)"):
+        def per_column(a, b):
+            return np.mean(a * b, axis=0)
+        repsim.permutation_test(x, y, measure=per_column, n_permutations=10, progress=False)
+    with pytest.raises(ValueError, match="alternative must be one of"):
+        repsim.permutation_test(x, y, alternative="bigger")
+    with pytest.raises(ValueError, match="same number of examples"):
+        repsim.permutation_test({"a": x}, {"b": y[:10]}, measure=repsim.cca, progress=False)
+
+
+# ----------------------------------------------------------------- input types (issue 11.6)
+def test_xarray_inputs_are_resampled(rng):
+    x, y = pair(rng, 60, 4)
+    dx = xr.DataArray(x, dims=("example", "unit"), coords={"example": np.arange(60)})
+    dy = xr.DataArray(y, dims=("example", "unit"))
+    kw = dict(n_resamples=12, seed=1, progress=False)
+    for measure in (repsim.cca, repsim.cka):  # cka with few features: recomputed per subsample
+        want = repsim.bootstrap(measure, data=(x, y), **kw)
+        got = repsim.bootstrap(measure, data=(dx, dy), **kw)
+        assert float(got.stderr) > 0
+        for var in ("stderr", "ci_low", "ci_high"):
+            assert float(got[var]) == pytest.approx(float(want[var]), abs=1e-13)
+    seen = []
+
+    def coords_seen(a, b):  # the measure receives resampled DataArrays
+        seen.append(a.example.values.copy())
+        return float(np.mean(a.values * b.values))
+
+    repsim.bootstrap(coords_seen, data=(dx, dy), **kw)
+    assert len(seen[1]) == 30 and np.all(np.diff(seen[1]) > 0) and len(set(seen[1])) == 30
+    want = repsim.bootstrap(repsim.cka_matrix, {"a": x}, {"b": y}, estimator="unbiased", **kw)
+    got = repsim.bootstrap(repsim.cka_matrix, {"a": dx}, {"b": dy}, estimator="unbiased", **kw)
+    xr.testing.assert_identical(got, want)
+    for m in (None, repsim.cca):
+        want = repsim.permutation_test(x, y, measure=m, n_permutations=10, progress=False)
+        got = repsim.permutation_test(dx, dy, measure=m, n_permutations=10, progress=False)
+        xr.testing.assert_allclose(got, want, rtol=0, atol=1e-14)
+    with pytest.raises(TypeError, match=r"data\[0\] is an xarray.Dataset"):
+        repsim.bootstrap(repsim.cca, xr.Dataset({"x": dx}), dy)
+    with pytest.raises(TypeError, match="xs is an xarray.Dataset"):
+        repsim.permutation_test(xr.Dataset({"x": dx}), dy)
+
+
+def test_pandas_and_list_inputs_converted_or_refused(rng):
+    pd = pytest.importorskip("pandas")
+    x, y = pair(rng, 50, 3)
+    kw = dict(n_resamples=10, seed=0, progress=False)
+    want = repsim.bootstrap(repsim.cka, x, y, estimator="unbiased", **kw)
+    got = repsim.bootstrap(repsim.cka, pd.DataFrame(x), pd.DataFrame(y), estimator="unbiased", **kw)
+    xr.testing.assert_identical(got, want)
+    want = repsim.permutation_test(x, y, n_permutations=10, progress=False)
+    got = repsim.permutation_test(pd.DataFrame(x), pd.DataFrame(y), n_permutations=10, progress=False)
+    xr.testing.assert_identical(got, want)
+    s = repsim.bootstrap(lambda a, b: float(np.corrcoef(a, b)[0, 1]), pd.Series(x[:, 0]),
+                         pd.Series(y[:, 0]), **kw)
+    assert float(s.stderr) > 0
+    with pytest.raises(TypeError, match="does not convert to float64"):
+        repsim.bootstrap(repsim.cka, pd.DataFrame({"a": ["u"] * 50}), y, **kw)
+    with pytest.raises(TypeError, match=r"data\[0\] is a list of numbers.*numpy.asarray"):
+        repsim.bootstrap(repsim.cka, x.tolist(), y.tolist(), **kw)
+    with pytest.raises(TypeError, match=r"xs is a list of numbers.*numpy.asarray"):
+        repsim.permutation_test(x.tolist(), y)
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None)
+@given(q=st.floats(1e-6, 1 - 1e-6), df=st.floats(0.5, 1e6))
+def test_t_quantile_inverts_the_two_sided_p(q, df):
+    t = stats.t_quantile(q, df)
+    assert float(stats.t_two_sided_p(t, df)) == pytest.approx(2 * min(q, 1 - q), rel=1e-9, abs=1e-15)
+    assert (t > 0) == (q > 0.5) or q == 0.5
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(8, 30), offset=st.floats(-1e3, 1e3))
+def test_permutation_any_measure_equals_the_gram_path_for_cka(seed, n, offset):
+    """A CKA measure that the hook does not recognise (a lambda) goes through the generic
+    path; its null equals the permuted-gram null of the same permutations."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, 3)) + offset
+    y = x @ rng.standard_normal((3, 2)) + rng.standard_normal((n, 2))
+    fast = repsim.permutation_test(x, y, estimator="unbiased", n_permutations=10, seed=seed,
+                                   progress=False)
+    slow = repsim.permutation_test(x, y, measure=lambda a, b: repsim.cka(a, b, estimator="unbiased"),
+                                   n_permutations=10, seed=seed, progress=False)
+    for var in ("null_mean", "null_std", "p_value"):
+        assert float(slow[var]) == pytest.approx(float(fast[var]), rel=1e-7, abs=1e-9)
+    assert float(slow["<lambda>"]) == pytest.approx(float(fast.cka), rel=1e-9, abs=1e-12)
+
+
+def test_bootstrap_empty_or_scalar_data_is_refused(rng):
+    x = rng.standard_normal((20, 3))
+    with pytest.raises(ValueError, match="at least one layer; got an empty dict"):
+        repsim.bootstrap(repsim.cka_matrix, {}, progress=False)
+    with pytest.raises(ValueError, match="first axis of examples; got a 0-d array"):
+        repsim.bootstrap(lambda a, b: 0.0, x, np.float64(1.0), progress=False)

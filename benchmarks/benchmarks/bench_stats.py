@@ -6,11 +6,17 @@
 - ``Resampling``: one full-data ``cka_matrix`` and 100 half-sample resamples
   (``repsim.bootstrap``) or 100 permutations (``repsim.permutation_test``) of the same
   layers; ``time_bootstrap_100 / time_cka_matrix`` is the cost of intervals in units of
-  one ``cka_matrix``.
+  one ``cka_matrix``; ``time_bootstrap_100_partial`` gives the measure as
+  ``functools.partial(repsim.cka_matrix, ...)``, which must take the same fast path.
+- ``AnyMeasurePermutation``: ``permutation_test(measure=repsim.cca)`` over 4 x 4 layer
+  pairs (no gram path: the measure is recomputed per pair and permutation) next to one
+  ``repsim.cca`` call.
 
 ``python benchmarks/stats_ratios.py`` prints those ratios measured side by side in one
 process (interleaved, best of several repeats).
 """
+
+import functools
 
 import numpy as np
 
@@ -64,9 +70,30 @@ class Resampling:
         repsim.cka_matrix(self.layers, estimator=estimator)
 
     def time_bootstrap_100(self, estimator):
-        repsim.bootstrap(repsim.cka_matrix, self.layers, estimator=estimator,
-                         n_resamples=100, progress=False)
+        repsim.bootstrap(repsim.cka_matrix, data=(self.layers,),
+                         measure_kwargs={"estimator": estimator}, n_resamples=100,
+                         progress=False)
+
+    def time_bootstrap_100_partial(self, estimator):
+        repsim.bootstrap(functools.partial(repsim.cka_matrix, estimator=estimator),
+                         data=(self.layers,), n_resamples=100, progress=False)
 
     def time_permutation_100(self, estimator):
         repsim.permutation_test(self.layers, estimator=estimator, n_permutations=100,
+                                progress=False)
+
+
+class AnyMeasurePermutation:
+    """4 layers, n=400, p=16 (float32): one cca call vs 20 permutations of all 16 pairs."""
+
+    timeout = 600
+
+    def setup(self):
+        self.layers = _layers(4, 400, 16, seed=1)
+
+    def time_cca(self):
+        repsim.cca(self.layers["layer0"], self.layers["layer1"])
+
+    def time_permutation_20(self):
+        repsim.permutation_test(self.layers, measure=repsim.cca, n_permutations=20,
                                 progress=False)

@@ -1,0 +1,243 @@
+"""Forward hooks that turn each selected layer's output into its ``n x n`` gram.
+
+The two steps another adapter extends live in one place each: :func:`_pool` (the pooling
+policy, ``(n, ...) -> (n, features)``) is called from :meth:`GramHooks._gram` only.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+from .. import _backend as B
+from .. import _validation as V
+from ..kernels import linear_gram
+from ..streaming import apply_transform
+from ._selection import LayerSpec, select_layers, unwrap_model
+
+POOLINGS = ("flatten", "spatial_mean", "token_mean", "first_token")
+REPEATS = ("error", "index")
+
+
+def _default_select(output, name):
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise TypeError(
+        f"layer {name!r} returned {type(output).__name__}, not a tensor (or a tuple/list "
+        "starting with one); pass select= a function that picks the tensor to compare, "
+        "e.g. select=lambda out: out.last_hidden_state"
+    )
+
+
+def _pool(x, pooling, name):
+    """``(n, ...)`` layer output -> ``(n, features)`` under the pooling policy."""
+    if callable(pooling):
+        x = pooling(x)
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(
+                f"pooling returned {type(x).__name__} for layer {name!r}; expected a tensor"
+            )
+    elif pooling == "spatial_mean":
+        if x.ndim < 3:
+            raise ValueError(
+                f"pooling='spatial_mean' needs an output of shape (n, channels, *spatial); "
+                f"layer {name!r} gave shape {tuple(x.shape)}"
+            )
+        x = x.mean(dim=tuple(range(2, x.ndim)))
+    elif pooling in ("token_mean", "first_token"):
+        if x.ndim != 3:
+            raise ValueError(
+                f"pooling={pooling!r} needs an output of shape (n, tokens, features); "
+                f"layer {name!r} gave shape {tuple(x.shape)}"
+            )
+        x = x.mean(dim=1) if pooling == "token_mean" else x[:, 0]
+    if x.ndim < 2:
+        raise ValueError(
+            f"layer {name!r} gave shape {tuple(x.shape)}; expected (n, ...) with at least 2 "
+            "dimensions (a per-example output)"
+        )
+    return x.reshape(x.shape[0], -1)
+
+
+class GramHooks:
+    """Forward hooks that turn each selected layer's output into its ``n x n`` gram.
+
+    Use it as a context manager: the hooks are registered on entry and always removed on
+    exit, also when the forward raises. A forward pre-hook on the model starts a new pass,
+    so :attr:`grams` always holds the grams of the most recent forward.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Any model; DataParallel / DistributedDataParallel / ``torch.compile`` wrappers are
+        unwrapped (hooks go on the inner modules, names carry no ``module.`` prefix).
+    layers : None, str, type or list
+        Which modules to hook; see :func:`select_layers`. Default: every leaf module.
+    select : callable or dict name -> callable, optional
+        Picks the tensor to compare from a module's output (for tuple, dict or dataclass
+        outputs), e.g. ``lambda out: out.last_hidden_state``. Default: a tensor is used as
+        is, a tuple or list contributes its first element; anything else raises TypeError.
+    pooling : {"flatten", "spatial_mean", "token_mean", "first_token"} or callable
+        How a ``(n, ...)`` output becomes ``(n, features)``. ``"flatten"`` (default, the
+        paper's protocol) keeps every unit; ``"spatial_mean"`` averages ``(n, c, h, w)``
+        maps over space to ``(n, c)``; ``"token_mean"`` and ``"first_token"`` reduce
+        ``(n, tokens, d)`` sequences to ``(n, d)``. A callable gets the tensor and returns
+        ``(n, ...)``.
+    repeated : {"error", "index"}, default "error"
+        A module that runs several times in one forward (weight sharing, recurrence):
+        ``"error"`` raises ValueError naming it; ``"index"`` compares each call separately
+        as layers ``"name:0"``, ``"name:1"``, ...
+    transform : callable, optional
+        Applied to each ``(n, features)`` tensor before its gram (e.g. removing top PCs).
+
+    Attributes
+    ----------
+    names : list of str
+        The hooked module names.
+    grams : dict name -> tensor, shape (n, n)
+        Grams of the latest forward pass, in module-selection order (float32 for float32
+        and half-precision outputs, float64 for float64 outputs).
+
+    Notes
+    -----
+    The gram is formed inside the hook from the detached output, upcast from
+    float16/bfloat16 to float32 first, so later in-place operations (``ReLU(inplace=True)``)
+    cannot change what was captured, and only ``n x n`` numbers per layer are kept.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(inplace=True), nn.Linear(8, 2))
+    >>> with GramHooks(net, [nn.Linear]) as hooks:
+    ...     _ = net(torch.randn(16, 4))
+    >>> {name: tuple(g.shape) for name, g in hooks.grams.items()}
+    {'0': (16, 16), '2': (16, 16)}
+    """
+
+    def __init__(self, model: nn.Module, layers: LayerSpec = None, *,
+                 select: Callable[[Any], Any] | Mapping[str, Callable[[Any], Any]] | None = None,
+                 pooling: str | Callable[[torch.Tensor], torch.Tensor] = "flatten",
+                 repeated: str = "error",
+                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        self.model = unwrap_model(model)
+        self.names = select_layers(self.model, layers)
+        if not (callable(pooling) or pooling in POOLINGS):
+            V.check_option(pooling, "pooling", POOLINGS)
+        self.pooling = pooling
+        self.repeated = V.check_option(repeated, "repeated", REPEATS)
+        if isinstance(select, dict):
+            unknown = sorted(set(select) - set(self.names))
+            if unknown:
+                raise ValueError(f"select has functions for layers that are not hooked: {unknown}")
+        elif select is not None and not callable(select):
+            raise TypeError(f"select must be a callable or a dict name -> callable; got {select!r}")
+        self.select = select
+        if transform is not None and not callable(transform):
+            raise TypeError(f"transform must be callable; got {transform!r}")
+        self.transform = transform
+        self._handles: list[Any] = []
+        self._grams: dict[str, torch.Tensor] = {}
+        self._calls: dict[str, int] = {}
+
+    # ---------------------------------------------------------------- lifecycle
+    def __enter__(self):
+        if self._handles:
+            raise RuntimeError("these hooks are already registered")
+        modules = dict(self.model.named_modules())
+        try:
+            self._handles.append(self.model.register_forward_pre_hook(self.start_pass))
+            for name in self.names:
+                self._handles.append(modules[name].register_forward_hook(self._hook_for(name)))
+        except BaseException:
+            self.remove()
+            raise
+        self.start_pass()
+        return self
+
+    def __exit__(self, *exc):
+        self.remove()
+        return False
+
+    def remove(self) -> None:
+        """Remove every hook (idempotent)."""
+        while self._handles:
+            self._handles.pop().remove()
+
+    @property
+    def active(self) -> bool:
+        """Whether the hooks are registered."""
+        return bool(self._handles)
+
+    def start_pass(self, *args: Any) -> None:
+        """Forget the previous forward's grams and call counts.
+
+        A forward pre-hook on the model calls it before every ``model(...)``;
+        :func:`repsim.compare_models` also calls it before each batch, so an entry point
+        other than ``forward`` (``forward=lambda m, b: m.encode(b)``) starts a new pass too.
+        """
+        self._grams = {}
+        self._calls = {name: 0 for name in self.names}
+
+    # ---------------------------------------------------------------- capture
+    def _select_for(self, name):
+        if isinstance(self.select, dict):
+            return self.select.get(name)
+        return self.select
+
+    def _hook_for(self, name):
+        def hook(module, inputs, output):
+            count = self._calls[name]
+            self._calls[name] = count + 1
+            if self.repeated == "error" and count:
+                raise ValueError(
+                    f"module {name!r} ran more than once in one forward pass (shared or "
+                    "recurrent module); pass repeated='index' to compare each call as "
+                    f"'{name}:0', '{name}:1', ..., or hook a module that runs once"
+                )
+            key = f"{name}:{count}" if self.repeated == "index" else name
+            fn = self._select_for(name)
+            x = _default_select(output, name) if fn is None else fn(output)
+            if not isinstance(x, torch.Tensor):
+                raise TypeError(
+                    f"select returned {type(x).__name__} for layer {name!r}; expected a tensor"
+                )
+            self._grams[key] = self._gram(x, name)
+
+        return hook
+
+    def _gram(self, x, name):
+        """Pool, upcast (the dtype policy of :func:`repsim._backend.float_dtype`),
+        transform, then the linear gram of :func:`repsim.kernels.linear_gram`."""
+        x = _pool(x.detach(), self.pooling, name)
+        xp = B.namespace(x)
+        x = B.as_float(x, xp)
+        if self.transform is not None:
+            x = apply_transform(self.transform, x, f"layer {name!r}")
+        return linear_gram(x, xp)
+
+    @property
+    def grams(self) -> dict[str, torch.Tensor]:
+        """Grams of the latest forward pass, ordered as :attr:`names` (calls in order)."""
+        if self.repeated == "error":
+            missing = [n for n in self.names if n not in self._grams]
+            if missing:
+                raise ValueError(
+                    f"layer(s) {missing} did not run in the last forward pass; hook modules "
+                    "that the forward uses"
+                )
+            return {n: self._grams[n] for n in self.names}
+        missing = [n for n in self.names if not self._calls.get(n)]
+        if missing:
+            raise ValueError(
+                f"layer(s) {missing} did not run in the last forward pass; hook modules "
+                "that the forward uses"
+            )
+        return {f"{n}:{i}": self._grams[f"{n}:{i}"] for n in self.names
+                for i in range(self._calls[n])}
+
+

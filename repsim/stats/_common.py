@@ -1,0 +1,314 @@
+"""Shared pieces of the statistics modules: Student t, result datasets, data handling,
+and the table of measures with a packed-gram fast path."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import numpy as np
+import xarray as xr
+
+from .. import _backend as B
+from .._io import progress as _progress_display
+from ..cka import _feature_path_cheaper, cka, cka_matrix
+from ..results import _netcdf_attr
+
+INTERVALS = ("basic", "percentile")
+ALTERNATIVES = ("greater", "less", "two-sided")
+
+
+# ---------------------------------------------------------------- Student t (scipy)
+def t_two_sided_p(t: Any, df: Any) -> np.ndarray:
+    """Two-sided p-value ``P(|T| >= |t|)`` of Student's t with ``df`` degrees of freedom.
+
+    ``df = inf`` gives the normal limit; NaN in, NaN out; ``df <= 0`` gives NaN
+    (:func:`scipy.special.stdtr`).
+    """
+    from scipy import special
+
+    t = np.abs(np.asarray(t, dtype=np.float64))
+    df = np.broadcast_to(np.asarray(df, dtype=np.float64), t.shape)
+    with np.errstate(invalid="ignore"):
+        out = 2.0 * special.stdtr(np.where(df > 0, df, np.nan), -t)
+    return np.minimum(out, 1.0)
+
+
+def t_quantile(q: float, df: Any) -> float | np.ndarray:
+    """Quantile of Student's t: ``q`` a probability, ``df`` scalar or array (> 0).
+
+    :func:`scipy.special.stdtrit`; ``df = inf`` gives the normal quantile, ``df <= 0`` or
+    NaN gives NaN. Returns a float for scalar ``df``, else an array of its shape.
+    """
+    from scipy import special
+
+    if not 0 < q < 1:
+        raise ValueError(f"q must be strictly between 0 and 1; got {q!r}")
+    df = np.asarray(df, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        out = special.stdtrit(np.where(df > 0, df, np.nan), q)
+    out = np.asarray(out, dtype=np.float64)
+    return out if out.ndim else float(out)
+
+
+# ---------------------------------------------------------------- progress
+def progress(iterable, total, enabled, desc):
+    """The package's progress display (:func:`repsim._io.progress`) for one loop."""
+    return _progress_display(iterable, total=total, desc=desc, enabled=enabled)
+
+
+# ---------------------------------------------------------------- result datasets
+def attrs_for_netcdf(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _netcdf_attr(v) for k, v in attrs.items()}
+
+
+def _uncertainty_dataset(estimate, stderr, low, high, names_a, names_b, attrs,
+                         name: str = "cka") -> xr.Dataset:
+    """A Dataset with the estimate and its interval, dims (layer_a, layer_b) or scalar."""
+    if names_a is None:
+        dims: tuple[str, ...] = ()
+        coords: dict[str, list[str]] = {}
+    else:
+        dims = ("layer_a", "layer_b")
+        coords = {"layer_a": [str(n) for n in names_a], "layer_b": [str(n) for n in names_b]}
+    variables = {name: estimate, "stderr": stderr, "ci_low": low, "ci_high": high}
+    return xr.Dataset(
+        {k: (dims, np.asarray(v, dtype=np.float64).reshape(np.shape(estimate)))
+         for k, v in variables.items()},
+        coords=coords,
+        attrs=attrs_for_netcdf({**attrs, "estimate": name}),
+    )
+
+
+def result_dataset(full, theta, se, low, high, name, attrs):
+    """The estimate and its interval shaped like ``full`` (DataArray, matrix, scalar...)."""
+    if isinstance(full, xr.DataArray):
+        ds = xr.Dataset(
+            {name: full.copy(data=theta), "stderr": full.copy(data=se),
+             "ci_low": full.copy(data=low), "ci_high": full.copy(data=high)}
+        )
+        for v in ds.data_vars.values():
+            v.attrs = {}
+        ds.attrs = attrs_for_netcdf({**attrs, "estimate": name})
+        return ds
+    if theta.ndim == 2:
+        la, lb = theta.shape
+        return _uncertainty_dataset(theta, se, low, high, [str(i) for i in range(la)],
+                                    [str(j) for j in range(lb)], attrs, name)
+    if theta.ndim == 0:
+        return _uncertainty_dataset(theta, se, low, high, None, None, attrs, name)
+    dims = tuple(f"dim_{i}" for i in range(theta.ndim))
+    return xr.Dataset(
+        {name: (dims, theta), "stderr": (dims, se), "ci_low": (dims, low), "ci_high": (dims, high)},
+        attrs=attrs_for_netcdf({**attrs, "estimate": name}),
+    )
+
+
+def as_numpy_result(value) -> np.ndarray:
+    if isinstance(value, xr.DataArray):
+        return np.asarray(value.values, dtype=np.float64)
+    return np.asarray(B.to_numpy(value), dtype=np.float64)
+
+
+# ---------------------------------------------------------------- data arguments
+def _is_pandas(a) -> bool:
+    return type(a).__module__.split(".")[0] == "pandas" and hasattr(a, "to_numpy")
+
+
+def _is_array(a) -> bool:
+    return B.is_numpy(a) or B.is_torch(a) or isinstance(a, xr.DataArray)
+
+
+def is_container(a) -> bool:
+    """A dict / mapping / sequence of layers (not an array, not a DataArray)."""
+    return isinstance(a, (dict, list, tuple, Mapping)) or (
+        hasattr(a, "keys") and not _is_array(a) and not _is_pandas(a))
+
+
+def as_data(a, name: str):
+    """One data argument in a form the resampling code handles, or a clear refusal.
+
+    numpy arrays, torch tensors and xarray DataArrays are kept (a DataArray is resampled
+    along its first dimension); a pandas DataFrame or Series becomes its float64 values
+    (rows are examples); dicts and sequences of layers are converted layer by layer. An
+    xarray Dataset (which variable is the representation?) and a nested list of numbers
+    (one representation, or one layer per element?) are refused with a message.
+    """
+    if isinstance(a, xr.Dataset):
+        raise TypeError(
+            f"{name} is an xarray.Dataset; pass its representation as a DataArray "
+            f"(ds['name']), or its layers as dict(ds.data_vars)"
+        )
+    if _is_pandas(a):
+        try:
+            return a.to_numpy(dtype=np.float64)
+        except (TypeError, ValueError) as err:
+            raise TypeError(
+                f"{name} is a pandas {type(a).__name__} that does not convert to float64 "
+                f"values: {err}"
+            ) from None
+    if isinstance(a, Mapping) or (hasattr(a, "keys") and not _is_array(a)):
+        return {k: as_data(v, f"{name}[{k!r}]") for k, v in a.items()}
+    if isinstance(a, (list, tuple)):
+        if a and not any(_is_array(v) or _is_pandas(v) or is_container(v) and _holds_arrays(v)
+                         for v in a):
+            raise TypeError(
+                f"{name} is a {type(a).__name__} of numbers; a sequence here means one array "
+                f"per layer. Pass numpy.asarray({name}) for one representation of shape (n, ...)"
+            )
+        return type(a)(as_data(v, f"{name}[{i}]") for i, v in enumerate(a))
+    return a
+
+
+def _holds_arrays(a) -> bool:
+    values = a.values() if hasattr(a, "values") and not isinstance(a, (list, tuple)) else a
+    return any(_is_array(v) or _is_pandas(v) for v in values)
+
+
+def is_data(a) -> bool:
+    """Arrays and containers of them are data (resampled); anything else is passed as is."""
+    return is_container(a) or _is_array(a)
+
+
+def take_rows(a, idx):
+    """Rows ``idx`` of one array (numpy, torch, DataArray), or of each layer of a container."""
+    if isinstance(a, xr.DataArray):
+        return a.isel({a.dims[0]: np.asarray(idx)})
+    if isinstance(a, Mapping) or (hasattr(a, "keys") and not B.is_torch(a)):
+        return {k: take_rows(v, idx) for k, v in a.items()}
+    if isinstance(a, (list, tuple)):
+        return type(a)(take_rows(v, idx) for v in a)
+    a = B.asarray(a)
+    if B.is_numpy(a):
+        return a[idx]
+    xp = B.namespace(a)
+    return xp.take(a, xp.asarray(idx, device=B.device(a)), axis=0)
+
+
+def n_rows(a) -> int:
+    """Examples (first-axis length) of an array, or of the first layer of a container."""
+    if isinstance(a, xr.DataArray):
+        return int(a.shape[0])
+    if isinstance(a, Mapping) or hasattr(a, "keys") or isinstance(a, (list, tuple)):
+        layers = list(a.values()) if hasattr(a, "values") and not isinstance(a, (list, tuple)) else a
+        if not layers:
+            raise ValueError("the data must contain at least one layer; got an empty "
+                             f"{type(a).__name__}")
+        return n_rows(layers[0])
+    shape = B.asarray(a).shape
+    if len(shape) == 0:
+        raise ValueError("every data argument must have a first axis of examples; got a 0-d array")
+    return int(shape[0])
+
+
+def bare(a):
+    """DataArrays replaced by their values (the gram path needs plain arrays)."""
+    if isinstance(a, xr.DataArray):
+        return a.values
+    if isinstance(a, Mapping):
+        return {k: bare(v) for k, v in a.items()}
+    if isinstance(a, (list, tuple)):
+        return type(a)(bare(v) for v in a)
+    return a
+
+
+# ---------------------------------------------------------------- the measure
+def unwrap(measure, args=(), kwargs=None):
+    """Peel :func:`functools.partial` layers: ``(function, args, kwargs)`` of the call that
+    ``measure(*args, **kwargs)`` makes."""
+    kwargs = dict(kwargs or {})
+    args = tuple(args)
+    while isinstance(measure, functools.partial):
+        args = tuple(measure.args) + args
+        kwargs = {**measure.keywords, **kwargs}
+        measure = measure.func
+    return measure, args, kwargs
+
+
+def measure_name(measure) -> str:
+    func = unwrap(measure)[0]
+    return getattr(func, "__name__", None) or type(func).__name__
+
+
+class GramCall(NamedTuple):
+    """A measure call that the packed-gram path evaluates: both sides and CKA options."""
+
+    xs: Any
+    ys: Any
+    scalar: bool
+    options: dict
+
+
+def _bind(func, args, kwargs):
+    try:
+        bound = inspect.signature(func).bind(*args, **kwargs)
+    except TypeError:
+        return None  # the measure itself raises its usual error on the slow path
+    bound.apply_defaults()
+    return dict(bound.arguments)
+
+
+_GRAM_OPTIONS = ("kernel", "estimator", "sigma", "threshold", "engine")
+
+
+def _cka_call(args, kwargs):
+    a = _bind(cka, args, kwargs)
+    if a is None:
+        return None
+    if _cka_takes_feature_path(a):
+        return None
+    return GramCall({"x": bare(a["x"])}, {"y": bare(a["y"])}, True,
+                    {k: a[k] for k in _GRAM_OPTIONS})
+
+
+def _cka_matrix_call(args, kwargs):
+    a = _bind(cka_matrix, args, kwargs)
+    if a is None:
+        return None
+    ys = None if a["ys"] is None else bare(a["ys"])
+    return GramCall(bare(a["xs"]), ys, False, {k: a[k] for k in _GRAM_OPTIONS})
+
+
+def _cka_takes_feature_path(a) -> bool:
+    """Whether :func:`repsim.cka` would use its feature-space path (linear, biased, ``p, q``
+    small next to ``n``): then recomputing it on each subsample (``O(m p q)``) beats
+    forming ``n x n`` grams once."""
+    if a["kernel"] != "linear" or a["estimator"] != "biased" or a["method"] == "gram":
+        return False
+    if a["method"] == "features":
+        return True
+    x, y = B.asarray(bare(a["x"])), B.asarray(bare(a["y"]))
+    if x.ndim < 2 or y.ndim < 2:
+        return False
+    return _feature_path_cheaper(x.shape[0], math.prod(x.shape[1:]), math.prod(y.shape[1:]))
+
+
+#: The explicit fast-path hooks: a measure function -> ``hook(args, kwargs)`` returning a :class:`GramCall` when the packed centred grams can
+#: evaluate ``measure(*args, **kwargs)`` (formed once, indexed per resample or
+#: permutation), or None for "recompute the measure". :func:`gram_call` peels
+#: ``functools.partial`` first, so ``partial(repsim.cka, kernel="rbf")`` is recognised.
+GRAM_HOOKS: dict[Callable, Callable[..., GramCall | None]] = {
+    cka: _cka_call,
+    cka_matrix: _cka_matrix_call,
+}
+
+
+def gram_call(measure, args, kwargs) -> GramCall | None:
+    """The :class:`GramCall` of ``measure(*args, **kwargs)``, or None (no fast path)."""
+    func, args, kwargs = unwrap(measure, args, kwargs)
+    hook = GRAM_HOOKS.get(func)
+    return None if hook is None else hook(args, kwargs)
+
+
+def gram_options(measure, kwargs) -> dict | None:
+    """The CKA options of ``measure(x, y, **kwargs)`` when it has the packed-gram path
+    (a function in :data:`GRAM_HOOKS`, possibly inside :func:`functools.partial`), else
+    None. Options the function does not take give None: calling it raises its own error."""
+    func, args, kwargs = unwrap(measure, (), kwargs)
+    if func not in GRAM_HOOKS or args:
+        return None
+    a = _bind(func, (None, None), kwargs)
+    return None if a is None else {k: a[k] for k in _GRAM_OPTIONS}
