@@ -114,7 +114,7 @@ MEASURES = (
     Measure("rank_similarity", "rank_similarity", {"k": 10}, "similarity", "[0, 1]", _OI, True,
             "all examples", "O(n^2 (p + q)); all pairs: O(n k^2) per pair",
             "rank agreement of the shared neighbours, normalised per example",
-            "Wang et al. 2020; Klabunde et al. 2025"),
+            "Klabunde et al. 2025"),
     Measure("second_order_cosine", "second_order_cosine", {"k": 10}, "similarity", "[-1, 1]", _OI,
             True, "all examples", "O(n^2 (p + q)); all pairs: O(n k (p + q)) per pair",
             "cosine of the similarity profiles over the union of neighbourhoods",

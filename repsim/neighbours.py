@@ -22,12 +22,11 @@ References
 ----------
 Huh, Cheung, Wang & Isola (2024), "The platonic representation hypothesis", ICML
 (mutual k-NN, CKNNA).
-Klabunde, Wald, Schumacher, Strohmaier & Lemmerich (2025), "ReSi: a comprehensive
-benchmark for representational similarity measures", ICLR (Jaccard k-NN, rank similarity,
+Klabunde et al. (2025), "ReSi: a comprehensive benchmark for representational
+similarity measures", ICLR (Jaccard k-NN, rank similarity,
 second-order cosine similarity as defined there).
-Wang, Schwing et al. (2020), "Towards universal representation learning ..." and
-Hamilton, Leskovec & Jurafsky (2016), "Cultural shift or linguistic drift?" (second-order
-cosine similarity).
+Hamilton, Leskovec & Jurafsky (2016), "Cultural shift or linguistic drift? Comparing two
+computational measures of semantic change", EMNLP (second-order cosine similarity).
 """
 
 from __future__ import annotations
@@ -285,7 +284,7 @@ def jaccard_knn(x, y, k=10, *, metric="cosine"):
 
 
 def rank_similarity(x, y, k=10, *, metric="cosine"):
-    """Rank similarity of the k-NN lists (Wang et al. 2020, as in ReSi).
+    """Rank similarity of the k-NN lists, as defined in ReSi (Klabunde et al. 2025).
 
     With ``r_x(i, j)`` the rank (1 = nearest) of ``j`` among ``i``'s neighbours in ``x``::
 
