@@ -136,28 +136,31 @@ def nbs_from_moments(m):
     return _nuclear(m.sxy, xp) / xp.sqrt(_trace(m.sxx, xp) * _trace(m.syy, xp))
 
 
-def _partial_whitener(s, n, alpha, xp):
-    """``Z = alpha I + (1 - alpha) C^{-1/2}`` with ``C = S / n`` (pseudo-inverse root on
-    the numerical rank of ``C``)."""
-    w, v = _eig(s / n, xp)
+def _partial_whitener(s, alpha, xp):
+    """``Z = alpha I + (1 - alpha) S^{-1/2}`` on the numerical rank of the scatter ``S``
+    (netrep's convention: ``S = Xc^T Xc``, no ``1/n``); null directions of ``S`` carry no
+    data, so their entries do not matter and are 0."""
+    w, v = _eig(s, xp)
     safe = xp.where(w > 0, w, xp.ones_like(w))
-    inv_root = xp.where(w > 0, 1.0 / xp.sqrt(safe), xp.zeros_like(w))
-    d = alpha + (1.0 - alpha) * inv_root
+    d = xp.where(w > 0, alpha + (1.0 - alpha) / xp.sqrt(safe), xp.zeros_like(w))
     return xp.matmul(v * d[None, :], v.T)
 
 
 def shape_terms_from_moments(m, alpha):
     """``(||Xa^T Ya||_*, ||Xa||_F^2, ||Ya||_F^2)`` of the partially whitened data
-    ``Xa = Xc Zx``, ``Ya = Yc Zy`` (see :func:`repsim.shape_distance`)."""
+    ``Xa = c_x Xc Zx``, ``Ya = c_y Yc Zy`` (see :func:`repsim.shape_distance`), with
+    ``c`` rescaling each side to its original total variance, so ``||Xa||_F^2 = tr Sxx``."""
     xp = B.namespace(m.sxx)
+    tx, ty = _trace(m.sxx, xp), _trace(m.syy, xp)
     if alpha == 1.0:
-        return _nuclear(m.sxy, xp), _trace(m.sxx, xp), _trace(m.syy, xp)
-    zx = _partial_whitener(m.sxx, m.n, alpha, xp)
-    zy = _partial_whitener(m.syy, m.n, alpha, xp)
+        return _nuclear(m.sxy, xp), tx, ty
+    zx = _partial_whitener(m.sxx, alpha, xp)
+    zy = _partial_whitener(m.syy, alpha, xp)
     cross = xp.matmul(xp.matmul(zx.T, m.sxy), zy)
-    nx = _trace(xp.matmul(xp.matmul(zx.T, m.sxx), zx), xp)
-    ny = _trace(xp.matmul(xp.matmul(zy.T, m.syy), zy), xp)
-    return _nuclear(cross, xp), nx, ny
+    vx = _trace(xp.matmul(xp.matmul(zx.T, m.sxx), zx), xp)
+    vy = _trace(xp.matmul(xp.matmul(zy.T, m.syy), zy), xp)
+    scale = xp.sqrt((tx / vx) * (ty / vy))
+    return scale * _nuclear(cross, xp), tx, ty
 
 
 def shape_distance_from_moments(m, alpha=1.0, score="angular"):
@@ -168,8 +171,7 @@ def shape_distance_from_moments(m, alpha=1.0, score="angular"):
         cos = nuc / xp.sqrt(nx * ny)
         # rounding can put an exact alignment a few eps above 1: that excess only
         return xp.acos(xp.clip(cos, 0.0, 1.0))
-    sq = (nx + ny - 2.0 * nuc) / m.n
-    return xp.sqrt(xp.clip(sq, 0.0, None))
+    return xp.sqrt(xp.clip(nx + ny - 2.0 * nuc, 0.0, None))
 
 
 def ridge_coefficients(sxx, sxy, n, ridge, xp):

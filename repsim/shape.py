@@ -28,18 +28,19 @@ def _check_alpha(alpha):
 def shape_distance(x, y, alpha=1.0, score="angular"):
     """Generalised shape distance of Williams et al. (2021); Procrustes at ``alpha=1``.
 
-    Both sides are column-centred (``Xc``) and partially whitened,
-    ``Xa = Xc Zx`` with ``Zx = alpha I + (1 - alpha) Cx^{-1/2}`` and ``Cx = Xc^T Xc / n``
-    (the inverse root taken on the numerical rank of ``Cx``). The optimal orthogonal
-    alignment of the two (zero-padded to a common width) gives::
+    Both sides are column-centred (``Xc``) and partially whitened as in netrep's
+    ``LinearMetric``: ``Xa = c Xc Zx`` with ``Zx = alpha I + (1 - alpha) (Xc^T Xc)^{-1/2}``
+    (the inverse root on the numerical rank) and ``c`` the factor that keeps the total
+    variance, ``||Xa||_F = ||Xc||_F``. The optimal orthogonal alignment of the two
+    (zero-padded to a common width) gives::
 
         angular:   arccos( ||Xa^T Ya||_* / (||Xa||_F ||Ya||_F) )
-        euclidean: min_Q ||Xa Q - Ya||_F / sqrt(n)
-                 = sqrt( (||Xa||_F^2 + ||Ya||_F^2 - 2 ||Xa^T Ya||_*) / n )
+        euclidean: min_Q ||Xa Q - Ya||_F = sqrt( ||Xa||_F^2 + ||Ya||_F^2 - 2 ||Xa^T Ya||_* )
 
-    ``alpha=1`` is the Procrustes shape distance (no whitening), ``alpha=0`` the
-    CCA-based distance (full whitening: the nuclear norm becomes the sum of the
-    canonical correlations).
+    ``alpha=1`` is the Procrustes shape distance (no whitening; its Euclidean score is
+    the Bures distance between the centred grams ``Xc Xc^T`` and ``Yc Yc^T``, Harvey et al.
+    2023), ``alpha=0`` the CCA-based distance (full whitening: the angular score is
+    ``arccos(Σ ρ_i / sqrt(r_x r_y))`` with the canonical correlations ``ρ``).
 
     Parameters
     ----------
@@ -54,21 +55,21 @@ def shape_distance(x, y, alpha=1.0, score="angular"):
     Returns
     -------
     scalar
-        float64; angular in ``[0, pi/2]``, euclidean ``>= 0``. A numpy scalar for numpy
-        input, a 0-d tensor on the input's device for torch. NaN with a
-        :class:`~repsim.DegenerateRepresentationWarning` when a side is constant.
+        float64; angular in ``[0, pi/2]``, euclidean ``>= 0`` (in the data's units). A
+        numpy scalar for numpy input, a 0-d tensor on the input's device for torch. NaN
+        with a :class:`~repsim.DegenerateRepresentationWarning` when a side is constant.
 
     Notes
     -----
     Invariances: translation and orthogonal transforms for every ``alpha``; the angular
-    score at ``alpha=1`` also isotropic scaling; ``alpha=0`` any invertible linear map
-    (up to the rank tolerance). Both scores are metrics (Williams et al. 2021). Rounding
-    can put an exact match a few ``eps`` past the domain of ``arccos`` or ``sqrt``: only
-    that excess is clipped. The whitening scale follows the covariance ``Xc^T Xc / n``
-    (netrep's code uses ``Xc^T Xc`` and rescales to preserve variance, so for
-    ``0 < alpha < 1`` its values differ from these; at ``alpha`` 0 and 1 the angular
-    scores agree). Cost: ``O(n (p^2 + q^2 + pq) + p^3 + q^3)``, all examples needed once;
-    it streams exactly from ``XᵀX, XᵀY, YᵀY`` and the column sums.
+    score also isotropic scaling at ``alpha`` 0 and 1 and, at ``alpha=0``, any invertible
+    linear map. Both scores are metrics (Williams et al. 2021). Rounding can put an exact
+    match a few ``eps`` past the domain of ``arccos`` or ``sqrt``: only that excess is
+    clipped. Values equal netrep's ``LinearMetric(alpha, score_method=...)`` for inputs of
+    full column rank (netrep clips eigenvalues at an absolute ``1e-7`` instead of
+    taking the numerical rank, which moves its variance rescaling for rank-deficient
+    inputs). Cost: ``O(n (p^2 + q^2 + pq) + p^3 + q^3)``; it streams exactly from
+    ``XᵀX, XᵀY, YᵀY`` and the column sums.
 
     References
     ----------

@@ -39,7 +39,7 @@ def _data(rng, n=60, p=5, q=7, noise=1.0):
 def test_procrustes_euclidean_and_angular_match_the_aligned_residual(rng):
     x, y = _data(rng)
     xc, yc, q = _procrustes_ref(x, y)
-    euclid = np.linalg.norm(xc @ q - yc) / np.sqrt(x.shape[0])
+    euclid = np.linalg.norm(xc @ q - yc)
     angular = np.arccos(np.sum((xc @ q) * yc) / (np.linalg.norm(xc) * np.linalg.norm(yc)))
     assert abs(repsim.shape_distance(x, y, score="euclidean") - euclid) < TOL
     assert abs(repsim.shape_distance(x, y) - angular) < TOL
@@ -68,21 +68,35 @@ def test_alpha_zero_is_the_cca_angle(rng):
     assert abs(repsim.shape_distance(x, y, alpha=0.0) - ref) < TOL
 
 
-def test_partial_whitening_matches_the_written_out_definition(rng):
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 0.8])
+def test_partial_whitening_matches_netreps_algorithm_written_out(rng, alpha):
+    """netrep's LinearMetric: whiten with alpha + (1 - alpha) lambda^-1/2 on XcᵀXc,
+    rescale to the original total variance, align by orthogonal Procrustes."""
     x, y = _data(rng, n=70, p=3, q=5)
-    alpha, n = 0.3, 70
 
     def whiten(a):
         ac = _centre(a)
-        w, v = np.linalg.eigh(ac.T @ ac / n)
-        return ac @ (v @ np.diag(alpha + (1 - alpha) / np.sqrt(w)) @ v.T)
+        lam, v = np.linalg.eigh(ac.T @ ac)
+        d = alpha + (1 - alpha) * lam ** -0.5
+        new_var = np.sum(alpha ** 2 * lam + 2 * alpha * (1 - alpha) * lam ** 0.5 + (1 - alpha) ** 2)
+        d *= np.sqrt(np.sum(lam) / new_var)
+        return ac @ (v * d) @ v.T
 
-    xa, ya = whiten(x), whiten(y)
-    nuc = np.linalg.svd(xa.T @ ya, compute_uv=False).sum()
-    ang = np.arccos(nuc / (np.linalg.norm(xa) * np.linalg.norm(ya)))
-    euc = np.sqrt((np.linalg.norm(xa) ** 2 + np.linalg.norm(ya) ** 2 - 2 * nuc) / n)
+    xa, ya = _pad(whiten(x), 5), whiten(y)
+    u, _, vt = np.linalg.svd(xa.T @ ya)
+    xt, yt = xa @ u, ya @ vt.T
+    ang = np.arccos(np.sum(xt * yt) / (np.linalg.norm(xt) * np.linalg.norm(yt)))
+    euc = np.linalg.norm(xt - yt)
     assert abs(repsim.shape_distance(x, y, alpha=alpha) - ang) < TOL
     assert abs(repsim.shape_distance(x, y, alpha=alpha, score="euclidean") - euc) < TOL
+
+
+def test_procrustes_euclidean_is_the_bures_distance_of_the_centred_grams(rng):
+    x, y = _data(rng, n=30)
+    k, l = _centre(x) @ _centre(x).T, _centre(y) @ _centre(y).T
+    nuc = np.linalg.svd(_centre(x).T @ _centre(y), compute_uv=False).sum()
+    bures = np.sqrt(np.trace(k) + np.trace(l) - 2 * nuc)
+    assert abs(repsim.shape_distance(x, y, score="euclidean") - bures) < TOL
 
 
 def test_more_features_than_examples_takes_the_reduced_path_with_the_same_value(rng):
