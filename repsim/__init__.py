@@ -28,12 +28,24 @@ from .blocks import (
     pc1_runs,
     segment_layers,
 )
+from .catalogue import measures
 from .cca_family import canonical_correlations, cca, pwcca, svcca
 from .cka import cka, cka_matrix
 from .hsic import hsic
 from .kernels import centre_gram, gram, median_sigma, ucentre_gram
+from .neighbours import (
+    cknna,
+    jaccard_knn,
+    mutual_knn,
+    neighbour_matrix,
+    rank_similarity,
+    second_order_cosine,
+)
 from .pcs import DominantExamples, dominant_examples, pc_variance_fraction, remove_top_pcs
+from .rdm import dcor, rsa
+from .regression import gulp, ridge_r2
 from .results import load_result, save_result
+from .shape import nbs, shape_distance
 from .stats import (
     Interval,
     aggregate_seeds,
@@ -96,17 +108,25 @@ __all__ = [
     "centre_gram",
     "cka",
     "cka_matrix",
+    "cknna",
     "compare_models",
     "compare_seeds",
+    "dcor",
     "dominant_examples",
     "find_block",
     "gram",
+    "gulp",
     "hidden_state_layers",
     "hsic",
+    "jaccard_knn",
     "jackknife_interval",
     "layer_statistics",
     "load_result",
+    "measures",
     "median_sigma",
+    "mutual_knn",
+    "nbs",
+    "neighbour_matrix",
     "pc1_runs",
     "pc_variance_fraction",
     "permutation_test",
@@ -115,10 +135,15 @@ __all__ = [
     "plot_similarity_grid",
     "plot_similarity_intervals",
     "pwcca",
+    "rank_similarity",
     "remove_top_pcs",
+    "ridge_r2",
+    "rsa",
     "save_result",
+    "second_order_cosine",
     "segment_layers",
     "select_layers",
+    "shape_distance",
     "standardize_features",
     "svcca",
     "ucentre_gram",
