@@ -18,8 +18,18 @@ from .cca_family import canonical_correlations, cca, pwcca, svcca
 from .cka import cka, cka_matrix
 from .hsic import hsic
 from .kernels import centre_gram, gram, median_sigma, ucentre_gram
+from .neighbours import (
+    cknna,
+    jaccard_knn,
+    mutual_knn,
+    neighbour_matrix,
+    rank_similarity,
+    second_order_cosine,
+)
 from .pcs import DominantExamples, dominant_examples, pc_variance_fraction, remove_top_pcs
+from .regression import gulp, ridge_r2
 from .results import load_result, save_result
+from .shape import nbs, shape_distance
 from .stats import aggregate_seeds, bootstrap, compare_seeds, jackknife_interval, permutation_test
 from .streaming import MinibatchCKA
 
@@ -55,18 +65,28 @@ __all__ = sorted(
         "centre_gram",
         "cka",
         "cka_matrix",
+        "cknna",
         "compare_seeds",
         "dominant_examples",
         "gram",
+        "gulp",
         "hsic",
+        "jaccard_knn",
         "jackknife_interval",
         "load_result",
         "median_sigma",
+        "mutual_knn",
+        "nbs",
+        "neighbour_matrix",
         "permutation_test",
         "pc_variance_fraction",
         "pwcca",
+        "rank_similarity",
         "remove_top_pcs",
+        "ridge_r2",
         "save_result",
+        "second_order_cosine",
+        "shape_distance",
         "svcca",
         "ucentre_gram",
         "UnderdeterminedCCAWarning",

@@ -1,0 +1,425 @@
+"""Nearest-neighbour measures: mutual k-NN, Jaccard k-NN, rank similarity, second-order
+cosine similarity and CKNNA -- for one pair or every pair of layers.
+
+Neighbourhoods. ``N_x(i)`` are the ``k`` nearest other examples of example ``i`` in ``x``
+(``i`` itself excluded), under ``metric``: ``"cosine"`` (largest cosine similarity of the
+rows, Huh et al. 2024; rows are not centred, so this is not translation invariant) or
+``"euclidean"`` (smallest Euclidean distance, computed on column-centred data as
+``||x_j||^2 - 2 x_i . x_j`` in float64). They are found in blocks of rows: one GEMM of
+the block against all rows and a sort, on the caller's device.
+
+Ties. The order is a stable sort of those float64 keys: among equal keys the lower
+example index comes first, so the k-th neighbour of a tie is always the lowest-indexed
+candidate and results are deterministic (the same on numpy and torch). Equality means
+equality of the computed keys: two geometrically equidistant points whose GEMM rounding
+differs are not tied.
+
+Every pair measure then needs only the ``(n, k)`` neighbour lists (and, for second-order
+cosine and CKNNA, the features): :func:`neighbour_matrix` computes each layer's lists
+once and every pair from them.
+
+References
+----------
+Huh, Cheung, Wang & Isola (2024), "The platonic representation hypothesis", ICML
+(mutual k-NN, CKNNA).
+Klabunde, Wald, Schumacher, Strohmaier & Lemmerich (2025), "ReSi: a comprehensive
+benchmark for representational similarity measures", ICLR (Jaccard k-NN, rank similarity,
+second-order cosine similarity as defined there).
+Wang, Schwing et al. (2020), "Towards universal representation learning ..." and
+Hamilton, Leskovec & Jurafsky (2016), "Cultural shift or linguistic drift?" (second-order
+cosine similarity).
+"""
+
+from __future__ import annotations
+
+from . import _backend as B
+from . import _moments as M
+from . import _validation as V
+from .results import similarity_array
+
+METRICS = ("cosine", "euclidean")
+MEASURES = ("mutual_knn", "jaccard_knn", "rank_similarity", "second_order_cosine", "cknna")
+
+#: rows per block of the neighbour search: bounds the float64 temporaries at ~64 MiB
+BLOCK_BYTES = 64 * 2**20
+
+
+class Neighbours:
+    """The ``k`` nearest neighbours of every example of one representation.
+
+    Attributes
+    ----------
+    index : array, shape (n, k), int64
+        ``index[i, r]`` is the ``(r+1)``-th nearest other example of ``i``.
+    value : array, shape (n, k), float64
+        Its cosine similarity (``metric="cosine"``) or squared distance.
+    unit : array, shape (n, p), float64 or None
+        The L2-normalised rows (kept for ``metric="cosine"``).
+    """
+
+    def __init__(self, index, value, unit):
+        self.index, self.value, self.unit = index, value, unit
+
+
+def _unit_rows(x, xp, name):
+    norms = xp.sqrt(xp.sum(x * x, axis=1))
+    if not bool(xp.all(norms > 0)):
+        bad = int(B.to_numpy(xp.argmax(xp.astype(norms == 0, xp.int32))))
+        raise ValueError(
+            f"{name} has an all-zero row (example {bad}) of shape {tuple(x.shape)}: its cosine "
+            "neighbours are undefined; use metric='euclidean' or drop the example"
+        )
+    return x / norms[:, None]
+
+
+def neighbours(x, k, metric="cosine", name="x"):
+    """k nearest neighbours of every row of ``x`` (see the module notes on ties).
+
+    Parameters
+    ----------
+    x : array, shape (n, ...), validated float64 (n, p)
+    k : int, 1 <= k <= n - 1
+    metric : {"cosine", "euclidean"}
+
+    Returns
+    -------
+    Neighbours
+    """
+    xp = B.namespace(x)
+    n = int(x.shape[0])
+    if metric == "cosine":
+        base = _unit_rows(x, xp, name)
+        unit = base
+    else:
+        base = M.centre_columns(x, xp)
+        unit = None
+        sq = xp.sum(base * base, axis=1)
+    rows = max(1, BLOCK_BYTES // (8 * n))
+    dev = B.device(x)
+    cols = xp.arange(n, device=dev)
+    idx_parts, val_parts = [], []
+    for start in range(0, n, rows):
+        stop = min(n, start + rows)
+        prod = xp.matmul(base[start:stop], base.T)
+        if metric == "cosine":
+            key = -prod
+        else:
+            key = sq[None, :] - 2.0 * prod
+        self_ = cols[None, :] == xp.arange(start, stop, device=dev)[:, None]
+        key = xp.where(self_, xp.asarray(float("inf"), dtype=xp.float64, device=dev), key)
+        order = xp.argsort(key, axis=1, stable=True)[:, :k]
+        val = xp.take_along_axis(key, order, axis=1)
+        val = -val if metric == "cosine" else val + sq[start:stop, None]
+        idx_parts.append(order)
+        val_parts.append(val)
+    return Neighbours(xp.astype(xp.concat(idx_parts), xp.int64), xp.concat(val_parts), unit)
+
+
+def _check_k(k, n, name="x"):
+    return V.check_int(k, "k", 1, n - 1, what=f" (at most n - 1 = {n - 1} for {name} with n={n})")
+
+
+def _match(na, nb, xp):
+    """``(in_b, pos_b)``: whether a's r-th neighbour of i is among b's, and where (n, k)."""
+    eq = na.index[:, :, None] == nb.index[:, None, :]
+    in_b = xp.any(eq, axis=2)
+    pos_b = xp.argmax(xp.astype(eq, xp.int8), axis=2)
+    return in_b, pos_b
+
+
+def _pair_value(measure, na, nb, xa, xb, xp):
+    k = na.index.shape[1]
+    in_b, pos_b = _match(na, nb, xp)
+    shared = xp.sum(xp.astype(in_b, xp.float64), axis=1)
+    if measure == "mutual_knn":
+        return xp.mean(shared) / k
+    if measure == "jaccard_knn":
+        return xp.mean(shared / (2 * k - shared))
+    if measure == "rank_similarity":
+        ra = xp.astype(xp.arange(1, k + 1, device=B.device(shared)), xp.float64)[None, :]
+        rb = xp.astype(pos_b, xp.float64) + 1.0
+        term = 2.0 / ((1.0 + xp.abs(ra - rb)) * (ra + rb))
+        v = xp.sum(xp.where(in_b, term, xp.zeros_like(term)), axis=1)
+        harmonic = xp.cumulative_sum(1.0 / ra[0])  # v_max for 1..k shared neighbours
+        cnt = xp.astype(shared, xp.int64)
+        vmax = xp.take(harmonic, xp.clip(cnt - 1, 0, None))
+        return xp.mean(xp.where(cnt > 0, v / vmax, xp.zeros_like(v)))
+    if measure == "second_order_cosine":
+        # union N_a(i) ∪ N_b(i): a's list, then b's neighbours not in a's list
+        in_a, _ = _match(nb, na, xp)
+        extra = ~in_a
+        sa_on_b = xp.sum(na.unit[:, None, :] * na.unit[nb.index], axis=2)
+        sb_on_a = xp.sum(nb.unit[:, None, :] * nb.unit[na.index], axis=2)
+        zero = xp.zeros_like(sa_on_b)
+        sa = xp.concat([na.value, xp.where(extra, sa_on_b, zero)], axis=1)
+        sb = xp.concat([sb_on_a, xp.where(extra, nb.value, zero)], axis=1)
+        num = xp.sum(sa * sb, axis=1)
+        return xp.mean(num / xp.sqrt(xp.sum(sa * sa, axis=1) * xp.sum(sb * sb, axis=1)))
+    raise AssertionError(measure)
+
+
+def _masked_gram(nb_self, other, unit, xp):
+    """``mask ∘ K`` (n, n): the cosine gram of ``unit`` kept where ``j`` is a neighbour of
+    ``i`` in both ``nb_self`` and ``other`` (diagonal zero)."""
+    n = unit.shape[0]
+    in_o, _ = _match(nb_self, other, xp)
+    cols = xp.arange(n, device=B.device(unit))
+    hit = xp.any((nb_self.index[:, :, None] == cols[None, None, :]) & in_o[:, :, None], axis=1)
+    k = xp.matmul(unit, unit.T)
+    return xp.where(hit, k, xp.zeros_like(k))
+
+
+def _hsic_unbiased_asym(a, b, xp):
+    """Huh et al.'s unbiased HSIC of two zero-diagonal (not necessarily symmetric) matrices:
+    ``[tr(A B) + 1'A1 1'B1/((n-1)(n-2)) - 2/(n-2) 1'AB1] / (n(n-3))``."""
+    n = a.shape[0]
+    tr = xp.sum(a * b.T)
+    cross = xp.sum(xp.sum(a, axis=0) * xp.sum(b, axis=1))
+    return (tr + xp.sum(a) * xp.sum(b) / ((n - 1) * (n - 2)) - 2.0 * cross / (n - 2)) / (n * (n - 3))
+
+
+def _cknna_value(na, nb, xp):
+    kab_a = _masked_gram(na, nb, na.unit, xp)
+    kab_b = _masked_gram(nb, na, nb.unit, xp)
+    kaa = _masked_gram(na, na, na.unit, xp)
+    kbb = _masked_gram(nb, nb, nb.unit, xp)
+    # b's mask is the transposed-role intersection: the same set of (i, j) pairs
+    return _hsic_unbiased_asym(kab_a, kab_b, xp) / xp.sqrt(
+        _hsic_unbiased_asym(kaa, kaa, xp) * _hsic_unbiased_asym(kbb, kbb, xp))
+
+
+def _prepare(x, y, k, metric, measure):
+    V.check_option(metric, "metric", METRICS)
+    if measure in ("second_order_cosine", "cknna") and metric != "cosine":
+        raise ValueError(f"{measure} compares cosine similarities; metric must be 'cosine', got {metric!r}")
+    xp, x, y = M.prepare_pair(x, y, min_n=4 if measure == "cknna" else 2, what=measure)
+    k = _check_k(k, int(x.shape[0]))
+    return xp, neighbours(x, k, metric, "x"), neighbours(y, k, metric, "y")
+
+
+def _pair(measure, x, y, k, metric):
+    xp, na, nb = _prepare(x, y, k, metric, measure)
+    if measure == "cknna":
+        return M.as_result(_cknna_value(na, nb, xp), xp)
+    return M.as_result(_pair_value(measure, na, nb, None, None, xp), xp)
+
+
+def mutual_knn(x, y, k=10, *, metric="cosine"):
+    """Mutual k-nearest-neighbour alignment (Huh et al. 2024).
+
+    ``mean_i |N_x(i) ∩ N_y(i)| / k``: the average fraction of each example's ``k``
+    nearest neighbours that the two representations share.
+
+    Parameters
+    ----------
+    x, y : array, shape (n, ...)
+        numpy arrays or torch tensors (not mixed), flattened to ``(n, p)``, ``(n, q)``.
+    k : int, default 10
+        Neighbours per example, ``1 <= k <= n - 1``.
+    metric : {"cosine", "euclidean"}
+        Neighbourhood metric (module notes; ties go to the lower example index).
+
+    Returns
+    -------
+    scalar
+        float64 in ``[0, 1]``.
+
+    Notes
+    -----
+    Invariant to orthogonal maps and isotropic scaling (and to translation with
+    ``metric="euclidean"``). Needs all examples at once; cost ``O(n^2 (p + q))`` for the
+    neighbour search, ``O(n k^2)`` for the pairing. Permutation chance level:
+    ``k / (n - 1)`` in expectation (a random k-subset of the other ``n - 1`` examples).
+
+    References
+    ----------
+    .. [1] Huh, Cheung, Wang & Isola (2024), "The platonic representation hypothesis", ICML.
+
+    Examples
+    --------
+    >>> import numpy as np, repsim
+    >>> x = np.random.default_rng(0).standard_normal((30, 4))
+    >>> float(repsim.mutual_knn(x, 2 * x, k=5))
+    1.0
+    """
+    return _pair("mutual_knn", x, y, k, metric)
+
+
+def jaccard_knn(x, y, k=10, *, metric="cosine"):
+    """Jaccard similarity of the k-NN sets, ``mean_i |N_x ∩ N_y| / |N_x ∪ N_y|``.
+
+    Parameters, returns and invariances as in :func:`mutual_knn` (range ``[0, 1]``).
+
+    References
+    ----------
+    .. [1] Klabunde et al. (2025), "ReSi: a comprehensive benchmark for representational
+       similarity measures", ICLR.
+
+    Examples
+    --------
+    >>> import numpy as np, repsim
+    >>> x = np.random.default_rng(0).standard_normal((30, 4))
+    >>> float(repsim.jaccard_knn(x, x, k=5))
+    1.0
+    """
+    return _pair("jaccard_knn", x, y, k, metric)
+
+
+def rank_similarity(x, y, k=10, *, metric="cosine"):
+    """Rank similarity of the k-NN lists (Wang et al. 2020, as in ReSi).
+
+    With ``r_x(i, j)`` the rank (1 = nearest) of ``j`` among ``i``'s neighbours in ``x``::
+
+        v(i) = Σ_{j ∈ N_x(i) ∩ N_y(i)} 2 / ((1 + |r_x(i,j) - r_y(i,j)|) (r_x(i,j) + r_y(i,j)))
+
+    normalised by ``v_max(i) = Σ_{t=1}^{|N_x(i) ∩ N_y(i)|} 1/t`` (0 when nothing is
+    shared) and averaged over ``i``. Range ``[0, 1]``; invariances as :func:`mutual_knn`.
+
+    References
+    ----------
+    .. [1] Klabunde et al. (2025), "ReSi: a comprehensive benchmark for representational
+       similarity measures", ICLR.
+
+    Examples
+    --------
+    >>> import numpy as np, repsim
+    >>> x = np.random.default_rng(0).standard_normal((30, 4))
+    >>> float(repsim.rank_similarity(x, x, k=5))
+    1.0
+    """
+    return _pair("rank_similarity", x, y, k, metric)
+
+
+def second_order_cosine(x, y, k=10):
+    """Second-order cosine similarity (Hamilton et al. 2016, as in ReSi).
+
+    For each ``i``, over the union ``U(i) = N_x(i) ∪ N_y(i)`` of its cosine neighbourhoods,
+    the vectors ``s_x(i) = (cos(x_i, x_j))_{j ∈ U(i)}`` and ``s_y(i)`` are compared by
+    cosine; the result is their mean over ``i``. Range ``[-1, 1]``; invariant to orthogonal
+    maps and isotropic scaling. Cost ``O(n^2 (p + q))`` plus ``O(n k (p + q))`` per pair.
+
+    References
+    ----------
+    .. [1] Hamilton, Leskovec & Jurafsky (2016), "Cultural shift or linguistic drift?
+       Comparing two computational measures of semantic change", EMNLP.
+    .. [2] Klabunde et al. (2025), "ReSi", ICLR.
+
+    Examples
+    --------
+    >>> import numpy as np, repsim
+    >>> x = np.random.default_rng(0).standard_normal((30, 4))
+    >>> round(float(repsim.second_order_cosine(x, 3 * x, k=5)), 12)
+    1.0
+    """
+    return _pair("second_order_cosine", x, y, k, "cosine")
+
+
+def cknna(x, y, k=10):
+    """Centered kernel nearest-neighbour alignment (Huh et al. 2024).
+
+    Rows are L2-normalised and ``K, L`` are their cosine grams. With ``M_ij = 1`` when
+    ``j`` is among the ``k`` nearest (largest ``K_ij``, ``j != i``) of ``i`` in *both*
+    representations, and ``HSIC_u`` Huh et al.'s unbiased HSIC of the masked grams::
+
+        CKNNA = HSIC_u(M∘K, M∘L) / sqrt(HSIC_u(M_K∘K, M_K∘K) HSIC_u(M_L∘L, M_L∘L))
+
+    (``M_K``: the mask of ``K`` with itself). ``HSIC_u(A, B) = [tr(AB) + 1'A1 1'B1/((n-1)(n-2))
+    - 2/(n-2) 1'AB1] / (n(n-3))``, as in the authors' code (no ``1e-6`` added to the
+    denominator here). Needs ``n >= 4``.
+
+    Returns
+    -------
+    scalar
+        float64 (similarity, at most 1 up to rounding; can be negative).
+
+    Notes
+    -----
+    Invariant to orthogonal maps and isotropic scaling. Not symmetric: the masked grams
+    are not symmetric matrices, so ``1'AB1 != 1'BA1`` in general and
+    ``cknna(x, y) != cknna(y, x)`` (as in the authors' code). Cost ``O(n^2 (p + q + k))``
+    per pair (dense masked grams).
+
+    References
+    ----------
+    .. [1] Huh, Cheung, Wang & Isola (2024), "The platonic representation hypothesis", ICML.
+
+    Examples
+    --------
+    >>> import numpy as np, repsim
+    >>> x = np.random.default_rng(0).standard_normal((30, 4))
+    >>> round(float(repsim.cknna(x, x, k=5)), 12)
+    1.0
+    """
+    return _pair("cknna", x, y, k, "cosine")
+
+
+def neighbour_matrix(xs, ys=None, *, measure="mutual_knn", k=10, metric="cosine"):
+    """A neighbourhood measure between every pair of layers.
+
+    Each layer's k-NN lists are computed once (blocked GEMM and sort, on the caller's
+    device); every pair then costs ``O(n k^2)`` (mutual k-NN, Jaccard, rank similarity),
+    ``O(n k (p + q))`` (second-order cosine) or ``O(n^2 (p + q))`` (CKNNA), instead of a
+    fresh ``O(n^2 (p + q))`` neighbour search per pair.
+
+    Parameters
+    ----------
+    xs : sequence or dict name -> array, each (n, ...)
+    ys : sequence or dict, optional
+        Another model's layers; None compares ``xs`` with itself.
+    measure : {"mutual_knn", "jaccard_knn", "rank_similarity", "second_order_cosine", "cknna"}
+    k : int, default 10
+    metric : {"cosine", "euclidean"}
+        (cosine only for second-order cosine and CKNNA).
+
+    Returns
+    -------
+    xarray.DataArray, shape (L_a, L_b)
+        dims ``("layer_a", "layer_b")``, attrs ``measure, k, metric, n, ties``.
+
+    Examples
+    --------
+    >>> import numpy as np, repsim
+    >>> x = np.random.default_rng(0).standard_normal((40, 5))
+    >>> sim = repsim.neighbour_matrix({"a": x, "b": 2 * x}, k=5)
+    >>> float(sim.sel(layer_a="a", layer_b="b"))
+    1.0
+    """
+    V.check_option(measure, "measure", MEASURES)
+    V.check_option(metric, "metric", METRICS)
+    if measure in ("second_order_cosine", "cknna") and metric != "cosine":
+        raise ValueError(f"{measure} compares cosine similarities; metric must be 'cosine', got {metric!r}")
+    names_a, arrays_a = V.layer_items(xs, "xs")
+    names_b, arrays_b = (names_a, arrays_a) if ys is None else V.layer_items(ys, "ys")
+    arrays = [B.asarray(a) for a in arrays_a + arrays_b]
+    xp = B.namespace(*arrays, names=[f"layer {n!r}" for n in names_a + names_b])
+    n = int(arrays[0].shape[0])
+    k = _check_k(k, n, f"xs[{names_a[0]!r}]")
+
+    def build(names, arrays, side):
+        out = []
+        for name, a in zip(names, arrays):
+            label = f"{side}[{name!r}]"
+            a = V.as_2d(B.asarray(a), xp, label)
+            V.check_same_n(n, a.shape[0], f"xs[{names_a[0]!r}]", label, arrays_a[0].shape, a.shape)
+            a = xp.astype(a, xp.float64)
+            V.check_finite_array(a, xp, label)
+            out.append(neighbours(a, k, metric, label))
+        return out
+
+    nbs_a = build(names_a, arrays_a, "xs")
+    nbs_b = nbs_a if ys is None else build(names_b, arrays_b, "ys")
+    if measure == "cknna" and n < 4:
+        raise ValueError(f"cknna needs at least 4 examples; got n={n}")
+    import numpy as np
+
+    values = np.empty((len(nbs_a), len(nbs_b)))
+    for i, na in enumerate(nbs_a):
+        for j, nb in enumerate(nbs_b):
+            if ys is None and j < i and measure != "cknna":
+                values[i, j] = values[j, i]  # symmetric measures (CKNNA's 1'AB1 is not)
+                continue
+            v = _cknna_value(na, nb, xp) if measure == "cknna" else _pair_value(measure, na, nb, None, None, xp)
+            values[i, j] = B.item(v)
+    attrs = {"measure": measure, "k": k, "metric": metric, "n": n,
+             "ties": "stable sort of float64 keys: lower example index first"}
+    return similarity_array(values, names_a, names_b, attrs, name=measure)
