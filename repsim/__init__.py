@@ -29,6 +29,7 @@ from .neighbours import (
 from .pcs import DominantExamples, dominant_examples, pc_variance_fraction, remove_top_pcs
 from .regression import gulp, ridge_r2
 from .results import load_result, save_result
+from .rdm import dcor, rsa
 from .shape import nbs, shape_distance
 from .stats import aggregate_seeds, bootstrap, compare_seeds, jackknife_interval, permutation_test
 from .streaming import MinibatchCKA
@@ -67,6 +68,7 @@ __all__ = sorted(
         "cka_matrix",
         "cknna",
         "compare_seeds",
+        "dcor",
         "dominant_examples",
         "gram",
         "gulp",
@@ -84,6 +86,7 @@ __all__ = sorted(
         "rank_similarity",
         "remove_top_pcs",
         "ridge_r2",
+        "rsa",
         "save_result",
         "second_order_cosine",
         "shape_distance",

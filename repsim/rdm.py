@@ -1,0 +1,324 @@
+"""Distance correlation and representational similarity analysis (RSA).
+
+Distance correlation is HSIC with the distance kernel: with ``A``, ``B`` the Euclidean
+distance matrices of ``x`` and ``y`` and ``U(.)`` the U-centring of Székely & Rizzo
+(:func:`repsim.ucentre_gram`), the bias-corrected squared distance correlation is
+``<U(A), U(B)> / sqrt(<U(A), U(A)> <U(B), U(B)>)``: the unbiased-HSIC CKA formula applied
+to distance matrices, so it is computed by the same centring and packed products as CKA
+(and, with a distance kernel in the minibatch accumulator, streams as a minibatch
+U-statistic).
+
+Centred RSA and CKA. For squared Euclidean RDMs ``D_ij = k_ii + k_jj - 2 k_ij`` (``K`` the
+linear gram), double centring gives ``H D H = -2 H K H`` and U-centring ``U(D) = -2 U(K)``
+(both annihilate the ``k_ii + k_jj`` terms). So comparing *centred* squared-Euclidean RDMs
+by cosine is exactly linear CKA (biased for ``H . H``, unbiased for ``U(.)``) and runs
+through :func:`repsim.cka_matrix`'s packed path. The classic RSA comparison --
+Pearson correlation of the upper triangles -- subtracts only the mean of the off-diagonal
+entries, not the row and column means, so ``rsa(x, y, "sqeuclidean", "pearson")`` is a
+different number (``tests/test_rsa.py`` checks both statements).
+
+References
+----------
+Székely, Rizzo & Bakirov (2007), "Measuring and testing dependence by correlation of
+distances", Annals of Statistics 35(6).
+Székely & Rizzo (2014), "Partial distance correlation with methods for dissimilarities",
+Annals of Statistics 42(6).
+Kriegeskorte, Mur & Bandettini (2008), "Representational similarity analysis --
+connecting the branches of systems neuroscience", Frontiers in Systems Neuroscience 2.
+Sejdinovic, Sriperumbudur, Gretton & Fukumizu (2013), "Equivalence of distance-based and
+RKHS-based statistics in hypothesis testing", Annals of Statistics 41(5).
+"""
+
+from __future__ import annotations
+
+
+import numpy as np
+
+from . import _backend as B
+from . import _moments as M
+from . import _validation as V
+from .kernels import ESTIMATORS, centre_into
+
+RDMS = ("euclidean", "sqeuclidean", "correlation")
+COMPARES = ("pearson", "spearman", "kendall")
+
+
+def _constant(xc, x, xp):
+    eps = float(xp.finfo(xp.float64).eps)
+    tr = B.item(xp.sum(xc * xc))
+    return not tr > x.shape[0] * eps * B.item(xp.sum(x * x))
+
+
+def _squared_distances(xc, xp):
+    k = xp.matmul(xc, xc.T)
+    d = xp.linalg.diagonal(k)
+    d2 = d[:, None] + d[None, :] - 2.0 * k
+    # rounding of the gram formula can leave tiny negatives: that excess only
+    d2 = xp.clip(d2, 0.0, None)
+    eye = xp.eye(d2.shape[0], dtype=xp.bool, device=B.device(d2))
+    return xp.where(eye, xp.zeros_like(d2), d2)
+
+
+def distance_matrix(x, rdm="euclidean", name="x"):
+    """Representational dissimilarity matrix ``(n, n)`` of a validated float64 ``(n, p)``.
+
+    ``"euclidean"``: ``||x_i - x_j||``; ``"sqeuclidean"``: its square (both summed from
+    the differences, float64, so equal distances tie exactly); ``"correlation"``:
+    ``1 - corr(x_i, x_j)`` over features.
+    """
+    xp = B.namespace(x)
+    if rdm == "correlation":
+        n, p = x.shape
+        if p < 2:
+            raise ValueError(f"rdm='correlation' needs at least 2 features per example; {name} has shape {tuple(x.shape)}")
+        r = x - xp.mean(x, axis=1)[:, None]
+        norms = xp.sqrt(xp.sum(r * r, axis=1))
+        if not bool(xp.all(norms > 0)):
+            bad = int(B.to_numpy(xp.argmax(xp.astype(norms == 0, xp.int32))))
+            raise ValueError(
+                f"rdm='correlation' is undefined for {name}: example {bad} is constant across "
+                f"its features (shape {tuple(x.shape)})"
+            )
+        u = r / norms[:, None]
+        return 1.0 - xp.matmul(u, u.T)
+    d2 = _direct_squared_distances(x, xp)
+    return d2 if rdm == "sqeuclidean" else xp.sqrt(d2)
+
+
+def _direct_squared_distances(x, xp):
+    """``sum_f (x_if - x_jf)^2`` summed difference by difference (in blocks of rows), so
+    that geometrically equal distances come out equal, as ties, for the rank comparisons
+    (the gram formula's rounding would break them)."""
+    n, p = x.shape
+    rows = max(1, (8 * 2**20) // max(1, n * p))
+    parts = []
+    for start in range(0, n, rows):
+        diff = x[start:start + rows, None, :] - x[None, :, :]
+        parts.append(xp.sum(diff * diff, axis=2))
+    return xp.concat(parts, axis=0)
+
+
+def dcor(x, y, estimator="unbiased"):
+    """Squared distance correlation (Székely, Rizzo & Bakirov 2007; Székely & Rizzo 2014).
+
+    With ``A``, ``B`` the Euclidean distance matrices of ``x`` and ``y``::
+
+        unbiased: R*²(x, y) = <U(A), U(B)> / sqrt(<U(A), U(A)> <U(B), U(B)>)
+        biased:   R²_n(x, y) = <HAH, HBH> / sqrt(<HAH, HAH> <HBH, HBH>)
+
+    ``U(.)`` the U-centring (:func:`repsim.ucentre_gram`, the unbiased HSIC building block)
+    and ``H = I - 11^T/n``. The unbiased value is the bias-corrected distance correlation
+    (``dcor.u_distance_correlation_sqr``, R's ``energy::bcdcor``); it is close to 0 for
+    independent data and can dip below 0.
+
+    Parameters
+    ----------
+    x, y : array, shape (n, ...)
+        numpy arrays or torch tensors (not mixed).
+    estimator : {"unbiased", "biased"}, default "unbiased"
+        ``"unbiased"`` needs ``n >= 4``.
+
+    Returns
+    -------
+    scalar
+        float64; biased in ``[0, 1]``, unbiased at most 1. NaN with a warning when a side
+        is constant.
+
+    Notes
+    -----
+    Invariant to translation, orthogonal maps and isotropic scaling; 0 (population)
+    exactly for independent variables. Distances are formed from the column-centred
+    float64 gram (``d² = k_ii + k_jj - 2 k_ij``, rounding negatives clipped). Cost
+    ``O(n^2 (p + q))``; as a minibatch U-statistic it streams like minibatch CKA.
+
+    References
+    ----------
+    .. [1] Székely & Rizzo (2014), "Partial distance correlation with methods for
+       dissimilarities", Annals of Statistics 42(6).
+
+    Examples
+    --------
+    >>> import numpy as np, repsim
+    >>> x = np.random.default_rng(0).standard_normal((50, 3))
+    >>> round(float(repsim.dcor(x, 5 * x + 1)), 12)
+    1.0
+    """
+    V.check_option(estimator, "estimator", ESTIMATORS)
+    xp, x, y = M.prepare_pair(x, y, min_n=4 if estimator == "unbiased" else 2, what=f"dcor(estimator={estimator!r})")
+    n = int(x.shape[0])
+    unbiased = estimator == "unbiased"
+    packed = xp.empty((2, n * n), dtype=xp.float64, device=B.device(x))
+    bad = []
+    for i, (a, name) in enumerate(((x, "x"), (y, "y"))):
+        ac = M.centre_columns(a, xp)
+        if _constant(ac, a, xp):
+            bad.append(name)
+        centre_into(xp.sqrt(_squared_distances(ac, xp)), unbiased, packed[i], xp)
+    if bad:
+        return M.as_result(M.undefined(bad, "dcor"), xp)
+    ab = xp.sum(packed[0] * packed[1])
+    return M.as_result(ab / xp.sqrt(xp.sum(packed[0] ** 2) * xp.sum(packed[1] ** 2)), xp)
+
+
+def _upper(d, xp):
+    n = d.shape[0]
+    i, j = np.triu_indices(n, 1)
+    flat = xp.reshape(d, (n * n,))
+    return xp.take(flat, xp.asarray(i * n + j, device=B.device(d)))
+
+
+def average_ranks(v):
+    """Ranks 1..m of a numpy vector, ties given their average rank (scipy's 'average')."""
+    order = np.argsort(v, kind="stable")
+    sv = v[order]
+    starts = np.r_[True, sv[1:] != sv[:-1]]
+    dense = np.cumsum(starts)
+    bounds = np.r_[np.nonzero(starts)[0], len(v)]
+    ranks = np.empty(len(v))
+    ranks[order] = 0.5 * (bounds[dense - 1] + 1 + bounds[dense])
+    return ranks
+
+
+def _tie_pairs(sorted_keys):
+    """Number of tied pairs ``Σ t(t-1)/2`` in a sorted array (or rows of a 2-d array)."""
+    if sorted_keys.ndim == 1:
+        change = np.r_[True, sorted_keys[1:] != sorted_keys[:-1], True]
+    else:
+        change = np.r_[True, np.any(sorted_keys[1:] != sorted_keys[:-1], axis=1), True]
+    t = np.diff(np.nonzero(change)[0]).astype(np.float64)
+    return float(np.sum(t * (t - 1) / 2))
+
+
+_INVERSIONS = None
+
+
+def _inversions(b):
+    """Pairs ``i < j`` with ``b_i > b_j`` (strict), by a bottom-up merge sort (numba)."""
+    global _INVERSIONS
+    if _INVERSIONS is None:
+        import numba
+
+        @numba.njit(cache=False)
+        def count(v):
+            m = v.shape[0]
+            src = v.copy()
+            dst = np.empty_like(src)
+            total = 0
+            width = 1
+            while width < m:
+                for lo in range(0, m, 2 * width):
+                    mid = min(lo + width, m)
+                    hi = min(lo + 2 * width, m)
+                    i, j, o = lo, mid, lo
+                    while i < mid and j < hi:
+                        if src[j] < src[i]:
+                            dst[o] = src[j]
+                            total += mid - i
+                            j += 1
+                        else:
+                            dst[o] = src[i]
+                            i += 1
+                        o += 1
+                    while i < mid:
+                        dst[o] = src[i]
+                        i += 1
+                        o += 1
+                    while j < hi:
+                        dst[o] = src[j]
+                        j += 1
+                        o += 1
+                src, dst = dst, src
+                width *= 2
+            return total
+
+        _INVERSIONS = count
+    return int(_INVERSIONS(np.ascontiguousarray(b, dtype=np.float64)))
+
+
+def kendall_tau_a(a, b):
+    """Kendall's τ-a of two numpy vectors in ``O(m log m)`` (Knight 1966)::
+
+        τ_a = (n_c - n_d) / (m (m - 1) / 2)
+
+    tied pairs (in either vector) counting as neither concordant nor discordant.
+    """
+    m = len(a)
+    n0 = m * (m - 1) / 2
+    order = np.lexsort((b, a))
+    a, b = a[order], b[order]
+    n1 = _tie_pairs(a)
+    n2 = _tie_pairs(np.sort(b))
+    n3 = _tie_pairs(np.stack([a, b], axis=1))
+    nd = _inversions(b)
+    return (n0 - n1 - n2 + n3 - 2.0 * nd) / n0
+
+
+def _pearson(u, v, xp):
+    u = u - xp.mean(u)
+    v = v - xp.mean(v)
+    return xp.sum(u * v) / xp.sqrt(xp.sum(u * u) * xp.sum(v * v))
+
+
+def rsa(x, y, rdm="euclidean", compare="pearson"):
+    """Representational similarity analysis: correlate the two RDMs' upper triangles.
+
+    Parameters
+    ----------
+    x, y : array, shape (n, ...)
+        numpy arrays or torch tensors (not mixed); ``n >= 3``.
+    rdm : {"euclidean", "sqeuclidean", "correlation"}
+        Dissimilarity of examples ``i, j``: Euclidean distance, its square, or
+        ``1 - Pearson correlation`` of the two examples' feature vectors.
+    compare : {"pearson", "spearman", "kendall"}
+        Correlation of the ``n (n - 1) / 2`` entries ``i < j``: Pearson, Spearman (Pearson
+        of average ranks) or Kendall's τ-a (ties count as neither concordant nor
+        discordant; Nili et al. 2014 recommend τ-a for RDMs with tied entries).
+
+    Returns
+    -------
+    scalar
+        float64 in ``[-1, 1]``. Spearman and Kendall rank on the host (numpy); the result
+        comes back in the caller's array type and device. NaN with a warning when an RDM
+        is constant (all its entries equal).
+
+    Notes
+    -----
+    Invariant to orthogonal maps and isotropic scaling (all RDMs), translation
+    (Euclidean RDMs). Needs all examples at once: cost ``O(n^2 (p + q))`` for the RDMs,
+    ``O(n^2 log n)`` for the rank comparisons. Not the same as CKA; see the module notes
+    for the centred variant that is.
+
+    References
+    ----------
+    .. [1] Kriegeskorte, Mur & Bandettini (2008), "Representational similarity analysis",
+       Frontiers in Systems Neuroscience 2.
+    .. [2] Nili et al. (2014), "A toolbox for representational similarity analysis", PLoS
+       Computational Biology 10(4) (Kendall's τ-a).
+
+    Examples
+    --------
+    >>> import numpy as np, repsim
+    >>> x = np.random.default_rng(0).standard_normal((20, 4))
+    >>> round(float(repsim.rsa(x, 2 * x, compare="kendall")), 12)
+    1.0
+    """
+    V.check_option(rdm, "rdm", RDMS)
+    V.check_option(compare, "compare", COMPARES)
+    xp, x, y = M.prepare_pair(x, y, min_n=3, what="rsa")
+    u = _upper(distance_matrix(x, rdm, "x"), xp)
+    v = _upper(distance_matrix(y, rdm, "y"), xp)
+    flat = [name for name, w in (("x", u), ("y", v)) if B.item(xp.max(w) - xp.min(w)) == 0]
+    if flat:
+        return M.as_result(M.undefined(flat, f"rsa (constant {rdm} RDM)"), xp)
+    if compare == "pearson":
+        return M.as_result(_pearson(u, v, xp), xp)
+    un, vn = B.to_numpy(u), B.to_numpy(v)
+    if compare == "spearman":
+        value = float(_pearson(average_ranks(un), average_ranks(vn), np))
+    else:
+        value = kendall_tau_a(un, vn)
+    if B.is_numpy(x):
+        return np.float64(value)
+    return xp.asarray(value, dtype=xp.float64, device=B.device(x))
+
+
