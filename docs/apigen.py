@@ -15,8 +15,9 @@ from pathlib import Path
 GROUPS = [
     ("Measures", "Kernels, HSIC and CKA on whole datasets: one pair or all pairs at once.",
      ("kernels", "hsic", "cka")),
-    ("Streaming", "Minibatch CKA: accumulate over batches, merge, all-reduce, resume.",
-     ("streaming",)),
+    ("Streaming", "Minibatch CKA and full-data feature moments: accumulate over batches, "
+     "merge, all-reduce, resume.",
+     ("streaming", "moments")),
     ("CCA family", "Canonical correlation analysis and its SVCCA and PWCCA variants.",
      ("cca", "cca_family")),
     ("Principal components and blocks",

@@ -26,6 +26,7 @@ from .neighbours import (
     rank_similarity,
     second_order_cosine,
 )
+from .moments import FeatureMoments
 from .pcs import DominantExamples, dominant_examples, pc_variance_fraction, remove_top_pcs
 from .regression import gulp, ridge_r2
 from .results import load_result, save_result
@@ -56,6 +57,7 @@ __all__ = sorted(
     [
         "DegenerateRepresentationWarning",
         "DominantExamples",
+        "FeatureMoments",
         "MinibatchCKA",
         "aggregate_seeds",
         "bootstrap",

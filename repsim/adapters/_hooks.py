@@ -93,6 +93,10 @@ class GramHooks:
         as layers ``"name:0"``, ``"name:1"``, ...
     transform : callable, optional
         Applied to each ``(n, features)`` tensor before its gram (e.g. removing top PCs).
+    features : bool, default False
+        Keep each layer's pooled ``(n, features)`` activations (a copy, so later in-place
+        operations cannot change it) instead of its gram, for accumulators that consume
+        features (:class:`repsim.FeatureMoments`); :attr:`grams` then holds those.
 
     Attributes
     ----------
@@ -123,7 +127,8 @@ class GramHooks:
                  select: Callable[[Any], Any] | Mapping[str, Callable[[Any], Any]] | None = None,
                  pooling: str | Callable[[torch.Tensor], torch.Tensor] = "flatten",
                  repeated: str = "error",
-                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 features: bool = False) -> None:
         self.model = unwrap_model(model)
         self.names = select_layers(self.model, layers)
         if not (callable(pooling) or pooling in POOLINGS):
@@ -140,6 +145,9 @@ class GramHooks:
         if transform is not None and not callable(transform):
             raise TypeError(f"transform must be callable; got {transform!r}")
         self.transform = transform
+        if not isinstance(features, bool):
+            raise TypeError(f"features must be True or False; got {features!r}")
+        self.features = features
         self._handles: list[Any] = []
         self._grams: dict[str, torch.Tensor] = {}
         self._calls: dict[str, int] = {}
@@ -218,6 +226,8 @@ class GramHooks:
         x = B.as_float(x, xp)
         if self.transform is not None:
             x = apply_transform(self.transform, x, f"layer {name!r}")
+        if self.features:
+            return x.clone()
         return linear_gram(x, xp)
 
     @property

@@ -1,0 +1,182 @@
+"""Moments -> value for the measures that :mod:`repsim._moments` does not cover.
+
+Linear CKA (biased, and the full-data unbiased estimator) for every pair of layers at once
+from the raw sums of :class:`repsim.FeatureMoments`, and CCA / SVCCA / PWCCA of one pair
+from centred moments (:class:`repsim._moments.Moments`) with a whitening computed once per
+layer. Every function here is exact: on the moments of the full data it gives the value of
+the full-data function (:func:`repsim.cka`, :func:`repsim.cca`, :func:`repsim.svcca`,
+:func:`repsim.pwcca`) up to rounding.
+
+CCA from moments
+----------------
+Whitening ``W = V (Λ + ridge)^{-1/2}`` from the eigendecomposition ``Sxx / n = V Λ Vᵀ``
+(eigenvalues at most ``dim * eps * max`` count as zero, the rank rule of
+:func:`repsim._moments._eig`; with ``ridge=0`` those directions are dropped, which is the
+rank-revealing basis of :mod:`repsim.cca_family`). The canonical correlations are the
+singular values of ``Wxᵀ (Sxy / n) Wy``; with ``ridge = 0`` they are those of
+``Qxᵀ Qy`` for orthonormal bases ``Qx = Xc V Λ^{-1/2} / sqrt(n)``. ``ridge > 0`` is the
+canonical ridge of Vinod (1976), applied once to the summed covariance at the end: the
+whitening then never inverts a (near-)singular matrix, and the symmetric eigensolver always
+converges, so PWCCA cannot fail the way iterative implementations on ill-conditioned
+covariances do.
+
+References
+----------
+Vinod (1976), "Canonical ridge and econometrics of joint production", J. Econometrics 4.
+Song, Smola, Gretton, Bedo & Borgwardt (2012), "Feature selection via dependence
+maximization", JMLR 13 (the unbiased HSIC estimator).
+"""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+from . import _backend as B
+from . import _moments as M
+from .cca_family import _keep_count
+
+
+def block_indicator(widths, xp, device):
+    """``(D, L)`` float64 matrix with a 1 where feature ``i`` belongs to layer ``l``."""
+    import numpy as np
+
+    ind = np.zeros((sum(widths), len(widths)))
+    start = 0
+    for col, w in enumerate(widths):
+        ind[start:start + w, col] = 1.0
+        start += w
+    return xp.asarray(ind, device=device)
+
+
+def linear_cka_terms(s1, s2, n, widths, estimator):
+    """HSIC-type cross terms of every pair of layers from raw (shifted) sums.
+
+    Parameters
+    ----------
+    s1 : array, shape (D + L,)
+        ``Σ z`` with ``z = [x - shift, a]``: the shifted features of all layers, then each
+        layer's squared norm ``a_l = ||x_l - shift_l||²``.
+    s2 : array, shape (D + L, D + L)
+        ``Σ z zᵀ``.
+    n : int
+        Number of examples.
+    widths : list of int
+        Features per layer (``D = Σ widths``).
+    estimator : {"biased", "unbiased"}
+
+    Returns
+    -------
+    array, shape (L, L)
+        biased: ``||Xc_lᵀ Xc_m||_F²`` (centred columns); unbiased: ``n (n - 3)`` times the
+        unbiased HSIC of Song et al. (2012) of the linear grams ``K_l = X_l X_lᵀ``::
+
+            tr(K̃L̃) + 1ᵀK̃1 1ᵀL̃1 / ((n-1)(n-2)) - 2/(n-2) 1ᵀK̃L̃1
+
+        with ``tr(K̃L̃) = ||X_lᵀ X_m||² - Σ a_l a_m``, ``1ᵀK̃1 = ||Σ x_l||² - Σ a_l`` and
+        ``1ᵀK̃L̃1 = s_lᵀ X_lᵀX_m s_m - Σ a_l (X_m s_m) - Σ a_m (X_l s_l) + Σ a_l a_m``
+        (``s_l = Σ x_l``). Both are invariant to a common translation of a layer's
+        features, so the shifted sums give the unshifted value.
+    """
+    xp = B.namespace(s2)
+    d = sum(widths)
+    ind = block_indicator(widths, xp, B.device(s2))
+    sx = s1[:d]
+    out = xp.zeros((len(widths), len(widths)), dtype=xp.float64, device=B.device(s2))
+    w_rows = xp.zeros_like(out)
+    start = 0
+    for layer, w in enumerate(widths):
+        rows = s2[start:start + w, :d]
+        if estimator == "biased":
+            rows = rows - sx[start:start + w, None] * sx[None, :] / n
+        out[layer, :] = xp.matmul(xp.sum(rows * rows, axis=0), ind)
+        if estimator == "unbiased":
+            w_rows[layer, :] = xp.matmul(xp.matmul(sx[start:start + w], rows) * sx, ind)
+        start += w
+    if estimator == "biased":
+        return out
+    ata = s2[d:, d:]
+    k1 = xp.matmul(sx * sx, ind) - s1[d:]
+    r = xp.matmul(ind.T, sx[:, None] * s2[:d, d:])  # r[m, l] = Σ_i a_l,i (x_m,i · s_m)
+    t3 = w_rows - r.T - r + ata
+    return (out - ata) + k1[:, None] * k1[None, :] / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * t3
+
+
+def whitening(s, n, ridge):
+    """Per-layer whitening of a centred scatter ``s`` (one eigendecomposition).
+
+    Returns
+    -------
+    SimpleNamespace
+        ``w`` (eigenvalues of ``s / n``, descending, rank-revealed), ``v`` (eigenvectors,
+        columns in the same order), ``rank``, ``scale`` (``(w + ridge)^{-1/2}`` on the
+        rank, 0 elsewhere) and ``s`` (``sqrt(w)``, for SVCCA's variance shares).
+    """
+    xp = B.namespace(s)
+    w, v = M._eig(s / n, xp)
+    w, v = xp.flip(w, axis=0), xp.flip(v, axis=1)
+    rank = int(B.item(xp.sum(xp.astype(w > 0, xp.int64))))
+    safe = xp.where(w > 0, w + ridge, xp.ones_like(w))
+    scale = xp.where(w > 0, 1.0 / xp.sqrt(safe), xp.zeros_like(w))
+    return SimpleNamespace(w=w, v=v, rank=rank, scale=scale, s=xp.sqrt(w), xp=xp)
+
+
+def _whitened_cross(sxy, n, wx, wy, kx, ky):
+    xp = B.namespace(sxy)
+    left = wx.v[:, :kx] * wx.scale[None, :kx]
+    right = wy.v[:, :ky] * wy.scale[None, :ky]
+    return xp.matmul(xp.matmul(left.T, sxy / n), right)
+
+
+def _mean(values, summary):
+    if values.shape[0] == 0:
+        return math.nan
+    xp = B.namespace(values)
+    return B.item(xp.mean(values * values if summary == "mean_squared" else values))
+
+
+def canonical_correlations_from_moments(sxy, n, wx, wy, kx=None, ky=None):
+    """Descending canonical correlations, clipped to [0, 1], from a cross scatter and the
+    two sides' :func:`whitening` (``kx``, ``ky``: leading directions kept, default the
+    ranks)."""
+    xp = B.namespace(sxy)
+    kx = wx.rank if kx is None else kx
+    ky = wy.rank if ky is None else ky
+    if kx == 0 or ky == 0:
+        return xp.zeros((0,), dtype=xp.float64, device=B.device(sxy))
+    return xp.clip(xp.linalg.svdvals(_whitened_cross(sxy, n, wx, wy, kx, ky)), 0.0, 1.0)
+
+
+def cca_from_moments(sxy, n, wx, wy, summary="mean"):
+    """Mean (or mean squared) canonical correlation, as :func:`repsim.cca`."""
+    return _mean(canonical_correlations_from_moments(sxy, n, wx, wy), summary)
+
+
+def svcca_from_moments(sxy, n, wx, wy, keep=0.99, summary="mean"):
+    """SVCCA (as :func:`repsim.svcca`): each side reduced to its leading eigen-directions
+    (the top singular directions of the centred data) before CCA."""
+    keep_x, keep_y = keep if isinstance(keep, (tuple, list)) else (keep, keep)
+    kx = _keep_count(keep_x, wx, "keep" if keep_x is keep_y else "keep[0]")
+    ky = _keep_count(keep_y, wy, "keep" if keep_x is keep_y else "keep[1]")
+    return _mean(canonical_correlations_from_moments(sxy, n, wx, wy, kx, ky), summary)
+
+
+def pwcca_from_moments(sxy, n, wx, wy, side="x"):
+    """PWCCA (as :func:`repsim.pwcca`) with the weights of ``side`` (``"x"`` or ``"y"``).
+
+    The projection of neuron ``j`` on canonical variate ``h_i = Xc W a_i`` is
+    ``(a_iᵀ Wᵀ Sxx)_j = (a_iᵀ (Λ + ridge)^{-1/2} Λ Vᵀ)_j`` up to the common factor ``n``.
+    """
+    xp = B.namespace(sxy)
+    kx, ky = wx.rank, wy.rank
+    if kx == 0 or ky == 0:
+        return math.nan
+    a, rho, bt = xp.linalg.svd(_whitened_cross(sxy, n, wx, wy, kx, ky), full_matrices=False)
+    rho = xp.clip(rho, 0.0, 1.0)
+    ws, coef = (wx, a) if side == "x" else (wy, bt.T)
+    r = ws.rank
+    weight = ws.scale[:r] * ws.w[:r]  # (Λ + ridge)^{-1/2} Λ
+    proj = xp.matmul(coef.T, weight[:, None] * ws.v[:, :r].T)
+    alpha = xp.sum(xp.abs(proj), axis=1)
+    return B.item(xp.sum(alpha * rho) / xp.sum(alpha))
+
