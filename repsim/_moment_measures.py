@@ -180,3 +180,134 @@ def pwcca_from_moments(sxy, n, wx, wy, side="x"):
     alpha = xp.sum(xp.abs(proj), axis=1)
     return B.item(xp.sum(alpha * rho) / xp.sum(alpha))
 
+
+
+# --------------------------------------------------------------------------- accumulator side
+
+MEASURES = {
+    # measure: (parameters with defaults, symmetric in the pair)
+    "cka": ({"estimator": "biased"}, True),
+    "cca": ({"summary": "mean", "ridge": 0.0}, True),
+    "svcca": ({"keep": 0.99, "summary": "mean", "ridge": 0.0}, True),
+    "pwcca": ({"side": "x", "ridge": 0.0}, False),
+    "shape_distance": ({"alpha": 1.0, "score": "angular"}, True),
+    "nbs": ({}, True),
+    "ridge_r2": ({"ridge": 0.0, "direction": "x_to_y", "out_of_fold": False}, False),
+    "gulp": ({"ridge": 0.01, "squared": False}, True),
+}
+
+
+def check_params(measure, params, folds):
+    """A measure's parameters, defaulted and validated as its full-data function does."""
+    from . import _validation as V
+    from .cca_family import SIDES, SUMMARIES
+    from .regression import DIRECTIONS, _check_ridge
+    from .shape import SCORES, _check_alpha
+
+    if measure not in MEASURES:
+        V.check_option(measure, "measure", tuple(MEASURES))
+    defaults, _ = MEASURES[measure]
+    unknown = sorted(set(params) - set(defaults))
+    if unknown:
+        raise TypeError(f"measure={measure!r} takes the parameters {sorted(defaults)}; "
+                        f"got unknown {unknown}")
+    p = {**defaults, **params}
+    for key, allowed in (("estimator", ("biased", "unbiased")), ("summary", SUMMARIES),
+                         ("side", SIDES), ("score", SCORES), ("direction", DIRECTIONS)):
+        if key in p:
+            V.check_option(p[key], key, allowed)
+    if "alpha" in p:
+        p["alpha"] = _check_alpha(p["alpha"])
+    if "ridge" in p:
+        p["ridge"] = _check_ridge(p["ridge"])
+    for flag in ("squared", "out_of_fold"):
+        if flag in p and not isinstance(p[flag], bool):
+            raise ValueError(f"{flag} must be True or False; got {p[flag]!r}")
+    if p.get("out_of_fold") and not folds:
+        raise ValueError("out_of_fold=True needs an accumulator built with folds=k (k >= 2)")
+    keep = p.get("keep")
+    if isinstance(keep, (tuple, list)) and len(keep) != 2:
+        raise ValueError(f"keep must be one value or a pair (keep_x, keep_y); got {keep!r}")
+    return p
+
+
+def pair_value(measure, p, m, wx, wy, widths, fold_sums, pair):
+    """One pair's value (a float) from its centred :class:`~repsim._moments.Moments`.
+
+    ``wx, wy``: the sides' :func:`whitening` (CCA family only); ``widths``: the sides'
+    feature counts; ``fold_sums(i, j)``: per-fold :class:`~repsim._moments.RawSums` of
+    predictor ``i`` and target ``j`` (out-of-fold R²); ``pair``: the layer indices.
+    """
+    if measure == "cca":
+        return cca_from_moments(m.sxy, m.n, wx, wy, p["summary"])
+    if measure == "svcca":
+        return svcca_from_moments(m.sxy, m.n, wx, wy, p["keep"], p["summary"])
+    if measure == "pwcca":
+        side = p["side"]
+        if side == "smaller":
+            side = "x" if widths[0] <= widths[1] else "y"
+        return pwcca_from_moments(m.sxy, m.n, wx, wy, side)
+    if measure == "shape_distance":
+        return B.item(M.shape_distance_from_moments(m, p["alpha"], p["score"]))
+    if measure == "nbs":
+        return B.item(M.nbs_from_moments(m))
+    if measure == "gulp":
+        d2 = B.item(M.gulp_from_moments(m, p["ridge"]))
+        return d2 if p["squared"] else math.sqrt(max(d2, 0.0))
+    i, j = pair  # ridge_r2
+    flipped = M.Moments(m.n, m.syy, m.sxx, m.sxy.T)
+    pairs = {"x_to_y": [(m, i, j)], "y_to_x": [(flipped, j, i)]}
+    pairs["mean"] = pairs["x_to_y"] + pairs["y_to_x"]
+    vals = []
+    for mm, a, b in pairs[p["direction"]]:
+        if p["out_of_fold"]:
+            vals.append(B.item(M.cv_r2_from_sums(fold_sums(a, b), p["ridge"])))
+        else:
+            vals.append(B.item(M.r2_from_moments(mm, p["ridge"])))
+    return sum(vals) / len(vals)
+
+
+def augment(xs, widths, xp):
+    """``[xs, a]`` with ``a[:, l] = ||xs_l||²`` row-wise per layer: ``(n, D + L)``."""
+    cols, start = [], 0
+    for w in widths:
+        part = xs[:, start:start + w]
+        cols.append(xp.sum(part * part, axis=1)[:, None])
+        start += w
+    return xp.concat([xs] + cols, axis=1)
+
+
+def reshift(widths, values, old, new):
+    """Per-fold sums of ``z`` on shift ``old`` (a state dict's ``n``, ``sum_z``, ``zz``)
+    re-expressed on shift ``new``; other entries are passed through.
+
+    With ``δ = new - old``: ``x' = x - δ`` and ``a'_l = a_l - 2 δ_lᵀ x_l + ||δ_l||²``,
+    i.e. ``z' = (I + E) z + c`` with ``E`` nonzero only in its last ``L`` rows
+    (``-2 δ_l`` in layer ``l``'s columns). Then ``Σz' = (I + E) Σz + n c`` and
+    ``Σz'z'ᵀ = (I+E) Σzzᵀ (I+E)ᵀ + (I+E)Σz cᵀ + c ((I+E)Σz)ᵀ + n c cᵀ`` (exact; the
+    products with ``E`` cost ``O(L D²)``, not ``O(D³)``).
+    """
+    import numpy as np
+
+    xp = B.namespace(values["zz"])
+    dev = B.device(values["zz"])
+    delta = xp.asarray(np.asarray(new) - np.asarray(old), device=dev)
+    d = delta.shape[0]
+    ind = block_indicator(widths, xp, dev)
+    e = -2.0 * (ind * delta[:, None]).T  # (L, D)
+    c = xp.concat([-delta, xp.matmul(delta * delta, ind)])
+    zz_all, sz_all = [], []
+    for f in range(values["zz"].shape[0]):
+        g, sz = values["zz"][f], values["sum_z"][f]
+        n = xp.astype(values["n"][f], xp.float64)
+        h = xp.asarray(g, copy=True)
+        h[d:, :] += xp.matmul(e, g[:d, :])
+        g2 = xp.asarray(h, copy=True)
+        g2[:, d:] += xp.matmul(h[:, :d], e.T)
+        msz = xp.asarray(sz, copy=True)
+        msz[d:] += xp.matmul(e, sz[:d])
+        g2 = (g2 + msz[:, None] * c[None, :] + c[:, None] * msz[None, :]
+              + n * c[:, None] * c[None, :])
+        zz_all.append(g2)
+        sz_all.append(msz + n * c)
+    return dict(values, zz=xp.stack(zz_all), sum_z=xp.stack(sz_all))

@@ -24,25 +24,11 @@ from . import _moment_measures as MM
 from . import _moments as M
 from . import _validation as V
 from ._accumulator import Accumulator, State
-from .cca_family import SIDES, SUMMARIES
-from .regression import DIRECTIONS, _check_ridge
 from .results import similarity_array
-from .shape import SCORES, _check_alpha
 
 #: Default memory budget (bytes) of :class:`FeatureMoments`.
 DEFAULT_MAX_BYTES = 4 * 2**30
 
-MEASURES = {
-    # measure: (parameters with defaults, symmetric in the pair)
-    "cka": ({"estimator": "biased"}, True),
-    "cca": ({"summary": "mean", "ridge": 0.0}, True),
-    "svcca": ({"keep": 0.99, "summary": "mean", "ridge": 0.0}, True),
-    "pwcca": ({"side": "x", "ridge": 0.0}, False),
-    "shape_distance": ({"alpha": 1.0, "score": "angular"}, True),
-    "nbs": ({}, True),
-    "ridge_r2": ({"ridge": 0.0, "direction": "x_to_y", "out_of_fold": False}, False),
-    "gulp": ({"ridge": 0.01, "squared": False}, True),
-}
 
 
 def _gib(nbytes: float) -> str:
@@ -247,7 +233,7 @@ class FeatureMoments(Accumulator):
             shift = self._shift_array(xp, B.device(x))
         else:
             shift = xp.mean(x, axis=0)
-        z = self._augment(x - shift, widths, xp)
+        z = MM.augment(x - shift, widths, xp)
         if not self.started:
             self._start(dict(names_a=list(names_a), names_b=list(names_b), widths=widths,
                              symmetric=symmetric,
@@ -263,16 +249,6 @@ class FeatureMoments(Accumulator):
     # convenience name for the adapter (features, not grams)
     update_features = update
 
-    @staticmethod
-    def _augment(xs, widths, xp):
-        """``[xs, a]`` with ``a[:, l] = ||xs_l||²`` row-wise per layer."""
-        cols, start = [], 0
-        for w in widths:
-            part = xs[:, start:start + w]
-            cols.append(xp.sum(part * part, axis=1)[:, None])
-            start += w
-        return xp.concat([xs] + cols, axis=1)
-
     def _fold(self, fold):
         k = self.folds or 1
         if fold is None:
@@ -285,7 +261,8 @@ class FeatureMoments(Accumulator):
         if symmetric != self.symmetric:
             raise ValueError(
                 "acts_b must be given in every update or in none: this accumulator was "
-                f"started {'within one model (acts_b=None)' if self.symmetric else 'across two models'}"
+                "started " + ("within one model (acts_b=None)" if self.symmetric
+                              else "across two models")
             )
         for side, names, expected in (("acts_a", names_a, self.names_a),
                                       ("acts_b", names_b, self.names_b)):
@@ -330,44 +307,12 @@ class FeatureMoments(Accumulator):
     load_state_dict.__doc__ = Accumulator.load_state_dict.__doc__
 
     # ------------------------------------------------------------------ combining
-    def _reshift(self, values: dict, old, new) -> dict:
-        """``values`` (sums of ``z`` on shift ``old``) re-expressed on shift ``new``.
-
-        With ``δ = new - old``: ``x' = x - δ`` and ``a'_l = a_l - 2 δ_lᵀ x_l + ||δ_l||²``,
-        i.e. ``z' = (I + E) z + c`` with ``E`` nonzero only in its last ``L`` rows
-        (``-2 δ_l`` in layer ``l``'s columns). Then ``Σz' = (I + E) Σz + n c`` and
-        ``Σz'z'ᵀ = (I+E) Σzzᵀ (I+E)ᵀ + (I+E)Σz cᵀ + c ((I+E)Σz)ᵀ + n c cᵀ`` (exact).
-        """
-        xp = B.namespace(values["zz"])
-        dev = B.device(values["zz"])
-        delta = xp.asarray(np.asarray(new) - np.asarray(old), device=dev)
-        d = delta.shape[0]
-        ind = MM.block_indicator(self.widths, xp, dev)
-        e = -2.0 * (ind * delta[:, None]).T  # (L, D)
-        c = xp.concat([-delta, xp.matmul(delta * delta, ind)])
-        out = dict(values)
-        zz_all, sz_all = [], []
-        for f in range(values["zz"].shape[0]):
-            g, sz = values["zz"][f], values["sum_z"][f]
-            n = xp.astype(values["n"][f], xp.float64)
-            h = xp.asarray(g, copy=True)
-            h[d:, :] += xp.matmul(e, g[:d, :])
-            g2 = xp.asarray(h, copy=True)
-            g2[:, d:] += xp.matmul(h[:, :d], e.T)
-            msz = xp.asarray(sz, copy=True)
-            msz[d:] += xp.matmul(e, sz[:d])
-            g2 = g2 + msz[:, None] * c[None, :] + c[:, None] * msz[None, :] + n * c[:, None] * c[None, :]
-            zz_all.append(g2)
-            sz_all.append(msz + n * c)
-        out["zz"] = xp.stack(zz_all)
-        out["sum_z"] = xp.stack(sz_all)
-        return out
-
     def merge(self, other: "FeatureMoments") -> "FeatureMoments":
         """Add the sums of ``other`` (same options and layers) into this accumulator.
 
         ``other``'s sums are first re-expressed on this accumulator's shift (exact; see
-        :meth:`_reshift`), then :meth:`repsim._accumulator.Accumulator.merge` adds them.
+        :func:`repsim._moment_measures.reshift`), then
+        :meth:`repsim._accumulator.Accumulator.merge` adds them.
 
         Returns
         -------
@@ -379,7 +324,7 @@ class FeatureMoments(Accumulator):
             self._check_like(other._values["zz"], "other")
             moved = FeatureMoments(max_bytes=None, folds=other.folds)
             moved.load_state_dict(other.state_dict())
-            moved._values = self._reshift(moved._values, moved.shift, self.shift)
+            moved._values = MM.reshift(self.widths, moved._values, moved.shift, self.shift)
             moved.shift = self.shift
             other = moved
         return super().merge(other)
@@ -428,7 +373,7 @@ class FeatureMoments(Accumulator):
         all_reduce(common)
         common = tuple(float(v) / world for v in B.to_numpy(common))
         if common != self.shift:
-            self._values = self._reshift(self._values, self.shift, common)
+            self._values = MM.reshift(self.widths, self._values, self.shift, common)
             self.shift = common
             self._shift_cache = None
         return super().sync(all_reduce, device=device)
@@ -454,40 +399,6 @@ class FeatureMoments(Accumulator):
         la = len(self.names_a)
         ia = list(range(la))
         return ia, ia if self.symmetric else list(range(la, la + len(self.names_b)))
-
-    def _params(self, measure, params):
-        if measure not in MEASURES:
-            V.check_option(measure, "measure", tuple(MEASURES))
-        defaults, _ = MEASURES[measure]
-        unknown = sorted(set(params) - set(defaults))
-        if unknown:
-            raise TypeError(f"measure={measure!r} takes the parameters {sorted(defaults)}; "
-                            f"got unknown {unknown}")
-        p = {**defaults, **params}
-        if "estimator" in p:
-            V.check_option(p["estimator"], "estimator", ("biased", "unbiased"))
-        if "summary" in p:
-            V.check_option(p["summary"], "summary", SUMMARIES)
-        if "side" in p:
-            V.check_option(p["side"], "side", SIDES)
-        if "score" in p:
-            V.check_option(p["score"], "score", SCORES)
-        if "alpha" in p:
-            p["alpha"] = _check_alpha(p["alpha"])
-        if "direction" in p:
-            V.check_option(p["direction"], "direction", DIRECTIONS)
-        if "ridge" in p:
-            p["ridge"] = _check_ridge(p["ridge"])
-        for flag in ("squared", "out_of_fold"):
-            if flag in p and not isinstance(p[flag], bool):
-                raise ValueError(f"{flag} must be True or False; got {p[flag]!r}")
-        if p.get("out_of_fold") and not self.folds:
-            raise ValueError("out_of_fold=True needs an accumulator built with folds=k (k >= 2)")
-        if "keep" in p:
-            keep = p["keep"]
-            if isinstance(keep, (tuple, list)) and len(keep) != 2:
-                raise ValueError(f"keep must be one value or a pair (keep_x, keep_y); got {keep!r}")
-        return p
 
     def compute(self, measure: str = "cka", **params: Any) -> Any:
         """One measure for every pair of layers, as on the full data.
@@ -523,7 +434,7 @@ class FeatureMoments(Accumulator):
         TypeError
             A parameter the measure does not take.
         """
-        p = self._params(measure, params)
+        p = MM.check_params(measure, params, self.folds)
         if not self.started:
             raise ValueError("no batches accumulated yet; call update() first")
         n, s1, s2 = self._totals()
@@ -572,21 +483,19 @@ class FeatureMoments(Accumulator):
         with np.errstate(invalid="ignore", divide="ignore"):
             return terms[np.ix_(ia, ib)] / np.sqrt(np.outer(diag[ia], diag[ib]))
 
-    def _moments(self, n, s1, s2, i, j):
+    def _cross(self, n, s1, s2, i, j):
+        """Centred scatter ``Xc_iᵀ Xc_j`` of layers ``i`` and ``j`` from the shifted sums."""
         sl = self._layer_slices()
         a, b = sl[i], sl[j]
-        cross = s2[a, b] - s1[a][:, None] * s1[b][None, :] / n
-        return cross
+        return s2[a, b] - s1[a][:, None] * s1[b][None, :] / n
 
     def _pairwise(self, measure, p, n, s1, s2, ia, ib, deg):
-        sl = self._layer_slices()
-        xp = B.namespace(s2)
         used = sorted(set(ia) | set(ib))
-        scat = {i: self._moments(n, s1, s2, i, i) for i in used}
+        scat = {i: self._cross(n, s1, s2, i, i) for i in used}
         whiten = {}
         if measure in ("cca", "svcca", "pwcca"):
             whiten = {i: MM.whitening(scat[i], n, p["ridge"]) for i in used if not deg[i]}
-        _, symmetric_measure = MEASURES[measure]
+        _, symmetric_measure = MM.MEASURES[measure]
         if isinstance(p.get("keep"), (tuple, list)) and p["keep"][0] != p["keep"][1]:
             symmetric_measure = False  # svcca with a different keep per side
         values = np.full((len(ia), len(ib)), np.nan)
@@ -597,39 +506,12 @@ class FeatureMoments(Accumulator):
                 if self.symmetric and symmetric_measure and c < r:
                     values[r, c] = values[c, r]
                     continue
-                cross = self._moments(n, s1, s2, i, j)
+                cross = self._cross(n, s1, s2, i, j)
                 m = M.Moments(n, scat[i], scat[j], cross)
-                values[r, c] = self._one(measure, p, m, i, j, whiten, sl, s1, s2)
+                values[r, c] = MM.pair_value(measure, p, m, whiten.get(i), whiten.get(j),
+                                              (self.widths[i], self.widths[j]),
+                                              lambda a, b: self._fold_sums(a, b), (i, j))
         return values
-
-    def _one(self, measure, p, m, i, j, whiten, sl, s1, s2):
-        if measure == "cca":
-            return MM.cca_from_moments(m.sxy, m.n, whiten[i], whiten[j], p["summary"])
-        if measure == "svcca":
-            return MM.svcca_from_moments(m.sxy, m.n, whiten[i], whiten[j], p["keep"], p["summary"])
-        if measure == "pwcca":
-            side = p["side"]
-            if side == "smaller":
-                side = "x" if self.widths[i] <= self.widths[j] else "y"
-            return MM.pwcca_from_moments(m.sxy, m.n, whiten[i], whiten[j], side)
-        if measure == "shape_distance":
-            return B.item(M.shape_distance_from_moments(m, p["alpha"], p["score"]))
-        if measure == "nbs":
-            return B.item(M.nbs_from_moments(m))
-        if measure == "gulp":
-            d2 = B.item(M.gulp_from_moments(m, p["ridge"]))
-            return d2 if p["squared"] else math.sqrt(max(d2, 0.0))
-        # ridge_r2
-        flipped = M.Moments(m.n, m.syy, m.sxx, m.sxy.T)
-        pairs = {"x_to_y": [(m, i, j)], "y_to_x": [(flipped, j, i)]}
-        pairs["mean"] = pairs["x_to_y"] + pairs["y_to_x"]
-        vals = []
-        for mm, a, b in pairs[p["direction"]]:
-            if p["out_of_fold"]:
-                vals.append(B.item(M.cv_r2_from_sums(self._fold_sums(a, b), p["ridge"])))
-            else:
-                vals.append(B.item(M.r2_from_moments(mm, p["ridge"])))
-        return sum(vals) / len(vals)
 
     def _fold_sums(self, a, b):
         """Per-fold raw (shifted) sums of layers ``a`` (predictor) and ``b`` (target)."""

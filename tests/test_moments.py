@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import repsim
 from repsim import _moment_measures as MM
-from repsim.moments import MEASURES
+from repsim._moment_measures import MEASURES
 
 ROOT = Path(__file__).resolve().parents[1]
 RAGGED = [0, 37, 38, 101, 180, 213]  # a one-example batch and a ragged last one
@@ -149,7 +149,7 @@ def test_unbiased_terms_are_invariant_to_the_shift(rng):
 
     def terms(shift):
         xs = x - shift
-        z = repsim.FeatureMoments._augment(xs, widths, np)
+        z = MM.augment(xs, widths, np)
         return MM.linear_cka_terms(z.sum(0), z.T @ z, 60, widths, "unbiased")
 
     ref = terms(np.zeros(x.shape[1]))
@@ -363,7 +363,7 @@ def test_sync_reexpresses_on_a_common_shift_then_sums(rng):
     names = [s.name for s in partner._declared()]
     own_shift = partner.shift
     common = tuple((a + b) / 2 for a, b in zip(mine.shift, partner.shift))
-    partner._values = partner._reshift(partner._values, partner.shift, common)
+    partner._values = MM.reshift(partner.widths, partner._values, partner.shift, common)
     partner.shift = common
     fp = float(partner._fingerprint())
     mine.sync(all_reduce)
