@@ -15,6 +15,9 @@ from pathlib import Path
 GROUPS = [
     ("Measures", "Kernels, HSIC and CKA on whole datasets: one pair or all pairs at once.",
      ("kernels", "hsic", "cka")),
+    ("Measures beyond CKA", "Shape metrics, regression, neighbourhoods, distance correlation, "
+     "RSA, and the table of all measures.",
+     ("shape", "regression", "neighbours", "rdm", "catalogue")),
     ("Streaming", "Minibatch CKA and full-data feature moments: accumulate over batches, "
      "merge, all-reduce, resume.",
      ("streaming", "moments")),

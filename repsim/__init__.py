@@ -14,6 +14,7 @@ from importlib import import_module as _import_module
 
 from ._validation import DegenerateRepresentationWarning, UnderdeterminedCCAWarning
 from .blocks import block_score, block_structure
+from .catalogue import measures
 from .cca_family import canonical_correlations, cca, pwcca, svcca
 from .cka import cka, cka_matrix
 from .hsic import hsic
@@ -78,6 +79,7 @@ __all__ = sorted(
         "jaccard_knn",
         "jackknife_interval",
         "load_result",
+        "measures",
         "median_sigma",
         "mutual_knn",
         "nbs",

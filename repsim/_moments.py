@@ -222,6 +222,27 @@ def _centred_cross(s, mu_a, mu_b, sa, sb, n):
     return s - mu_a[:, None] * sb[None, :] - sa[:, None] * mu_b[None, :] + n * mu_a[:, None] * mu_b[None, :]
 
 
+def add_sums(a, b):
+    """Sums of two disjoint sets of examples (merging two accumulators)."""
+    return _add(a, b)
+
+
+def moments_from_sums(s):
+    """Centred :class:`Moments` from :class:`RawSums` (of data shifted by any fixed
+    vector: centring removes the shift; a shift near the mean keeps the subtraction
+    ``XᵀX - n mu muᵀ`` from cancelling)."""
+    mx, my = s.sx / s.n, s.sy / s.n
+    return Moments(s.n, _centred_cross(s.xx, mx, mx, s.sx, s.sx, s.n),
+                   _centred_cross(s.yy, my, my, s.sy, s.sy, s.n),
+                   _centred_cross(s.xy, mx, my, s.sx, s.sy, s.n))
+
+
+def linear_cka_from_moments(m):
+    """Biased linear CKA ``||Sxy||_F^2 / (||Sxx||_F ||Syy||_F)`` (Kornblith et al. 2019)."""
+    xp = B.namespace(m.sxx)
+    return xp.sum(m.sxy * m.sxy) / xp.sqrt(xp.sum(m.sxx * m.sxx) * xp.sum(m.syy * m.syy))
+
+
 def cv_r2_from_sums(folds, ridge=0.0):
     """Out-of-fold R² from per-fold :class:`RawSums`.
 

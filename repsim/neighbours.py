@@ -164,7 +164,9 @@ def _masked_gram(nb_self, other, unit, xp):
     n = unit.shape[0]
     in_o, _ = _match(nb_self, other, xp)
     cols = xp.arange(n, device=B.device(unit))
-    hit = xp.any((nb_self.index[:, :, None] == cols[None, None, :]) & in_o[:, :, None], axis=1)
+    hit = xp.zeros((n, n), dtype=xp.bool, device=B.device(unit))
+    for r in range(nb_self.index.shape[1]):  # one (n, n) pass per rank: O(n^2) memory
+        hit = hit | ((nb_self.index[:, r][:, None] == cols[None, :]) & in_o[:, r][:, None])
     k = xp.matmul(unit, unit.T)
     return xp.where(hit, k, xp.zeros_like(k))
 

@@ -140,6 +140,29 @@ def test_k_fold_r2_matches_a_loop_over_folds(rng):
     assert abs(repsim.ridge_r2(x, y, lam, folds=folds) - (1 - res / tot)) < TOL
 
 
+def test_moments_summed_over_ragged_shifted_batches_give_the_full_data_values(rng):
+    """What the coming accumulator does: sum raw moments of shifted batches, then call the
+    same moments -> value functions as the full-data path."""
+    x, y = _data(rng, n=103, p=5, q=7)
+    x, y = x + 1e3, y - 1e3
+    shift_x, shift_y = x[:8].mean(axis=0), y[:8].mean(axis=0)  # from the first batch
+    total = None
+    for a, b in [(0, 8), (8, 50), (50, 51), (51, 103)]:
+        part = M.raw_sums(x[a:b] - shift_x, y[a:b] - shift_y, np)
+        total = part if total is None else M.add_sums(total, part)
+    m = M.moments_from_sums(total)
+    pairs = [
+        (M.nbs_from_moments(m), repsim.nbs(x, y)),
+        (M.shape_distance_from_moments(m, 1.0, "angular"), repsim.shape_distance(x, y)),
+        (M.shape_distance_from_moments(m, 0.3, "euclidean"), repsim.shape_distance(x, y, 0.3, "euclidean")),
+        (M.r2_from_moments(m, 0.1), repsim.ridge_r2(x, y, 0.1)),
+        (M.gulp_from_moments(m, 0.01), repsim.gulp(x, y, 0.01, squared=True)),
+        (M.linear_cka_from_moments(m), repsim.cka(x, y)),
+    ]
+    for streamed, full in pairs:
+        assert abs(streamed - full) <= 1e-9 * max(1.0, abs(full))
+
+
 def test_numpy_and_torch_agree():
     torch = pytest.importorskip("torch")
     x, y = _data(np.random.default_rng(3), n=40, p=5, q=8)
