@@ -124,7 +124,7 @@ def main():
     rng = np.random.default_rng(args.seed + 1)
     report = {"config": vars(args), "accumulate_s": accumulate, "measures": {}}
     print(f"{'measure':<15}{'compute s':>11}{'pairs':>7}{'timed':>7}{'per-pair s':>12}"
-                f"{'all pairs s':>13}{'ratio':>9}{'max diff':>14}")
+          f"{'all pairs s':>13}{'ratio':>9}{'max diff':>14}")
     for name in measures:
         params, fn, symmetric = MEASURES[name]
         pairs = all_pairs_sym if symmetric else all_pairs

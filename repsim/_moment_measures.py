@@ -277,15 +277,17 @@ def augment(xs, widths, xp):
     return xp.concat([xs] + cols, axis=1)
 
 
-def reshift(widths, values, old, new):
-    """Per-fold sums of ``z`` on shift ``old`` (a state dict's ``n``, ``sum_z``, ``zz``)
-    re-expressed on shift ``new``; other entries are passed through.
+def reshift(widths, values, old, new, chunk=1024):
+    """Re-express per-fold sums of ``z`` on shift ``old`` on shift ``new``, in place.
 
+    ``values``: a state dict's ``n`` (folds,), ``sum_z`` (folds, D + L) and ``zz``
+    (folds, D + L, D + L); they are updated in place (the caller owns them) and returned.
     With ``δ = new - old``: ``x' = x - δ`` and ``a'_l = a_l - 2 δ_lᵀ x_l + ||δ_l||²``,
     i.e. ``z' = (I + E) z + c`` with ``E`` nonzero only in its last ``L`` rows
     (``-2 δ_l`` in layer ``l``'s columns). Then ``Σz' = (I + E) Σz + n c`` and
-    ``Σz'z'ᵀ = (I+E) Σzzᵀ (I+E)ᵀ + (I+E)Σz cᵀ + c ((I+E)Σz)ᵀ + n c cᵀ`` (exact; the
-    products with ``E`` cost ``O(L D²)``, not ``O(D³)``).
+    ``Σz'z'ᵀ = (I+E) Σzzᵀ (I+E)ᵀ + (I+E)Σz cᵀ + c ((I+E)Σz)ᵀ + n c cᵀ`` (exact). The
+    products with ``E`` cost ``O(L D²)``, and the rank-one terms are added ``chunk`` rows
+    at a time, so no second ``(D + L)²`` array is formed.
     """
     import numpy as np
 
@@ -296,18 +298,15 @@ def reshift(widths, values, old, new):
     ind = block_indicator(widths, xp, dev)
     e = -2.0 * (ind * delta[:, None]).T  # (L, D)
     c = xp.concat([-delta, xp.matmul(delta * delta, ind)])
-    zz_all, sz_all = [], []
     for f in range(values["zz"].shape[0]):
-        g, sz = values["zz"][f], values["sum_z"][f]
-        n = xp.astype(values["n"][f], xp.float64)
-        h = xp.asarray(g, copy=True)
-        h[d:, :] += xp.matmul(e, g[:d, :])
-        g2 = xp.asarray(h, copy=True)
-        g2[:, d:] += xp.matmul(h[:, :d], e.T)
-        msz = xp.asarray(sz, copy=True)
-        msz[d:] += xp.matmul(e, sz[:d])
-        g2 = (g2 + msz[:, None] * c[None, :] + c[:, None] * msz[None, :]
-              + n * c[:, None] * c[None, :])
-        zz_all.append(g2)
-        sz_all.append(msz + n * c)
-    return dict(values, zz=xp.stack(zz_all), sum_z=xp.stack(sz_all))
+        g, sz = values["zz"][f], values["sum_z"][f]  # views into the states
+        n = float(B.item(values["n"][f]))
+        g[d:, :] += xp.matmul(e, g[:d, :])  # (I + E) G
+        g[:, d:] += xp.matmul(g[:, :d], e.T)  # ... (I + E)^T
+        sz[d:] += xp.matmul(e, sz[:d])  # (I + E) Σz
+        for lo in range(0, g.shape[0], chunk):
+            hi = min(lo + chunk, g.shape[0])
+            g[lo:hi, :] += (sz[lo:hi, None] * c[None, :] + c[lo:hi, None] * sz[None, :]
+                            + n * c[lo:hi, None] * c[None, :])
+        sz += n * c
+    return values

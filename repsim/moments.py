@@ -64,8 +64,9 @@ class FeatureMoments(Accumulator):
     Parameters
     ----------
     max_bytes : int, default 4 GiB
-        Largest memory the accumulator may use: the states, ``8 folds (D + L)²`` bytes,
-        plus one more ``8 (D + L)²`` for :meth:`compute`. A first batch whose layers need
+        Largest memory the accumulator may use (:meth:`required_bytes`): the states,
+        ``8 folds (D + L)²`` bytes, plus with ``folds`` one more ``8 (D + L)²`` for
+        :meth:`compute`. A first batch whose layers need
         more is refused with a message pointing to :class:`repsim.MinibatchCKA` or to a
         pooling of the layers. ``None``: no limit.
     folds : int >= 2, optional
@@ -162,10 +163,12 @@ class FeatureMoments(Accumulator):
         return int(B.to_numpy(self._values["n"]).sum()) if self._values else 0
 
     def required_bytes(self, widths: Sequence[int]) -> int:
-        """Memory (bytes) this accumulator needs for layers of these widths: the states
-        (``8 folds (D + L)²``) and one ``(D + L)²`` float64 workspace for :meth:`compute`."""
+        """Memory (bytes) this accumulator needs for layers of these widths: the states,
+        ``8 folds (D + L)²``, and with ``folds`` one more ``(D + L)²`` for the summed
+        folds in :meth:`compute` (other workspaces are per layer or per pair)."""
         z = sum(widths) + len(widths)
-        return 8 * ((self.folds or 1) + 1) * (z * z + z)
+        k = self.folds or 1
+        return 8 * (k + (1 if k > 1 else 0)) * (z * z + z)
 
     # ------------------------------------------------------------------ update
     def _side(self, acts, label):
