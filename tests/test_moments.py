@@ -478,3 +478,12 @@ def test_pairs_are_symmetric_where_the_measure_is(rng):
         else:
             assert not np.allclose(values, values.T)
     assert math.isclose(float(acc.compute("nbs").values[0, 0]), 1.0, rel_tol=1e-12)
+
+
+def test_user_guide_page_examples_print_what_the_page_says():
+    import doctest
+
+    page = ROOT / "docs" / "user_guide" / "streaming_moments.rst"
+    failures, tried = doctest.testfile(str(page), module_relative=False,
+                                       optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert tried >= 8 and failures == 0
