@@ -446,7 +446,7 @@ def test_two_gloo_processes_all_reduce_to_the_full_data_values(tmp_path, rng):
         assert "different widths" in (tmp_path / f"differ{r}.txt").read_text()
 
 
-def test_compare_models_feeds_features_to_the_accumulator(rng):
+def test_compare_models_feeds_features_to_the_accumulator(rng, tmp_path):
     torch = pytest.importorskip("torch")
     from torch import nn
 
@@ -464,6 +464,13 @@ def test_compare_models_feeds_features_to_the_accumulator(rng):
     # the filled accumulator gives the other measures (float32 activations, float64 sums)
     np.testing.assert_allclose(acc.compute("nbs").values, expected(acts, acts, repsim.nbs),
                                rtol=1e-6)
+    # checkpoints go through the base's state_dict (the shift is part of the layout)
+    ck = str(tmp_path / "ck.pt")
+    first = repsim.compare_models(net, None, data, ["0", "2"], progress=False, checkpoint=ck,
+                                  accumulator=repsim.FeatureMoments())
+    again = repsim.compare_models(net, None, iter(()), ["0", "2"], progress=False,
+                                  checkpoint=ck, accumulator=repsim.FeatureMoments())
+    np.testing.assert_array_equal(first.values, again.values)
     with pytest.raises(ValueError, match="features=True"):
         repsim.compare_models(net, None, data, accumulator=repsim.FeatureMoments(),
                               hooks=repsim.GramHooks(net, ["0"]), progress=False)
