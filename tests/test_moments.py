@@ -494,3 +494,23 @@ def test_user_guide_page_examples_print_what_the_page_says():
     failures, tried = doctest.testfile(str(page), module_relative=False,
                                        optionflags=doctest.NORMALIZE_WHITESPACE)
     assert tried >= 8 and failures == 0
+
+
+@pytest.mark.filterwarnings("ignore::repsim.UnderdeterminedCCAWarning")
+def test_more_features_than_examples_match_too(rng):
+    """p > n: the full-data functions reduce each side to its SVD; the accumulator keeps the
+    p x p scatter and reveals its rank; the values agree."""
+    acts = {"x": rng.standard_normal((30, 50)) + 5, "y": rng.standard_normal((30, 12)),
+            "z": rng.standard_normal((30, 40))}
+    acc = feed(repsim.FeatureMoments(), acts, bounds=[0, 7, 19, 30])
+    for measure, params, fn, distance in FULL:
+        assert_matches(acc.compute(measure, **params), expected(acts, acts, fn), distance)
+
+
+def test_docstring_examples():
+    import doctest
+
+    import repsim.moments
+
+    result = doctest.testmod(repsim.moments, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
