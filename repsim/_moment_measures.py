@@ -267,6 +267,24 @@ def pair_value(measure, p, m, wx, wy, widths, fold_sums, pair):
     return sum(vals) / len(vals)
 
 
+def add_cross_product(acc, z, xp, max_block_bytes=2**26):
+    """``acc += zᵀ z`` in place, by row blocks of ``acc``, so the product never needs a
+    second ``(D + L)²`` array (each block's temporary is at most ``max_block_bytes``).
+
+    Parameters
+    ----------
+    acc : array, shape (m, m), float64
+        A state (or a view of one), updated in place.
+    z : array, shape (n, m), float64
+    """
+    m = int(z.shape[1])
+    rows = max(1, min(m, max_block_bytes // (8 * max(m, 1))))
+    for lo in range(0, m, rows):
+        hi = min(lo + rows, m)
+        acc[lo:hi, :] += xp.matmul(z[:, lo:hi].T, z)
+    return acc
+
+
 def augment(xs, widths, xp):
     """``[xs, a]`` with ``a[:, l] = ||xs_l||²`` row-wise per layer: ``(n, D + L)``."""
     cols, start = [], 0

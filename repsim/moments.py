@@ -165,7 +165,8 @@ class FeatureMoments(Accumulator):
     def required_bytes(self, widths: Sequence[int]) -> int:
         """Memory (bytes) this accumulator needs for layers of these widths: the states,
         ``8 folds (D + L)²``, and with ``folds`` one more ``(D + L)²`` for the summed
-        folds in :meth:`compute` (other workspaces are per layer or per pair)."""
+        folds in :meth:`compute`. Other workspaces are per batch (``n x (D + L)``), per
+        layer, per pair, or row blocks of at most 64 MiB of the per-batch product."""
         z = sum(widths) + len(widths)
         k = self.folds or 1
         return 8 * (k + (1 if k > 1 else 0)) * (z * z + z)
@@ -244,7 +245,7 @@ class FeatureMoments(Accumulator):
                         xp, B.device(x))
             self._shift_cache = shift
         s = self._values
-        s["zz"][fold] += xp.matmul(z.T, z)
+        MM.add_cross_product(s["zz"][fold], z, xp)
         s["sum_z"][fold] += xp.sum(z, axis=0)
         s["n"][fold] += n
         s["n_batches"] += 1

@@ -514,3 +514,10 @@ def test_docstring_examples():
 
     result = doctest.testmod(repsim.moments, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_the_batch_product_is_added_by_row_blocks_exactly(rng):
+    z = rng.standard_normal((9, 37))
+    acc = np.ones((37, 37))
+    MM.add_cross_product(acc, z, np, max_block_bytes=8 * 37 * 5)  # blocks of 5 rows
+    np.testing.assert_allclose(acc, 1.0 + z.T @ z, rtol=0, atol=1e-14)
