@@ -176,9 +176,9 @@ def rst_table():
     lines = [".. list-table::", "   :header-rows: 1", "   :class: measure-table", ""]
     rows = [head]
     for m in MEASURES:
-        rows.append([m.name, _call(m), m.definition.replace("*", "\\*"), m.kind, m.range]
+        rows.append([m.name, _call(m), f"``{m.definition}``", m.kind, m.range]
                     + [mark[inv in m.invariances] for inv in INVARIANCES]
-                    + [m.streaming, m.cost.replace("*", "\\*"), m.chance, m.reference])
+                    + [m.streaming, f"``{m.cost}``", m.chance, m.reference])
     for row in rows:
         lines.append(f"   * - {row[0]}")
         lines += [f"     - {cell}" for cell in row[1:]]

@@ -250,7 +250,24 @@ def mutual_knn(x, y, k=10, *, metric="cosine"):
 def jaccard_knn(x, y, k=10, *, metric="cosine"):
     """Jaccard similarity of the k-NN sets, ``mean_i |N_x ∩ N_y| / |N_x ∪ N_y|``.
 
-    Parameters, returns and invariances as in :func:`mutual_knn` (range ``[0, 1]``).
+    Parameters
+    ----------
+    x, y : array, shape (n, ...)
+        numpy arrays or torch tensors (not mixed), flattened to ``(n, p)``, ``(n, q)``.
+    k : int, default 10
+        Neighbours per example, ``1 <= k <= n - 1``.
+    metric : {"cosine", "euclidean"}
+        Neighbourhood metric (module notes; ties go to the lower example index).
+
+    Returns
+    -------
+    scalar
+        float64 in ``[0, 1]``; a numpy scalar, or a 0-d tensor on the input's device.
+
+    Notes
+    -----
+    Invariances and cost as in :func:`mutual_knn`. Permutation chance level: the
+    hypergeometric sum ``Σ_s P(s) s / (2k - s)``, ``s ~ Hypergeom(n - 1, k, k)``.
 
     References
     ----------
@@ -275,7 +292,21 @@ def rank_similarity(x, y, k=10, *, metric="cosine"):
         v(i) = Σ_{j ∈ N_x(i) ∩ N_y(i)} 2 / ((1 + |r_x(i,j) - r_y(i,j)|) (r_x(i,j) + r_y(i,j)))
 
     normalised by ``v_max(i) = Σ_{t=1}^{|N_x(i) ∩ N_y(i)|} 1/t`` (0 when nothing is
-    shared) and averaged over ``i``. Range ``[0, 1]``; invariances as :func:`mutual_knn`.
+    shared) and averaged over ``i``. Invariances and cost as :func:`mutual_knn`.
+
+    Parameters
+    ----------
+    x, y : array, shape (n, ...)
+        numpy arrays or torch tensors (not mixed), flattened to ``(n, p)``, ``(n, q)``.
+    k : int, default 10
+        Neighbours per example, ``1 <= k <= n - 1``.
+    metric : {"cosine", "euclidean"}
+        Neighbourhood metric (module notes; ties go to the lower example index).
+
+    Returns
+    -------
+    scalar
+        float64 in ``[0, 1]``; a numpy scalar, or a 0-d tensor on the input's device.
 
     References
     ----------
@@ -297,8 +328,20 @@ def second_order_cosine(x, y, k=10):
 
     For each ``i``, over the union ``U(i) = N_x(i) ∪ N_y(i)`` of its cosine neighbourhoods,
     the vectors ``s_x(i) = (cos(x_i, x_j))_{j ∈ U(i)}`` and ``s_y(i)`` are compared by
-    cosine; the result is their mean over ``i``. Range ``[-1, 1]``; invariant to orthogonal
-    maps and isotropic scaling. Cost ``O(n^2 (p + q))`` plus ``O(n k (p + q))`` per pair.
+    cosine; the result is their mean over ``i``. Invariant to orthogonal maps and
+    isotropic scaling. Cost ``O(n^2 (p + q))`` plus ``O(n k (p + q))`` per pair.
+
+    Parameters
+    ----------
+    x, y : array, shape (n, ...)
+        numpy arrays or torch tensors (not mixed), flattened to ``(n, p)``, ``(n, q)``.
+    k : int, default 10
+        Neighbours per example, ``1 <= k <= n - 1``.
+
+    Returns
+    -------
+    scalar
+        float64 in ``[-1, 1]``; a numpy scalar, or a 0-d tensor on the input's device.
 
     References
     ----------
@@ -328,6 +371,13 @@ def cknna(x, y, k=10):
     (``M_K``: the mask of ``K`` with itself). ``HSIC_u(A, B) = [tr(AB) + 1'A1 1'B1/((n-1)(n-2))
     - 2/(n-2) 1'AB1] / (n(n-3))``, as in the authors' code (no ``1e-6`` added to the
     denominator here). Needs ``n >= 4``.
+
+    Parameters
+    ----------
+    x, y : array, shape (n, ...)
+        numpy arrays or torch tensors (not mixed); ``n >= 4``.
+    k : int, default 10
+        Neighbours per example, ``1 <= k <= n - 1``.
 
     Returns
     -------

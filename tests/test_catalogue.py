@@ -101,6 +101,19 @@ def test_mutual_knn_permutation_chance_level_is_k_over_n_minus_1():
     assert abs(np.mean(vals) - k / 39) < 4 * se
 
 
+def test_jaccard_knn_permutation_chance_level_is_the_hypergeometric_sum():
+    from scipy.stats import hypergeom
+
+    x, y = _data(seed=5, n=40)
+    rng = np.random.default_rng(1)
+    k = 8
+    s = np.arange(k + 1)
+    exact = float(np.sum(hypergeom(39, k, k).pmf(s) * s / (2 * k - s)))
+    vals = [float(repsim.jaccard_knn(x, y[rng.permutation(40)], k)) for _ in range(400)]
+    se = np.std(vals) / np.sqrt(len(vals))
+    assert abs(np.mean(vals) - exact) < 4 * se
+
+
 @pytest.mark.parametrize("module", ["shape", "regression", "neighbours", "rdm", "catalogue"])
 def test_docstring_examples_hold(module):
     import doctest
