@@ -18,8 +18,9 @@ GROUPS = [
     ("Measures beyond CKA", "Shape metrics, regression, neighbourhoods, distance correlation, "
      "RSA, and the table of all measures.",
      ("shape", "regression", "neighbours", "rdm", "catalogue")),
-    ("Streaming", "Minibatch CKA: accumulate over batches, merge, all-reduce, resume.",
-     ("streaming",)),
+    ("Streaming", "Minibatch CKA and full-data feature moments: accumulate over batches, "
+     "merge, all-reduce, resume.",
+     ("streaming", "moments")),
     ("CCA family", "Canonical correlation analysis and its SVCCA and PWCCA variants.",
      ("cca", "cca_family")),
     ("Principal components and blocks",

@@ -41,6 +41,7 @@ from .neighbours import (
     rank_similarity,
     second_order_cosine,
 )
+from .moments import FeatureMoments
 from .pcs import DominantExamples, dominant_examples, pc_variance_fraction, remove_top_pcs
 from .rdm import dcor, rsa
 from .regression import gulp, ridge_r2
@@ -149,6 +150,52 @@ __all__ = [
     "ucentre_gram",
     "word_aligned_batches",
 ]
+__all__ = sorted(
+    [
+        "DegenerateRepresentationWarning",
+        "DominantExamples",
+        "FeatureMoments",
+        "MinibatchCKA",
+        "aggregate_seeds",
+        "bootstrap",
+        "block_score",
+        "block_structure",
+        "canonical_correlations",
+        "cca",
+        "centre_gram",
+        "cka",
+        "cka_matrix",
+        "cknna",
+        "compare_seeds",
+        "dcor",
+        "dominant_examples",
+        "gram",
+        "gulp",
+        "hsic",
+        "jaccard_knn",
+        "jackknife_interval",
+        "load_result",
+        "measures",
+        "median_sigma",
+        "mutual_knn",
+        "nbs",
+        "neighbour_matrix",
+        "permutation_test",
+        "pc_variance_fraction",
+        "pwcca",
+        "rank_similarity",
+        "remove_top_pcs",
+        "ridge_r2",
+        "rsa",
+        "save_result",
+        "second_order_cosine",
+        "shape_distance",
+        "svcca",
+        "ucentre_gram",
+        "UnderdeterminedCCAWarning",
+    ]
+    + list(_LAZY)
+)
 
 
 def __getattr__(name):

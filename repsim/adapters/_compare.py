@@ -297,11 +297,14 @@ def compare_models(
         two models) instead of ``layers_a``, ``layers_b``, ``select``, ``pooling``,
         ``repeated`` and ``transform``, which must then be left at their defaults. Within
         one model the result is symmetric over the hooks' layers.
-    accumulator : repsim.MinibatchCKA, optional
+    accumulator : repsim.MinibatchCKA or repsim.FeatureMoments, optional
         A fresh accumulator to fill (any accumulator on :mod:`repsim._accumulator`'s base
         with ``update_grams`` and ``compute``) instead of ``estimator``, ``kernel``,
         ``sigma``, ``threshold``, ``engine``, ``groups`` and ``weighting``, which must
-        then be left at their defaults.
+        then be left at their defaults. One whose ``consumes`` is ``"features"``
+        (:class:`repsim.FeatureMoments`) gets each layer's pooled activations through
+        ``update_features`` instead of grams; the result is its ``compute()`` (linear
+        CKA) and the filled accumulator gives the other measures.
     eval_mode : bool, default True
         Put the models in eval mode for the comparison (every module's training flag is
         restored afterwards). Forward passes always run under ``torch.inference_mode``.
@@ -405,17 +408,26 @@ def compare_models(
         acc = MinibatchCKA(**acc_opts)
     else:
         _refuse_with("accumulator=", acc_opts, _ACC_DEFAULTS)
-        if not (hasattr(accumulator, "update_grams") and hasattr(accumulator, "sync")):
+        feed = "update_features" if getattr(accumulator, "consumes", "grams") == "features" \
+            else "update_grams"
+        if not (hasattr(accumulator, feed) and hasattr(accumulator, "sync")):
             raise TypeError("accumulator must be a repsim accumulator with update_grams "
-                            f"(a MinibatchCKA); got {type(accumulator).__name__}")
+                            "(a MinibatchCKA) or consuming features with update_features (a "
+                            f"FeatureMoments); got {type(accumulator).__name__}")
         if accumulator.started:
             raise ValueError("accumulator must be fresh (no batches yet); call reset() first")
         acc = accumulator
     groups = getattr(acc, "groups", None)
+    features = getattr(acc, "consumes", "grams") == "features"
     hook_opts = dict(select=select, pooling=pooling, repeated=repeated, transform=transform)
     if hooks is not None:
         _refuse_with("hooks=", dict(layers_a=layers_a, layers_b=layers_b, **hook_opts),
                      _HOOK_DEFAULTS)
+        if any(h.features != features for h in (hooks if isinstance(hooks, tuple) else (hooks,))
+               if isinstance(h, GramHooks)):
+            raise ValueError(f"hooks must be built with features={features} for a "
+                             f"{type(acc).__name__} accumulator")
+    hook_opts["features"] = features
 
     inner_a = unwrap_model(model_a)
     within = model_b is None or model_b is model_a or unwrap_model(model_b) is inner_a
@@ -480,7 +492,7 @@ def compare_models(
                     for hk, model in zip(managers, (inner_a, inner_b)):
                         hk.start_pass()
                         _run_forward(model, step.batch, dev, forward)
-                    acc.update_grams(*sides.grams())
+                    (acc.update_features if features else acc.update_grams)(*sides.grams())
                 if bar is not None:
                     bar.update(1)
                 if ckpt is not None and (step.index + 1) % checkpoint_every == 0:

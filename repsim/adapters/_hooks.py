@@ -78,6 +78,10 @@ class GramHooks:
         it explicitly; None never captures one. A ``repsim_mask`` keyword argument (for
         example an entry of a dict batch) wins over both and is removed before the model
         sees it. Poolings that need a mask refuse to run without one.
+    features : bool, default False
+        Keep each layer's pooled ``(n, features)`` activations (a copy, so later in-place
+        operations cannot change it) instead of its gram, for accumulators that consume
+        features (:class:`repsim.FeatureMoments`); :attr:`grams` then holds those.
 
     Attributes
     ----------
@@ -110,7 +114,8 @@ class GramHooks:
                  repeated: str = "error",
                  transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  mask: str | Callable[[tuple, dict], torch.Tensor | None] | None
-                 = "attention_mask") -> None:
+                 = "attention_mask",
+                 features: bool = False) -> None:
         self.model = unwrap_model(model)
         self.names = select_layers(self.model, layers)
         if not (callable(pooling) or pooling in POOLINGS):
@@ -132,6 +137,9 @@ class GramHooks:
                             f"holds it, or a callable (args, kwargs) -> tensor; got {mask!r}")
         self.mask = mask
         self._context: dict[str, Any] = {}
+        if not isinstance(features, bool):
+            raise TypeError(f"features must be True or False; got {features!r}")
+        self.features = features
         self._handles: list[Any] = []
         self._grams: dict[str, torch.Tensor] = {}
         self._calls: dict[str, int] = {}
@@ -220,6 +228,8 @@ class GramHooks:
         x = B.as_float(x, xp)
         if self.transform is not None:
             x = apply_transform(self.transform, x, f"layer {name!r}")
+        if self.features:
+            return x.clone()
         return linear_gram(x, xp, name=f"layer {name!r}")
 
     @property
