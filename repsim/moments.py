@@ -113,6 +113,12 @@ class FeatureMoments(Accumulator):
         State("zz", ("folds", "z", "z")),
     )
     LAYOUT = ("names_a", "names_b", "widths", "symmetric", "shift")
+
+    names_a: list[str]
+    names_b: list[str]
+    widths: list[int]
+    symmetric: bool
+    shift: Any
     #: what the PyTorch adapter feeds (:func:`repsim.compare_models`): activations.
     consumes = "features"
 
