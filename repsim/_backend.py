@@ -180,6 +180,11 @@ def is_numpy_namespace(xp) -> bool:
     return array_api_compat.is_numpy_namespace(xp)
 
 
+def tracks_grad(x) -> bool:
+    """Whether ``x`` is a torch tensor that autograd records (``requires_grad``)."""
+    return is_torch(x) and bool(x.requires_grad)
+
+
 def on_accelerator(x) -> bool:
     """Whether ``x`` lives in accelerator memory (a torch tensor off the CPU)."""
     return is_torch(x) and x.device.type != "cpu"
