@@ -161,6 +161,7 @@ def centred_gram_stack(
     packed = xp.empty((len(arrays), n * n), dtype=acc, device=B.device(arrays[0]))
     stats, sigmas_used, eps, linear_stats = [], [], [], []
     stacked = []  # on an accelerator the grams are centred together (kernels.stacks_centring)
+    deferred = []  # (index, features, label): range checks read back once, after the loop
     for i, (name, a) in enumerate(zip(names, arrays)):
         label = f"{side}[{name!r}]"
         if grams:
@@ -178,6 +179,10 @@ def centred_gram_stack(
                 a = transform(a)
             if normalise:
                 k, e, _ = kernels.scaled_centred_gram(a, xp, label, kernels.NORMAL_RANGE)
+            elif kernel == "linear" and kernels.stacks_centring(packed):
+                # no host sync per layer on an accelerator (it would serialise the launches)
+                k = kernels.centred_gram_unchecked(a, xp)
+                deferred.append((i, a, label))
             else:
                 k = linear_gram(a, xp, name=label)
         eps.append(eps_of(k, xp))
@@ -192,6 +197,13 @@ def centred_gram_stack(
             stacked.append(k)
         else:
             stats.append(centre_into(k, unbiased, packed[i], xp, engine=engine))
+    if deferred:  # one read-back for every layer's range; the checked path for outliers
+        dmax = B.to_numpy(xp.stack([xp.max(xp.linalg.diagonal(stacked[i])) for i, _, _ in deferred]))
+        for (i, a, label), d in zip(deferred, dmax):
+            lo, hi = kernels.gram_range(stacked[i].dtype, xp)
+            if not lo <= float(d) <= hi:  # rescaled (or refused with NaN/Inf) there
+                stacked[i] = linear_gram(a, xp, name=label)
+                eps[i] = eps_of(stacked[i], xp)
     if stacked:
         stats = list(zip(*centre_stack_into(stacked, unbiased, packed, xp)))
     centred = np.empty(len(stats))

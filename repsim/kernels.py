@@ -92,6 +92,13 @@ def gram_range(dtype, xp):
 NORMAL_RANGE = (2.0 ** -100, 2.0 ** 100)
 
 
+def centred_gram_unchecked(x, xp):
+    """The centred linear gram in ``x``'s float dtype without the range check of
+    :func:`scaled_centred_gram` (and so without its host synchronisation): for callers
+    that check the largest diagonal entry of many grams at once."""
+    return B.self_product(centre_features(B.as_float(x, xp), xp), xp)
+
+
 def scaled_centred_gram(x, xp, name="x", bounds=None):
     """The linear gram of the centred features, formed in ``x``'s float dtype, scaled by
     a power of two where its magnitudes would under- or overflow.

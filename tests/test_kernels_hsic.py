@@ -181,3 +181,25 @@ def test_column_means_accumulate_in_float64(rng, n):
                                    atol=4 * np.finfo(np.float32).eps * np.abs(x).max())
     x64 = x.astype(np.float64)
     np.testing.assert_allclose(column_means(x64, namespace(x64)), x64.mean(axis=0), rtol=1e-15)
+
+
+def test_deferred_range_checks_on_the_stacked_path(monkeypatch, rng):
+    """On an accelerator the grams' ranges are read back once per batch, after all grams
+    are formed; a layer outside float32's range still takes the rescaling path and NaN is
+    still refused naming the layer (forced here on the CPU)."""
+    from repsim import kernels
+    from repsim.hsic import centred_gram_stack
+
+    layers = [rng.standard_normal((40, 30)).astype(np.float32) for _ in range(3)]
+    layers[1] = layers[1] * np.float32(1e-22)  # squares underflow float32 without rescaling
+    names = ["a", "tiny", "c"]
+    ref = centred_gram_stack(layers, names, estimator="unbiased")
+    monkeypatch.setattr(kernels, "stacks_centring", lambda k: True)
+    got = centred_gram_stack(layers, names, estimator="unbiased")
+    for r, g in zip(ref[0], got[0]):  # rows agree up to each layer's scale
+        np.testing.assert_allclose(g / np.abs(g).max(), r / np.abs(r).max(), atol=1e-6)
+    assert np.all(got[2] > got[3])  # no layer taken for constant
+    bad = [layers[0], layers[2].copy()]
+    bad[1][3, 4] = np.nan
+    with pytest.raises(ValueError, match=r"x\['c'\].*NaN"):
+        centred_gram_stack(bad, ["a", "c"], estimator="unbiased")
