@@ -43,6 +43,11 @@ SUBMODULE_GROUPS = [
      "and ``repsim.datasets`` (``from repsim.datasets import load_cifar10``).",
      ("datasets.download_cifar10", "datasets.load_cifar10", "datasets.load_digits_images",
       "models.cifar_resnet")),
+    ("Writing files",
+     "The one atomic file write that ``save_result``, the adapter's checkpoints and the "
+     "dataset download use, for scripts that write their own files the same way "
+     "(``from repsim.results import atomic_write``).",
+     ("results.atomic_write",)),
 ]
 
 # explicit placements that win over the submodule rule: name -> group title
@@ -79,7 +84,7 @@ def render(exports: dict[str, str]) -> str:
         "=============",
         "",
         "Everything below is importable from the top-level package (``import repsim``),",
-        "except the last section's names, which live in the submodule they name.",
+        "except the names of the last sections, which live in the submodule they name.",
         "Public names are loaded lazily: ``import repsim`` imports neither torch, numba nor",
         "matplotlib until a name that needs them is used.",
         "",

@@ -3,6 +3,10 @@
 Maths runs on bare arrays; labels (layer names, model names) and provenance
 (estimator, kernel, n, batches, seed, ...) are attached here, at the edge, so that a
 saved file explains itself.
+
+:func:`atomic_write` is the one atomic file write of the package (``save_result``, the
+adapter's checkpoints and the CIFAR-10 download all use it), public here so that scripts
+built on repsim -- the wide/deep study among them -- write their own files the same way.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import xarray as xr
 
 from . import _backend as B
 from ._io import atomic_write
+
+__all__ = ["atomic_write", "load_result", "save_result", "similarity_array"]
 
 
 def _netcdf_attr(value: Any) -> Any:

@@ -13,7 +13,6 @@ import collections.abc
 import contextlib
 import numbers
 import os
-import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
@@ -23,6 +22,7 @@ import torch
 from torch import nn
 
 from .. import _validation as V
+from .._io import progress as _progress_display
 from ..kernels import ESTIMATORS, KERNELS
 from ..streaming import MinibatchCKA
 from ._checkpoint import (
@@ -138,18 +138,6 @@ def _batches(loader, *, epochs, seed, start, sharded, rank, world) -> Iterator[_
                 "pass a loader that can be iterated once per epoch"
             )
         yield _Step(epoch, None, seen)
-
-
-def _progress(enabled, total, initial):
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        warnings.warn("progress=True needs tqdm (pip install tqdm); running without a "
-                      "progress bar", stacklevel=V.user_stacklevel())
-        return None
-    return tqdm(total=total, desc="compare_models", unit="batch", initial=initial)
 
 
 _HOOK_DEFAULTS = dict(layers_a=None, layers_b=None, select=None, pooling="flatten",
@@ -271,7 +259,9 @@ def compare_models(
         Where the forward passes and grams run; the models are moved there (``.to`` acts in
         place). Default: the device of ``model_a``'s parameters.
     progress : bool, default True
-        Show a tqdm progress bar (on rank 0 only under torch.distributed).
+        Show progress (on rank 0 only under torch.distributed): a tqdm bar on a terminal
+        or in Jupyter (when tqdm is installed), one line when the run ends in a
+        non-interactive log; False shows nothing.
     seed : int, default 0
         torch's global RNG is seeded from ``(seed, epoch)`` at the start of every epoch, so
         a shuffling DataLoader repeats its order (and a resumed run continues exactly);
@@ -456,7 +446,8 @@ def compare_models(
     except TypeError:
         total = None
     initial = 0 if total is None else min(total, start[0] * (total // epochs) + start[1])
-    bar = _progress(progress and rank == 0, total, initial)
+    bar = _progress_display(total=total, initial=initial, desc="compare_models", unit="batch",
+                            enabled=bool(progress) and rank == 0)
     sharded = world > 1 and not _presharded(loader)
     managers = [sides.hooks_a] + ([sides.hooks_b] if sides.hooks_b is not None else [])
     cuda = [dev.index if dev.index is not None else torch.cuda.current_device()] \
@@ -481,13 +472,11 @@ def compare_models(
                         hk.start_pass()
                         _run_forward(model, step.batch, dev, forward)
                     acc.update_grams(*sides.grams())
-                if bar is not None:
-                    bar.update(1)
+                bar.update(1)
                 if ckpt is not None and (step.index + 1) % checkpoint_every == 0:
                     save_checkpoint(ckpt, acc, config, step.epoch, step.index + 1, step.seen + 1)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
 
     if world > 1:
         all_reduce_accumulator(acc, dev)
