@@ -219,3 +219,40 @@ def _check_pairing_range(centred, n, label):
             f"{label} has a total variance of {centred / n:.3g} per example, whose squares "
             "(the HSIC sums) leave float64's range; rescale it (similarities are scale invariant)"
         )
+
+
+def pairing_terms(ga, gb=None):
+    """The three terms of all-pairs CKA from packed centred grams, with one product.
+
+    Parameters
+    ----------
+    ga : array, shape (L_a, n*n)
+        Packed centred (or U-centred) grams of one side (:func:`centred_gram_stack`).
+    gb : array, shape (L_b, n*n), optional
+        The other side, same library and device. None pairs ``ga`` with itself.
+
+    Returns
+    -------
+    cross : array, shape (L_a, L_b)
+        ``<K_i, L_j>`` for every pair of layers (``ga @ gb.T``).
+    self_a : array, shape (L_a,)
+        ``<K_i, K_i>``; with ``gb`` None the product's diagonal, so that CKA of a layer
+        with itself divides a number by itself and is exactly 1.
+    self_b : array, shape (L_b,)
+        ``<L_j, L_j>`` (``self_a`` itself when ``gb`` is None).
+
+    Notes
+    -----
+    The one place the pairing terms are formed: :func:`repsim.cka_matrix`,
+    :class:`repsim.MinibatchCKA` (per batch) and :mod:`repsim.stats` (per resample) all
+    call it.
+    """
+    xp = B.namespace(ga)
+    if gb is None:
+        cross = B.pair_product(ga, ga, xp)
+        self_a = self_b = xp.linalg.diagonal(cross)
+    else:
+        cross = B.pair_product(ga, gb, xp)
+        self_a = xp.sum(ga * ga, axis=1)
+        self_b = xp.sum(gb * gb, axis=1)
+    return cross, self_a, self_b

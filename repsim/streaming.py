@@ -19,7 +19,7 @@ from . import _backend as B
 from . import _validation as V
 from ._accumulator import Accumulator, State, as_state_array, callable_identity
 from .cka import _mask_degenerate, _normalise
-from .hsic import centred_gram_stack
+from .hsic import centred_gram_stack, pairing_terms
 from .kernels import ESTIMATORS, KERNELS
 from .results import similarity_array
 
@@ -397,15 +397,11 @@ class MinibatchCKA(Accumulator):
         ga, used_a, cen_a, tol_a = side_a
         xp = B.namespace(ga)
         if symmetric:
-            cross = B.pair_product(ga, ga, xp)
-            self_a = self_b = xp.linalg.diagonal(cross)
-            used_b = used_a
+            gb, used_b = None, used_a
         else:
             gb, used_b, cen_b, tol_b = side_b
             B.namespace(ga, gb, names=["acts_a", "acts_b"])
-            cross = B.pair_product(ga, gb, xp)
-            self_a = xp.sum(ga * ga, axis=1)
-            self_b = xp.sum(gb * gb, axis=1)
+        cross, self_a, self_b = pairing_terms(ga, gb)
         if self.weighting == "batches":  # each batch's HSIC itself (eq. 3)
             norm = float(n * (n - 3) if self.estimator == "unbiased" else (n - 1) ** 2)
             cross, self_a, self_b = cross / norm, self_a / norm, self_b / norm
