@@ -14,7 +14,7 @@ from pathlib import Path
 # (title, one-line description, submodules of repsim whose names belong here)
 GROUPS = [
     ("Measures", "Kernels, HSIC and CKA on whole datasets: one pair or all pairs at once.",
-     ("kernels", "hsic", "cka")),
+     ("kernels", "centring", "hsic", "cka")),
     ("Streaming", "Minibatch CKA: accumulate over batches, merge, all-reduce, resume.",
      ("streaming",)),
     ("CCA family", "Canonical correlation analysis and its SVCCA and PWCCA variants.",

@@ -17,7 +17,7 @@ import numpy as np
 
 from . import _backend as B
 from . import _validation as V
-from . import kernels
+from . import _centring, kernels
 from .kernels import (
     ESTIMATORS,
     KERNELS,
@@ -160,7 +160,7 @@ def centred_gram_stack(
     acc = B.accumulation_dtype(xp)
     packed = xp.empty((len(arrays), n * n), dtype=acc, device=B.device(arrays[0]))
     stats, sigmas_used, eps, linear_stats = [], [], [], []
-    stacked = []  # on an accelerator the grams are centred together (kernels.stacks_centring)
+    stacked = []  # on an accelerator the grams are centred together (_centring.stacks_centring)
     for i, (name, a) in enumerate(zip(names, arrays)):
         label = f"{side}[{name!r}]"
         if grams:
@@ -188,7 +188,7 @@ def centred_gram_stack(
             k, sigma = rbf_from_linear(k, xp, sigma=fixed, threshold=threshold, engine=engine, name=label)
             sigma = math.ldexp(sigma, e)
         sigmas_used.append(sigma)
-        if kernels.stacks_centring(packed):  # all layers share packed's device
+        if _centring.stacks_centring(packed):  # all layers share packed's device
             stacked.append(k)
         else:
             stats.append(centre_into(k, unbiased, packed[i], xp, engine=engine))

@@ -140,13 +140,13 @@ def test_stacked_centring_equals_per_layer_numba(monkeypatch, estimator, kernel)
     degeneracy terms and bandwidths equal the per-layer numba path, across chunk borders
     (chunks of 3 for 7 layers), for numpy arrays and for torch tensors (some requiring
     grad)."""
-    from repsim import kernels
+    from repsim import _centring, kernels
     from repsim.hsic import centred_gram_stack
 
     assert not kernels.stacks_centring(torch.zeros(2, 2)) and not kernels.stacks_centring(np.zeros((2, 2)))
     assert kernels.stacks_centring(torch.zeros(2, 2, device="meta"))
-    monkeypatch.setattr(kernels, "STACK_CHUNK", 3)
-    monkeypatch.setattr(kernels, "stacks_centring", lambda k: True)
+    monkeypatch.setattr(_centring, "STACK_CHUNK", 3)  # the centring's own module
+    monkeypatch.setattr(_centring, "stacks_centring", lambda k: True)
     rng = np.random.default_rng(5)
     layers = [rng.standard_normal((30, p)) for p in (4, 9, 2, 16, 5, 7, 3)]
     names = [f"l{i}" for i in range(len(layers))]
