@@ -1,9 +1,9 @@
 """The driver of the PyTorch adapter: :func:`compare_models`.
 
-One function runs a batch through a model (:func:`_run_forward`), one generator decides
-which batches this process runs, in which epoch, from where a checkpoint resumes
-(:func:`_batches`), and :func:`compare_models` wires hooks, accumulator, checkpoints and
-the all-reduce together. The accumulator is used through its base's interface only
+Running the batches (the forward of one batch, :func:`_run_forward`, and the one
+generator of epoch, shard and resume decisions, :func:`_batches`) lives in ``_batches``;
+here :func:`compare_models` resolves its arguments and wires hooks, accumulator,
+checkpoints, progress and the all-reduce together. The accumulator is used through its base's interface only
 (``update_grams``, ``compute``, ``state_dict``/``load_state_dict``, ``sync``).
 """
 
@@ -15,9 +15,8 @@ import numbers
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -25,6 +24,7 @@ from .. import _validation as V
 from .._io import progress as _progress_display
 from ..kernels import ESTIMATORS, KERNELS
 from ..streaming import MinibatchCKA
+from ._batches import _batches, _inference, _model_device, _run_forward
 from ._checkpoint import (
     checkpoint_config,
     load_checkpoint,
@@ -35,109 +35,6 @@ from ._checkpoint import (
 from ._distributed import _dist_context, _presharded, all_reduce_accumulator
 from ._hooks import GramHooks
 from ._selection import LayerSpec, select_layers, unwrap_model
-
-
-def _model_device(model, device):
-    if device is not None:
-        return torch.device(device)
-    for p in model.parameters():
-        return p.device
-    for b in model.buffers():
-        return b.device
-    return torch.device("cpu")
-
-
-def _to_device(obj, device):
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device, non_blocking=True)
-    if isinstance(obj, dict):
-        return {k: _to_device(v, device) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_device(v, device) for v in obj)
-    return obj
-
-
-def _run_forward(model, batch, device, forward):
-    """Forward one loader batch: tensor, (input, target, ...) sequence, or dict of kwargs."""
-    if isinstance(batch, collections.abc.Mapping) and not isinstance(batch, dict):
-        # transformers' BatchEncoding (a UserDict): keyword arguments, moved entry by entry
-        batch = dict(batch) if forward is None or not hasattr(batch, "to") else batch.to(device)
-    batch = _to_device(batch, device)
-    if forward is not None:
-        return forward(model, batch)
-    if isinstance(batch, torch.Tensor):
-        return model(batch)
-    if isinstance(batch, dict):
-        return model(**batch)
-    if isinstance(batch, (list, tuple)) and batch:
-        return model(batch[0])
-    raise TypeError(
-        "loader batches must be tensors, (input, target) sequences or dicts of model "
-        f"keyword arguments; got {type(batch).__name__} (pass forward=(model, batch) -> "
-        "output for other layouts)"
-    )
-
-
-@contextlib.contextmanager
-def _inference(models, eval_mode):
-    """eval() + inference_mode for the comparison; every module's training flag restored."""
-    flags = [(m, m.training) for model in models for m in model.modules()]
-    try:
-        if eval_mode:
-            for model in models:
-                model.eval()
-        with torch.inference_mode():
-            yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
-
-
-def _epoch_seed(seed, epoch):
-    return int(np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint64)[0] >> 1)
-
-
-@dataclass
-class _Step:
-    """One position of the run: a batch (``index``; ``mine``: this process runs it) or,
-    with ``index=None``, the end of ``epoch``. ``seen`` counts batches before it."""
-
-    epoch: int
-    index: int | None
-    seen: int
-    batch: Any = None
-    mine: bool = False
-
-
-def _batches(loader, *, epochs, seed, start, sharded, rank, world) -> Iterator[_Step]:
-    """Every epoch, shard and resume decision in one place.
-
-    Seeds torch's RNG from ``(seed, epoch)`` and calls ``set_epoch`` on the loader's
-    samplers at each epoch start, skips what a checkpoint already holds (``start`` =
-    ``(epoch, batch, seen)``), and marks round-robin shards (``index % world == rank``)
-    unless the loader shards itself.
-    """
-    start_epoch, start_batch, seen = start
-    for epoch in range(start_epoch, epochs):
-        torch.manual_seed(_epoch_seed(seed, epoch))
-        for obj in (getattr(loader, "sampler", None),
-                    getattr(getattr(loader, "batch_sampler", None), "sampler", None)):
-            set_epoch = getattr(obj, "set_epoch", None)
-            if set_epoch is not None:
-                set_epoch(epoch)
-        first = start_batch if epoch == start_epoch else 0
-        index = -1
-        for index, batch in enumerate(loader):
-            if index < first:
-                continue
-            yield _Step(epoch, index, seen, batch, not sharded or index % world == rank)
-            seen += 1
-        if index < 0 and epoch > 0:
-            raise ValueError(
-                f"loader yielded no batches in epoch {epoch} (a one-shot iterator?); "
-                "pass a loader that can be iterated once per epoch"
-            )
-        yield _Step(epoch, None, seen)
 
 
 _HOOK_DEFAULTS = dict(layers_a=None, layers_b=None, select=None, pooling="flatten",
