@@ -22,9 +22,10 @@ GROUPS = [
     ("Principal components and blocks",
      "Variance in the top principal components, their removal, dominant examples and "
      "block-structure detection.",
-     ("pcs", "blocks")),
+     ("pcs", "blocks", "blocks.declared")),
     ("Model adapter", "Hook PyTorch models and stream their layers into accumulators.",
-     ("torch", "adapters", "adapters.torch", "hooks")),
+     ("torch", "adapters", "adapters.torch", "adapters.activations",
+      "adapters.transformers", "adapters.pooling", "hooks")),
     ("Statistics", "Uncertainty for similarity estimates: bootstrap, permutation null, "
      "aggregation over seeds.",
      ("stats", "statistics")),
