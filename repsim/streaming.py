@@ -179,14 +179,11 @@ class MinibatchCKA(Accumulator):
         weighting: str = "pairs",
     ) -> None:
         V.check_params(kernel=kernel, estimator=estimator, engine=engine, weighting=weighting,
-                       threshold=threshold)
+                       threshold=threshold, transform=transform)
         self.kernel, self.estimator, self.engine = kernel, estimator, engine
         self.weighting = weighting
         self.groups = None if groups is None else V.check_int(groups, "groups", 2)
         self._pinned_group: int | None = None
-        if transform is not None and not callable(transform):
-            raise TypeError(f"transform must be a callable (n, features) -> (n, features'); "
-                            f"got {transform!r}")
         self.sigma = _check_sigma(sigma, self.kernel)
         self.threshold = threshold
         self.transform = transform

@@ -22,7 +22,6 @@ from torch import nn
 
 from .. import _validation as V
 from .._io import progress as _progress_display
-from ..kernels import ESTIMATORS, KERNELS
 from ..streaming import MinibatchCKA
 from ._batches import _batches, _inference, _model_device, _run_forward
 from ._checkpoint import (
@@ -277,8 +276,7 @@ def compare_models(
     checkpoint_every = V.check_int(checkpoint_every, "checkpoint_every", 1)
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise ValueError(f"seed must be an integer >= 0; got {seed!r}")
-    if forward is not None and not callable(forward):
-        raise TypeError(f"forward must be callable; got {forward!r}")
+    V.check_params(forward=forward)
     if epochs > 1 and isinstance(loader, collections.abc.Iterator):
         raise ValueError(
             f"epochs={epochs} needs a loader that can be iterated again (a DataLoader, a "
@@ -287,9 +285,7 @@ def compare_models(
     acc_opts = dict(estimator=estimator, kernel=kernel, sigma=sigma, threshold=threshold,
                     engine=engine, groups=groups, weighting=weighting)
     if accumulator is None:
-        V.check_option(estimator, "estimator", ESTIMATORS)
-        V.check_option(kernel, "kernel", KERNELS)
-        acc = MinibatchCKA(**acc_opts)
+        acc = MinibatchCKA(**acc_opts)  # checks its options against V.PARAMS
     else:
         _refuse_with("accumulator=", acc_opts, _ACC_DEFAULTS)
         if not (hasattr(accumulator, "update_grams") and hasattr(accumulator, "sync")):
