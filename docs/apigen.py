@@ -46,9 +46,10 @@ SUBMODULE_GROUPS = [
       "models.cifar_resnet")),
     ("Writing files",
      "The one atomic file write that ``save_result``, the adapter's checkpoints and the "
-     "dataset download use, for scripts that write their own files the same way "
+     "dataset download use, and the attribute conversion ``save_result`` applies, for "
+     "scripts that write their own files the same way "
      "(``from repsim.results import atomic_write``).",
-     ("results.atomic_write",)),
+     ("results.atomic_write", "results.netcdf_attrs")),
 ]
 
 # explicit placements that win over the submodule rule: name -> group title

@@ -20,7 +20,7 @@ import xarray as xr
 from . import _backend as B
 from ._io import atomic_write
 
-__all__ = ["atomic_write", "load_result", "save_result", "similarity_array"]
+__all__ = ["atomic_write", "load_result", "netcdf_attrs", "save_result", "similarity_array"]
 
 
 def _netcdf_attr(value: Any) -> Any:
@@ -86,6 +86,38 @@ def _storable_attrs(attrs: dict, owner: str) -> dict:
             )
         out[key] = v
     return out
+
+
+def netcdf_attrs(attrs: dict) -> dict:
+    """Attributes in the forms a netCDF file stores, as :func:`save_result` writes them.
+
+    Parameters
+    ----------
+    attrs : dict
+        Attribute name (str) -> value.
+
+    Returns
+    -------
+    dict
+        The same names; ``bool`` -> ``int``, ``None`` -> ``"none"``, a list of numbers ->
+        a numpy array, a list of anything else -> a list of ``str``, other objects ->
+        ``str``; strings, numbers and numeric arrays unchanged. Assigning the result to a
+        result's ``attrs`` before saving makes the object in memory equal to what
+        :func:`load_result` returns.
+
+    Raises
+    ------
+    TypeError
+        For a name that is not a string, or a value no netCDF attribute can hold (an
+        array of objects or complex numbers), naming the attribute.
+
+    Examples
+    --------
+    >>> from repsim.results import netcdf_attrs
+    >>> netcdf_attrs({"centre": True, "sigma": None, "layers": ["a", 1]})
+    {'centre': 1, 'sigma': 'none', 'layers': ['a', '1']}
+    """
+    return _storable_attrs(attrs, "attrs")
 
 
 def save_result(result: xr.DataArray | xr.Dataset, path: str | os.PathLike) -> None:

@@ -295,3 +295,24 @@ def test_atomic_write_is_public_and_all_or_nothing(tmp_path):
     assert sorted(p.name for p in target.parent.iterdir()) == ["report.md"]
     atomic_write(target, lambda tmp: open(tmp, "w").write("second\n"))
     assert target.read_text() == "second\n" and target.stat().st_mode & 0o777 == 0o640
+
+
+def test_netcdf_attrs_is_what_save_result_stores(tmp_path):
+    """``repsim.results.netcdf_attrs`` converts attributes exactly as ``save_result``
+    writes them (so a converted object equals its reloaded copy), and names what no
+    netCDF attribute can hold."""
+    from repsim.results import netcdf_attrs
+
+    attrs = {"centre": True, "sigma": None, "sizes": [1, 2.5], "names": ["a", 1], "n": 7}
+    got = netcdf_attrs(attrs)
+    assert got["centre"] == 1 and type(got["centre"]) is int and got["sigma"] == "none"
+    assert got["names"] == ["a", "1"] and got["n"] == 7
+    np.testing.assert_array_equal(got["sizes"], [1.0, 2.5])
+    sim = xr.DataArray(np.eye(2), dims=("layer_a", "layer_b"),
+                       coords={"layer_a": ["x", "y"], "layer_b": ["x", "y"]}, attrs=attrs)
+    repsim.save_result(sim, tmp_path / "s.nc")
+    back = repsim.load_result(tmp_path / "s.nc").attrs
+    assert sorted(back) == sorted(got) and back["sigma"] == got["sigma"]
+    assert back["centre"] == got["centre"] and list(back["names"]) == got["names"]
+    with pytest.raises(TypeError, match="attribute 'z' of attrs cannot be stored.*complex128"):
+        netcdf_attrs({"z": np.array([1j])})
