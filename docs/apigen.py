@@ -14,7 +14,7 @@ from pathlib import Path
 # (title, one-line description, submodules of repsim whose names belong here)
 GROUPS = [
     ("Measures", "Kernels, HSIC and CKA on whole datasets: one pair or all pairs at once.",
-     ("kernels", "hsic", "cka")),
+     ("kernels", "centring", "hsic", "cka")),
     ("Measures beyond CKA", "Shape metrics, regression, neighbourhoods, distance correlation, "
      "RSA, and the table of all measures.",
      ("shape", "regression", "neighbours", "rdm", "catalogue")),
@@ -26,9 +26,10 @@ GROUPS = [
     ("Principal components and blocks",
      "Variance in the top principal components, their removal, dominant examples and "
      "block-structure detection.",
-     ("pcs", "blocks")),
+     ("pcs", "blocks", "blocks.declared")),
     ("Model adapter", "Hook PyTorch models and stream their layers into accumulators.",
-     ("torch", "adapters", "adapters.torch", "hooks")),
+     ("torch", "adapters", "adapters.torch", "adapters.activations",
+      "adapters.transformers", "adapters.pooling", "hooks")),
     ("Statistics", "Uncertainty for similarity estimates: bootstrap, permutation null, "
      "aggregation over seeds.",
      ("stats", "statistics")),
@@ -47,6 +48,12 @@ SUBMODULE_GROUPS = [
      "and ``repsim.datasets`` (``from repsim.datasets import load_cifar10``).",
      ("datasets.download_cifar10", "datasets.load_cifar10", "datasets.load_digits_images",
       "models.cifar_resnet")),
+    ("Writing files",
+     "The one atomic file write that ``save_result``, the adapter's checkpoints and the "
+     "dataset download use, and the attribute conversion ``save_result`` applies, for "
+     "scripts that write their own files the same way "
+     "(``from repsim.results import atomic_write``).",
+     ("results.atomic_write", "results.netcdf_attrs")),
 ]
 
 # explicit placements that win over the submodule rule: name -> group title
@@ -83,7 +90,7 @@ def render(exports: dict[str, str]) -> str:
         "=============",
         "",
         "Everything below is importable from the top-level package (``import repsim``),",
-        "except the last section's names, which live in the submodule they name.",
+        "except the names of the last sections, which live in the submodule they name.",
         "Public names are loaded lazily: ``import repsim`` imports neither torch, numba nor",
         "matplotlib until a name that needs them is used.",
         "",

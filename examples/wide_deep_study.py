@@ -55,7 +55,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -67,6 +66,7 @@ except ImportError:  # pragma: no cover
     sys.path.insert(0, str(HERE.parent))
     import repsim
 
+from repsim.results import atomic_write  # noqa: E402
 from wide_deep.analyse import cross_one, cross_pairs, extract_one  # noqa: E402
 from wide_deep.claims import findings  # noqa: E402
 from wide_deep.config import build_config, deviations, model_specs, parse_args  # noqa: E402
@@ -83,20 +83,9 @@ def log(text: str) -> None:
 
 
 def write_text(path: Path, text: str) -> None:
-    """Write ``text`` atomically (a temporary file, then rename), keeping the umask's mode."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write ``text`` atomically with :func:`repsim.results.atomic_write` (a temporary
+    file beside ``path``, flushed, then renamed over it)."""
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def _json(obj) -> str:

@@ -103,10 +103,10 @@ class _Silent:
 class _Lines(_Silent):
     """One line per stage for a non-interactive log: written when the stage ends."""
 
-    def __init__(self, iterable, total, desc, unit, unit_scale, stream):
+    def __init__(self, iterable, total, desc, unit, unit_scale, stream, initial=0):
         super().__init__(iterable)
         self.total, self.desc, self.unit, self.unit_scale = total, desc, unit, unit_scale
-        self.stream, self.n, self.start, self.closed = stream, 0, time.perf_counter(), False
+        self.stream, self.n, self.start, self.closed = stream, initial, time.perf_counter(), False
 
     def __iter__(self) -> Iterator[Any]:
         try:
@@ -145,6 +145,7 @@ def progress(
     iterable: Iterable[Any] | None = None,
     *,
     total: int | None = None,
+    initial: int = 0,
     desc: str = "",
     enabled: bool = True,
     unit: str = "it",
@@ -161,6 +162,9 @@ def progress(
         it with ``.close()`` (or use it as a context manager).
     total : int, optional
         Expected number of items (or bytes, with ``unit="B"``).
+    initial : int, default 0
+        Items already done before this display starts (a resumed run counts on from
+        there).
     desc : str
         The stage's name, shown first.
     enabled : bool, default True
@@ -187,12 +191,13 @@ def progress(
         return _Silent(iterable)
     stream = file if file is not None else sys.stderr
     if not _interactive(stream):
-        return _Lines(iterable, total, desc, unit, unit_scale, stream)
+        return _Lines(iterable, total, desc, unit, unit_scale, stream, initial)
     try:
         from tqdm.auto import tqdm
     except ImportError:  # progress bars are optional (the "progress" extra)
         return _Silent(iterable)
-    kwargs: dict[str, Any] = dict(total=total, desc=desc, unit=unit, leave=leave, file=file)
+    kwargs: dict[str, Any] = dict(total=total, initial=initial, desc=desc, unit=unit,
+                                  leave=leave, file=file)
     if unit_scale:
         kwargs.update(unit_scale=True, unit_divisor=1024)
     return tqdm(iterable, **kwargs)

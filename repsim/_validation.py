@@ -16,7 +16,8 @@ and a module with options of its own registers their constraints once, at import
 Constraints are small callables ``(value, name) -> value`` that raise ``ValueError``
 ("``name`` must be ...; got ...``"): :class:`Options` (one of fixed values, type-checked:
 ``1`` is not ``"1"``), :class:`Positive` (finite real > 0, bools and strings refused,
-optionally None) and :class:`Flag` (exactly True or False). Containers of layers are
+optionally None), :class:`Flag` (exactly True or False) and :class:`IsCallable` (a
+callable, optionally None; ``TypeError``). Containers of layers are
 recognised by :func:`is_mapping` / :func:`is_layer_sequence` and unpacked by
 :func:`layer_items`, the one place that decides what a container is.
 """
@@ -147,6 +148,20 @@ class Flag:
         return value
 
 
+class IsCallable:
+    """Constraint: a callable (raises ``TypeError``, since the type is wrong); ``none_ok``
+    also lets None through; ``what`` describes the expected signature in the message."""
+
+    def __init__(self, none_ok=False, what=""):
+        self.none_ok, self.what = none_ok, what
+
+    def __call__(self, value, name):
+        if (value is None and self.none_ok) or callable(value):
+            return value
+        alt = " or None" if self.none_ok else ""
+        raise TypeError(f"{name} must be a callable{self.what}{alt}; got {value!r}")
+
+
 #: The declarative table of repsim's option constraints: parameter name -> constraint.
 #: One entry per option, shared by every public function that takes it
 #: (:func:`check_params` applies it; the pattern of scikit-learn's ``validate_params``).
@@ -163,6 +178,8 @@ PARAMS = {
     "sigma": Positive(none_ok=True),
     "threshold": Positive(),
     "centre": Flag(),
+    "transform": IsCallable(none_ok=True, what=" (n, features) -> (n, features')"),
+    "forward": IsCallable(none_ok=True, what=" (model, batch) -> output"),
 }
 
 
@@ -177,7 +194,7 @@ def register_params(**constraints):
 
 def check_params(**values):
     """Check every keyword against its constraint in :data:`PARAMS`; raise ValueError
-    naming the first bad one ("``name`` must be ...; got ...").
+    (TypeError for :class:`IsCallable`) naming the first bad one ("``name`` must be ...; got ...").
 
     Examples
     --------

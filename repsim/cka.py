@@ -16,7 +16,7 @@ import numpy as np
 from . import _backend as B
 from . import _validation as V
 from ._pairs import prepare_pair
-from .hsic import centred_gram_stack, scalar
+from .hsic import centred_gram_stack, pairing_terms, scalar
 from .kernels import NORMAL_RANGE, _ldexp, degeneracy_terms, eps_of, prepare
 from .results import similarity_array
 
@@ -259,15 +259,8 @@ def pair_cka(ga, gb=None):
     Constant layers come out as NaN (0/0) for :func:`_mask_degenerate` to name. Values
     are not clipped here (callers clip to their estimator's range).
     """
-    xp = B.namespace(ga)
-    if gb is None:
-        cross = B.pair_product(ga, ga, xp)
-        self_a = self_b = xp.linalg.diagonal(cross)
-    else:
-        cross = B.pair_product(ga, gb, xp)
-        self_a = xp.sum(ga * ga, axis=1)
-        self_b = xp.sum(gb * gb, axis=1)
-    return B.to_numpy(_normalise(cross, self_a, self_b, xp))
+    cross, self_a, self_b = pairing_terms(ga, gb)
+    return B.to_numpy(_normalise(cross, self_a, self_b, B.namespace(ga)))
 
 
 def _mask_degenerate(values, deg_a, deg_b, names_a, names_b):

@@ -17,7 +17,7 @@ import numpy as np
 
 from . import _backend as B
 from . import _validation as V
-from . import kernels
+from . import _centring, kernels
 from .kernels import (
     ESTIMATORS,
     KERNELS,
@@ -160,7 +160,7 @@ def centred_gram_stack(
     acc = B.accumulation_dtype(xp)
     packed = xp.empty((len(arrays), n * n), dtype=acc, device=B.device(arrays[0]))
     stats, sigmas_used, eps, linear_stats = [], [], [], []
-    stacked = []  # on an accelerator the grams are centred together (kernels.stacks_centring)
+    stacked = []  # on an accelerator the grams are centred together (_centring.stacks_centring)
     deferred = []  # (index, features, label): range checks read back once, after the loop
     for i, (name, a) in enumerate(zip(names, arrays)):
         label = f"{side}[{name!r}]"
@@ -179,7 +179,7 @@ def centred_gram_stack(
                 a = transform(a)
             if normalise:
                 k, e, _ = kernels.scaled_centred_gram(a, xp, label, kernels.NORMAL_RANGE)
-            elif kernel == "linear" and kernels.stacks_centring(packed):
+            elif kernel == "linear" and _centring.stacks_centring(packed):
                 # no host sync per layer on an accelerator (it would serialise the launches)
                 k = kernels.centred_gram_unchecked(a, xp)
                 deferred.append((i, a, label))
@@ -193,7 +193,7 @@ def centred_gram_stack(
             k, sigma = rbf_from_linear(k, xp, sigma=fixed, threshold=threshold, engine=engine, name=label)
             sigma = math.ldexp(sigma, e)
         sigmas_used.append(sigma)
-        if kernels.stacks_centring(packed):  # all layers share packed's device
+        if _centring.stacks_centring(packed):  # all layers share packed's device
             stacked.append(k)
         else:
             stats.append(centre_into(k, unbiased, packed[i], xp, engine=engine))
@@ -231,3 +231,40 @@ def _check_pairing_range(centred, n, label):
             f"{label} has a total variance of {centred / n:.3g} per example, whose squares "
             "(the HSIC sums) leave float64's range; rescale it (similarities are scale invariant)"
         )
+
+
+def pairing_terms(ga, gb=None):
+    """The three terms of all-pairs CKA from packed centred grams, with one product.
+
+    Parameters
+    ----------
+    ga : array, shape (L_a, n*n)
+        Packed centred (or U-centred) grams of one side (:func:`centred_gram_stack`).
+    gb : array, shape (L_b, n*n), optional
+        The other side, same library and device. None pairs ``ga`` with itself.
+
+    Returns
+    -------
+    cross : array, shape (L_a, L_b)
+        ``<K_i, L_j>`` for every pair of layers (``ga @ gb.T``).
+    self_a : array, shape (L_a,)
+        ``<K_i, K_i>``; with ``gb`` None the product's diagonal, so that CKA of a layer
+        with itself divides a number by itself and is exactly 1.
+    self_b : array, shape (L_b,)
+        ``<L_j, L_j>`` (``self_a`` itself when ``gb`` is None).
+
+    Notes
+    -----
+    The one place the pairing terms are formed: :func:`repsim.cka_matrix`,
+    :class:`repsim.MinibatchCKA` (per batch) and :mod:`repsim.stats` (per resample) all
+    call it.
+    """
+    xp = B.namespace(ga)
+    if gb is None:
+        cross = B.pair_product(ga, ga, xp)
+        self_a = self_b = xp.linalg.diagonal(cross)
+    else:
+        cross = B.pair_product(ga, gb, xp)
+        self_a = xp.sum(ga * ga, axis=1)
+        self_b = xp.sum(gb * gb, axis=1)
+    return cross, self_a, self_b

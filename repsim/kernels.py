@@ -1,4 +1,7 @@
-"""Gram matrices and their centring.
+"""Gram matrices: linear (from centred features) and RBF, and the RBF bandwidth.
+
+Their centring lives in :mod:`repsim._centring`; its public names (``centre_gram``,
+``ucentre_gram``) and the helpers other modules use are re-exported here.
 
 References
 ----------
@@ -17,6 +20,16 @@ import numpy as np
 
 from . import _backend as B
 from . import _validation as V
+from ._centring import (  # the centring of grams; re-exported (repsim.kernels.centre_gram)
+    STACK_CHUNK,
+    centre_gram,
+    centre_into,
+    centre_stack_into,
+    degeneracy_terms,
+    eps_of,
+    stacks_centring,
+    ucentre_gram,
+)
 
 KERNELS = ("linear", "rbf")
 ESTIMATORS = ("biased", "unbiased")
@@ -349,185 +362,3 @@ def gram(x, *, kernel: str = "linear", sigma: float | None = None, threshold: fl
         k, _ = rbf_from_linear(k, xp, sigma=sigma, threshold=threshold)
     return k
 
-
-def _prepare_gram(k, name):
-    k = B.asarray(k, name)
-    xp = B.namespace(k)
-    V.check_square(k, name)
-    k = B.as_float(k, xp)
-    V.check_finite_array(k, xp, name)
-    return xp, k
-
-
-def _centred(k, unbiased):
-    xp, k = _prepare_gram(k, "k")
-    n = k.shape[0]
-    if unbiased and n < 3:
-        raise ValueError(f"U-centring needs n >= 3 examples; got n={n} for k of shape {tuple(k.shape)}")
-    rows = xp.empty((1, n * n), dtype=B.accumulation_dtype(xp), device=B.device(k))
-    _centre_rows(xp.astype(k, B.accumulation_dtype(xp))[None], unbiased, rows, xp)
-    return xp.reshape(rows, (n, n))
-
-
-def centre_gram(k):
-    """Doubly centred gram ``H K H`` with ``H = I - 11^T / n``.
-
-    Parameters
-    ----------
-    k : array, shape (n, n)
-        Gram matrix (numpy array or torch tensor); must be finite.
-
-    Returns
-    -------
-    array, shape (n, n), float64
-
-    Raises
-    ------
-    ValueError
-        If ``k`` is not square or contains NaN or Inf.
-
-    References
-    ----------
-    .. [1] Gretton et al. (2005), "Measuring statistical dependence with Hilbert-Schmidt
-       norms", ALT.
-
-    Examples
-    --------
-    >>> import numpy as np, repsim
-    >>> kc = repsim.centre_gram(np.arange(9.0).reshape(3, 3))
-    >>> np.allclose(kc.sum(axis=0), 0) and np.allclose(kc.sum(axis=1), 0)
-    True
-    """
-    return _centred(k, False)
-
-
-def ucentre_gram(k):
-    """U-centred gram of Székely & Rizzo (zero diagonal), the unbiased-HSIC building block.
-
-    For ``i != j``: ``U_ij = K~_ij - r_i/(n-2) - c_j/(n-2) + s/((n-1)(n-2))`` with ``K~``
-    the gram with its diagonal zeroed, ``r, c`` its row and column sums and ``s`` its
-    total. Then ``HSIC_unbiased(K, L) = <U(K), U(L)> / (n (n-3))``.
-
-    Parameters
-    ----------
-    k : array, shape (n, n), n >= 3
-        Gram matrix; its off-diagonal entries must be finite (the diagonal is ignored).
-
-    Returns
-    -------
-    array, shape (n, n), float64
-
-    Raises
-    ------
-    ValueError
-        If ``k`` is not square, ``n < 3``, or ``k`` contains NaN or Inf.
-
-    References
-    ----------
-    .. [1] Székely & Rizzo (2014), "Partial distance correlation with methods for
-       dissimilarities", Annals of Statistics 42(6).
-    .. [2] Song et al. (2012), "Feature selection via dependence maximization", JMLR 13.
-
-    Examples
-    --------
-    >>> import numpy as np, repsim
-    >>> u = repsim.ucentre_gram(repsim.gram(np.random.default_rng(0).standard_normal((6, 3))))
-    >>> np.allclose(np.diag(u), 0) and np.allclose(u.sum(axis=0), 0)
-    True
-    """
-    return _centred(k, True)
-
-
-def centre_into(k, unbiased, out, xp, engine="auto"):
-    """Write centred (``unbiased=False``) or U-centred ``k`` flattened into ``out``.
-
-    ``out`` is a float64 vector of length ``n*n`` (a row of the packed pairing matrix).
-    Returns ``(trace(k), sum(k))`` (floats, or 0-d arrays on the array's device so that
-    a GPU is not synchronised once per layer).
-    """
-    if B.use_numba(engine, k, out):
-        from . import _numba
-
-        tr, total = _numba.centre_into(B.numba_view(k), unbiased, B.numba_view(out))
-        return float(tr), float(total)
-    tr, total = _centre_rows(xp.astype(k, B.accumulation_dtype(xp))[None], unbiased, out[None], xp)
-    return tr[0], total[0]
-
-
-def _centre_rows(k64, unbiased, rows, xp):
-    """Centre (or U-centre) a stack ``k64`` of float64 grams ``(m, n, n)`` into ``rows``
-    ``(m, n*n)``; returns their traces and total sums, arrays of shape ``(m,)``.
-
-    The one centring formula of repsim (:func:`centre_gram`, :func:`ucentre_gram`,
-    :func:`centre_into` and :func:`centre_stack_into` use it; the numba kernel of
-    :mod:`repsim._numba` is its fused loop, tested equal).
-    """
-    n = k64.shape[-1]
-    diag = xp.linalg.diagonal(k64)  # (m, n)
-    tr = xp.sum(diag, axis=1)
-    rs = xp.sum(k64, axis=2)
-    cs = xp.sum(k64, axis=1)
-    total = xp.sum(rs, axis=1)
-    if unbiased:
-        a = 1.0 / (n - 2)
-        t = (total - tr) / ((n - 1) * (n - 2))
-        c = k64 - ((rs - diag) * a)[:, :, None] - ((cs - diag) * a - t[:, None])[:, None, :]
-    else:
-        c = k64 - (rs / n)[:, :, None] - (cs / n - (total / (n * n))[:, None])[:, None, :]
-    rows[...] = xp.reshape(c, (c.shape[0], n * n))
-    if unbiased:
-        rows[:, :: n + 1] = 0.0
-    return tr, total
-
-
-#: Layers centred together by :func:`centre_stack_into` (bounds its float64 temporaries at
-#: two ``(chunk, n, n)`` arrays).
-STACK_CHUNK = 32
-
-
-def stacks_centring(k) -> bool:
-    """Whether grams like ``k`` are centred in stacks (:func:`centre_stack_into`): on an
-    accelerator, where the per-layer path is launch-bound. On the CPU the per-layer path is
-    faster (numba by default; the stack's extra copy costs more than it saves)."""
-    return B.on_accelerator(k)
-
-
-def centre_stack_into(ks, unbiased, out, xp):
-    """:func:`centre_into` for many grams at once (on an accelerator, see :func:`stacks_centring`).
-
-    ``ks`` is a list of ``(n, n)`` grams (one library and device) and ``out`` the
-    ``(len(ks), n*n)`` float64 rows they go to. The grams are centred in stacks of
-    ``STACK_CHUNK``: a fixed number of array operations per stack instead of per layer,
-    which on a GPU turns hundreds of small kernel launches per batch into a handful.
-    Returns ``(traces, totals)`` as numpy float64 arrays of shape ``(len(ks),)``: one
-    device-to-host transfer for all layers.
-    """
-    traces, totals = [], []
-    for start in range(0, len(ks), STACK_CHUNK):
-        chunk = ks[start:start + STACK_CHUNK]
-        k64 = xp.stack([xp.astype(k, B.accumulation_dtype(xp)) for k in chunk])
-        tr, total = _centre_rows(k64, unbiased, out[start:start + len(chunk)], xp)
-        traces.append(tr)
-        totals.append(total)
-    acc = B.accumulation_dtype(np)
-    return (np.asarray(B.to_numpy(xp.concat(traces)), dtype=acc),
-            np.asarray(B.to_numpy(xp.concat(totals)), dtype=acc))
-
-
-def degeneracy_terms(trace, total, n, gram_dtype_eps):
-    """``(tr(HKH), tolerance)`` of a gram with this trace and total sum.
-
-    ``tr(HKH) = tr(K) - sum(K)/n`` is n times the total variance of the representation.
-    It counts as constant (zero variance, CKA undefined) when ``tr(HKH) <= tolerance``,
-    with ``tolerance = n * eps * tr(K)`` the rounding error of that difference. Taken on
-    the *centred* gram of :func:`linear_gram` (``sum(K)`` is then zero up to rounding), the
-    tolerance scales with the spread of the data, not with its mean: a constant layer
-    (which centres to exactly zero, or to a per-column constant that ``H K H`` removes) is
-    caught, and an offset never makes a varying layer look constant.
-    """
-    return trace - total / n, n * gram_dtype_eps * trace
-
-
-def eps_of(k, xp):
-    """Machine epsilon of ``k``'s float dtype."""
-    return float(xp.finfo(k.dtype).eps)

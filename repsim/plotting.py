@@ -14,6 +14,7 @@ import numpy as np
 import xarray as xr
 
 from . import _backend as B
+from . import _validation as V
 
 DEFAULT_CMAP = "magma"
 
@@ -204,7 +205,7 @@ def plot_similarity_grid(
     """
     import matplotlib.pyplot as plt
 
-    if isinstance(results, dict) or hasattr(results, "keys"):
+    if V.is_mapping(results):
         titles = [str(k) for k in results.keys()]
         sims = list(results.values())
     else:

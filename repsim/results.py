@@ -3,6 +3,10 @@
 Maths runs on bare arrays; labels (layer names, model names) and provenance
 (estimator, kernel, n, batches, seed, ...) are attached here, at the edge, so that a
 saved file explains itself.
+
+:func:`atomic_write` is the one atomic file write of the package (``save_result``, the
+adapter's checkpoints and the CIFAR-10 download all use it), public here so that scripts
+built on repsim -- the wide/deep study among them -- write their own files the same way.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import xarray as xr
 
 from . import _backend as B
 from ._io import atomic_write
+
+__all__ = ["atomic_write", "load_result", "netcdf_attrs", "save_result", "similarity_array"]
 
 
 def _netcdf_attr(value: Any) -> Any:
@@ -80,6 +86,38 @@ def _storable_attrs(attrs: dict, owner: str) -> dict:
             )
         out[key] = v
     return out
+
+
+def netcdf_attrs(attrs: dict) -> dict:
+    """Attributes in the forms a netCDF file stores, as :func:`save_result` writes them.
+
+    Parameters
+    ----------
+    attrs : dict
+        Attribute name (str) -> value.
+
+    Returns
+    -------
+    dict
+        The same names; ``bool`` -> ``int``, ``None`` -> ``"none"``, a list of numbers ->
+        a numpy array, a list of anything else -> a list of ``str``, other objects ->
+        ``str``; strings, numbers and numeric arrays unchanged. Assigning the result to a
+        result's ``attrs`` before saving makes the object in memory equal to what
+        :func:`load_result` returns.
+
+    Raises
+    ------
+    TypeError
+        For a name that is not a string, or a value no netCDF attribute can hold (an
+        array of objects or complex numbers), naming the attribute.
+
+    Examples
+    --------
+    >>> from repsim.results import netcdf_attrs
+    >>> netcdf_attrs({"centre": True, "sigma": None, "layers": ["a", 1]})
+    {'centre': 1, 'sigma': 'none', 'layers': ['a', '1']}
+    """
+    return _storable_attrs(attrs, "attrs")
 
 
 def save_result(result: xr.DataArray | xr.Dataset, path: str | os.PathLike) -> None:

@@ -8,19 +8,14 @@ ICLR, section 3.1 (minibatch CKA with the unbiased HSIC estimator).
 
 from __future__ import annotations
 
-import math
-import numbers
 import warnings
 from typing import Any, Callable, Mapping, Sequence
-
-import numpy as np
 
 from . import _backend as B
 from . import _validation as V
 from ._accumulator import Accumulator, State, as_state_array, callable_identity
 from .cka import _mask_degenerate, _normalise
-from .hsic import centred_gram_stack
-from .kernels import ESTIMATORS, KERNELS
+from .hsic import centred_gram_stack, pairing_terms
 from .results import similarity_array
 
 #: how a batch's terms enter the sums: ``"pairs"`` adds the raw (U-)centred inner
@@ -28,6 +23,7 @@ from .results import similarity_array
 #: (biased), as the official code does; ``"batches"`` adds each batch's HSIC, weighting
 #: every batch equally (Nguyen et al. eq. 3)
 WEIGHTINGS = ("pairs", "batches")
+V.register_params(weighting=V.Options(*WEIGHTINGS))
 
 _STATES = (
     State("sum_ab", ("layers_a", "layers_b")),
@@ -61,18 +57,10 @@ def _check_sigma(sigma: Any, kernel: str) -> Any:
     """A fixed RBF bandwidth: None, a number > 0, or a dict name -> number > 0."""
     if sigma is None:
         return None
-    if kernel != "rbf":
-        raise ValueError(f"sigma applies to kernel='rbf' only; got sigma={sigma!r} with "
-                         f"kernel={kernel!r}")
-    items = sigma.items() if isinstance(sigma, dict) else [(None, sigma)]
-    for name, value in items:
-        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
-        if not (ok and math.isfinite(value) and value > 0):
-            where = "sigma" if name is None else f"sigma[{name!r}]"
-            raise ValueError(f"{where} must be a finite number > 0; got {value!r}")
+    V.check_sigma_kernel(sigma, kernel)
     if isinstance(sigma, dict):
-        return {str(k): float(v) for k, v in sigma.items()}
-    return float(sigma)
+        return {str(k): V.Positive()(v, f"sigma[{k!r}]") for k, v in sigma.items()}
+    return V.Positive()(sigma, "sigma")
 
 
 def apply_transform(transform: Callable[[Any], Any], a: Any, where: str) -> Any:
@@ -190,18 +178,12 @@ class MinibatchCKA(Accumulator):
         groups: int | None = None,
         weighting: str = "pairs",
     ) -> None:
-        self.kernel = V.check_option(kernel, "kernel", KERNELS)
+        V.check_params(kernel=kernel, estimator=estimator, engine=engine, weighting=weighting,
+                       threshold=threshold, transform=transform)
+        self.kernel, self.estimator, self.engine = kernel, estimator, engine
+        self.weighting = weighting
         self.groups = None if groups is None else V.check_int(groups, "groups", 2)
         self._pinned_group: int | None = None
-        self.estimator = V.check_option(estimator, "estimator", ESTIMATORS)
-        self.engine = V.check_option(engine, "engine", B.ENGINES)
-        self.weighting = V.check_option(weighting, "weighting", WEIGHTINGS)
-        if isinstance(threshold, bool):
-            raise ValueError(f"threshold must be a finite number > 0; got {threshold!r}")
-        V.check_positive(threshold, "threshold")
-        if transform is not None and not callable(transform):
-            raise TypeError(f"transform must be a callable (n, features) -> (n, features'); "
-                            f"got {transform!r}")
         self.sigma = _check_sigma(sigma, self.kernel)
         self.threshold = threshold
         self.transform = transform
@@ -397,15 +379,11 @@ class MinibatchCKA(Accumulator):
         ga, used_a, cen_a, tol_a = side_a
         xp = B.namespace(ga)
         if symmetric:
-            cross = B.pair_product(ga, ga, xp)
-            self_a = self_b = xp.linalg.diagonal(cross)
-            used_b = used_a
+            gb, used_b = None, used_a
         else:
             gb, used_b, cen_b, tol_b = side_b
             B.namespace(ga, gb, names=["acts_a", "acts_b"])
-            cross = B.pair_product(ga, gb, xp)
-            self_a = xp.sum(ga * ga, axis=1)
-            self_b = xp.sum(gb * gb, axis=1)
+        cross, self_a, self_b = pairing_terms(ga, gb)
         if self.weighting == "batches":  # each batch's HSIC itself (eq. 3)
             norm = float(n * (n - 3) if self.estimator == "unbiased" else (n - 1) ** 2)
             cross, self_a, self_b = cross / norm, self_a / norm, self_b / norm
@@ -494,22 +472,12 @@ class MinibatchCKA(Accumulator):
 
     # ------------------------------------------------------------------ combining
     def _compute_uncertainty(self, level):
-        from .stats import _uncertainty_dataset, jackknife_ratio
+        from .stats.jackknife import grouped_uncertainty
 
         if not self.groups:
             raise ValueError(
                 "compute(uncertainty=True) needs per-group sums: construct the accumulator "
                 "with groups=G (G >= 2, e.g. 10)"
             )
-        plain = self.compute()
-        s = {k: B.to_numpy(v) if k == "group_batches" else v for k, v in self._values.items()}
-        _, se, low, high, used, loo = jackknife_ratio(
-            s["group_ab"], s["group_aa"], s["group_bb"], s["group_batches"], level, replicates=True
-        )
-        bad = np.isnan(plain.values)
-        se, low, high = (np.where(bad, np.nan, v) for v in (se, low, high))
-        loo = np.where(bad[None], np.nan, loo)
-        attrs = dict(plain.attrs, method="delete-a-group jackknife", level=level, n_groups=used)
-        ds = _uncertainty_dataset(plain.values, se, low, high, self.names_a, self.names_b, attrs)
-        ds["jackknife"] = (("group", "layer_a", "layer_b"), loo)
-        return ds
+        return grouped_uncertainty(self.compute(), self._values, level, self.names_a,
+                                   self.names_b)

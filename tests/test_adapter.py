@@ -373,7 +373,10 @@ def test_constant_layer_is_nan_with_warning():
 def test_progress_bar_runs(cnn, capsys):
     r = compare_models(cnn, None, images(2), ["features.0"], progress=True)
     assert float(r[0, 0]) == pytest.approx(1.0)
-    assert "compare_models" in capsys.readouterr().err
+    err = capsys.readouterr().err  # pytest's stderr is not a terminal: one plain line
+    assert err.startswith("compare_models: 2/2 batch in ") and err.count("\n") == 1
+    r = compare_models(cnn, None, images(2), ["features.0"], progress=False)
+    assert capsys.readouterr().err == ""
 
 
 # --------------------------------------------------------------------------- resume

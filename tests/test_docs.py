@@ -68,6 +68,25 @@ def test_api_groups_place_names_by_task():
     assert groups["Other"] == ["something_new"]  # never dropped
 
 
+
+def test_every_real_public_name_has_a_task_group():
+    """Names defined in submodules of submodules (``blocks.declared``, ``adapters.*``,
+    ``stats.*``, the private ``_centring``) land in their task's group, none in "Other"."""
+    apigen = _apigen()
+    exports = apigen.public_modules()
+    groups = {title: names for title, _, names in apigen.grouped_names(exports)}
+    assert "Other" not in groups
+    where = {name: title for title, names in groups.items() for name in names}
+    assert where["find_block"] == where["segment_layers"] == "Principal components and blocks"
+    for name in ("layer_statistics", "hidden_state_layers", "word_aligned_batches",
+                 "standardize_features", "block_layers", "compare_models"):
+        assert where[name] == "Model adapter", name
+    assert where["centre_gram"] == where["ucentre_gram"] == "Measures"
+    assert where["bootstrap"] == where["Interval"] == "Statistics"
+    text = apigen.render(exports)
+    assert "\n   results.atomic_write\n" in text  # the public atomic write has a page
+
+
 # --------------------------------------------------------------------------- the build
 
 

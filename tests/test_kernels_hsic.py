@@ -140,13 +140,13 @@ def test_stacked_centring_equals_per_layer_numba(monkeypatch, estimator, kernel)
     degeneracy terms and bandwidths equal the per-layer numba path, across chunk borders
     (chunks of 3 for 7 layers), for numpy arrays and for torch tensors (some requiring
     grad)."""
-    from repsim import kernels
+    from repsim import _centring, kernels
     from repsim.hsic import centred_gram_stack
 
     assert not kernels.stacks_centring(torch.zeros(2, 2)) and not kernels.stacks_centring(np.zeros((2, 2)))
     assert kernels.stacks_centring(torch.zeros(2, 2, device="meta"))
-    monkeypatch.setattr(kernels, "STACK_CHUNK", 3)
-    monkeypatch.setattr(kernels, "stacks_centring", lambda k: True)
+    monkeypatch.setattr(_centring, "STACK_CHUNK", 3)  # the centring's own module
+    monkeypatch.setattr(_centring, "stacks_centring", lambda k: True)
     rng = np.random.default_rng(5)
     layers = [rng.standard_normal((30, p)) for p in (4, 9, 2, 16, 5, 7, 3)]
     names = [f"l{i}" for i in range(len(layers))]
@@ -187,14 +187,14 @@ def test_deferred_range_checks_on_the_stacked_path(monkeypatch, rng):
     """On an accelerator the grams' ranges are read back once per batch, after all grams
     are formed; a layer outside float32's range still takes the rescaling path and NaN is
     still refused naming the layer (forced here on the CPU)."""
-    from repsim import kernels
+    from repsim import _centring
     from repsim.hsic import centred_gram_stack
 
     layers = [rng.standard_normal((40, 30)).astype(np.float32) for _ in range(3)]
     layers[1] = layers[1] * np.float32(1e-22)  # squares underflow float32 without rescaling
     names = ["a", "tiny", "c"]
     ref = centred_gram_stack(layers, names, estimator="unbiased")
-    monkeypatch.setattr(kernels, "stacks_centring", lambda k: True)
+    monkeypatch.setattr(_centring, "stacks_centring", lambda k: True)
     got = centred_gram_stack(layers, names, estimator="unbiased")
     for r, g in zip(ref[0], got[0]):  # rows agree up to each layer's scale
         np.testing.assert_allclose(g / np.abs(g).max(), r / np.abs(r).max(), atol=1e-6)

@@ -127,6 +127,10 @@ def test_progress_in_a_log_is_one_line_per_stage(capsys):
     assert len(lines) == 2 and "\r" not in log.getvalue() and "\x1b" not in log.getvalue()
     assert lines[0].startswith("permutations: 5/5 it in ")
     assert lines[1].startswith("cifar.tar.gz: 2.0M/3.0M B in ") and lines[1].endswith("(stopped early)")
+    resumed = io.StringIO()
+    with progress(total=10, initial=4, desc="compare_models", unit="batch", file=resumed) as bar:
+        bar.update(6)
+    assert resumed.getvalue().startswith("compare_models: 10/10 batch in ")
     quiet = io.StringIO()
     assert list(progress(range(3), total=3, desc="x", enabled=False, file=quiet)) == [0, 1, 2]
     assert quiet.getvalue() == ""
@@ -261,3 +265,54 @@ def test_submodules_load_on_attribute_access():
     assert repsim.datasets is datasets
     with pytest.raises(AttributeError, match="no attribute 'nosuch'"):
         repsim.nosuch
+
+
+def test_atomic_write_is_public_and_all_or_nothing(tmp_path):
+    """``repsim.results.atomic_write``: the whole file appears at once with the mode of a
+    file opened normally (umask applies, an existing file's mode is kept); a write that
+    fails leaves the old file as it was and no temporary file behind."""
+    import os
+
+    from repsim import _io
+    from repsim.results import atomic_write
+
+    assert atomic_write is _io.atomic_write and "atomic_write" in repsim.results.__all__
+    target = tmp_path / "sub" / "report.md"
+    atomic_write(target, lambda tmp: open(tmp, "w").write("first\n"))
+    assert target.read_text() == "first\n"
+    mask = os.umask(0)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask
+    os.chmod(target, 0o640)
+
+    def half_then_fail(tmp):
+        open(tmp, "w").write("seco")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(target, half_then_fail)
+    assert target.read_text() == "first\n"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["report.md"]
+    atomic_write(target, lambda tmp: open(tmp, "w").write("second\n"))
+    assert target.read_text() == "second\n" and target.stat().st_mode & 0o777 == 0o640
+
+
+def test_netcdf_attrs_is_what_save_result_stores(tmp_path):
+    """``repsim.results.netcdf_attrs`` converts attributes exactly as ``save_result``
+    writes them (so a converted object equals its reloaded copy), and names what no
+    netCDF attribute can hold."""
+    from repsim.results import netcdf_attrs
+
+    attrs = {"centre": True, "sigma": None, "sizes": [1, 2.5], "names": ["a", 1], "n": 7}
+    got = netcdf_attrs(attrs)
+    assert got["centre"] == 1 and type(got["centre"]) is int and got["sigma"] == "none"
+    assert got["names"] == ["a", "1"] and got["n"] == 7
+    np.testing.assert_array_equal(got["sizes"], [1.0, 2.5])
+    sim = xr.DataArray(np.eye(2), dims=("layer_a", "layer_b"),
+                       coords={"layer_a": ["x", "y"], "layer_b": ["x", "y"]}, attrs=attrs)
+    repsim.save_result(sim, tmp_path / "s.nc")
+    back = repsim.load_result(tmp_path / "s.nc").attrs
+    assert sorted(back) == sorted(got) and back["sigma"] == got["sigma"]
+    assert back["centre"] == got["centre"] and list(back["names"]) == got["names"]
+    with pytest.raises(TypeError, match="attribute 'z' of attrs cannot be stored.*complex128"):
+        netcdf_attrs({"z": np.array([1j])})

@@ -244,3 +244,27 @@ def test_warnings_from_cka_matrix_point_at_the_caller(rng):
     with pytest.warns(DegenerateRepresentationWarning) as record:
         repsim.cka(x, np.ones((12, 2)))
     assert record[0].filename == __file__
+
+
+def test_callable_options_come_from_the_table():
+    """``transform`` (MinibatchCKA, GramHooks) and ``forward`` (compare_models) are one
+    rule each in V.PARAMS: a callable or None, else a TypeError naming the argument and
+    the expected signature."""
+    from repsim import _validation as V
+
+    V.check_params(transform=None, forward=len)
+    with pytest.raises(TypeError, match=r"transform must be a callable \(n, features\) -> "
+                                        r"\(n, features'\) or None; got 3"):
+        V.check_params(transform=3)
+    with pytest.raises(TypeError, match=r"forward must be a callable \(model, batch\) -> output "
+                                        r"or None; got 'f'"):
+        V.check_params(forward="f")
+    with pytest.raises(TypeError, match="f must be a callable; got 1"):
+        V.IsCallable()(1, "f")
+    with pytest.raises(TypeError, match="transform must be a callable"):
+        repsim.MinibatchCKA(transform=3)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    with pytest.raises(TypeError, match=r"forward must be a callable \(model, batch\)"):
+        repsim.compare_models(net, None, [torch.ones(4, 3)], forward="f", progress=False)
+    with pytest.raises(TypeError, match=r"transform must be a callable \(n, features\)"):
+        repsim.GramHooks(net, ["0"], transform=3)

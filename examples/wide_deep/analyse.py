@@ -103,11 +103,11 @@ def window(n_layers, block, neighbours):
 
 def save(ds, path: Path, attrs: dict) -> None:
     """Attach provenance (netCDF-compatible) and write atomically with repsim.save_result."""
-    from repsim.results import _netcdf_attr
+    from repsim.results import netcdf_attrs
 
     ds.attrs.update(attrs)
     for var in ds.variables.values():
-        var.attrs = {k: _netcdf_attr(v) for k, v in var.attrs.items()}
+        var.attrs = netcdf_attrs(var.attrs)
     repsim.save_result(ds, path)
 
 

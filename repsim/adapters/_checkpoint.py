@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from typing import Any
 
 import numpy as np
@@ -21,6 +20,7 @@ import torch
 from torch import nn
 
 from .._accumulator import callable_identity
+from .._io import atomic_write
 
 FORMAT = 2  # payload layout: {"format", "config", "epoch", "batch", "seen", "state"}
 
@@ -97,21 +97,12 @@ def _portable(value: Any) -> Any:
 
 
 def save_checkpoint(path: str, acc: Any, config: dict, epoch: int, batch: int, seen: int) -> None:
-    """Write the accumulator's state and the loader position atomically."""
+    """Write the accumulator's state and the loader position atomically
+    (:func:`repsim.results.atomic_write`)."""
     state = {k: _portable(v) for k, v in acc.state_dict().items()}
     payload = {"format": FORMAT, "config": config, "epoch": epoch, "batch": batch,
                "seen": seen, "state": state}
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def _unreadable(path: str, why: str) -> ValueError:

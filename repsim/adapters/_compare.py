@@ -1,9 +1,9 @@
 """The driver of the PyTorch adapter: :func:`compare_models`.
 
-One function runs a batch through a model (:func:`_run_forward`), one generator decides
-which batches this process runs, in which epoch, from where a checkpoint resumes
-(:func:`_batches`), and :func:`compare_models` wires hooks, accumulator, checkpoints and
-the all-reduce together. The accumulator is used through its base's interface only
+Running the batches (the forward of one batch, :func:`_run_forward`, and the one
+generator of epoch, shard and resume decisions, :func:`_batches`) lives in ``_batches``;
+here :func:`compare_models` resolves its arguments and wires hooks, accumulator,
+checkpoints, progress and the all-reduce together. The accumulator is used through its base's interface only
 (``update_grams``, ``compute``, ``state_dict``/``load_state_dict``, ``sync``).
 """
 
@@ -13,18 +13,17 @@ import collections.abc
 import contextlib
 import numbers
 import os
-import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
-import numpy as np
 import torch
 from torch import nn
 
 from .. import _validation as V
-from ..kernels import ESTIMATORS, KERNELS
+from .._io import progress as _progress_display
 from ..streaming import MinibatchCKA
+from ._batches import _batches, _inference, _model_device, _run_forward
 from ._checkpoint import (
     checkpoint_config,
     load_checkpoint,
@@ -35,121 +34,6 @@ from ._checkpoint import (
 from ._distributed import _dist_context, _presharded, all_reduce_accumulator
 from ._hooks import GramHooks
 from ._selection import LayerSpec, select_layers, unwrap_model
-
-
-def _model_device(model, device):
-    if device is not None:
-        return torch.device(device)
-    for p in model.parameters():
-        return p.device
-    for b in model.buffers():
-        return b.device
-    return torch.device("cpu")
-
-
-def _to_device(obj, device):
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device, non_blocking=True)
-    if isinstance(obj, dict):
-        return {k: _to_device(v, device) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_device(v, device) for v in obj)
-    return obj
-
-
-def _run_forward(model, batch, device, forward):
-    """Forward one loader batch: tensor, (input, target, ...) sequence, or dict of kwargs."""
-    if isinstance(batch, collections.abc.Mapping) and not isinstance(batch, dict):
-        # transformers' BatchEncoding (a UserDict): keyword arguments, moved entry by entry
-        batch = dict(batch) if forward is None or not hasattr(batch, "to") else batch.to(device)
-    batch = _to_device(batch, device)
-    if forward is not None:
-        return forward(model, batch)
-    if isinstance(batch, torch.Tensor):
-        return model(batch)
-    if isinstance(batch, dict):
-        return model(**batch)
-    if isinstance(batch, (list, tuple)) and batch:
-        return model(batch[0])
-    raise TypeError(
-        "loader batches must be tensors, (input, target) sequences or dicts of model "
-        f"keyword arguments; got {type(batch).__name__} (pass forward=(model, batch) -> "
-        "output for other layouts)"
-    )
-
-
-@contextlib.contextmanager
-def _inference(models, eval_mode):
-    """eval() + inference_mode for the comparison; every module's training flag restored."""
-    flags = [(m, m.training) for model in models for m in model.modules()]
-    try:
-        if eval_mode:
-            for model in models:
-                model.eval()
-        with torch.inference_mode():
-            yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
-
-
-def _epoch_seed(seed, epoch):
-    return int(np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint64)[0] >> 1)
-
-
-@dataclass
-class _Step:
-    """One position of the run: a batch (``index``; ``mine``: this process runs it) or,
-    with ``index=None``, the end of ``epoch``. ``seen`` counts batches before it."""
-
-    epoch: int
-    index: int | None
-    seen: int
-    batch: Any = None
-    mine: bool = False
-
-
-def _batches(loader, *, epochs, seed, start, sharded, rank, world) -> Iterator[_Step]:
-    """Every epoch, shard and resume decision in one place.
-
-    Seeds torch's RNG from ``(seed, epoch)`` and calls ``set_epoch`` on the loader's
-    samplers at each epoch start, skips what a checkpoint already holds (``start`` =
-    ``(epoch, batch, seen)``), and marks round-robin shards (``index % world == rank``)
-    unless the loader shards itself.
-    """
-    start_epoch, start_batch, seen = start
-    for epoch in range(start_epoch, epochs):
-        torch.manual_seed(_epoch_seed(seed, epoch))
-        for obj in (getattr(loader, "sampler", None),
-                    getattr(getattr(loader, "batch_sampler", None), "sampler", None)):
-            set_epoch = getattr(obj, "set_epoch", None)
-            if set_epoch is not None:
-                set_epoch(epoch)
-        first = start_batch if epoch == start_epoch else 0
-        index = -1
-        for index, batch in enumerate(loader):
-            if index < first:
-                continue
-            yield _Step(epoch, index, seen, batch, not sharded or index % world == rank)
-            seen += 1
-        if index < 0 and epoch > 0:
-            raise ValueError(
-                f"loader yielded no batches in epoch {epoch} (a one-shot iterator?); "
-                "pass a loader that can be iterated once per epoch"
-            )
-        yield _Step(epoch, None, seen)
-
-
-def _progress(enabled, total, initial):
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        warnings.warn("progress=True needs tqdm (pip install tqdm); running without a "
-                      "progress bar", stacklevel=V.user_stacklevel())
-        return None
-    return tqdm(total=total, desc="compare_models", unit="batch", initial=initial)
 
 
 _HOOK_DEFAULTS = dict(layers_a=None, layers_b=None, select=None, pooling="flatten",
@@ -271,7 +155,9 @@ def compare_models(
         Where the forward passes and grams run; the models are moved there (``.to`` acts in
         place). Default: the device of ``model_a``'s parameters.
     progress : bool, default True
-        Show a tqdm progress bar (on rank 0 only under torch.distributed).
+        Show progress (on rank 0 only under torch.distributed): a tqdm bar on a terminal
+        or in Jupyter (when tqdm is installed), one line when the run ends in a
+        non-interactive log; False shows nothing.
     seed : int, default 0
         torch's global RNG is seeded from ``(seed, epoch)`` at the start of every epoch, so
         a shuffling DataLoader repeats its order (and a resumed run continues exactly);
@@ -393,8 +279,7 @@ def compare_models(
     checkpoint_every = V.check_int(checkpoint_every, "checkpoint_every", 1)
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise ValueError(f"seed must be an integer >= 0; got {seed!r}")
-    if forward is not None and not callable(forward):
-        raise TypeError(f"forward must be callable; got {forward!r}")
+    V.check_params(forward=forward)
     if epochs > 1 and isinstance(loader, collections.abc.Iterator):
         raise ValueError(
             f"epochs={epochs} needs a loader that can be iterated again (a DataLoader, a "
@@ -403,9 +288,7 @@ def compare_models(
     acc_opts = dict(estimator=estimator, kernel=kernel, sigma=sigma, threshold=threshold,
                     engine=engine, groups=groups, weighting=weighting)
     if accumulator is None:
-        V.check_option(estimator, "estimator", ESTIMATORS)
-        V.check_option(kernel, "kernel", KERNELS)
-        acc = MinibatchCKA(**acc_opts)
+        acc = MinibatchCKA(**acc_opts)  # checks its options against V.PARAMS
     else:
         _refuse_with("accumulator=", acc_opts, _ACC_DEFAULTS)
         feed = "update_features" if getattr(accumulator, "consumes", "grams") == "features" \
@@ -468,7 +351,8 @@ def compare_models(
     except TypeError:
         total = None
     initial = 0 if total is None else min(total, start[0] * (total // epochs) + start[1])
-    bar = _progress(progress and rank == 0, total, initial)
+    bar = _progress_display(total=total, initial=initial, desc="compare_models", unit="batch",
+                            enabled=bool(progress) and rank == 0)
     sharded = world > 1 and not _presharded(loader)
     managers = [sides.hooks_a] + ([sides.hooks_b] if sides.hooks_b is not None else [])
     cuda = [dev.index if dev.index is not None else torch.cuda.current_device()] \
@@ -493,13 +377,11 @@ def compare_models(
                         hk.start_pass()
                         _run_forward(model, step.batch, dev, forward)
                     (acc.update_features if features else acc.update_grams)(*sides.grams())
-                if bar is not None:
-                    bar.update(1)
+                bar.update(1)
                 if ckpt is not None and (step.index + 1) % checkpoint_every == 0:
                     save_checkpoint(ckpt, acc, config, step.epoch, step.index + 1, step.seen + 1)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
 
     if world > 1:
         all_reduce_accumulator(acc, dev)

@@ -129,8 +129,7 @@ class GramHooks:
         elif select is not None and not callable(select):
             raise TypeError(f"select must be a callable or a dict name -> callable; got {select!r}")
         self.select = select
-        if transform is not None and not callable(transform):
-            raise TypeError(f"transform must be callable; got {transform!r}")
+        V.check_params(transform=transform)
         self.transform = transform
         if not (mask is None or isinstance(mask, str) or callable(mask)):
             raise TypeError("mask must be None, the name of the model's keyword argument that "

@@ -12,8 +12,8 @@ It gathers the adapter's public names from modules of one responsibility each:
 ``_selection`` (:func:`select_layers`, :func:`unwrap_model`), ``_hooks``
 (:class:`GramHooks`), ``pooling`` (the mask-aware pooling policies), ``_distributed``
 (sharding, :func:`all_reduce_accumulator`), ``_checkpoint`` (what identifies a
-comparison, the file) and ``_compare`` (:func:`compare_models`, the forward of one batch in
-``_run_forward``, the epoch/shard/resume generator ``_batches``).
+comparison, the file), ``_batches`` (the forward of one batch in ``_run_forward``, the
+epoch/shard/resume generator ``_batches``) and ``_compare`` (:func:`compare_models`).
 
 References
 ----------

@@ -13,6 +13,7 @@ import numpy as np
 import xarray as xr
 
 from .. import _backend as B
+from .. import _validation as V
 from .._io import progress as _progress_display
 from ..cka import _feature_path_cheaper, cka, cka_matrix
 from ..results import _netcdf_attr
@@ -124,8 +125,8 @@ def _is_array(a) -> bool:
 
 def is_container(a) -> bool:
     """A dict / mapping / sequence of layers (not an array, not a DataArray)."""
-    return isinstance(a, (dict, list, tuple, Mapping)) or (
-        hasattr(a, "keys") and not _is_array(a) and not _is_pandas(a))
+    return V.is_layer_sequence(a) or (V.is_mapping(a) and not _is_array(a)
+                                       and not _is_pandas(a))
 
 
 def as_data(a, name: str):
@@ -150,9 +151,9 @@ def as_data(a, name: str):
                 f"{name} is a pandas {type(a).__name__} that does not convert to float64 "
                 f"values: {err}"
             ) from None
-    if isinstance(a, Mapping) or (hasattr(a, "keys") and not _is_array(a)):
+    if V.is_mapping(a) and not _is_array(a):
         return {k: as_data(v, f"{name}[{k!r}]") for k, v in a.items()}
-    if isinstance(a, (list, tuple)):
+    if V.is_layer_sequence(a):
         if a and not any(_is_array(v) or _is_pandas(v) or is_container(v) and _holds_arrays(v)
                          for v in a):
             raise TypeError(
@@ -164,7 +165,7 @@ def as_data(a, name: str):
 
 
 def _holds_arrays(a) -> bool:
-    values = a.values() if hasattr(a, "values") and not isinstance(a, (list, tuple)) else a
+    values = a.values() if V.is_mapping(a) else a
     return any(_is_array(v) or _is_pandas(v) for v in values)
 
 
@@ -177,9 +178,9 @@ def take_rows(a, idx):
     """Rows ``idx`` of one array (numpy, torch, DataArray), or of each layer of a container."""
     if isinstance(a, xr.DataArray):
         return a.isel({a.dims[0]: np.asarray(idx)})
-    if isinstance(a, Mapping) or (hasattr(a, "keys") and not B.is_torch(a)):
+    if V.is_mapping(a):
         return {k: take_rows(v, idx) for k, v in a.items()}
-    if isinstance(a, (list, tuple)):
+    if V.is_layer_sequence(a):
         return type(a)(take_rows(v, idx) for v in a)
     a = B.asarray(a)
     if B.is_numpy(a):
@@ -192,8 +193,8 @@ def n_rows(a) -> int:
     """Examples (first-axis length) of an array, or of the first layer of a container."""
     if isinstance(a, xr.DataArray):
         return int(a.shape[0])
-    if isinstance(a, Mapping) or hasattr(a, "keys") or isinstance(a, (list, tuple)):
-        layers = list(a.values()) if hasattr(a, "values") and not isinstance(a, (list, tuple)) else a
+    if V.is_mapping(a) or V.is_layer_sequence(a):
+        layers = list(a.values()) if V.is_mapping(a) else a
         if not layers:
             raise ValueError("the data must contain at least one layer; got an empty "
                              f"{type(a).__name__}")
@@ -208,9 +209,9 @@ def bare(a):
     """DataArrays replaced by their values (the gram path needs plain arrays)."""
     if isinstance(a, xr.DataArray):
         return a.values
-    if isinstance(a, Mapping):
+    if V.is_mapping(a):
         return {k: bare(v) for k, v in a.items()}
-    if isinstance(a, (list, tuple)):
+    if V.is_layer_sequence(a):
         return type(a)(bare(v) for v in a)
     return a
 

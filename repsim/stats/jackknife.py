@@ -16,7 +16,7 @@ import xarray as xr
 
 from .. import _backend as B
 from .. import _validation as V
-from ._common import t_quantile
+from ._common import _uncertainty_dataset, t_quantile
 
 __all__ = ["Interval", "jackknife_interval", "jackknife_ratio"]
 
@@ -206,3 +206,39 @@ class Interval(NamedTuple):
     ci_high: float | np.ndarray
     level: float
     n_groups: int
+
+
+def grouped_uncertainty(plain: xr.DataArray, groups: dict[str, Any], level: float,
+                        names_a: Sequence[str], names_b: Sequence[str]) -> xr.Dataset:
+    """The uncertainty of a grouped accumulator's CKA matrix (``compute(uncertainty=True)``).
+
+    Parameters
+    ----------
+    plain : xarray.DataArray, shape (L_a, L_b)
+        The accumulator's ``compute()`` (NaN for constant layers; its attrs are kept).
+    groups : dict
+        The per-group sums ``group_ab`` (G, L_a, L_b), ``group_aa`` (G, L_a),
+        ``group_bb`` (G, L_b) and ``group_batches`` (G,), on any library.
+    level : float
+        Confidence level of the interval.
+    names_a, names_b : sequence of str
+        The layer names of the two sides (the coordinates).
+
+    Returns
+    -------
+    xarray.Dataset
+        ``cka``, ``stderr``, ``ci_low``, ``ci_high`` (dims ``layer_a, layer_b``) from
+        :func:`jackknife_ratio`, and ``jackknife`` (dims ``group, layer_a, layer_b``): the
+        leave-one-group-out matrices; NaN wherever ``plain`` is NaN.
+    """
+    _, se, low, high, used, loo = jackknife_ratio(
+        groups["group_ab"], groups["group_aa"], groups["group_bb"],
+        B.to_numpy(groups["group_batches"]), level, replicates=True
+    )
+    bad = np.isnan(plain.values)
+    se, low, high = (np.where(bad, np.nan, v) for v in (se, low, high))
+    loo = np.where(bad[None], np.nan, loo)
+    attrs = dict(plain.attrs, method="delete-a-group jackknife", level=level, n_groups=used)
+    ds = _uncertainty_dataset(plain.values, se, low, high, names_a, names_b, attrs)
+    ds["jackknife"] = (("group", "layer_a", "layer_b"), loo)
+    return ds
