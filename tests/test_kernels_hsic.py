@@ -121,8 +121,14 @@ def test_torch_gram_and_numba_centring_on_cpu_tensors(rng):
     x = torch.tensor(rng.standard_normal((30, 17)), dtype=torch.float32)
     g = repsim.gram(x)
     assert isinstance(g, torch.Tensor) and g.dtype == torch.float32
-    xc = x - column_means(x, namespace(x)).float()  # column means accumulated in float64
-    assert torch.equal(g, xc @ xc.T)
+    # small means: the product of the raw features, centred in float64 after it
+    x64 = x.double()
+    want = (x64 - x64.mean(0)) @ (x64 - x64.mean(0)).T
+    torch.testing.assert_close(g.double(), want, rtol=0, atol=1e-5 * float(want.abs().max()))
+    # a large common offset: the features are centred first (float64 means), then the product
+    big = x + 300.0
+    xc = big - column_means(big, namespace(big)).float()
+    assert torch.equal(repsim.gram(big), xc @ xc.T)
     k = g.double()
     a, b = torch.empty(900, dtype=torch.float64), torch.empty(900, dtype=torch.float64)
     xp = namespace(k)
@@ -181,6 +187,30 @@ def test_column_means_accumulate_in_float64(rng, n):
                                    atol=4 * np.finfo(np.float32).eps * np.abs(x).max())
     x64 = x.astype(np.float64)
     np.testing.assert_allclose(column_means(x64, namespace(x64)), x64.mean(axis=0), rtol=1e-15)
+
+
+@pytest.mark.parametrize("offset, path", [(0.0, "product"), (0.5, "product"), (3.0, "features"),
+                                          (1e4, "features")])
+def test_gram_is_centred_before_or_after_the_product(rng, monkeypatch, offset, path):
+    """Means small against the spread: the raw product centred in float64 (no extra pass
+    over the features); larger means: the features centred first. Either way the gram is
+    the centred one to float32 accuracy of the centred data."""
+    from repsim import kernels
+
+    x = (rng.standard_normal((50, 40)) + offset).astype(np.float32)
+    calls = []
+    real = kernels.centre_features
+    monkeypatch.setattr(kernels, "centre_features", lambda *a: calls.append(1) or real(*a))
+    g = kernels.linear_gram(x, namespace(x))
+    assert ("features" if calls else "product") == path
+    x64 = x.astype(np.float64)
+    want = (x64 - x64.mean(0)) @ (x64 - x64.mean(0)).T
+    assert g.dtype == np.float32
+    # centred again in float64: the features path leaves a per-column constant of float32
+    # rounding of the means (~eps * |mean|) in the features, which H g H removes
+    h = np.eye(50) - 1.0 / 50
+    np.testing.assert_allclose(h @ g.astype(np.float64) @ h, want, rtol=0,
+                               atol=40 * 4 * np.finfo(np.float32).eps * np.abs(want).max())
 
 
 def test_deferred_range_checks_on_the_stacked_path(monkeypatch, rng):
