@@ -183,8 +183,8 @@ def centred_gram_stack(
                 # no host sync per layer on an accelerator (it would serialise the launches)
                 k = kernels.centred_gram_unchecked(a, xp)
                 deferred.append((i, a, label))
-            else:
-                k = linear_gram(a, xp, name=label)
+            else:  # centred below (centre_into): the uncentred product where it is safe
+                k = linear_gram(a, xp, name=label, centred=False)
         eps.append(eps_of(k, xp))
         sigma = None
         if kernel == "rbf":

@@ -118,7 +118,7 @@ def centred_gram_unchecked(x, xp):
 OFFSET_RATIO = 1.0
 
 
-def _centred_from_product(x, xp):
+def _centred_from_product(x, xp, centred=True):
     """``(k, dmax)``: the product ``x x^T`` (the gram floor itself), centred in float64
     afterwards -- when the column means are small against the spread; None otherwise.
 
@@ -141,12 +141,14 @@ def _centred_from_product(x, xp):
         if not (math.isfinite(c) and math.isfinite(spread) and 0.0 < spread
                 and c <= OFFSET_RATIO * spread):
             return None
+        if not centred:  # the caller centres it (in float64) anyway: the old path, bit for bit
+            return k, B.item(xp.max(xp.linalg.diagonal(k64) - 2.0 * rows)) + c
         kc = k64 - xp.reshape(rows, (n, 1)) - xp.reshape(rows, (1, n)) + c
     dmax = B.item(xp.max(xp.linalg.diagonal(kc)))
     return (kc if k.dtype == acc else xp.astype(kc, k.dtype)), dmax
 
 
-def scaled_centred_gram(x, xp, name="x", bounds=None):
+def scaled_centred_gram(x, xp, name="x", bounds=None, centred=True):
     """The linear gram of the centred features, formed in ``x``'s float dtype, scaled by
     a power of two where its magnitudes would under- or overflow.
 
@@ -175,7 +177,7 @@ def scaled_centred_gram(x, xp, name="x", bounds=None):
     x = B.as_float(x, xp)
     lo, hi = gram_range(x.dtype, xp) if bounds is None else bounds
     if not (B.on_accelerator(x) or B.tracks_grad(x)):  # host: the floor product if it is safe
-        fast = _centred_from_product(x, xp)
+        fast = _centred_from_product(x, xp, centred)
         if fast is not None and lo <= fast[1] <= hi:
             return fast[0], 0, fast[1]
     xc = centre_features(x, xp)
@@ -200,7 +202,7 @@ def scaled_centred_gram(x, xp, name="x", bounds=None):
     return k, e, dmax
 
 
-def linear_gram(x, xp, *, name="x"):
+def linear_gram(x, xp, *, name="x", centred=True):
     """The centred linear gram ``x_c x_c^T`` of a representation ``(n, p)``.
 
     ``x_c`` is ``x`` with its column means (accumulated in float64) subtracted, and the
@@ -219,6 +221,11 @@ def linear_gram(x, xp, *, name="x"):
         ``x``'s array namespace.
     name : str
         The argument's name, for error messages.
+    centred : bool, default True
+        False for callers that centre the gram themselves (``H K H``, U-centring):
+        where the column means are small against the spread, host data then gets the
+        uncentred product ``x x^T`` itself -- exactly the gram floor -- which centres to
+        the same result within the error bound of :func:`scaled_centred_gram`.
 
     Returns
     -------
@@ -233,7 +240,7 @@ def linear_gram(x, xp, *, name="x"):
         in float64 (squared row norms below about ``1e-292``); rescale such data
         (:func:`repsim.cka` and :func:`repsim.cka_matrix` rescale by themselves).
     """
-    k, e, dmax = scaled_centred_gram(x, xp, name)
+    k, e, dmax = scaled_centred_gram(x, xp, name, centred=centred)
     if e == 0:
         return k
     acc = B.accumulation_dtype(xp)

@@ -233,3 +233,18 @@ def test_deferred_range_checks_on_the_stacked_path(monkeypatch, rng):
     bad[1][3, 4] = np.nan
     with pytest.raises(ValueError, match=r"x\['c'\].*NaN"):
         centred_gram_stack(bad, ["a", "c"], estimator="unbiased")
+
+
+@pytest.mark.parametrize("estimator", ["biased", "unbiased"])
+def test_small_offsets_keep_the_product_of_the_raw_features(rng, estimator):
+    """Where the means are small against the spread, the packed rows are the centring of
+    the raw product ``x x^T`` itself -- bit for bit what repsim computed before the
+    centring-first rule, so well-conditioned results did not move."""
+    from repsim._backend import self_product
+    from repsim.hsic import centred_gram_stack
+
+    x = (rng.standard_normal((64, 48)) + 0.3).astype(np.float32)
+    packed = centred_gram_stack([x], ["a"], estimator=estimator)[0]
+    want = np.empty((1, 64 * 64))
+    centre_into(self_product(x, namespace(x)), estimator == "unbiased", want[0], namespace(x))
+    np.testing.assert_array_equal(packed, want)
