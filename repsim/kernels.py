@@ -132,17 +132,18 @@ def _centred_from_product(x, xp, centred=True):
     with np.errstate(over="ignore", under="ignore", invalid="ignore"):
         k = B.self_product(x, xp)
         acc = B.accumulation_dtype(xp)
-        k64 = k if k.dtype == acc else xp.astype(k, acc)
-        n = k64.shape[0]
-        rows = xp.sum(k64, axis=1) / n  # x m
+        n = k.shape[0]
+        rows = xp.sum(k, axis=1, dtype=acc) / n  # x m, summed in float64 without a copy
+        diag = xp.astype(xp.linalg.diagonal(k), acc)
         c = xp.sum(rows) / n  # ||m||^2
-        spread = B.item(xp.sum(xp.linalg.diagonal(k64)) / n - c)  # tr(HKH) / n
+        spread = B.item(xp.sum(diag) / n - c)  # tr(HKH) / n
         c = B.item(c)
         if not (math.isfinite(c) and math.isfinite(spread) and 0.0 < spread
                 and c <= OFFSET_RATIO * spread):
             return None
         if not centred:  # the caller centres it (in float64) anyway: the old path, bit for bit
-            return k, B.item(xp.max(xp.linalg.diagonal(k64) - 2.0 * rows)) + c
+            return k, B.item(xp.max(diag - 2.0 * rows)) + c
+        k64 = k if k.dtype == acc else xp.astype(k, acc)
         kc = k64 - xp.reshape(rows, (n, 1)) - xp.reshape(rows, (1, n)) + c
     dmax = B.item(xp.max(xp.linalg.diagonal(kc)))
     return (kc if k.dtype == acc else xp.astype(kc, k.dtype)), dmax
