@@ -41,6 +41,9 @@ def test_deviations_are_declared():
     text = config.deviations(config.build_config(config.parse_args([])))
     assert "digits" in text and "weight decay 0.0005" in text and "Nesterov" in text and "warm-up" in text
     assert "layers 'relu'" in text and "4 CKA passes" in text
+    assert "peak lr 0.02 instead of 0.1" in text and "30 epochs" in text
+    scaled = config.build_config(config.parse_args(["--batch-size", "256", "--lr", "0.1"]))
+    assert "linear scaling of 0.1 at batch 128 would give 0.2 at batch 256" in config.deviations(scaled)
     cifar = config.build_config(config.parse_args(["--dataset", "cifar10", "--batch-size", "128"]))
     text = config.deviations(cifar)
     assert "16 px" in text and "weight decay" not in text and "peak lr" not in text

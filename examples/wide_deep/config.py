@@ -20,9 +20,9 @@ DEFAULT_CONFIG = {
     "grids": [  # three seeds of the smallest and the largest model
         {"depths": [20, 110], "widths": [1], "seeds": [0, 1, 2], "train_fractions": [1.0]},
     ],
-    "epochs": 60,
+    "epochs": 30,
     "batch_size": 128,
-    "lr": 0.05,
+    "lr": 0.02,  # 0.05 diverged mid-training in ResNet-110 (docs/study/README.md)
     "momentum": 0.9,
     "nesterov": True,
     "weight_decay": 5e-4,
@@ -286,7 +286,8 @@ def deviations(cfg) -> str:
         out.append("no crop + flip augmentation")
     scaled = 0.1 * cfg["batch_size"] / 128
     if abs(cfg["lr"] - scaled) > 1e-12:
-        out.append(f"peak lr {cfg['lr']} (linear scaling of 0.1 at batch 128 would give {scaled:g} at batch "
+        out.append(f"peak lr {cfg['lr']} instead of 0.1" if cfg["batch_size"] == 128 else
+                   f"peak lr {cfg['lr']} (linear scaling of 0.1 at batch 128 would give {scaled:g} at batch "
                    f"{cfg['batch_size']})")
     if cfg["weight_decay"] != 1e-4:
         out.append(f"weight decay {cfg['weight_decay']} instead of 1e-4")
