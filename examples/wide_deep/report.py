@@ -101,18 +101,25 @@ def make_figures(extracts, crosses, summary, out: Path) -> dict:
         key = (m["width"], m["train_fraction"])
         colours.setdefault(key, f"C{len(colours)}")
         size = 0.0 if m["block"] is None else m["block"]["relative_size"]
-        contrast = np.nan if m["block"] is None else m["block"]["local_contrast"]
-        style = {"color": colours[key], "marker": markers[m["seed"] % len(markers)],
+        # without a block: the best run of the segmentation, faded, so the gap to the
+        # declared threshold shows
+        best = m["block"] or m.get("candidate")
+        contrast = np.nan if best is None else best["local_contrast"]
+        style = {"marker": markers[m["seed"] % len(markers)], "alpha": 1.0 if m["block"] else 0.35,
                  "facecolors": colours[key] if m["fits"] else "none", "edgecolors": colours[key]}
-        style.pop("color")
         axes[0].scatter(m["depth"], size, **style)
         axes[1].scatter(m["depth"], contrast, **style)
+    threshold = summary["config"]["block_min_contrast"]
+    axes[1].axhline(threshold, color="k", ls="--", lw=0.8)
+    axes[1].set_ylim(min(0.0, axes[1].get_ylim()[0]), max(1.1 * threshold, axes[1].get_ylim()[1]))
     handles = [plt.Line2D([], [], color=c, marker="o", ls="", label=f"x{w}, {f:g} data") for (w, f), c in
                colours.items()]
     handles += [plt.Line2D([], [], color="k", marker=markers[s % len(markers)], ls="", mfc="none",
                            label=f"seed {s}") for s in seeds]
+    handles += [plt.Line2D([], [], color="k", ls="--", lw=0.8, label=f"declared min. {threshold:g}")]
     axes[0].set_ylabel("declared block / layers")
-    axes[1].set_ylabel("local contrast of the block")
+    axes[0].set_ylim(-0.03, 1.03)
+    axes[1].set_ylabel("local contrast (faded: best run, no block)")
     for ax in axes:
         ax.set_xlabel("depth")
     axes[1].legend(handles=handles, fontsize=6, loc="best", title="open: not fitted", title_fontsize=6)
@@ -167,7 +174,8 @@ CAPTIONS = {
                 "is the declared block",
     "pc1": "Share of variance in the first principal component per layer, every seed; shaded: declared blocks",
     "block_scores": "Relative size and local contrast of the declared block against depth (colour: width and data "
-                    "fraction; marker: seed; open markers: not fitted)",
+                    "fraction; marker: seed; open markers: not fitted; faded: the best run of a model without a "
+                    "block; dashed: the declared minimum local contrast)",
     "pc_removal": "CKA before and after removing the first principal component, and without the dominant examples",
     "cross": "Cross-model CKA: seeds of one architecture and different architectures",
     "per_class": "Per-class accuracy difference of the accuracy-matched wide and deep pair (first seeds)",
