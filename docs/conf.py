@@ -161,10 +161,17 @@ def _change(m):
     return f" ({iv['estimate']:+.3f} [{iv['ci'][0]:.3f}, {iv['ci'][1]:.3f}])"
 
 
+def _rst(text):
+    """Plain text for reST: ``|PC1 score|`` is not a substitution, ``*`` not emphasis."""
+    for ch in ("\\", "|", "*", "`", "_"):
+        text = text.replace(ch, "\\" + ch)
+    return text
+
+
 def _declared_block_rows(s):
     """Runs since the declared block (issue 12): each claim's criterion met / not met, and
     the models with train accuracy, fit, the declared block and its PC1 measures."""
-    lines = [f"- {f['claim']} Criterion: {f['criterion']} — **{f['met']}**." for f in s["findings"]]
+    lines = [f"- {_rst(f['claim'])} Criterion: {_rst(f['criterion'])} — **{f['met']}**." for f in s["findings"]]
     lines += ["", ".. list-table::", "   :header-rows: 1", "",
               "   * - model", "     - train s", "     - train / test acc", "     - fits",
               "     - PC1 max", "     - declared block", "     - inside / local contrast",
