@@ -173,6 +173,19 @@ def differences(mine: dict, theirs: dict, where: str) -> list[str]:
     return out
 
 
+def check_layer_names(layout: dict[str, Any]) -> None:
+    """Refuse an incoming layout whose ``names_a``/``names_b`` are not non-empty lists of
+    layer names or whose ``symmetric`` is not a bool (the layouts of the layer accumulators)."""
+    for side in ("a", "b"):
+        names = layout[f"names_{side}"]
+        if not (isinstance(names, (list, tuple)) and names
+                and all(isinstance(n, str) for n in names)):
+            raise ValueError(f"state['names_{side}'] must be a non-empty list of layer "
+                             f"names; got {names!r}")
+    if not isinstance(layout["symmetric"], bool):
+        raise ValueError(f"state['symmetric'] must be a bool; got {layout['symmetric']!r}")
+
+
 class Accumulator:
     """Base of repsim's streaming accumulators; see the module docstring.
 

@@ -23,7 +23,7 @@ from . import _backend as B
 from . import _moment_measures as MM
 from . import _moments as M
 from . import _validation as V
-from ._accumulator import Accumulator, State
+from ._accumulator import Accumulator, State, check_layer_names
 from .results import similarity_array
 
 #: Default memory budget (bytes) of :class:`FeatureMoments`.
@@ -140,14 +140,7 @@ class FeatureMoments(Accumulator):
 
     def _check_layout(self, layout: dict[str, Any]) -> None:
         widths, shift = layout["widths"], layout["shift"]
-        for side in ("a", "b"):
-            names = layout[f"names_{side}"]
-            if not (isinstance(names, (list, tuple)) and names
-                    and all(isinstance(n, str) for n in names)):
-                raise ValueError(f"state['names_{side}'] must be a non-empty list of layer "
-                                 f"names; got {names!r}")
-        if not isinstance(layout["symmetric"], bool):
-            raise ValueError(f"state['symmetric'] must be a bool; got {layout['symmetric']!r}")
+        check_layer_names(layout)
         count = len(layout["names_a"]) + (0 if layout["symmetric"] else len(layout["names_b"]))
         if not (isinstance(widths, (list, tuple)) and len(widths) == count
                 and all(isinstance(w, int) and w > 0 for w in widths)):

@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from . import _backend as B
 from . import _validation as V
-from ._accumulator import Accumulator, State, as_state_array, callable_identity
+from ._accumulator import Accumulator, State, as_state_array, check_layer_names, callable_identity
 from .cka import _mask_degenerate, _normalise
 from .hsic import centred_gram_stack, pairing_terms
 from .results import similarity_array
@@ -207,12 +207,9 @@ class MinibatchCKA(Accumulator):
                 "groups": self.groups or 0}
 
     def _check_layout(self, layout: dict[str, Any]) -> None:
+        check_layer_names(layout)
         for side in ("a", "b"):
             names = layout[f"names_{side}"]
-            if not (isinstance(names, (list, tuple)) and names
-                    and all(isinstance(n, str) for n in names)):
-                raise ValueError(f"state['names_{side}'] must be a non-empty list of layer "
-                                 f"names; got {names!r}")
             sig = layout[f"sigmas_{side}"]
             want = self.kernel == "rbf"
             if want and not (isinstance(sig, (list, tuple)) and len(sig) == len(names)):
@@ -221,8 +218,6 @@ class MinibatchCKA(Accumulator):
             if not want and sig is not None:
                 raise ValueError(f"state['sigmas_{side}'] must be None for kernel="
                                  f"{self.kernel!r}; got {sig!r}")
-        if not isinstance(layout["symmetric"], bool):
-            raise ValueError(f"state['symmetric'] must be a bool; got {layout['symmetric']!r}")
 
     @property
     def n_batches(self) -> int:
