@@ -202,3 +202,20 @@ def test_console_lines_are_single_lines():
     summary = {"findings": [{"met": "met", "claim": "C.", "evidence": "numbers 0.1"}]}
     lines = report.console_lines(summary)
     assert lines == ["[met] C. numbers 0.1"] and all("\n" not in x and "\x1b" not in x for x in lines)
+
+
+def test_c4_architectures_names_the_model_each_block_is_matched_in():
+    cfg = config.build_config(config.parse_args([]))
+    deep = _model("deep_s0", 110, 1, 0, 0.9, block=_block(12, 17, 0.7, 0.2))
+    small, mid = _model("small_s0", 20, 1, 0, 0.9), _model("mid_s0", 56, 1, 0, 0.9)
+    diff = {"estimate": -0.4, "ci": [-0.45, -0.35]}
+    cross = [{"model_a": "small_s0", "model_b": "deep_s0", "best_match_in_block_b": 0.3,
+              "best_match_out_of_block_b": 0.7, "best_match_in_minus_out_b": diff},
+             {"model_a": "mid_s0", "model_b": "deep_s0", "best_match_in_block_b": 0.5,
+              "best_match_out_of_block_b": 0.6, "best_match_in_minus_out_b": {"estimate": -0.1, "ci": [-0.2, 0.01]}}]
+    summary = {"models": [small, mid, deep], "cross_seed": [], "cross_architecture": cross,
+               "outputs": {"wide_vs_deep": None, "seed_disagreement": []}}
+    f = {x["key"]: x for x in claims.findings(summary, cfg)}["c4_architectures"]
+    assert "deep_s0 (best matches in small_s0): 0.300 in block vs 0.700" in f["evidence"]
+    assert "deep_s0 (best matches in mid_s0): 0.500 in block vs 0.600" in f["evidence"]
+    assert f["met"] == "not met"  # the second interval reaches above 0

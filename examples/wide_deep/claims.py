@@ -149,7 +149,9 @@ def findings(summary, cfg) -> list[dict]:
             diff = p.get(f"best_match_in_minus_out_{side}")
             if diff is not None and p[f"model_{side}"] in fit_ids:
                 ok.append(diff["ci"][1] < 0)
-                rows.append(f"{p['model_' + side]}: {p[f'best_match_in_block_{side}']:.3f} in block vs "
+                other = p["model_b" if side == "a" else "model_a"]
+                rows.append(f"{p['model_' + side]} (best matches in {other}): "
+                            f"{p[f'best_match_in_block_{side}']:.3f} in block vs "
                             f"{p[f'best_match_out_of_block_{side}']:.3f} outside, difference {_iv(diff)}")
     out.append(_claim("c4_architectures", "C4: across architectures, block layers find poorer matches.",
                       "best-match CKA lower inside the block (90% jackknife interval of the difference below 0)",
