@@ -202,6 +202,30 @@ def test_weights_never_reload_under_other_settings(smoke_run, tmp_path):
     assert meta["resumed"] is True
 
 
+def test_a_sub_grid_trains_its_own_epochs_and_only_those_models_change(smoke_run, tmp_path):
+    """A sub-grid's ``epochs`` (a larger training fraction trained to fit) is that model's
+    training setting: it retrains only that model, and its extract is keyed by it."""
+    out = tmp_path / "own_epochs"
+    shutil.copytree(smoke_run / "models", out / "models")
+    base = wd_config.build_config(wd_config.parse_args(["--smoke"]))
+    cfg = wd_config.build_config(wd_config.parse_args(["--smoke"]))
+    cfg["grids"] = [g for g in cfg["grids"] if g["train_fractions"] != [0.5]] + [
+        {"depths": [8], "train_fractions": [0.5], "epochs": 3}]
+    specs = {s["id"]: s for s in wd_config.model_specs(cfg)}
+    own, other = specs["resnet8_w1_s0_f0p5"], specs["resnet8_w1_s0_f1"]
+    assert own["epochs"] == 3 and "epochs" not in other
+    assert wd_config.train_settings(cfg, own)["epochs"] == 3 and wd_config.train_settings(cfg, other)["epochs"] == 2
+    assert wd_config.analysis_settings(cfg, own)["epochs"] == {own["id"]: 3}
+    assert wd_config.analysis_settings(cfg, other) == wd_config.analysis_settings(base)
+    assert "3 epochs for depth 8 on training fraction 0.5" in wd_config.deviations(cfg)
+    data = wd_train.load_data(cfg, progress=False)
+    _, meta = wd_train.train_one(other, data, cfg, out)
+    assert meta["resumed"] is True  # unchanged settings: the smoke run's record
+    _, meta = wd_train.train_one(own, data, cfg, out)
+    assert meta["resumed"] is False and meta["epochs"] == 3
+    assert wd_train.load_checkpoint(out / "models" / f"{own['id']}.nc", wd_config.train_settings(base)) is None
+
+
 @pytest.mark.parametrize("flags, match", [
     (["--train-fraction", "-1"], "train_fractions"),
     (["--train-fraction", "0"], "train_fractions"),
@@ -229,6 +253,10 @@ def test_bad_arguments_are_refused_before_any_model_trains(tmp_path, flags, matc
     ({"grids": []}, "grids must be a non-empty list"),
     ({"grids": [{"depths": []}]}, "depths"),
     ({"grids": [{"depths": [8], "seeds": []}]}, "seeds"),
+    ({"grids": [{"depths": [8], "epochs": 0}]}, r"grids\[0\] epochs"),
+    ({"grids": [{"depths": [8], "epochs": 2.5}]}, r"grids\[0\] epochs"),
+    ({"grids": [{"depths": [8], "seed": [1]}]}, "unknown keys"),
+    ({"grids": [{"depths": [8]}, {"depths": [8], "epochs": 3}]}, "two sub-grids with different epochs"),
     ({"epochz": 3}, "epochz"),
     ({"lr": -1}, "lr"),
     ({"fit_threshold": 1.5}, "fit_threshold"),

@@ -157,7 +157,7 @@ def extract_one(spec, model, meta, data, cfg, out: Path, device, log=None):
     import xarray as xr
 
     path = out / "extract" / f"{spec['id']}.nc"
-    settings = analysis_settings(cfg)
+    settings = analysis_settings(cfg, spec)
     ds = cached(path, settings)
     if ds is not None:
         return ds
@@ -226,7 +226,7 @@ def extract_one(spec, model, meta, data, cfg, out: Path, device, log=None):
 def cross_one(a, b, kind, models, cfg, data, out: Path, device, log=None):
     """Cross-model CKA of two models, cached as ``cross/<a>__<b>.nc``."""
     path = out / "cross" / f"{a['id']}__{b['id']}.nc"
-    settings = analysis_settings(cfg)
+    settings = analysis_settings(cfg, a, b)
     res = cached(path, settings)
     if res is not None:
         return res

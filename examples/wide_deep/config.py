@@ -9,7 +9,9 @@ import math
 from pathlib import Path
 
 #: Every key a config file may hold. ``grids`` is a list of sub-grids; the study's models
-#: are the union of their products depths x widths x seeds x train_fractions.
+#: are the union of their products depths x widths x seeds x train_fractions. A sub-grid
+#: may hold its own ``epochs`` (e.g. a larger training fraction trained to fit); it is
+#: stored with those models' weights and declared in the report.
 DEFAULT_CONFIG = {
     "dataset": "digits",
     "data_dir": None,
@@ -240,6 +242,13 @@ def check_config(cfg) -> None:
             values = grid.get(key, [1] if key != "seeds" else [0])
             if not isinstance(values, list) or not values or not all(ok(v) for v in values):
                 raise SystemExit(f"grids[{i}] {key} must be a non-empty list of {what}; got {values!r}")
+        epochs = grid.get("epochs", 1)
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            raise SystemExit(f"grids[{i}] epochs must be an integer >= 1; got {epochs!r}")
+        unknown = set(grid) - {"depths", "widths", "seeds", "train_fractions", "epochs"}
+        if unknown:
+            raise SystemExit(f"grids[{i}] has unknown keys {sorted(unknown)}")
+    model_specs(cfg)  # refuses one model with two training budgets
 
 
 def model_id(spec) -> str:
@@ -258,19 +267,32 @@ def model_specs(cfg) -> list[dict]:
                     for f in grid.get("train_fractions", [1.0]):
                         spec = {"depth": int(d), "width": int(w), "seed": int(s), "train_fraction": float(f)}
                         spec["id"] = model_id(spec)
+                        if "epochs" in grid:
+                            spec["epochs"] = int(grid["epochs"])
+                        if spec["id"] in seen and seen[spec["id"]].get("epochs") != spec.get("epochs"):
+                            raise SystemExit(f"{spec['id']} is in two sub-grids with different epochs")
                         seen[spec["id"]] = spec
     return sorted(seen.values(), key=lambda s: (s["depth"] * s["width"] ** 2, s["depth"], s["width"],
                                                  -s["train_fraction"], s["seed"]))
 
 
-def train_settings(cfg) -> dict:
-    """The settings a trained model depends on (stored with its weights)."""
-    return {k: cfg[k] for k in TRAIN_KEYS}
+def train_settings(cfg, spec=None) -> dict:
+    """The settings a trained model depends on (stored with its weights); a sub-grid's own
+    ``epochs`` replaces the config's for its models."""
+    settings = {k: cfg[k] for k in TRAIN_KEYS}
+    if spec is not None and "epochs" in spec:
+        settings["epochs"] = spec["epochs"]
+    return settings
 
 
-def analysis_settings(cfg) -> dict:
-    """The settings an extract or cross result depends on (with the training settings)."""
-    return {"train": train_settings(cfg), "analysis": {k: cfg[k] for k in ANALYSIS_KEYS}}
+def analysis_settings(cfg, *specs) -> dict:
+    """The settings an extract or cross result of the models ``specs`` depends on (with the
+    training settings, and any sub-grid's own epochs of those models)."""
+    settings = {"train": train_settings(cfg), "analysis": {k: cfg[k] for k in ANALYSIS_KEYS}}
+    own = {s["id"]: s["epochs"] for s in specs if "epochs" in s}
+    if own:
+        settings["epochs"] = own
+    return settings
 
 
 def deviations(cfg) -> str:
@@ -296,6 +318,10 @@ def deviations(cfg) -> str:
     if cfg["warmup_fraction"]:
         out.append(f"linear warm-up over {cfg['warmup_fraction']:.0%} of the steps")
     out.append(f"{cfg['epochs']} epochs" + (f" (at least {cfg['min_steps']} steps)" if cfg["min_steps"] else ""))
+    for grid in cfg["grids"]:
+        if "epochs" in grid:
+            out.append(f"{grid['epochs']} epochs for depth {'/'.join(map(str, grid['depths']))} on training fraction "
+                       f"{'/'.join(f'{f:g}' for f in grid.get('train_fractions', [1.0]))}")
     if cfg["layers"] != "all":
         out.append(f"layers {cfg['layers']!r} instead of every conv/BN/ReLU output")
     if cfg["passes"] != 10:

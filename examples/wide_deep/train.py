@@ -168,7 +168,7 @@ def train_one(spec, data, cfg, out: Path, log=None):
     import torch
 
     path = out / "models" / f"{spec['id']}.nc"
-    settings = train_settings(cfg)
+    settings = train_settings(cfg, spec)
     device = torch.device(cfg["device"])
     record = load_checkpoint(path, settings)
     if record is not None:
@@ -189,7 +189,7 @@ def train_one(spec, data, cfg, out: Path, log=None):
         else contextlib.nullcontext
     bs = min(cfg["batch_size"], len(idx))
     steps_per_epoch = math.ceil(len(idx) / bs)
-    epochs = cfg["epochs"]
+    epochs = settings["epochs"]
     if cfg["min_steps"] and steps_per_epoch * epochs < cfg["min_steps"]:
         epochs = math.ceil(cfg["min_steps"] / steps_per_epoch)
     total = steps_per_epoch * epochs
