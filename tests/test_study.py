@@ -81,6 +81,8 @@ def test_smoke_writes_every_stage(smoke_run, capsys):
     assert {f["met"] for f in summary["findings"]} <= {"met", "not met", "not testable"}
     report = (out / "report.md").read_text()
     assert "## Claims and pre-declared criteria" in report and "measurement noise" in report
+    for m in summary["models"]:  # each model's training budget is in its row
+        assert f"| {m['id']} | {m['n_train']:,} / {m['steps']:,} | {m['train_accuracy']:.3f} |" in report
     for fig in summary["figures"].values():
         assert (out / fig).stat().st_size > 1000 and fig in report
     assert len(list((out / "cross").glob("*.nc"))) == len(cross_pairs(specs))
