@@ -219,3 +219,18 @@ def test_c4_architectures_names_the_model_each_block_is_matched_in():
     assert "deep_s0 (best matches in small_s0): 0.300 in block vs 0.700" in f["evidence"]
     assert "deep_s0 (best matches in mid_s0): 0.500 in block vs 0.600" in f["evidence"]
     assert f["met"] == "not met"  # the second interval reaches above 0
+
+
+def test_seed_aggregates_count_fitted_seeds_only():
+    deep = [_model(f"d{s}", 110, 1, s, acc, block=_block(12, 17, 0.7, 0.2)) for s, acc in ((0, 0.60), (1, 0.62))]
+    deep.append(_model("d2", 110, 1, 2, 0.10, fits=False))
+    small = [_model(f"s{s}", 20, 1, s, acc) for s, acc in ((0, 0.50), (1, 0.54), (2, 0.52))]
+    aggs = summaries.seed_aggregates(deep + small)
+    d = aggs["per_architecture"]["resnet110_w1_f1"]
+    assert d["seeds"] == [0, 1] and d["unfit_seeds"] == [2]
+    assert d["test_accuracy"]["values"] == [0.60, 0.62] and d["test_accuracy"]["mean"] == pytest.approx(0.61)
+    assert aggs["per_architecture"]["resnet20_w1_f1"]["unfit_seeds"] == []
+    (cmp,) = aggs["comparisons"]
+    assert cmp["test_accuracy"]["difference"] == pytest.approx(0.61 - 0.52)
+    # one fitted seed left: no aggregate for that architecture
+    assert "resnet110_w1_f1" not in summaries.seed_aggregates(deep[:1] + deep[2:] + small)["per_architecture"]

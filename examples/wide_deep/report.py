@@ -244,13 +244,15 @@ def write_report(summary, figs, cfg, out: Path) -> str:
     aggs = summary["seed_aggregates"]
     if aggs["per_architecture"]:
         L.append("## Over seeds\n")
-        L.append("Mean ± seed-to-seed standard deviation (values per seed) -- `repsim.aggregate_seeds`; block measures "
-                 "over the seeds with a block.\n")
-        keys = list(next(iter(aggs["per_architecture"].values())))[1:]
+        L.append("Mean ± seed-to-seed standard deviation (values per seed) -- `repsim.aggregate_seeds`, over the "
+                 "fitted seeds (those below the fit threshold are named, not counted); block measures over the seeds "
+                 "with a block.\n")
+        keys = [k for k in next(iter(aggs["per_architecture"].values())) if k not in ("seeds", "unfit_seeds")]
         L.append("| architecture | seeds | " + " | ".join(k.replace("_", " ") for k in keys) + " |")
         L.append("|---|---|" + "---|" * len(keys))
         for arch, a in aggs["per_architecture"].items():
-            L.append(f"| {arch} | {', '.join(map(str, a['seeds']))} | " + " | ".join(
+            left = f" (not fitted: {', '.join(map(str, a['unfit_seeds']))})" if a.get("unfit_seeds") else ""
+            L.append(f"| {arch} | {', '.join(map(str, a['seeds']))}{left} | " + " | ".join(
                 f"{_fmt(a[k]['mean'])} ± {_fmt(a[k]['std'])} ({', '.join(_fmt(v) for v in a[k]['values'])})"
                 for k in keys) + " |")
         for c in aggs["comparisons"]:

@@ -307,15 +307,17 @@ def seed_value(m, key):
 
 
 def seed_aggregates(models, level=0.9) -> dict:
-    """Across seeds: mean, spread and t interval per architecture with >= 2 seeds
-    (``repsim.aggregate_seeds``), and Welch comparisons between them (``repsim.compare_seeds``)."""
-    groups = {}
+    """Across the *fitted* seeds: mean, spread and t interval per architecture with >= 2 of
+    them (``repsim.aggregate_seeds``), and Welch comparisons between them
+    (``repsim.compare_seeds``); each entry lists the seeds left out as not fitted."""
+    groups, unfit = {}, {}
     for m in models:
-        groups.setdefault(f"resnet{m['depth']}_w{m['width']}_f{m['train_fraction']:g}", []).append(m)
+        arch = f"resnet{m['depth']}_w{m['width']}_f{m['train_fraction']:g}"
+        (groups if m["fits"] else unfit).setdefault(arch, []).append(m)
     groups = {k: v for k, v in groups.items() if len(v) >= 2}
     out = {"per_architecture": {}, "comparisons": []}
     for arch, group in groups.items():
-        entry = {"seeds": [m["seed"] for m in group]}
+        entry = {"seeds": [m["seed"] for m in group], "unfit_seeds": [m["seed"] for m in unfit.get(arch, [])]}
         for key in SEED_METRICS:
             vals = [seed_value(m, key) for m in group]
             agg = repsim.aggregate_seeds(vals, level=level) if np.isfinite(vals).sum() >= 2 else None
