@@ -157,7 +157,7 @@ def make_figures(extracts, crosses, summary, out: Path) -> dict:
         ax.axhline(0, color="k", lw=0.5)
         ax.set_xticks(range(len(diff)), [e["class"] for e in wd["per_class"]], rotation=45, fontsize=7)
         ax.set_ylabel("accuracy wide - deep")
-        ax.set_title(f"{wd['wide']} vs {wd['deep']} (red: Holm-corrected McNemar p < 0.05)", fontsize=8)
+        ax.set_title(f"{wd['wide']} vs {wd['deep']}\n(red: Holm-corrected McNemar p < 0.05)", fontsize=8)
         figs["per_class"] = _save(fig, fig_dir / "per_class.png", plt)
     return figs
 
