@@ -14,6 +14,7 @@ import numpy as np
 import repsim
 
 from .claims import _fmt, _iv
+from .summaries import SEED_METRICS
 
 
 def _plt():
@@ -217,8 +218,8 @@ def write_report(summary, figs, cfg, out: Path) -> str:
         L.append(f"- **{f['met']}** -- {f['claim']} Criterion: {f['criterion']}. {f['evidence']}")
     L.append("")
     L.append("## Models\n")
-    L.append("| model | training images / steps | train acc | fits | test acc | PC1 max | declared block | inside | local contrast [jackknife] "
-             "| PC1 in / out | PC1-dominated | after PC1 removal: inside / contrast | sensitivity (found / same) "
+    L.append("| model | training images / steps | train acc | fits | test acc | PC1 max | declared block | inside "
+             "| local contrast [jackknife] | PC1 in / out | PC1-dominated | after PC1 removal: inside / contrast | sensitivity (found / same) "
              "| PC1 view runs | stage-rule blocks |")
     L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for m in summary["models"]:
@@ -236,7 +237,8 @@ def write_report(summary, figs, cfg, out: Path) -> str:
             cells = (f"{_fmt(b['inside'])} | {_iv(b['intervals']['local_contrast'])} | {_fmt(b['pc1_in'])} / "
                      f"{_fmt(b['pc1_out'])} | {'yes' if pc1_dominated(b, cfg['pc1_threshold']) else 'no'} | "
                      f"{_fmt(b['inside_after_pc1_removal'])} / {_fmt(b['local_contrast_after_pc1_removal'])}")
-        L.append(f"| {m['id']} | {m['n_train']:,} / {m['steps']:,} | {m['train_accuracy']:.3f} | {'yes' if m['fits'] else '**no**'} | "
+        L.append(f"| {m['id']} | {m['n_train']:,} / {m['steps']:,} | {m['train_accuracy']:.3f} | "
+                 f"{'yes' if m['fits'] else '**no**'} | "
                  f"{m['test_accuracy']:.3f} | {_fmt(m['pc1_max'])} | {block} | {cells} | "
                  f"{_fmt(sens['found_share'], '.2f')} / {_fmt(sens['same_block_share'], '.2f')} | {runs} | "
                  f"{m['stage_rule']['n_blocks']} (largest {m['stage_rule']['largest_size']}) |")
@@ -247,7 +249,7 @@ def write_report(summary, figs, cfg, out: Path) -> str:
         L.append("Mean ± seed-to-seed standard deviation (values per seed) -- `repsim.aggregate_seeds`, over the "
                  "fitted seeds (those below the fit threshold are named, not counted); block measures over the seeds "
                  "with a block.\n")
-        keys = [k for k in next(iter(aggs["per_architecture"].values())) if k not in ("seeds", "unfit_seeds")]
+        keys = SEED_METRICS
         L.append("| architecture | seeds | " + " | ".join(k.replace("_", " ") for k in keys) + " |")
         L.append("|---|---|" + "---|" * len(keys))
         for arch, a in aggs["per_architecture"].items():
