@@ -100,16 +100,26 @@ def _json(obj) -> str:
 
 
 def portable_command(argv) -> str:
-    """The command line without machine-specific paths (``--out``, ``--data-dir``)."""
-    out, skip = [], False
-    for w in argv:
-        if skip:
-            skip = False
-        elif w == "--out":
-            skip = True
-        elif w == "--data-dir":
+    """The command line without machine-specific paths.
+
+    ``--out`` is dropped, ``--data-dir`` becomes ``PATH``, and an absolute ``--config`` path
+    is written relative to the working directory when it lies below it (else ``PATH/name``).
+    """
+    out, argv = [], list(argv)
+    while argv:
+        w = argv.pop(0)
+        flag, eq, value = w.partition("=")
+        if flag in ("--out", "--data-dir", "--config") and not eq:
+            value = argv.pop(0) if argv else ""
+        if flag == "--out":
+            continue
+        if flag == "--data-dir":
             out.append("--data-dir PATH")
-            skip = True
+        elif flag == "--config":
+            if os.path.isabs(value):
+                rel = os.path.relpath(value)
+                value = rel if not rel.startswith("..") else "PATH/" + os.path.basename(value)
+            out.append(f"--config {value}")
         elif w != "--no-progress":
             out.append(w)
     return " ".join(out)

@@ -281,3 +281,16 @@ def test_committed_configs_are_valid():
     for path in sorted((ROOT / "examples" / "wide_deep_configs").glob("*.json")):
         cfg = wd_config.build_config(wd_config.parse_args(["--config", str(path)]))
         assert wd_config.model_specs(cfg), path.name
+
+
+def test_portable_command_leaves_no_machine_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cfgs").mkdir()
+    inside = str(tmp_path / "cfgs" / "run.json")
+    argv = ["examples/wide_deep_study.py", "--config", inside, "--out", "/srv/u/out", "--data-dir=/srv/u/data",
+            "--threads", "2", "--no-progress"]
+    assert study.portable_command(argv) == (
+        "examples/wide_deep_study.py --config cfgs/run.json --data-dir PATH --threads 2")
+    assert study.portable_command(["s.py", "--config=/elsewhere/x/cpu.json", "--out=/o"]) == (
+        "s.py --config PATH/cpu.json")
+    assert study.portable_command(["s.py", "--config", "examples/c.json"]) == "s.py --config examples/c.json"
