@@ -234,3 +234,25 @@ def test_seed_aggregates_count_fitted_seeds_only():
     assert cmp["test_accuracy"]["difference"] == pytest.approx(0.61 - 0.52)
     # one fitted seed left: no aggregate for that architecture
     assert "resnet110_w1_f1" not in summaries.seed_aggregates(deep[:1] + deep[2:] + small)["per_architecture"]
+
+
+def test_c2_compares_the_same_architecture_and_seed_on_more_data_at_equal_fit():
+    cfg = config.build_config(config.parse_args([]))
+
+    def c2(models):
+        summary = {"models": models, "cross_seed": [], "cross_architecture": [],
+                   "outputs": {"wide_vs_deep": None, "seed_disagreement": []}}
+        return {x["key"]: x for x in claims.findings(summary, cfg)}["c2_less_data"]
+
+    less = _model("deep_s0_f16", 110, 1, 0, 0.6, block=_block(12, 17, 0.5, 0.1), fraction=0.0625)
+    more_none = _model("deep_s0_f4", 110, 1, 0, 0.7, fraction=0.25)
+    more_small = _model("deep_s0_f4", 110, 1, 0, 0.7, block=_block(14, 17, 0.5, 0.1), fraction=0.25)
+    more_large = _model("deep_s0_f4", 110, 1, 0, 0.7, block=_block(5, 17, 0.5, 0.1), fraction=0.25)
+    f = c2([less, more_none])
+    assert f["met"] == "met" and "deep_s0_f16: 0.30 vs deep_s0_f4: 0.00" in f["evidence"]
+    assert c2([less, more_small])["met"] == "met"
+    assert c2([less, more_large])["met"] == "not met"
+    # not at equal fit: the model on more data did not fit -> no pair
+    assert c2([less, dict(more_none, fits=False)])["met"] == "not testable"
+    # another seed is not a pair
+    assert c2([less, dict(more_none, seed=1)])["met"] == "not testable"
