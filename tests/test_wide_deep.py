@@ -169,17 +169,22 @@ def _block(first, last, pc1_in, pc1_out, inside=0.98, contrast=0.4, after_inside
                           "removed": 5, "beats_p95": beats}}
 
 
-def test_findings_count_seeds_and_exclude_unfit_models():
+def _findings(models, cross_architecture=()):
+    """The claims on a summary holding only these models (and cross-architecture rows), by key."""
     cfg = config.build_config(config.parse_args([]))
+    summary = {"models": models, "cross_seed": [], "cross_architecture": list(cross_architecture),
+               "outputs": {"wide_vs_deep": None, "seed_disagreement": []}}
+    return {x["key"]: x for x in claims.findings(summary, cfg)}
+
+
+def test_findings_count_seeds_and_exclude_unfit_models():
     models = [_model(f"small_s{s}", 20, 1, s, 0.95) for s in range(3)]
     models += [_model("deep_s0", 110, 1, 0, 0.9, block=_block(12, 17, 0.7, 0.2)),
                _model("deep_s1", 110, 1, 1, 0.9, block=_block(13, 17, 0.6, 0.3, after_inside=0.8,
                                                                after_contrast=0.1)),
                _model("deep_s2", 110, 1, 2, 0.9, block=None),
                _model("deep_s3", 110, 1, 3, 0.3, fits=False, block=_block(0, 19, 0.1, 0.5))]
-    summary = {"models": models, "cross_seed": [], "cross_architecture": [],
-               "outputs": {"wide_vs_deep": None, "seed_disagreement": []}}
-    f = {x["key"]: x for x in claims.findings(summary, cfg)}
+    f = _findings(models)
     assert f["block_deep_not_small"]["met"] == "met"
     assert "2 of 3 fitted seeds" in f["block_deep_not_small"]["evidence"]
     assert "deep_s3" in f["block_deep_not_small"]["evidence"]  # named as excluded
@@ -205,7 +210,6 @@ def test_console_lines_are_single_lines():
 
 
 def test_c4_architectures_names_the_model_each_block_is_matched_in():
-    cfg = config.build_config(config.parse_args([]))
     deep = _model("deep_s0", 110, 1, 0, 0.9, block=_block(12, 17, 0.7, 0.2))
     small, mid = _model("small_s0", 20, 1, 0, 0.9), _model("mid_s0", 56, 1, 0, 0.9)
     diff = {"estimate": -0.4, "ci": [-0.45, -0.35]}
@@ -213,9 +217,7 @@ def test_c4_architectures_names_the_model_each_block_is_matched_in():
               "best_match_out_of_block_b": 0.7, "best_match_in_minus_out_b": diff},
              {"model_a": "mid_s0", "model_b": "deep_s0", "best_match_in_block_b": 0.5,
               "best_match_out_of_block_b": 0.6, "best_match_in_minus_out_b": {"estimate": -0.1, "ci": [-0.2, 0.01]}}]
-    summary = {"models": [small, mid, deep], "cross_seed": [], "cross_architecture": cross,
-               "outputs": {"wide_vs_deep": None, "seed_disagreement": []}}
-    f = {x["key"]: x for x in claims.findings(summary, cfg)}["c4_architectures"]
+    f = _findings([small, mid, deep], cross)["c4_architectures"]
     assert "deep_s0 (best matches in small_s0): 0.300 in block vs 0.700" in f["evidence"]
     assert "deep_s0 (best matches in mid_s0): 0.500 in block vs 0.600" in f["evidence"]
     assert f["met"] == "not met"  # the second interval reaches above 0
@@ -237,12 +239,8 @@ def test_seed_aggregates_count_fitted_seeds_only():
 
 
 def test_c2_compares_the_same_architecture_and_seed_on_more_data_at_equal_fit():
-    cfg = config.build_config(config.parse_args([]))
-
     def c2(models):
-        summary = {"models": models, "cross_seed": [], "cross_architecture": [],
-                   "outputs": {"wide_vs_deep": None, "seed_disagreement": []}}
-        return {x["key"]: x for x in claims.findings(summary, cfg)}["c2_less_data"]
+        return _findings(models)["c2_less_data"]
 
     less = _model("deep_s0_f16", 110, 1, 0, 0.6, block=_block(12, 17, 0.5, 0.1), fraction=0.0625)
     more_none = _model("deep_s0_f4", 110, 1, 0, 0.7, fraction=0.25)

@@ -219,8 +219,8 @@ def write_report(summary, figs, cfg, out: Path) -> str:
     L.append("")
     L.append("## Models\n")
     L.append("| model | training images / steps | train acc | fits | test acc | PC1 max | declared block | inside "
-             "| local contrast [jackknife] | PC1 in / out | PC1-dominated | after PC1 removal: inside / contrast | sensitivity (found / same) "
-             "| PC1 view runs | stage-rule blocks |")
+             "| local contrast [jackknife] | PC1 in / out | PC1-dominated | after PC1 removal: inside / contrast "
+             "| sensitivity (found / same) | PC1 view runs | stage-rule blocks |")
     L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for m in summary["models"]:
         b = m["block"]
