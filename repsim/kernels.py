@@ -15,11 +15,13 @@ revisited" (RBF bandwidth heuristic).
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 
 from . import _backend as B
 from . import _validation as V
+from ._precision import check_device, reduced_product
 from ._centring import (  # the centring of grams; re-exported (repsim.kernels.centre_gram)
     STACK_CHUNK,
     centre_gram,
@@ -105,51 +107,145 @@ def gram_range(dtype, xp):
 NORMAL_RANGE = (2.0 ** -100, 2.0 ** 100)
 
 
-def centred_gram_unchecked(x, xp):
-    """The centred linear gram in ``x``'s float dtype without the range check of
-    :func:`scaled_centred_gram` (and so without its host synchronisation): for callers
-    that check the largest diagonal entry of many grams at once."""
-    return B.self_product(centre_features(B.as_float(x, xp), xp), xp)
+def centred_gram_unchecked(x, xp, precision="float32"):
+    """The centred linear gram in ``x``'s float dtype (or ``precision``) without the range
+    check of :func:`scaled_centred_gram` (and so without its host synchronisation): for
+    callers that check the largest diagonal entry of many grams at once."""
+    x = B.as_float(x, xp)
+    if precision != "float32":
+        check_device(x, precision)
+    return _product(centre_features(x, xp), xp, precision)
 
 
-#: Largest ``||mean||^2 / (tr(H K H) / n)`` (squared norm of the column means against the
-#: mean squared centred row norm) for which host data is centred after the product
-#: (:func:`_centred_from_product`) rather than before it.
-OFFSET_RATIO = 1.0
+#: Largest ``||mean - shift||^2 / (tr(H K H) / n)`` (squared norm of the column means, less
+#: the shift subtracted before the product, against the mean squared centred row norm) for
+#: which host data is centred after the product (:func:`_centred_from_product`); the
+#: product's error is then within about ``2 (1 + OFFSET_RATIO)`` times the bound of
+#: centring with the exact means. 16 leaves about half of ResNet-56's layers unshifted
+#: (their offset ratios have median 7): max |dCKA| against float64 8.5e-7 on its 223 x 223
+#: every-module matrix, against 1.1e-8 at 1 (every layer but two shifted, 3-4 % more time)
+#: and 1.2e-6 with no shift at all (``benchmarks/tree_ratios.py``, docs/user_guide/performance.rst).
+OFFSET_RATIO = 16.0
+
+#: Rows, spread evenly over the batch, whose float64 mean is the shift subtracted before the
+#: product where the column means are large (:func:`_shift_estimate`).
+SHIFT_ROWS = 16
+
+
+def _shift_estimate(xn):
+    """``(c, offset, spread)`` of a host array ``xn`` ``(n, p)`` from :data:`SHIFT_ROWS` of
+    its rows, evenly spaced: ``c`` their float64 mean ``(p,)``, ``offset = ||c||^2`` and
+    ``spread`` the unbiased estimate of the mean squared centred row norm ``tr(H K H) / n``.
+
+    About 2 % of the cost of the gram at ``n = 256`` (``SHIFT_ROWS / n`` of one pass over a
+    strided view, no copy of ``xn``). For rows drawn alike, ``E ||m - c||^2 = spread /
+    SHIFT_ROWS``: subtracting ``c`` leaves a residual offset of about 6 % of the spread
+    whatever the original offset, which :func:`_centred_from_product` then checks exactly.
+    No BLAS call: OpenBLAS's threads spin after one and slowed the product that follows
+    to about twice its time (2.2x the gram floor on ResNet-56's every-module workload).
+    """
+    n = xn.shape[0]
+    rows = xn[:: max(1, n // SHIFT_ROWS)][:SHIFT_ROWS]
+    c = np.mean(rows, axis=0)  # in the data's dtype: any shift is exact after centring
+    d = rows - c
+    spread = float(np.einsum("ij,ij->", d, d)) / max(rows.shape[0] - 1, 1)
+    return c, float(np.einsum("i,i->", c, c)), spread
+
+
+_SCRATCH = threading.local()
+
+#: Largest buffer (bytes) kept between calls by :func:`_scratch`; larger layers allocate.
+SCRATCH_BYTES = 64 * 2**20
+
+
+def _scratch(x, xn):
+    """A flat buffer of at least ``xn.size`` elements of ``xn``'s dtype in ``x``'s library,
+    kept per thread, library and dtype (up to :data:`SCRATCH_BYTES`) and reused by the next
+    layer, 64-byte aligned (a fresh
+    allocation of every layer's size page-faults on each use, which cost about as much
+    as the subtraction itself; BLAS products of a 16-byte-aligned numpy buffer ran 20 %
+    slower)."""
+    key = (B.is_numpy(x), xn.dtype.str)
+    kept = _SCRATCH.__dict__.setdefault("buffers", {})
+    buf = kept.get(key)
+    if buf is None or buf.shape[0] < xn.size:
+        if B.is_numpy(x):
+            raw = np.empty(xn.size + 64, dtype=xn.dtype)
+            skip = (-raw.ctypes.data % 64) // xn.dtype.itemsize
+            buf = raw[skip: skip + xn.size]
+        else:
+            import torch
+
+            buf = torch.empty(xn.size, dtype=x.dtype)  # torch's allocator aligns to 64 bytes
+        if xn.nbytes <= SCRATCH_BYTES:
+            kept[key] = buf
+    return buf[: xn.size].reshape(xn.shape)
+
+
+def _shifted(x, xn, shift):
+    """``x - shift`` (``shift`` in ``x``'s dtype) written into the scratch buffer."""
+    out = _scratch(x, xn)
+    if B.is_numpy(x):
+        return np.subtract(xn, shift, out=out)
+    import torch
+
+    return torch.sub(x, torch.from_numpy(shift), out=out)
 
 
 def _centred_from_product(x, xp, centred=True):
-    """``(k, dmax)``: the product ``x x^T`` (the gram floor itself), centred in float64
-    afterwards -- when the column means are small against the spread; None otherwise.
+    """``(k, dmax)``: the gram formed once -- of ``x`` itself where its column means are small
+    against the spread, else of ``x - c`` with ``c`` the mean of a few rows
+    (:func:`_shift_estimate`) -- then centred in float64; None where the product shows a
+    residual offset beyond :data:`OFFSET_RATIO` (the caller then centres with the exact
+    float64 means first and forms the gram again).
 
-    ``k_ij`` of the uncentred features errs by at most ``p eps |x_i| |x_j|``; with
-    ``||m||^2 <= OFFSET_RATIO * tr(HKH)/n`` a typical row has ``|x_i|^2 <= 2 |x_ci|^2 + 2
-    ||m||^2``, so that error stays within about 4x the bound of centring first, without
-    the two passes over ``x`` that centring first costs (measured 1.6x the gram floor
-    against 1.2x on two cores, 256 x 4096 float32). Activations with offsets beyond the
-    spread -- the cancellation case -- return None and are centred first.
+    ``k_ij`` of features ``x - c`` errs by at most ``p eps |x_i - c| |x_j - c|``; with
+    ``||m - c||^2 <= OFFSET_RATIO * tr(HKH)/n`` (checked on the product itself, in float64)
+    a typical row has ``|x_i - c|^2 <= 2 |x_ci|^2 + 2 ||m - c||^2``, so that error stays
+    within about ``2 (1 + OFFSET_RATIO)`` times the bound of centring with the exact means,
+    whatever the offset -- at the cost of the product plus, for data with large offsets
+    (many post-ReLU activations, and the conv and BN layers that follow them), one
+    subtraction into a reused buffer (about 6 % of a 256-row gram). The decision used to be
+    taken from the product of the raw features, which such layers failed: two grams each.
+    Host arrays only (numpy, CPU tensors through zero-copy views); the n x n steps run in
+    numpy.
     """
+    xn = B.to_numpy(x)
     with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        shift, offset, spread = _shift_estimate(xn)
+        if not (math.isfinite(offset) and math.isfinite(spread) and spread > 0.0):
+            return None  # NaN/Inf, a constant layer or extreme scales: the checked path
+        if offset > 0.5 * OFFSET_RATIO * spread:  # the half leaves room for the estimate's noise
+            x = _shifted(x, xn, shift)
         k = B.self_product(x, xp)
-        acc = B.accumulation_dtype(xp)
-        n = k.shape[0]
-        rows = xp.sum(k, axis=1, dtype=acc) / n  # x m, summed in float64 without a copy
-        diag = xp.astype(xp.linalg.diagonal(k), acc)
-        c = xp.sum(rows) / n  # ||m||^2
-        spread = B.item(xp.sum(diag) / n - c)  # tr(HKH) / n
-        c = B.item(c)
+        kn = B.to_numpy(k)
+        n = kn.shape[0]
+        k64 = kn.astype(np.float64)
+        rows = k64.sum(axis=1) / n  # x m
+        diag = np.diagonal(k64)
+        c = float(rows.sum()) / n  # ||m||^2
+        spread = float(diag.sum()) / n - c  # tr(HKH) / n
         if not (math.isfinite(c) and math.isfinite(spread) and 0.0 < spread
                 and c <= OFFSET_RATIO * spread):
             return None
-        if not centred:  # the caller centres it (in float64) anyway: the old path, bit for bit
-            return k, B.item(xp.max(diag - 2.0 * rows)) + c
-        k64 = k if k.dtype == acc else xp.astype(k, acc)
-        kc = k64 - xp.reshape(rows, (n, 1)) - xp.reshape(rows, (1, n)) + c
-    dmax = B.item(xp.max(xp.linalg.diagonal(kc)))
-    return (kc if k.dtype == acc else xp.astype(kc, k.dtype)), dmax
+        if not centred:  # the caller centres it (in float64) anyway
+            return k, float(np.max(diag - 2.0 * rows)) + c
+        k64 -= rows[:, None]
+        k64 -= rows[None, :]
+        k64 += c
+    dmax = float(np.max(np.diagonal(k64)))
+    kc = k64 if kn.dtype == np.float64 else k64.astype(kn.dtype)
+    return (kc if B.is_numpy(k) else xp.asarray(kc)), dmax
 
 
-def scaled_centred_gram(x, xp, name="x", bounds=None, centred=True):
+def _product(x, xp, precision):
+    """``x @ x.T`` in the data's dtype, or in a reduced ``precision`` (float32 result)."""
+    if precision == "float32":
+        return B.self_product(x, xp)
+    return reduced_product(x, xp, precision)
+
+
+def scaled_centred_gram(x, xp, name="x", bounds=None, centred=True, precision="float32"):
     """The linear gram of the centred features, formed in ``x``'s float dtype, scaled by
     a power of two where its magnitudes would under- or overflow.
 
@@ -157,15 +253,18 @@ def scaled_centred_gram(x, xp, name="x", bounds=None, centred=True):
     measure go through it). Returns ``(k, e, dmax)``: ``k = (2^-e x_c)(2^-e x_c)^T``
     with ``x_c`` = :func:`centre_features` of ``x``, ``e`` an integer (0 unless the largest
     squared row norm ``dmax`` of the centred data falls outside ``bounds``, default
-    :func:`gram_range` of the dtype), and ``dmax`` of the unscaled data (a float).
+    :func:`gram_range` of the gram's dtype), and ``dmax`` of the unscaled data (a float).
 
-    Host data whose column means are small against its spread (``||m||^2 <=``
-    :data:`OFFSET_RATIO` ``* tr(HKH)/n``, typical activations) is centred after the
-    product instead, in float64 (:func:`_centred_from_product`): the same centred gram
-    within about 4x the error bound below, at the cost of the product alone.
-
-    Cost otherwise: two passes over ``x`` (column sums, subtraction) next to the gram's
-    ``n^2 p`` flops, and one host synchronisation (the largest diagonal entry, to decide on the
+    Host data (numpy, CPU tensors) is multiplied once and centred after the product, in
+    float64 (:func:`_centred_from_product`): the product of ``x`` itself where its column
+    means are small against its spread (typical of Gaussian-like features), else of ``x``
+    less the mean of a few of its rows (post-ReLU activations), checked on the product to
+    have ``||m - shift||^2 <=`` :data:`OFFSET_RATIO` ``* tr(HKH)/n`` -- the same centred gram
+    within about ``2 (1 + OFFSET_RATIO)`` times the error bound below, at the cost of the
+    product plus at most one subtraction. Data that fails the check (rows unlike the rest), accelerator and
+    autograd tensors, and the reduced precisions are centred first with the exact float64
+    means: two passes over ``x`` (column sums, subtraction) next to the gram's ``n^2 p``
+    flops, and one host synchronisation (the largest diagonal entry, to decide on the
     rescaling); on an accelerator that sync waits for the work queued so far, about the
     launch latency of one kernel per layer when the queue is short.
 
@@ -173,17 +272,22 @@ def scaled_centred_gram(x, xp, name="x", bounds=None, centred=True):
     gram dtype, so ``|k_ij - exact| <= p * eps * |x_ci| |x_cj|`` (``p`` features, ``eps``
     of the dtype; blocked BLAS sums do better in practice), independent of the mean --
     where a gram of the uncentred data would err by ``p * eps * |x_i| |x_j|``, which a
-    large common offset makes larger than the centred gram itself.
+    large common offset makes larger than the centred gram itself. ``precision`` other
+    than ``"float32"`` forms the product as :mod:`repsim._precision` states (bound there);
+    the gram is then float32.
     """
     x = B.as_float(x, xp)
-    lo, hi = gram_range(x.dtype, xp) if bounds is None else bounds
-    if not (B.on_accelerator(x) or B.tracks_grad(x)):  # host: the floor product if it is safe
+    reduced = precision != "float32"
+    if reduced:
+        check_device(x, precision)
+    lo, hi = gram_range(xp.float32 if reduced else x.dtype, xp) if bounds is None else bounds
+    if not (reduced or B.on_accelerator(x) or B.tracks_grad(x)):  # host: one product
         fast = _centred_from_product(x, xp, centred)
         if fast is not None and lo <= fast[1] <= hi:
             return fast[0], 0, fast[1]
     xc = centre_features(x, xp)
     with np.errstate(over="ignore", under="ignore", invalid="ignore"):  # handled below
-        k = B.self_product(xc, xp)
+        k = _product(xc, xp, precision)
     dmax = B.item(xp.max(xp.linalg.diagonal(k)))
     if lo <= dmax <= hi:
         return k, 0, dmax
@@ -196,14 +300,14 @@ def scaled_centred_gram(x, xp, name="x", bounds=None, centred=True):
     xc64 = x64 - xp.mean(x64, axis=0)
     amax = B.item(xp.max(xp.abs(xc64)))
     if amax == 0.0:
-        return B.self_product(xp.astype(xc64, x.dtype), xp), 0, 0.0
+        return _product(xp.astype(xc64, x.dtype), xp, precision), 0, 0.0
     e = math.frexp(amax)[1]
-    k = B.self_product(xp.astype(_ldexp(xc64, -e), x.dtype), xp)
+    k = _product(xp.astype(_ldexp(xc64, -e), x.dtype), xp, precision)
     dmax = math.ldexp(B.item(xp.max(xp.linalg.diagonal(xp.astype(k, acc)))), 2 * e)
     return k, e, dmax
 
 
-def linear_gram(x, xp, *, name="x", centred=True):
+def linear_gram(x, xp, *, name="x", centred=True, precision="float32"):
     """The centred linear gram ``x_c x_c^T`` of a representation ``(n, p)``.
 
     ``x_c`` is ``x`` with its column means (accumulated in float64) subtracted, and the
@@ -223,10 +327,14 @@ def linear_gram(x, xp, *, name="x", centred=True):
     name : str
         The argument's name, for error messages.
     centred : bool, default True
-        False for callers that centre the gram themselves (``H K H``, U-centring):
-        where the column means are small against the spread, host data then gets the
-        uncentred product ``x x^T`` itself -- exactly the gram floor -- which centres to
-        the same result within the error bound of :func:`scaled_centred_gram`.
+        False for callers that centre the gram themselves (``H K H``, U-centring): host
+        data then gets the uncentred product of ``x`` (or of ``x`` less a shift, where its
+        column means are large) -- the gram floor, plus at most one subtraction -- which
+        centres to the same result within the error bound of :func:`scaled_centred_gram`.
+    precision : {"float32", "bfloat16", "tf32"}, default "float32"
+        How the product is formed: ``"float32"`` in ``x``'s own float dtype (exact as
+        stated); the reduced modes of :mod:`repsim._precision` centre first and return a
+        float32 gram (``"tf32"`` on CUDA only).
 
     Returns
     -------
@@ -241,7 +349,7 @@ def linear_gram(x, xp, *, name="x", centred=True):
         in float64 (squared row norms below about ``1e-292``); rescale such data
         (:func:`repsim.cka` and :func:`repsim.cka_matrix` rescale by themselves).
     """
-    k, e, dmax = scaled_centred_gram(x, xp, name, centred=centred)
+    k, e, dmax = scaled_centred_gram(x, xp, name, centred=centred, precision=precision)
     if e == 0:
         return k
     acc = B.accumulation_dtype(xp)

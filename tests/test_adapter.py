@@ -652,10 +652,17 @@ def test_built_hooks_and_accumulator(cnn):
     data = images(2)
     plain = compare_models(cnn, None, data, ["features.0", "features.3"], pooling="spatial_mean",
                            progress=False, groups=2)
-    hooks = GramHooks(cnn, ["features.0", "features.3"], pooling="spatial_mean")
+    # compare_models builds its own hooks with centred=False (MinibatchCKA centres them)
+    hooks = GramHooks(cnn, ["features.0", "features.3"], pooling="spatial_mean", centred=False)
     acc = repsim.MinibatchCKA(groups=2)
     got = compare_models(cnn, None, data, hooks=hooks, accumulator=acc, progress=False)
     np.testing.assert_array_equal(got["cka"].values, plain["cka"].values)
+    assert acc.n_batches == 2
+    # hooks that centre each gram themselves (the default) give the same CKA up to rounding
+    centred = GramHooks(cnn, ["features.0", "features.3"], pooling="spatial_mean")
+    acc = repsim.MinibatchCKA(groups=2)
+    got = compare_models(cnn, None, data, hooks=centred, accumulator=acc, progress=False)
+    np.testing.assert_allclose(got["cka"].values, plain["cka"].values, rtol=0, atol=1e-6)
     assert acc.n_batches == 2
     with pytest.raises(ValueError, match="either hooks= or \\['pooling'\\]"):
         compare_models(cnn, None, data, hooks=hooks, pooling="flatten2", progress=False)

@@ -125,10 +125,11 @@ def test_torch_gram_and_numba_centring_on_cpu_tensors(rng):
     x64 = x.double()
     want = (x64 - x64.mean(0)) @ (x64 - x64.mean(0)).T
     torch.testing.assert_close(g.double(), want, rtol=0, atol=1e-5 * float(want.abs().max()))
-    # a large common offset: the features are centred first (float64 means), then the product
+    # a large common offset: a shift subtracted before the one product, centred in float64
+    # after it -- the centred gram to float32 accuracy of the centred data
     big = x + 300.0
-    xc = big - column_means(big, namespace(big)).float()
-    assert torch.equal(repsim.gram(big), xc @ xc.T)
+    torch.testing.assert_close(repsim.gram(big).double(), want, rtol=0,
+                               atol=1e-5 * float(want.abs().max()))
     k = g.double()
     a, b = torch.empty(900, dtype=torch.float64), torch.empty(900, dtype=torch.float64)
     xp = namespace(k)
@@ -189,26 +190,43 @@ def test_column_means_accumulate_in_float64(rng, n):
     np.testing.assert_allclose(column_means(x64, namespace(x64)), x64.mean(axis=0), rtol=1e-15)
 
 
-@pytest.mark.parametrize("offset, path", [(0.0, "product"), (0.5, "product"), (3.0, "features"),
-                                          (1e4, "features")])
-def test_gram_is_centred_before_or_after_the_product(rng, monkeypatch, offset, path):
+@pytest.mark.parametrize("offset, path", [(0.0, "product"), (1.0, "product"), (10.0, "shifted"),
+                                          (1e4, "shifted"), ("rows", "features")])
+@pytest.mark.parametrize("lib", ["numpy", "torch"])
+def test_gram_is_centred_before_or_after_the_product(rng, monkeypatch, offset, path, lib):
     """Means small against the spread: the raw product centred in float64 (no extra pass
-    over the features); larger means: the features centred first. Either way the gram is
-    the centred one to float32 accuracy of the centred data."""
-    from repsim import kernels
+    over the features); larger means: a shift (the float64 mean of SHIFT_ROWS rows)
+    subtracted before the product -- either way the gram is formed once. Only where the
+    product shows the shift missed the mean (rows unlike the rest) are the features centred
+    with their exact float64 means and the gram formed again. Every path gives the centred
+    gram to float32 accuracy of the centred data."""
+    from repsim import _backend, kernels
 
-    x = (rng.standard_normal((50, 40)) + offset).astype(np.float32)
-    calls = []
-    real = kernels.centre_features
+    n = 500
+    x = rng.standard_normal((n, 40)).astype(np.float32)
+    if offset == "rows":  # the rows the shift is estimated from carry an offset the rest lack
+        x[:: n // kernels.SHIFT_ROWS][: kernels.SHIFT_ROWS] += np.float32(30.0)
+    else:
+        x += np.float32(offset)
+    arg = x if lib == "numpy" else torch.from_numpy(x.copy())
+    calls, products = [], []
+    real, real_product = kernels.centre_features, _backend.self_product
     monkeypatch.setattr(kernels, "centre_features", lambda *a: calls.append(1) or real(*a))
-    g = kernels.linear_gram(x, namespace(x))
-    assert ("features" if calls else "product") == path
+    monkeypatch.setattr(_backend, "self_product", lambda *a: products.append(a[0]) or real_product(*a))
+    g = kernels.linear_gram(arg, namespace(arg))
+    if calls:
+        got = "features"
+    else:
+        got = "product" if np.array_equal(np.asarray(products[0]), x) else "shifted"
+    assert got == path
+    assert len(products) == (2 if path == "features" else 1)
     x64 = x.astype(np.float64)
     want = (x64 - x64.mean(0)) @ (x64 - x64.mean(0)).T
+    g = np.asarray(g)
     assert g.dtype == np.float32
     # centred again in float64: the features path leaves a per-column constant of float32
     # rounding of the means (~eps * |mean|) in the features, which H g H removes
-    h = np.eye(50) - 1.0 / 50
+    h = np.eye(n) - 1.0 / n
     np.testing.assert_allclose(h @ g.astype(np.float64) @ h, want, rtol=0,
                                atol=40 * 4 * np.finfo(np.float32).eps * np.abs(want).max())
 

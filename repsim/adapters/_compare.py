@@ -39,7 +39,7 @@ from ._selection import LayerSpec, select_layers, unwrap_model
 _HOOK_DEFAULTS = dict(layers_a=None, layers_b=None, select=None, pooling="flatten",
                       repeated="error", transform=None)
 _ACC_DEFAULTS = dict(estimator="unbiased", kernel="linear", sigma=None, threshold=1.0,
-                     engine="auto", groups=None, weighting="pairs")
+                     engine="auto", groups=None, weighting="pairs", precision="float32")
 
 
 def _refuse_with(what, given, defaults):
@@ -120,6 +120,7 @@ def compare_models(
     threshold: float = 1.0,
     engine: str = "auto",
     weighting: str = "pairs",
+    precision: str = "float32",
     hooks: GramHooks | tuple[GramHooks, GramHooks] | None = None,
     accumulator: MinibatchCKA | None = None,
 ) -> Any:
@@ -171,6 +172,10 @@ def compare_models(
         Passed to :class:`repsim.MinibatchCKA`: the median-heuristic fraction, the
         centring engine, and how ragged batches are weighted (``"pairs"``, the official
         code's sums, or ``"batches"``, Nguyen et al. eq. 3).
+    precision : {"float32", "bfloat16", "tf32"}, default "float32"
+        How the hooks form each gram's product (as in :func:`repsim.cka`; the reduced
+        modes pay off only on hardware with the units for them,
+        :func:`repsim.precision_support`); recorded in the result's attrs.
     select, pooling, repeated, transform
         How a layer's output becomes the ``(n, features)`` matrix of its gram; see
         :class:`GramHooks`. ``select`` and ``pooling`` apply to both models.
@@ -186,8 +191,8 @@ def compare_models(
     accumulator : repsim.MinibatchCKA or repsim.FeatureMoments, optional
         A fresh accumulator to fill (any accumulator on :mod:`repsim._accumulator`'s base
         with ``update_grams`` and ``compute``) instead of ``estimator``, ``kernel``,
-        ``sigma``, ``threshold``, ``engine``, ``groups`` and ``weighting``, which must
-        then be left at their defaults. One whose ``consumes`` is ``"features"``
+        ``sigma``, ``threshold``, ``engine``, ``groups``, ``weighting`` and ``precision``,
+        which must then be left at their defaults. One whose ``consumes`` is ``"features"``
         (:class:`repsim.FeatureMoments`) gets each layer's pooled activations through
         ``update_features`` instead of grams; the result is its ``compute()`` (linear
         CKA) and the filled accumulator gives the other measures.
@@ -286,7 +291,7 @@ def compare_models(
             f"list); got a one-shot {type(loader).__name__}"
         )
     acc_opts = dict(estimator=estimator, kernel=kernel, sigma=sigma, threshold=threshold,
-                    engine=engine, groups=groups, weighting=weighting)
+                    engine=engine, groups=groups, weighting=weighting, precision=precision)
     if accumulator is None:
         acc = MinibatchCKA(**acc_opts)  # checks its options against V.PARAMS
     else:
@@ -311,6 +316,14 @@ def compare_models(
             raise ValueError(f"hooks must be built with features={features} for a "
                              f"{type(acc).__name__} accumulator")
     hook_opts["features"] = features
+    hook_opts["precision"] = getattr(acc, "precision", "float32")
+    if hooks is not None and any(h.precision != hook_opts["precision"] for h in
+                                 (hooks if isinstance(hooks, tuple) else (hooks,))
+                                 if isinstance(h, GramHooks)):
+        raise ValueError(f"hooks must be built with precision={hook_opts['precision']!r}, "
+                         "the accumulator's")
+    # MinibatchCKA centres every gram it is given in float64: the hooks leave it uncentred
+    hook_opts["centred"] = not isinstance(acc, MinibatchCKA)
 
     inner_a = unwrap_model(model_a)
     within = model_b is None or model_b is model_a or unwrap_model(model_b) is inner_a

@@ -82,6 +82,15 @@ class GramHooks:
         Keep each layer's pooled ``(n, features)`` activations (a copy, so later in-place
         operations cannot change it) instead of its gram, for accumulators that consume
         features (:class:`repsim.FeatureMoments`); :attr:`grams` then holds those.
+    centred : bool, default True
+        False leaves each gram uncentred for a consumer that centres every gram itself in
+        float64 (:class:`repsim.MinibatchCKA`; :func:`repsim.compare_models` builds its
+        hooks so): the product is then formed of the features, or of the features less a
+        shift where their column means are large (see :func:`repsim.kernels.linear_gram`),
+        which centres to the same gram within its error bound, without the ``n x n``
+        centring in the hook.
+    precision : {"float32", "bfloat16", "tf32"}, default "float32"
+        How each gram's product is formed (as in :func:`repsim.cka`).
 
     Attributes
     ----------
@@ -115,7 +124,8 @@ class GramHooks:
                  transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  mask: str | Callable[[tuple, dict], torch.Tensor | None] | None
                  = "attention_mask",
-                 features: bool = False) -> None:
+                 features: bool = False, centred: bool = True,
+                 precision: str = "float32") -> None:
         self.model = unwrap_model(model)
         self.names = select_layers(self.model, layers)
         if not (callable(pooling) or pooling in POOLINGS):
@@ -139,6 +149,11 @@ class GramHooks:
         if not isinstance(features, bool):
             raise TypeError(f"features must be True or False; got {features!r}")
         self.features = features
+        if not isinstance(centred, bool):
+            raise TypeError(f"centred must be True or False; got {centred!r}")
+        self.centred = centred
+        V.check_params(precision=precision)
+        self.precision = precision
         self._handles: list[Any] = []
         self._grams: dict[str, torch.Tensor] = {}
         self._calls: dict[str, int] = {}
@@ -229,7 +244,8 @@ class GramHooks:
             x = apply_transform(self.transform, x, f"layer {name!r}")
         if self.features:
             return x.clone()
-        return linear_gram(x, xp, name=f"layer {name!r}")
+        return linear_gram(x, xp, name=f"layer {name!r}", centred=self.centred,
+                           precision=self.precision)
 
     @property
     def grams(self) -> dict[str, torch.Tensor]:
