@@ -43,6 +43,7 @@ from .neighbours import (
 )
 from .moments import FeatureMoments
 from .pcs import DominantExamples, dominant_examples, pc_variance_fraction, remove_top_pcs
+from ._precision import PrecisionWarning, precision_support
 from .rdm import dcor, rsa
 from .regression import gulp, ridge_r2
 from .results import load_result, save_result
@@ -97,6 +98,7 @@ __all__ = [
     "GramHooks",
     "Interval",
     "MinibatchCKA",
+    "PrecisionWarning",
     "UnderdeterminedCCAWarning",
     "aggregate_seeds",
     "block_contrast",
@@ -136,6 +138,7 @@ __all__ = [
     "plot_similarity",
     "plot_similarity_grid",
     "plot_similarity_intervals",
+    "precision_support",
     "pwcca",
     "rank_similarity",
     "remove_top_pcs",

@@ -33,17 +33,19 @@ class PreparedPair(NamedTuple):
     n: int
 
 
-def _side(acts, side, kernel, estimator, sigma, threshold, engine, normalise):
+def _side(acts, side, kernel, estimator, sigma, threshold, engine, normalise, precision):
     names, arrays = V.layer_items(acts, side)
     packed, sig, cen, tol = centred_gram_stack(
         arrays, names, kernel=kernel, estimator=estimator, sigmas=[sigma] * len(arrays),
         threshold=threshold, engine=engine, side=side, normalise=normalise,
+        precision=precision,
     )
     return names, arrays, packed, list(sig), np.asarray(cen <= tol, dtype=bool)
 
 
 def prepare_pair(xs, ys=None, *, kernel="linear", estimator="biased", sigma=None,
-                 threshold=1.0, engine="auto", normalise=True) -> PreparedPair:
+                 threshold=1.0, engine="auto", normalise=True,
+                 precision="float32") -> PreparedPair:
     """Check the options and both sides, and form each side's packed centred grams.
 
     Parameters
@@ -51,7 +53,7 @@ def prepare_pair(xs, ys=None, *, kernel="linear", estimator="biased", sigma=None
     xs : sequence or dict name -> array, each of shape (n, ...)
     ys : sequence or dict, optional
         None: ``xs`` against itself (``packed_b`` is None, names and flags shared).
-    kernel, estimator, sigma, threshold, engine
+    kernel, estimator, sigma, threshold, engine, precision
         As in :func:`repsim.cka_matrix` (checked here, ``sigma`` refused with the linear
         kernel).
     normalise : bool, default True
@@ -65,9 +67,9 @@ def prepare_pair(xs, ys=None, *, kernel="linear", estimator="biased", sigma=None
         Layer names, packed grams, bandwidths, constant-layer flags of each side, ``n``.
     """
     V.check_params(kernel=kernel, estimator=estimator, sigma=sigma, threshold=threshold,
-                   engine=engine)
+                   engine=engine, precision=precision)
     V.check_sigma_kernel(sigma, kernel)
-    opts = (kernel, estimator, sigma, threshold, engine, normalise)
+    opts = (kernel, estimator, sigma, threshold, engine, normalise, precision)
     names_a, arrays_a, ga, sig_a, deg_a = _side(xs, "xs", *opts)
     n = int(B.asarray(arrays_a[0]).shape[0])
     if ys is None:

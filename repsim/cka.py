@@ -74,6 +74,7 @@ def cka(
     threshold: float = 1.0,
     method: str = "auto",
     engine: str = "auto",
+    precision: str = "float32",
 ):
     """Centered kernel alignment between two representations of the same examples.
 
@@ -99,6 +100,13 @@ def cka(
         ``n x n`` grams; ``"auto"`` takes whichever costs fewer flops.
     engine : {"auto", "numpy", "numba"}
         Implementation of the centring step on the numpy path.
+    precision : {"float32", "bfloat16", "tf32"}, default "float32"
+        How each gram's product is formed. ``"float32"``: in the data's own float dtype
+        (float32 or wider), exact as stated in the Notes. ``"bfloat16"``: features centred
+        first, products in bfloat16 accumulated in float32 (faster only on CPUs with
+        ``avx512_bf16``/AMX and on GPUs of compute capability >= 8.0; it warns once
+        elsewhere); ``"tf32"``: CUDA tensors only. Error bounds:
+        :mod:`repsim._precision`, :func:`repsim.precision_support`.
 
     Returns
     -------
@@ -135,7 +143,7 @@ def cka(
     1.0
     """
     V.check_params(kernel=kernel, estimator=estimator, sigma=sigma, threshold=threshold,
-                   method=method, engine=engine)
+                   method=method, engine=engine, precision=precision)
     V.check_sigma_kernel(sigma, kernel)
     B.namespace(B.asarray(x, "x"), B.asarray(y, "y"), names=["x", "y"])
     xp, x = prepare(x, "x")
@@ -144,13 +152,13 @@ def cka(
     n, p, q = x.shape[0], x.shape[1], y.shape[1]
     V.check_same_n(n, y.shape[0], "x", "y", x.shape, y.shape)
     V.check_n(n, estimator, "x")
-    features = kernel == "linear" and estimator == "biased" and (
+    features = kernel == "linear" and estimator == "biased" and precision == "float32" and (
         method == "features" or (method == "auto" and _feature_path_cheaper(n, p, q))
     )
     if method == "features" and not features:
         raise ValueError(
-            f"method='features' applies to linear biased CKA only; got kernel={kernel!r}, "
-            f"estimator={estimator!r}"
+            "method='features' applies to linear biased CKA at precision='float32' only; got "
+            f"kernel={kernel!r}, estimator={estimator!r}, precision={precision!r}"
         )
     if features:
         xy, xx, yy, flags = _feature_space_linear_cka(x, y, xp)
@@ -161,11 +169,11 @@ def cka(
         return scalar(_clip(xy / (xx * yy), estimator, xp), xp)
     packed_x, _, cx, tx = centred_gram_stack(
         [x], ["x"], kernel=kernel, estimator=estimator, sigmas=[sigma], threshold=threshold,
-        engine=engine, side="x", normalise=True,
+        engine=engine, side="x", normalise=True, precision=precision,
     )
     packed_y, _, cy, ty = centred_gram_stack(
         [y], ["y"], kernel=kernel, estimator=estimator, sigmas=[sigma], threshold=threshold,
-        engine=engine, side="y", normalise=True,
+        engine=engine, side="y", normalise=True, precision=precision,
     )
     gx, gy = packed_x[0], packed_y[0]
     bad = [nm for nm, c, t in (("x", cx[0], tx[0]), ("y", cy[0], ty[0])) if c <= t]
@@ -191,6 +199,7 @@ def cka_matrix(
     sigma: float | None = None,
     threshold: float = 1.0,
     engine: str = "auto",
+    precision: str = "float32",
 ):
     """CKA between every pair of layers, from one matrix product.
 
@@ -207,7 +216,7 @@ def cka_matrix(
     ys : sequence or dict, optional
         A second set (another model). None compares ``xs`` with itself (symmetric result,
         each gram formed once).
-    kernel, estimator, sigma, threshold, engine
+    kernel, estimator, sigma, threshold, engine, precision
         As in :func:`repsim.cka`; ``sigma`` is one bandwidth for every layer, or None for
         the per-layer median heuristic.
 
@@ -215,7 +224,7 @@ def cka_matrix(
     -------
     xarray.DataArray, shape (L_a, L_b)
         dims ``("layer_a", "layer_b")`` with layer names as coordinates and attrs
-        ``measure``, ``estimator``, ``kernel``, ``n``. Constant layers give NaN rows and
+        ``measure``, ``estimator``, ``kernel``, ``n``, ``precision``. Constant layers give NaN rows and
         columns with a warning naming them.
 
     References
@@ -235,7 +244,7 @@ def cka_matrix(
     1.0
     """
     p = prepare_pair(xs, ys, kernel=kernel, estimator=estimator, sigma=sigma,
-                     threshold=threshold, engine=engine)
+                     threshold=threshold, engine=engine, precision=precision)
     names_a, names_b, sig_a, sig_b = p.names_a, p.names_b, p.sigmas_a, p.sigmas_b
     values = _clip(pair_cka(p.packed_a, p.packed_b), estimator, np)
     values = _mask_degenerate(values, p.degenerate_a, p.degenerate_b, names_a, names_b)
@@ -244,6 +253,7 @@ def cka_matrix(
         "estimator": estimator,
         "kernel": kernel,
         "n": p.n,
+        "precision": precision,
     }
     if kernel == "rbf":
         attrs["sigma_a"] = list(sig_a)

@@ -16,8 +16,9 @@ import math
 import numpy as np
 
 from . import _backend as B
-from . import _validation as V
 from . import _centring, kernels
+from . import _validation as V
+from ._precision import gram_eps
 from .kernels import (
     ESTIMATORS,
     KERNELS,
@@ -109,6 +110,7 @@ def centred_gram_stack(
     side="x",
     grams=False,
     normalise=False,
+    precision="float32",
 ):
     """Centre (or U-centre) the gram of every representation into one packed matrix.
 
@@ -137,6 +139,9 @@ def centred_gram_stack(
         invariant to each layer's scale (CKA of one batch; not the sums of
         :class:`repsim.MinibatchCKA`, which are compared across batches). Without it,
         data whose pairing products under- or overflow float64 are refused.
+    precision : {"float32", "bfloat16", "tf32"}, default "float32"
+        How each gram's product is formed (:mod:`repsim._precision`); ignored for
+        ``grams=True`` (formed already).
 
     Returns
     -------
@@ -151,7 +156,8 @@ def centred_gram_stack(
         RBF kernel a layer is constant when its features are (then both are 0), or when
         its RBF gram rounds to a constant in float64 (a bandwidth far above the spread).
     """
-    V.check_params(kernel=kernel, estimator=estimator, engine=engine, threshold=threshold)
+    V.check_params(kernel=kernel, estimator=estimator, engine=engine, threshold=threshold,
+                   precision=precision)
     arrays = [B.asarray(a, f"{side}[{nm!r}]") for nm, a in zip(names, arrays)]
     xp = B.namespace(*arrays, names=[f"{side}[{n!r}]" for n in names])
     n = arrays[0].shape[0]
@@ -178,14 +184,15 @@ def centred_gram_stack(
             if transform is not None:
                 a = transform(a)
             if normalise:
-                k, e, _ = kernels.scaled_centred_gram(a, xp, label, kernels.NORMAL_RANGE)
+                k, e, _ = kernels.scaled_centred_gram(a, xp, label, kernels.NORMAL_RANGE,
+                                                      precision=precision)
             elif kernel == "linear" and _centring.stacks_centring(packed):
                 # no host sync per layer on an accelerator (it would serialise the launches)
-                k = kernels.centred_gram_unchecked(a, xp)
+                k = kernels.centred_gram_unchecked(a, xp, precision)
                 deferred.append((i, a, label))
             else:  # centred below (centre_into): the uncentred product where it is safe
-                k = linear_gram(a, xp, name=label, centred=False)
-        eps.append(eps_of(k, xp))
+                k = linear_gram(a, xp, name=label, centred=False, precision=precision)
+        eps.append(eps_of(k, xp) if grams else gram_eps(k, xp, precision))
         sigma = None
         if kernel == "rbf":
             linear_stats.append((xp.sum(xp.linalg.diagonal(k), dtype=acc), xp.sum(k, dtype=acc)))
@@ -202,8 +209,8 @@ def centred_gram_stack(
         for (i, a, label), d in zip(deferred, dmax):
             lo, hi = kernels.gram_range(stacked[i].dtype, xp)
             if not lo <= float(d) <= hi:  # rescaled (or refused with NaN/Inf) there
-                stacked[i] = linear_gram(a, xp, name=label)
-                eps[i] = eps_of(stacked[i], xp)
+                stacked[i] = linear_gram(a, xp, name=label, precision=precision)
+                eps[i] = gram_eps(stacked[i], xp, precision)
     if stacked:
         stats = list(zip(*centre_stack_into(stacked, unbiased, packed, xp)))
     centred = np.empty(len(stats))

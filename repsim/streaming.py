@@ -137,6 +137,10 @@ class MinibatchCKA(Accumulator):
         plain sums. Ten groups or more give stable intervals.
     weighting : {"pairs", "batches"}, default "pairs"
         How batches of different sizes are weighted (see above).
+    precision : {"float32", "bfloat16", "tf32"}, default "float32"
+        How the grams of :meth:`update` are formed (as in :func:`repsim.cka`; grams given
+        to :meth:`update_grams` were formed already). Recorded in the result's attrs;
+        accumulators of different precisions do not merge.
 
     References
     ----------
@@ -177,9 +181,11 @@ class MinibatchCKA(Accumulator):
         engine: str = "auto",
         groups: int | None = None,
         weighting: str = "pairs",
+        precision: str = "float32",
     ) -> None:
         V.check_params(kernel=kernel, estimator=estimator, engine=engine, weighting=weighting,
-                       threshold=threshold, transform=transform)
+                       threshold=threshold, transform=transform, precision=precision)
+        self.precision = precision
         self.kernel, self.estimator, self.engine = kernel, estimator, engine
         self.weighting = weighting
         self.groups = None if groups is None else V.check_int(groups, "groups", 2)
@@ -200,6 +206,8 @@ class MinibatchCKA(Accumulator):
         }
         if self.kernel == "rbf":
             opts.update(sigma=self.sigma, threshold=float(self.threshold))
+        if self.precision != "float32":  # states saved before the option load unchanged
+            opts["precision"] = self.precision
         return opts
 
     def _dims(self, layout: dict[str, Any]) -> dict[str, int]:
@@ -344,7 +352,7 @@ class MinibatchCKA(Accumulator):
         self._check_update(names_a, names_b, symmetric)
         opts = dict(
             kernel=self.kernel, estimator=self.estimator, threshold=self.threshold,
-            engine=self.engine, transform=None, grams=grams,
+            engine=self.engine, transform=None, grams=grams, precision=self.precision,
         )
         sig_a = self.sigmas_a if self.sigmas_a is not None else self._sigmas_for(names_a)
         side_a = centred_gram_stack(arrays_a, names_a, sigmas=sig_a, side=label_a, **opts)
@@ -457,6 +465,7 @@ class MinibatchCKA(Accumulator):
             "n_examples": self.n_examples,
             "n_batches": self.n_batches,
             "symmetric": bool(self.symmetric),
+            "precision": self.precision,
         }
         if self.kernel == "rbf":
             attrs["sigma_a"] = list(self.sigmas_a or [])
