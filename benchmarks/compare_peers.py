@@ -48,6 +48,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 from contextlib import nullcontext
 
 import numpy as np
@@ -103,6 +104,18 @@ class Memory:
         else:
             self.peak = self._status("VmHWM") - self.start
         return False
+
+
+def machine_units():
+    info = repsim.precision_support()
+    return ", ".join(info["units"]) or "no bfloat16 units"
+
+
+def machine():
+    """CPU model, its bfloat16 flags and the load average: printed first and last."""
+    info = repsim.precision_support()
+    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    return (f"CPU: {info['name']}; bfloat16 units: {machine_units()}; load average {load}")
 
 
 def sync(device):
@@ -347,10 +360,10 @@ def run_workload(label, model_a, model_b, names_a, names_b, batches, args, devic
         for x in host.values():
             x @ x.T
 
-    def ours():
+    def ours(precision="float32"):
         return repsim.compare_models(model_a, None if within else model_b, loader, names_a,
                                      None if within else names_b, progress=False,
-                                     device=device)
+                                     device=device, precision=precision)
 
     best = {"forward": np.inf, "floor": np.inf, "floor_syrk": np.inf, "repsim": np.inf,
             "instrumented": np.inf}
@@ -369,6 +382,12 @@ def run_workload(label, model_a, model_b, names_a, names_b, batches, args, devic
                 t, result = timed(ours, device)
         best["repsim"] = min(best["repsim"], t)
         best["instrumented"] = min(best["instrumented"], clock.total)
+    reduced = {}  # the reduced precision modes: total time (min over repeats), result
+    for mode in [m for m in args.precisions if m != "float32"]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", repsim.PrecisionWarning)  # timed where slower too
+            runs = [timed(lambda: ours(mode), device) for _ in range(args.repeats)]
+        reduced[mode] = (min(t for t, _ in runs), runs[0][1])
     stored, host = {}, {}  # free the floor's activations before the peers run
     gc.collect()
     paired = []
@@ -383,6 +402,11 @@ def run_workload(label, model_a, model_b, names_a, names_b, batches, args, devic
                            deviation=float(np.abs(result.values - ref_values).max()),
                            instrumented=best["instrumented"], paired_ratio=ratio,
                            note=f"paired measurement: {ratio:.2f}x the floor")}
+    for mode, (t_mode, res_mode) in reduced.items():
+        rows[f"repsim, precision={mode!r}"] = dict(
+            total=t_mode, memory=float("nan"), forwards=1,
+            deviation=float(np.abs(res_mode.values - ref_values).max()),
+            note=f"products in {mode} (repsim.precision_support: {machine_units()})")
     print(f"forward {best['forward']:.2f} s, gram floor {best['floor']:.2f} s "
           f"(numpy ssyrk {best['floor_syrk']:.2f} s), repsim {best['repsim']:.2f} s "
           f"(in hooks + update_grams {best['instrumented']:.2f} s)", flush=True)
@@ -491,13 +515,17 @@ def main():
     ap.add_argument("--only", choices=["a", "b"], default=None)
     ap.add_argument("--peers", default="torch-cka,ckatorch,cka-pytorch")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--precisions", default="float32,bfloat16",
+                    help="repsim's precision modes to time (float32 is always the main row)")
     args = ap.parse_args()
     args.peers = [p for p in args.peers.split(",") if p]
+    args.precisions = [p for p in args.precisions.split(",") if p]
     device = torch.device(args.device)
     torch.manual_seed(0)
     r20 = repsim.models.cifar_resnet(20).to(device).eval()
     r56 = repsim.models.cifar_resnet(56).to(device).eval()
     g = torch.Generator().manual_seed(1)
+    print(machine(), flush=True)
     print(f"python {platform.python_version()}, torch {torch.__version__}, numpy "
           f"{np.__version__}, {torch.get_num_threads()} threads, device {device}, "
           f"cpu count {os.cpu_count()}", flush=True)
@@ -519,6 +547,7 @@ def main():
     for res in results:
         print(markdown(res))
         print()
+    print(machine(), flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

@@ -3,7 +3,16 @@
 Usage::
 
     python benchmarks/core_ratios.py [--repeats 5] [--layers 64] [--batches 4] [--n 256] [--p 4096]
+        [--data gaussian resnet transformer] [--precisions float32 bfloat16]
     python benchmarks/core_ratios.py --device cuda [...]
+
+Data (``--data``, all three by default, each its own table): ``gaussian``, ``--layers``
+float32 layers of ``n x p`` standard normal values (zero means); ``resnet``, real
+activations of a CIFAR ResNet-20 (random weights, ``n`` random 32 x 32 images): its
+post-ReLU, post-BN and residual-sum (block output) layers, whose column means are large
+against their spread -- the case the Gaussian data never exercises; ``transformer``, the
+hidden states of a random BERT-style encoder (hidden 256, 4 blocks, 16 tokens, flattened).
+The first line names the CPU model, its bfloat16 flags and the load average.
 
 Prints, for the all-pairs minibatch CKA workload (float32), the time of repsim's numpy and
 torch paths as a multiple of the gram floor (the float32 grams ``X X^T`` alone, same
@@ -62,10 +71,59 @@ def per_pair_loop(batch):
     return out
 
 
+def machine():
+    """CPU model, its bfloat16 flags (repsim.precision_support) and the load average."""
+    import os
+
+    info = repsim.precision_support()
+    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    return (f"CPU: {info['name']} ({os.cpu_count()} CPUs); bfloat16 units: "
+            f"{', '.join(info['units']) or 'none (no avx512_bf16 / amx_bf16)'}; load average {load}")
+
+
+def real_layers(kind, n, seed=0):
+    """Float32 ``(n, features)`` activations of real layers (see the module docstring)."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    acts = {}
+
+    def keep(name):
+        return lambda m, i, o: acts.__setitem__(
+            name, (o[0] if isinstance(o, tuple) else o).detach().reshape(n, -1).float().clone())
+
+    if kind == "resnet":
+        model = repsim.models.cifar_resnet(20).eval()
+        wanted = (nn.ReLU, nn.BatchNorm2d, type(model.layer1[0]))
+        names = [k for k, m in model.named_modules() if isinstance(m, wanted)]
+        x = torch.randn(n, 3, 32, 32, generator=g)
+    else:
+        from transformers import BertConfig, BertModel
+
+        cfg = BertConfig(hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
+                         intermediate_size=1024, max_position_embeddings=64)
+        model = BertModel(cfg).eval()
+        names = repsim.hidden_state_layers(model)
+        x = torch.randint(1000, cfg.vocab_size, (n, 16), generator=g)
+    mods = dict(model.named_modules())
+    hooks = [mods[k].register_forward_hook(keep(k)) for k in names]
+    with torch.inference_mode():
+        model(x)
+    for h in hooks:
+        h.remove()
+    return {k: acts[k].numpy() for k in names}
+
+
 def measure(library, args):
     """Time floor and repsim for one library (run in its own process, see main)."""
     rng = np.random.default_rng(0)
-    batch = {f"layer{i}": rng.standard_normal((args.n, args.p), dtype=np.float32) for i in range(args.layers)}
+    if args.data == "gaussian":
+        batch = {f"layer{i}": rng.standard_normal((args.n, args.p), dtype=np.float32)
+                 for i in range(args.layers)}
+    else:
+        batch = real_layers(args.data, args.n)
     if library == "torch":
         import torch
 
@@ -92,16 +150,25 @@ def measure(library, args):
             for x in batch.values():
                 linear_gram(x, xp)
 
+    import warnings
+
     minibatch()()  # compile the numba kernels once
     fns = {"floor": floor, "repsim": minibatch(), "repsim (numpy engine)": minibatch(engine="numpy"),
            "centred grams": centred_grams}
-    t = best_of(fns, args.repeats)
+    reduced = [m for m in args.precisions if m != "float32"]
+    for mode in reduced:
+        fns[f"repsim {mode}"] = minibatch(precision=mode)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a reduced mode without units warns: measured anyway
+        t = best_of(fns, args.repeats)
     rows = [(f"repsim {library}, numba centring (auto)", t["repsim"], t["repsim"] / t["floor"]),
             (f"repsim {library}, numpy centring", t["repsim (numpy engine)"],
              t["repsim (numpy engine)"] / t["floor"]),
-            (f"centred grams {library} (linear_gram: centring first)", t["centred grams"],
-             t["centred grams"] / t["floor"]),
-            (f"gram floor {library}", t["floor"], 1.0)]
+            (f"centred grams {library} (linear_gram, one product per layer)", t["centred grams"],
+             t["centred grams"] / t["floor"])]
+    rows += [(f"repsim {library}, precision={mode!r}", t[f"repsim {mode}"],
+              t[f"repsim {mode}"] / t["floor"]) for mode in reduced]
+    rows.append((f"gram floor {library} (float32)", t["floor"], 1.0))
     for name, sec, ratio in rows:
         print(f"| {name} | {sec:.3f} | {ratio:.3f} |")
 
@@ -162,20 +229,30 @@ def measure_device(args):
             for x in batch.values():
                 x @ x.T
 
-    def minibatch():
-        acc = repsim.MinibatchCKA()
-        for _ in range(args.batches):
-            acc.update(batch)
-        return acc.compute()
+    def minibatch(precision="float32"):
+        def run():
+            acc = repsim.MinibatchCKA(precision=precision)
+            for _ in range(args.batches):
+                acc.update(batch)
+            return acc.compute()
+        return run
 
-    fns = {"floor": synced(floor), "repsim": synced(minibatch)}
-    for fn in fns.values():
-        fn()  # untimed first run: CUDA context, cuBLAS handles, allocator
+    modes = ["float32", "tf32", "bfloat16"]
+    fns = {"floor": synced(floor)}
+    fns.update({f"repsim {m}": synced(minibatch(m)) for m in modes})
+    results = {name: fn() for name, fn in fns.items()}  # untimed first run: context, handles
+    acc = repsim.MinibatchCKA()
+    for _ in range(args.batches):
+        acc.update({k: v.double() for k, v in batch.items()})
+    ref = acc.compute().values
     t = best_of(fns, args.repeats)
     where = f"torch {device}"
-    print("\n| path | time (s) | x gram floor |\n|---|---|---|")
-    print(f"| repsim {where} | {t['repsim']:.3f} | {t['repsim'] / t['floor']:.3f} |")
-    print(f"| gram floor {where} | {t['floor']:.3f} | 1.000 |")
+    print("\n| path | time (s) | x gram floor | max abs(CKA - float64) |\n|---|---|---|---|")
+    for m in modes:
+        err = float(np.nanmax(np.abs(results[f"repsim {m}"].values - ref)))
+        print(f"| repsim {where}, precision={m!r} | {t[f'repsim {m}']:.3f} | "
+              f"{t[f'repsim {m}'] / t['floor']:.3f} | {err:.1e} |")
+    print(f"| gram floor {where} (float32) | {t['floor']:.3f} | 1.000 | |")
 
     sub = {k: batch[k] for k in list(batch)[: args.pair_layers]}
 
@@ -209,6 +286,10 @@ def main():
     ap.add_argument("--device", default="cpu",
                     help="cpu (default: numpy and torch, numba included) or a CUDA device, "
                     "cuda or cuda:N (torch only, tensors on that GPU)")
+    ap.add_argument("--data", nargs="+", default=["gaussian", "resnet", "transformer"],
+                    choices=["gaussian", "resnet", "transformer"])
+    ap.add_argument("--precisions", nargs="+", default=["float32", "bfloat16"],
+                    choices=["float32", "bfloat16"])
     ap.add_argument("--library", choices=["numpy", "torch"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.device != "cpu":
@@ -229,22 +310,35 @@ def main():
         measure_device(args)
         return
     if args.library:
+        args.data = args.data[0]
         measure(args.library, args)
         return
-    print(f"workload: {args.layers} layers x {args.batches} batches of n={args.n}, p={args.p}, "
-          f"float32; repeats={args.repeats} (interleaved, min kept); numpy and torch each in a "
-          "fresh process so their BLAS thread pools never alternate")
-    rows, extras = [], []
-    for library in ("numpy", "torch"):
-        out = subprocess.run([sys.executable, __file__, "--library", library] + sys.argv[1:],
-                             check=True, capture_output=True, text=True).stdout
-        head, _, tail = out.partition("\n\n")
-        rows.append(head.strip())
-        extras.append(tail.strip())
-    print("\n| path | time (s) | x gram floor |\n|---|---|---|")
-    print("\n".join(rows))
-    for extra in extras:
-        print("\n" + extra)
+    print(machine())
+    for data in args.data:
+        what = (f"{args.layers} Gaussian layers of n={args.n}, p={args.p}" if data == "gaussian"
+                else f"{data} activations (real layers, n={args.n})")
+        print(f"\n## {data}\n\nworkload: {what} x {args.batches} batches, float32; "
+              f"repeats={args.repeats} (interleaved, min kept); numpy and torch each in a fresh "
+              "process so their BLAS thread pools never alternate")
+        rows, extras = [], []
+        for library in ("numpy", "torch"):
+            argv = [a for a in sys.argv[1:]]
+            if "--data" in argv:  # the child measures one kind of data
+                i = argv.index("--data")
+                j = i + 1
+                while j < len(argv) and not argv[j].startswith("--"):
+                    j += 1
+                del argv[i:j]
+            out = subprocess.run([sys.executable, __file__, "--library", library, "--data", data]
+                                 + argv, check=True, capture_output=True, text=True).stdout
+            head, _, tail = out.partition("\n\n")
+            rows.append(head.strip())
+            extras.append(tail.strip())
+        print("\n| path | time (s) | x gram floor |\n|---|---|---|")
+        print("\n".join(rows))
+        for extra in extras:
+            print("\n" + extra)
+    print("\n" + machine())
 
 
 if __name__ == "__main__":

@@ -28,12 +28,16 @@ def _setup(depth, n, batches):
 class CompareModels:
     """A CIFAR ResNet against itself on every module output (the paper's protocol)."""
 
-    params = ([8, 20], [64])
-    param_names = ["depth", "n"]
+    params = ([8, 20], [64, 256], ["float32", "bfloat16"])
+    param_names = ["depth", "n", "precision"]
     timeout = 600
 
-    def setup(self, depth, n):
+    def setup(self, depth, n, precision):
         self.model, self.loader, self.names = _setup(depth, n, batches=2)
+        self.precision = precision
+        import warnings
+
+        warnings.simplefilter("ignore", repsim.PrecisionWarning)  # timed where it is slower too
         repsim.compare_models(self.model, None, self.loader[:1], self.names, progress=False)
         acts = {}
         mods = dict(self.model.named_modules())
@@ -58,21 +62,22 @@ class CompareModels:
                     a @ a.T
 
     def _compare(self):
-        return repsim.compare_models(self.model, None, self.loader, self.names, progress=False)
+        return repsim.compare_models(self.model, None, self.loader, self.names, progress=False,
+                                     precision=self.precision)
 
-    def time_compare_models(self, depth, n):
+    def time_compare_models(self, depth, n, precision):
         self._compare()
 
-    def time_forward(self, depth, n):
+    def time_forward(self, depth, n, precision):
         self._forward()
 
-    def time_gram_floor(self, depth, n):
+    def time_gram_floor(self, depth, n, precision):
         self._floor()
 
-    def peakmem_compare_models(self, depth, n):
+    def peakmem_compare_models(self, depth, n, precision):
         self._compare()
 
-    def track_metric_over_floor(self, depth, n):
+    def track_metric_over_floor(self, depth, n, precision):
         """repsim's own work (gram hooks + update_grams) over the same ``X X^T`` timed on
         the same tensors right after it (paired, so machine load hits both alike); the
         minimum over 3 runs."""
