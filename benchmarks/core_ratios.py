@@ -96,7 +96,7 @@ def real_layers(kind, n, seed=0):
 
     if kind == "resnet":
         model = repsim.models.cifar_resnet(20).eval()
-        wanted = (nn.ReLU, nn.BatchNorm2d, type(model.layer1[0]))
+        wanted = (nn.ReLU, nn.BatchNorm2d, type(model.stage1[0]))
         names = [k for k, m in model.named_modules() if isinstance(m, wanted)]
         x = torch.randn(n, 3, 32, 32, generator=g)
     else:
@@ -188,7 +188,7 @@ def measure(library, args):
               f"repsim {tp['repsim']:.3f} s; speed-up {tp['per-pair loop'] / tp['repsim']:.1f}x; "
               f"max |difference| {dev:.2e}")
     else:
-        x = batch["layer0"]
+        x = next(iter(batch.values()))
         k = x @ x.T
         out = np.empty(args.n * args.n)
         steps = {

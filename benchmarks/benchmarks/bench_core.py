@@ -106,7 +106,7 @@ def _real_layers(kind, n, seed=0):
     acts = {}
     if kind == "resnet":
         model = repsim.models.cifar_resnet(20).eval()
-        kinds = (nn.ReLU, nn.BatchNorm2d, type(model.layer1[0]))
+        kinds = (nn.ReLU, nn.BatchNorm2d, type(model.stage1[0]))
         names = [k for k, m in model.named_modules() if isinstance(m, kinds)]
         x = torch.randn(n, 3, 32, 32, generator=g)
     else:
