@@ -555,3 +555,32 @@ def test_compare_models_on_device_matches_cpu():
     for name, atol in (("cka", 1e-4), ("stderr", 1e-4), ("jackknife", 1e-4), ("ci_low", 4e-4),
                        ("ci_high", 4e-4)):
         np.testing.assert_allclose(got2[name].values, want2[name].values, rtol=0, atol=atol)
+
+
+@pytest.mark.skipif(ON_CPU, reason="the reduced precisions' device paths need CUDA")
+@pytest.mark.parametrize("precision", ["tf32", "bfloat16"])
+def test_reduced_precision_on_device(precision):
+    """precision='tf32'/'bfloat16' on the device: within the stated bounds of float64,
+    recorded in the attrs, the global TF32 flag left as it was, and a device without the
+    units warned about."""
+    from repsim import _precision
+
+    rng = np.random.default_rng(3)
+    x = np.maximum(rng.standard_normal((256, 3000)) + 0.3, 0.0) + 50.0
+    y = np.tanh(x[:, :600] @ rng.standard_normal((600, 200)) / 30.0)
+    ref = float(repsim.cka(x, y, estimator="unbiased"))
+    before = torch.backends.cuda.matmul.allow_tf32
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", repsim.PrecisionWarning)
+        got = repsim.cka(dev(x, torch.float32), dev(y, torch.float32), estimator="unbiased",
+                         precision=precision)
+        mat = repsim.cka_matrix({"x": dev(x, torch.float32), "y": dev(y, torch.float32)},
+                                precision=precision)
+    assert torch.backends.cuda.matmul.allow_tf32 == before
+    assert got.device.type == "cuda"
+    assert abs(float(got) - ref) <= _precision.bf16_cka_bound(200)
+    assert mat.attrs["precision"] == precision
+    assert abs(float(mat.values[0, 1]) - float(repsim.cka(x, y))) <= _precision.bf16_cka_bound(200)
+    info = repsim.precision_support(DEVICE)
+    assert info["device"].startswith("cuda") and info[precision] == (
+        torch.cuda.get_device_capability(DEVICE)[0] >= 8)
