@@ -128,28 +128,37 @@ def centred_gram_unchecked(x, xp, precision="float32"):
 OFFSET_RATIO = 16.0
 
 #: Rows, spread evenly over the batch, whose float64 mean is the shift subtracted before the
-#: product where the column means are large (:func:`_shift_estimate`).
+#: product where the column means are large (:func:`_shift`), and the rows that decide
+#: whether they are (:func:`_shift_estimate`).
 SHIFT_ROWS = 16
 
 
 def _shift_estimate(xn):
-    """``(c, offset, spread)`` of a host array ``xn`` ``(n, p)`` from :data:`SHIFT_ROWS` of
-    its rows, evenly spaced: ``c`` their float64 mean ``(p,)``, ``offset = ||c||^2`` and
-    ``spread`` the unbiased estimate of the mean squared centred row norm ``tr(H K H) / n``.
+    """``(offset, spread)`` of a host array ``xn`` ``(n, p)`` estimated from :data:`SHIFT_ROWS`
+    evenly spaced rows and at most 1,024 evenly spaced columns (strided views, no copy of
+    ``xn``): ``offset`` the squared norm of their column means, ``spread`` the unbiased
+    estimate of their mean squared centred row norm (over those columns).
 
-    About 2 % of the cost of the gram at ``n = 256`` (``SHIFT_ROWS / n`` of one pass over a
-    strided view, no copy of ``xn``). For rows drawn alike, ``E ||m - c||^2 = spread /
-    SHIFT_ROWS``: subtracting ``c`` leaves a residual offset of about 6 % of the spread
-    whatever the original offset, which :func:`_centred_from_product` then checks exactly.
-    No BLAS call: OpenBLAS's threads spin after one and slowed the product that follows
-    to about twice its time (2.2x the gram floor on ResNet-56's every-module workload).
+    Their ratio estimates ``||m||^2 / (tr(HKH)/n)``, the decision of
+    :func:`_centred_from_product`, at well under 1 % of a 256-row gram. No BLAS call:
+    OpenBLAS's threads spin after one and slowed the product that follows to about
+    twice its time (2.2x the gram floor on ResNet-56's every-module workload).
     """
-    n = xn.shape[0]
-    rows = xn[:: max(1, n // SHIFT_ROWS)][:SHIFT_ROWS]
-    c = np.mean(rows, axis=0)  # in the data's dtype: any shift is exact after centring
-    d = rows - c
-    spread = float(np.einsum("ij,ij->", d, d)) / max(rows.shape[0] - 1, 1)
-    return c, float(np.einsum("i,i->", c, c)), spread
+    n, p = xn.shape
+    step = max(1, p // 1024)
+    sub = xn[:: max(1, n // SHIFT_ROWS)][:SHIFT_ROWS, ::step]
+    c = np.mean(sub, axis=0)
+    d = sub - c
+    spread = float(np.einsum("ij,ij->", d, d)) / max(sub.shape[0] - 1, 1)
+    return float(np.einsum("i,i->", c, c)), spread
+
+
+def _shift(xn):
+    """The shift subtracted before the product: the mean of :data:`SHIFT_ROWS` evenly
+    spaced rows, in ``xn``'s dtype (any shift is exact after the float64 centring; for rows
+    drawn alike ``E ||m - c||^2 = spread / SHIFT_ROWS``, about 6 % of the spread whatever
+    the offset, which the product then checks exactly)."""
+    return np.mean(xn[:: max(1, xn.shape[0] // SHIFT_ROWS)][:SHIFT_ROWS], axis=0)
 
 
 _SCRATCH = threading.local()
@@ -159,27 +168,26 @@ SCRATCH_BYTES = 64 * 2**20
 
 
 def _scratch(x, xn):
-    """A flat buffer of at least ``xn.size`` elements of ``xn``'s dtype in ``x``'s library,
-    kept per thread, library and dtype (up to :data:`SCRATCH_BYTES`) and reused by the next
-    layer, 64-byte aligned (a fresh
+    """An ``xn``-shaped buffer of ``xn``'s dtype in ``x``'s library, on storage kept per
+    thread and dtype (up to :data:`SCRATCH_BYTES`) and reused by the next layer, 64-byte
+    aligned (a fresh
     allocation of every layer's size page-faults on each use, which cost about as much
     as the subtraction itself; BLAS products of a 16-byte-aligned numpy buffer ran 20 %
     slower)."""
-    key = (B.is_numpy(x), xn.dtype.str)
     kept = _SCRATCH.__dict__.setdefault("buffers", {})
-    buf = kept.get(key)
+    buf = kept.get(xn.dtype.str)
     if buf is None or buf.shape[0] < xn.size:
-        if B.is_numpy(x):
-            raw = np.empty(xn.size + 64, dtype=xn.dtype)
-            skip = (-raw.ctypes.data % 64) // xn.dtype.itemsize
-            buf = raw[skip: skip + xn.size]
-        else:
-            import torch
-
-            buf = torch.empty(xn.size, dtype=x.dtype)  # torch's allocator aligns to 64 bytes
+        raw = np.empty(xn.size + 64, dtype=xn.dtype)
+        skip = (-raw.ctypes.data % 64) // xn.dtype.itemsize
+        buf = raw[skip: skip + xn.size]
         if xn.nbytes <= SCRATCH_BYTES:
-            kept[key] = buf
-    return buf[: xn.size].reshape(xn.shape)
+            kept[xn.dtype.str] = buf
+    out = buf[: xn.size].reshape(xn.shape)
+    if B.is_numpy(x):
+        return out
+    import torch
+
+    return torch.from_numpy(out)  # a fresh view: a plain tensor in or out of inference mode
 
 
 def _shifted(x, xn, shift):
@@ -189,13 +197,13 @@ def _shifted(x, xn, shift):
         return np.subtract(xn, shift, out=out)
     import torch
 
-    return torch.sub(x, torch.from_numpy(shift), out=out)
+    return torch.sub(x, torch.from_numpy(shift), out=out)  # torch's threads: twice numpy's speed
 
 
 def _centred_from_product(x, xp, centred=True):
     """``(k, dmax)``: the gram formed once -- of ``x`` itself where its column means are small
-    against the spread, else of ``x - c`` with ``c`` the mean of a few rows
-    (:func:`_shift_estimate`) -- then centred in float64; None where the product shows a
+    against the spread (:func:`_shift_estimate`), else of ``x - c`` with ``c`` the mean of a
+    few rows (:func:`_shift`) -- then centred in float64; None where the product shows a
     residual offset beyond :data:`OFFSET_RATIO` (the caller then centres with the exact
     float64 means first and forms the gram again).
 
@@ -212,17 +220,16 @@ def _centred_from_product(x, xp, centred=True):
     """
     xn = B.to_numpy(x)
     with np.errstate(over="ignore", under="ignore", invalid="ignore"):
-        shift, offset, spread = _shift_estimate(xn)
+        offset, spread = _shift_estimate(xn)
         if not (math.isfinite(offset) and math.isfinite(spread) and spread > 0.0):
             return None  # NaN/Inf, a constant layer or extreme scales: the checked path
         if offset > 0.5 * OFFSET_RATIO * spread:  # the half leaves room for the estimate's noise
-            x = _shifted(x, xn, shift)
+            x = _shifted(x, xn, _shift(xn))
         k = B.self_product(x, xp)
         kn = B.to_numpy(k)
         n = kn.shape[0]
-        k64 = kn.astype(np.float64)
-        rows = k64.sum(axis=1) / n  # x m
-        diag = np.diagonal(k64)
+        rows = np.sum(kn, axis=1, dtype=np.float64) / n  # x m, without a float64 copy of k
+        diag = np.diagonal(kn).astype(np.float64)
         c = float(rows.sum()) / n  # ||m||^2
         spread = float(diag.sum()) / n - c  # tr(HKH) / n
         if not (math.isfinite(c) and math.isfinite(spread) and 0.0 < spread
@@ -230,6 +237,7 @@ def _centred_from_product(x, xp, centred=True):
             return None
         if not centred:  # the caller centres it (in float64) anyway
             return k, float(np.max(diag - 2.0 * rows)) + c
+        k64 = kn.astype(np.float64)
         k64 -= rows[:, None]
         k64 -= rows[None, :]
         k64 += c

@@ -266,3 +266,23 @@ def test_small_offsets_keep_the_product_of_the_raw_features(rng, estimator):
     want = np.empty((1, 64 * 64))
     centre_into(self_product(x, namespace(x)), estimator == "unbiased", want[0], namespace(x))
     np.testing.assert_array_equal(packed, want)
+
+
+def test_shifted_gram_in_and_out_of_inference_mode(rng):
+    """The shift's scratch buffer is reused across calls: a gram formed under
+    torch.inference_mode (compare_models' forwards) must not leave an inference tensor that
+    a later call outside it cannot write to, and the buffer must not alias a returned gram."""
+    x = torch.from_numpy((rng.standard_normal((40, 30)) + 20.0).astype(np.float32))
+    xp = namespace(x)
+    with torch.inference_mode():
+        first = kernels_linear(x, xp)
+    second = kernels_linear(x * 2.0, xp)
+    third = kernels_linear(x, xp)
+    torch.testing.assert_close(first, third)
+    torch.testing.assert_close(second, 4.0 * third, rtol=1e-5, atol=1e-3)
+
+
+def kernels_linear(x, xp):
+    from repsim.kernels import linear_gram
+
+    return linear_gram(x, xp)
