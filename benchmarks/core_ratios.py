@@ -82,38 +82,11 @@ def machine():
 
 
 def real_layers(kind, n, seed=0):
-    """Float32 ``(n, features)`` activations of real layers (see the module docstring)."""
-    import torch
-    from torch import nn
+    """Float32 ``(n, features)`` numpy activations of real layers: the ASV suite's
+    (``benchmarks/benchmarks/bench_core.py``), so both measure the same data."""
+    from benchmarks.bench_core import _real_layers  # benchmarks/ is this script's directory
 
-    torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed + 1)
-    acts = {}
-
-    def keep(name):
-        return lambda m, i, o: acts.__setitem__(
-            name, (o[0] if isinstance(o, tuple) else o).detach().reshape(n, -1).float().clone())
-
-    if kind == "resnet":
-        model = repsim.models.cifar_resnet(20).eval()
-        wanted = (nn.ReLU, nn.BatchNorm2d, type(model.stage1[0]))
-        names = [k for k, m in model.named_modules() if isinstance(m, wanted)]
-        x = torch.randn(n, 3, 32, 32, generator=g)
-    else:
-        from transformers import BertConfig, BertModel
-
-        cfg = BertConfig(hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
-                         intermediate_size=1024, max_position_embeddings=64)
-        model = BertModel(cfg).eval()
-        names = repsim.hidden_state_layers(model)
-        x = torch.randint(1000, cfg.vocab_size, (n, 16), generator=g)
-    mods = dict(model.named_modules())
-    hooks = [mods[k].register_forward_hook(keep(k)) for k in names]
-    with torch.inference_mode():
-        model(x)
-    for h in hooks:
-        h.remove()
-    return {k: acts[k].numpy() for k in names}
+    return {k: v.numpy() for k, v in _real_layers(kind, n, seed).items()}
 
 
 def measure(library, args):

@@ -1,6 +1,6 @@
 """Cost of uncertainty, measured side by side in one process (interleaved, best of N).
 
-    python benchmarks/stats_ratios.py [--repeats 5] [--quick]
+    python benchmarks/stats_ratios.py [--repeats 5] [--quick] [--data gaussian|resnet]
 
 Prints (1) MinibatchCKA update time with ``groups=10`` over the plain accumulator,
 (2) ``repsim.bootstrap`` (100 half-samples) and ``repsim.permutation_test`` (100
@@ -9,7 +9,9 @@ measure given as ``functools.partial(repsim.cka_matrix, ...)``, which must take 
 fast path (ratio ~1 to the plain call) -- and (3) ``permutation_test`` of a measure
 without a gram path (``repsim.cca``, recomputed per permutation and layer pair) in units
 of one call of the measure. ``--quick`` shrinks every size (a correctness run, not a
-timing).
+timing). ``--data resnet`` takes the accumulator's layers from a CIFAR ResNet-20's
+post-ReLU, post-BN and residual-sum outputs (the ASV suite's real activations, large
+column means) instead of Gaussian data.
 """
 
 import argparse
@@ -40,10 +42,15 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="tiny sizes: check that it runs")
+    ap.add_argument("--data", choices=["gaussian", "resnet"], default="gaussian")
     args = ap.parse_args()
     n_layers, n, p = (4, 40, 16) if args.quick else (16, 400, 256)
 
     batch = _layers(4, 32, 16) if args.quick else _layers(32, 256, 512)
+    if args.data == "resnet":
+        from benchmarks.bench_core import _real_layers  # benchmarks/ is this script's directory
+
+        batch = {k: v.numpy() for k, v in _real_layers("resnet", 32 if args.quick else 256).items()}
 
     def feed(groups, uncertainty=False):
         def run():
