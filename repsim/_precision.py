@@ -54,8 +54,8 @@ class PrecisionWarning(RuntimeWarning):
 
 
 @functools.lru_cache(maxsize=1)
-def _cpu_info() -> tuple[str, frozenset]:
-    model, flags = "unknown CPU", frozenset()
+def _cpu_info() -> tuple[str, frozenset[str]]:
+    model, flags = "unknown CPU", frozenset[str]()
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
