@@ -67,7 +67,7 @@ except ImportError:  # pragma: no cover
     import repsim
 
 from repsim.results import atomic_write  # noqa: E402
-from wide_deep.analyse import cross_one, cross_pairs, extract_one  # noqa: E402
+from wide_deep.analyse import block_options, cross_one, cross_pairs, extract_one  # noqa: E402
 from wide_deep.claims import findings  # noqa: E402
 from wide_deep.config import build_config, deviations, model_specs, parse_args  # noqa: E402
 from wide_deep.report import console_lines, make_figures, write_report  # noqa: E402
@@ -184,7 +184,8 @@ def main(argv=None) -> int:
     summary = {
         "dataset": cfg["dataset"], "data": data_text(cfg, data), "n_eval": int(len(data["y_eval"])),
         "command": portable_command(argv), "config": cfg, "deviations": deviations(cfg),
-        "layers": cfg["layers"], "block_rule": repsim.find_block(any_extract["cka"]).attrs["rule"],
+        "layers": cfg["layers"], "block_rule": repsim.find_block(
+            any_extract["cka"], **block_options(cfg, any_extract["cka"].shape[0])).attrs["rule"],
         "torch_threads": threads, "models": list(entries.values()),
         "cross_seed": [seed_pair_summary(by_id[a], by_id[b], res, entries, cfg["edge_layers"])
                        for (a, b, kind), res in crosses.items() if kind == "seeds"],
