@@ -520,3 +520,62 @@ def test_uniform_stage_square_at_the_thresholds_is_a_block():
     ds = repsim.find_block(sim)
     assert ds.attrs["has_block"] == 1 and int(ds.isel(run=ds.attrs["block"])["size"]) == 18
     assert float(ds.isel(run=ds.attrs["block"])["inside"]) == pytest.approx(0.9)
+
+
+@pytest.mark.parametrize("n", [54, 109, 217])
+@pytest.mark.parametrize("background", ["smooth", "stages"])
+def test_noisier_blocks_near_the_inside_threshold(n, background):
+    # inside 0.92 (0.02 above min_inside) with noise 0.05: still whole at these depths
+    bg = _smooth(n) if background == "smooth" else _stage_squares(n)
+    for share in (0.2, 0.5, 0.8):
+        first, last = _span_of(n, share, 0.5)
+        for seed in range(3):
+            ds = repsim.find_block(_plant(bg, first, last, 0.92, 0.05, seed))
+            assert _found(ds) == (first, last), (share, seed)
+
+
+def _rerun_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "docs" / "scripts" / "rerun_block_rule.py"
+    spec = importlib.util.spec_from_file_location("rerun_block_rule", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_rerun_script_compares_the_old_and_new_rule_on_stored_matrices(tmp_path):
+    pytest.importorskip("h5netcdf")
+    import json
+
+    import xarray as xr
+
+    rerun = _rerun_script()
+    cfg = {"block_penalty": 3.0, "block_min_inside": 0.9, "block_min_contrast": 0.2, "block_min_size": 3,
+           "block_neighbours": 3}
+    first, last = _span_of(109, 0.6, 0.5)
+    big = _plant(_smooth(109), first, last, 0.97)  # the old cost split it: a 33-layer fragment
+    late = _stages(stage=0.75, block=(39, 48))  # under the old cap: the same block by both
+    assert (first, last) == (22, 86)
+    assert rerun.old_block(big, cfg) == (22, 54) and rerun.new_block(big, cfg) == (22, 86)
+    assert rerun.old_block(late, cfg) == rerun.new_block(late, cfg) == (39, 48)
+    run = tmp_path / "run"
+    (run / "extract").mkdir(parents=True)
+    for model, sim in (("deep", big), ("late", late)):
+        names = [f"l{i}" for i in range(sim.shape[0])]
+        ds = xr.Dataset({"cka": (("layer_a", "layer_b"), sim)}, coords={"layer_a": names, "layer_b": names},
+                        attrs={"model": model})
+        repsim.save_result(ds, run / "extract" / f"{model}.nc")
+    (run / "summary.json").write_text(json.dumps({"config": cfg, "models": [
+        {"id": "deep", "n_layers": 109, "block": None, "candidate": None},
+        {"id": "late", "n_layers": 54, "block": {"first": 39, "last": 48, "size": 10}}]}))
+    lines = rerun.rerun(run)
+    assert "| deep | 109 | none | 22-54 | 22-86 | **yes** |" in lines
+    assert "| late | 54 | 39-48 | 39-48 | 39-48 | no |" in lines
+    # only a summary: says the verdicts cannot be recomputed, and what the summary decides
+    (run / "extract" / "deep.nc").unlink()
+    (run / "extract" / "late.nc").unlink()
+    lines = rerun.rerun(run)
+    assert any("verdicts cannot be recomputed" in line for line in lines)
+    assert any("block 39-48 (10 layers; the floor is 6: kept" in line for line in lines)
