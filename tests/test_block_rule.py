@@ -579,3 +579,66 @@ def test_rerun_script_compares_the_old_and_new_rule_on_stored_matrices(tmp_path)
     lines = rerun.rerun(run)
     assert any("verdicts cannot be recomputed" in line for line in lines)
     assert any("block 39-48 (10 layers; the floor is 6: kept" in line for line in lines)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(40, 160), st.floats(0.92, 0.99), st.floats(0.45, 0.6), st.floats(0.84, 0.88),
+       st.integers(0, 2), st.floats(0.0, 1.0))
+def test_property_a_sharper_failing_run_never_masks_a_passing_one(n, inside, edge, decoy_inside, extra, where):
+    # a short decoy (inside below min_inside, dark around: the sharpest run) and a longer
+    # passing run (edges at ``edge``): the block is the passing run, wherever they sit
+    need = max(3, int(np.ceil(0.1 * n - 1e-9)))
+    size_d = need + extra
+    size = max(need, 6, int(round(0.25 * n)))
+    width = max(3, -(-size // 2))
+    sim = np.full((n, n), 0.25)
+    lo = size_d + 3 + width  # first layer the long run may start at
+    first = lo + int(round(where * (n - size - width - lo)))
+    last = first + size - 1
+    sim[0:size_d, 0:size_d] = decoy_inside
+    win = np.r_[max(0, first - width):first, last + 1:min(n, last + 1 + width)]
+    sim[np.ix_(np.arange(first, last + 1), win)] = edge
+    sim[np.ix_(win, np.arange(first, last + 1))] = edge
+    sim[first:last + 1, first:last + 1] = inside
+    np.fill_diagonal(sim, 1.0)
+    decoy = repsim.block_contrast(sim, 0, size_d - 1)
+    long_run = repsim.block_contrast(sim, first, last)
+    assert decoy.contrast > long_run.contrast and decoy.inside < 0.9 <= long_run.inside
+    ds = repsim.find_block(sim)
+    assert _found(ds) == (first, last)
+    assert float(ds.isel(run=ds.attrs["block"])["local_contrast"]) == pytest.approx(long_run.contrast)
+
+
+@settings(max_examples=40, deadline=None)
+@given(_planted(), st.sampled_from([np.inf, -np.inf, np.nan]), st.floats(0, 1), st.floats(0, 1))
+def test_property_a_non_finite_entry_is_refused_and_a_nan_layer_is_not(case, value, u, v):
+    sim, first, last, _ = case
+    n = sim.shape[0]
+    a, b = int(u * (n - 1)), int(v * (n - 1))
+    bad = sim.copy()
+    bad[a, b] = bad[b, a] = value
+    with pytest.raises(ValueError, match=r"sim must (hold finite similarities|be finite apart from whole NaN layers)"):
+        repsim.find_block(bad)
+    with pytest.raises(ValueError, match=r"sim must"):
+        repsim.segment_layers(bad)
+    # a constant layer outside the block: accepted, its own run, the block unchanged
+    c = first - 1 if first > 0 else last + 1
+    if c < n:
+        ok = sim.copy()
+        ok[c, :] = ok[:, c] = np.nan
+        ds = repsim.find_block(ok)
+        assert (c, c) in repsim.segment_layers(ok)
+        assert _found(ds) == (first, last)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.floats(-3, 3), st.floats(-4, 4), st.floats(-0.5, 1.5))
+def test_property_thresholds_are_refused_exactly_outside_their_range(min_inside, min_contrast, min_share):
+    ok = -1 <= min_inside <= 1 and -2 <= min_contrast <= 2 and 0 <= min_share <= 1
+    kw = {"min_inside": min_inside, "min_contrast": min_contrast, "min_share": min_share}
+    if ok:
+        ds = repsim.find_block(_twelve(), **kw)
+        assert ds.attrs["min_inside"] == min_inside and ds.attrs["min_share"] == min_share
+    else:
+        with pytest.raises(ValueError, match=r"must lie in"):
+            repsim.find_block(_twelve(), **kw)
