@@ -17,8 +17,9 @@ makes, and the package ``examples/wide_deep/`` holds the longer pieces.
    :func:`repsim.remove_top_pcs` as a per-batch transform, and without the dominant
    examples.
 4. **blocks** -- :func:`repsim.find_block` (the declared block: optimal segmentation,
-   largest local contrast, declared thresholds), :func:`repsim.block_sensitivity`,
-   :func:`repsim.block_contrast`; the PC1 view :func:`repsim.pc1_runs`.
+   the largest local contrast among runs passing declared thresholds),
+   :func:`repsim.block_sensitivity`, :func:`repsim.block_contrast`; the PC1 view
+   :func:`repsim.pc1_runs`.
 5. **PCs** -- :func:`repsim.layer_statistics` (PC1 share, scores, dominant examples per
    layer through hooks); the follow-up removes the top 1% by ``|PC1 score|`` at the
    block's middle layer against random 1% removals.
