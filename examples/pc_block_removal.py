@@ -68,8 +68,9 @@ ax.figure.tight_layout()
 # The declared block: sharp edges, not just bright
 # ------------------------------------------------
 # :func:`repsim.find_block` asks a stricter question: it segments the layers optimally
-# into contiguous runs and takes the run with the largest *local* contrast (inside CKA
-# minus CKA to its neighbouring layers), if that passes declared thresholds. On a network
+# into contiguous runs and, among the runs that pass declared thresholds (size, inside CKA,
+# local contrast), takes the one with the largest *local* contrast (inside CKA minus CKA to
+# its neighbouring layers). On a network
 # this is what separates the paper's block from stage structure; the PC1 view
 # (:func:`repsim.pc1_runs`) is a second, independent definition to compare with.
 

@@ -17,8 +17,9 @@ makes, and the package ``examples/wide_deep/`` holds the longer pieces.
    :func:`repsim.remove_top_pcs` as a per-batch transform, and without the dominant
    examples.
 4. **blocks** -- :func:`repsim.find_block` (the declared block: optimal segmentation,
-   largest local contrast, declared thresholds), :func:`repsim.block_sensitivity`,
-   :func:`repsim.block_contrast`; the PC1 view :func:`repsim.pc1_runs`.
+   the largest local contrast among runs passing declared thresholds),
+   :func:`repsim.block_sensitivity`, :func:`repsim.block_contrast`; the PC1 view
+   :func:`repsim.pc1_runs`.
 5. **PCs** -- :func:`repsim.layer_statistics` (PC1 share, scores, dominant examples per
    layer through hooks); the follow-up removes the top 1% by ``|PC1 score|`` at the
    block's middle layer against random 1% removals.
@@ -67,7 +68,7 @@ except ImportError:  # pragma: no cover
     import repsim
 
 from repsim.results import atomic_write  # noqa: E402
-from wide_deep.analyse import cross_one, cross_pairs, extract_one  # noqa: E402
+from wide_deep.analyse import block_options, cross_one, cross_pairs, extract_one  # noqa: E402
 from wide_deep.claims import findings  # noqa: E402
 from wide_deep.config import build_config, deviations, model_specs, parse_args  # noqa: E402
 from wide_deep.report import console_lines, make_figures, write_report  # noqa: E402
@@ -184,7 +185,8 @@ def main(argv=None) -> int:
     summary = {
         "dataset": cfg["dataset"], "data": data_text(cfg, data), "n_eval": int(len(data["y_eval"])),
         "command": portable_command(argv), "config": cfg, "deviations": deviations(cfg),
-        "layers": cfg["layers"], "block_rule": repsim.find_block(any_extract["cka"]).attrs["rule"],
+        "layers": cfg["layers"], "block_rule": repsim.find_block(
+            any_extract["cka"], **block_options(cfg, any_extract["cka"].shape[0])).attrs["rule"],
         "torch_threads": threads, "models": list(entries.values()),
         "cross_seed": [seed_pair_summary(by_id[a], by_id[b], res, entries, cfg["edge_layers"])
                        for (a, b, kind), res in crosses.items() if kind == "seeds"],

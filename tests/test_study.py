@@ -111,8 +111,8 @@ def test_netcdf_has_provenance_and_the_block_definition(smoke_run):
                                  "random_removal_contrast"}
     assert ds["cka"].dims == ("layer_a", "layer_b") and ds.sizes["layer_a"] == 6
     for key in ("model", "depth", "width", "seed", "train_fraction", "estimator", "passes", "batch_size",
-                "n_examples", "dataset", "repsim_version", "block_rule", "block_penalty", "block_min_inside",
-                "block_min_contrast", "interval_method"):
+                "n_examples", "dataset", "repsim_version", "block_rule", "block_penalty", "block_min_share",
+                "block_min_inside", "block_min_contrast", "interval_method"):
         assert key in ds.attrs
     assert "local contrast" in ds.attrs["block_rule"] and "measurement noise" in ds.attrs["interval_method"]
     np.testing.assert_allclose(np.diag(ds["cka"].values), 1.0, atol=1e-6)
@@ -262,6 +262,9 @@ def test_bad_arguments_are_refused_before_any_model_trains(tmp_path, flags, matc
     ({"epochz": 3}, "epochz"),
     ({"lr": -1}, "lr"),
     ({"fit_threshold": 1.5}, "fit_threshold"),
+    ({"block_penalty": 3.0}, r"block_penalty must be a number in \[1e-06, 2.0\] \(in units of 1 - CKA"),
+    ({"block_min_share": 1.5}, r"block_min_share must be a number in \[0.0, 1.0\]"),
+    ({"block_min_inside": 1.5}, r"block_min_inside must be a number in \[-1.0, 1.0\]"),
     ({"layers": "leaves"}, "layers"),
     ({"data_dir": "/tmp"}, "data_dir is for dataset 'cifar10'"),
     ([1, 2], "JSON object"),

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import repsim
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 
@@ -92,10 +94,16 @@ def test_cifar10_data_path(tmp_path):
     assert data["classes"][0] == "airplane"
 
 
-def test_block_options_scale_the_penalty_with_the_layer_count():
+def test_block_options_are_the_same_for_every_layer_count():
+    # the segmentation's cost is linear in a run's size and the relative size floor lives
+    # in the library: the study passes one declared set of options, whatever L
     cfg = config.build_config(config.parse_args([]))
-    assert analyse.block_options(cfg, 54)["penalty"] == pytest.approx(3.0)
-    assert analyse.block_options(cfg, 108)["penalty"] == pytest.approx(12.0)
+    want = {"penalty": 0.25, "min_inside": 0.9, "min_contrast": 0.2, "min_size": 3, "min_share": 0.1,
+            "neighbours": 3}
+    assert analyse.block_options(cfg, 19) == analyse.block_options(cfg, 217) == want
+    # the library's defaults: a caller without the study's config gets the same rule
+    defaults = repsim.find_block(np.eye(5)).attrs
+    assert {k: defaults[k] for k in want} == want
     # a 2x finer copy of a planted matrix gives the same block
     sim = np.full((54, 54), 0.35)
     sim[36:, 36:] = 0.75

@@ -20,11 +20,6 @@ import repsim
 from .config import analysis_settings
 from .train import predict
 
-#: The penalty of ``block_penalty`` is declared for a 54-layer matrix (ResNet-110's block
-#: outputs); the segmentation cost counts pairs, so it is scaled by ``(L / 54) ** 2``.
-PENALTY_LAYERS = 54
-
-
 def layer_names(model, cfg) -> list[str]:
     """The analysed layers (``cfg["layers"]``: every layer, ReLU outputs or block outputs)."""
     from repsim.models import layer_names as names
@@ -79,10 +74,16 @@ def cross_model_cka(model_a, model_b, names_a, names_b, x, cfg, seed, device, na
 
 
 def block_options(cfg, n_layers) -> dict:
-    """Options of :func:`repsim.find_block` for an ``n_layers`` matrix (declared in the config)."""
-    return {"penalty": cfg["block_penalty"] * (n_layers / PENALTY_LAYERS) ** 2,
-            "min_inside": cfg["block_min_inside"], "min_contrast": cfg["block_min_contrast"],
-            "min_size": cfg["block_min_size"], "neighbours": cfg["block_neighbours"]}
+    """Options of :func:`repsim.find_block` (declared in the config).
+
+    The same for every ``n_layers``: the segmentation's cost is linear in a run's size,
+    so its penalty needs no scaling, and the relative size floor (``block_min_share``)
+    is applied by the library. ``n_layers`` is kept so call sites state the matrix.
+    """
+    del n_layers
+    return {"penalty": cfg["block_penalty"], "min_inside": cfg["block_min_inside"],
+            "min_contrast": cfg["block_min_contrast"], "min_size": cfg["block_min_size"],
+            "min_share": cfg["block_min_share"], "neighbours": cfg["block_neighbours"]}
 
 
 def declared_block(sim, cfg):

@@ -36,11 +36,14 @@ DEFAULT_CONFIG = {
     "cka_batch_size": 250,
     "passes": 4,
     "layers": "relu",  # repsim.models.layer_names kind: "all", "relu" or "blocks"
-    # the declared block (repsim.find_block); penalty given for 54 layers, scaled by (L/54)^2
-    "block_penalty": 3.0,
+    # the declared block (repsim.find_block, its defaults): the penalty is in units of
+    # 1 - CKA and serves every number of layers; a block spans >= max(min_size,
+    # ceil(min_share * L)) layers. Thresholds calibrated on post-ReLU block outputs at 16 px.
+    "block_penalty": 0.25,
     "block_min_inside": 0.9,
     "block_min_contrast": 0.2,
     "block_min_size": 3,
+    "block_min_share": 0.1,
     "block_neighbours": 3,
     "pc1_threshold": 0.5,  # the PC1 view (repsim.pc1_runs)
     "dominant_fraction": 0.01,  # follow-up: top 1% by |PC1 score| at the block's middle layer
@@ -104,7 +107,8 @@ TRAIN_KEYS = (
 )
 ANALYSIS_KEYS = ("n_eval", "cka_batch_size", "passes", "layers", "dominant_fraction", "random_removals",
                  "control_passes", "cross_passes", "interval_groups", "level", "block_penalty",
-                 "block_min_inside", "block_min_contrast", "block_min_size", "block_neighbours")
+                 "block_min_inside", "block_min_contrast", "block_min_size", "block_min_share",
+                 "block_neighbours")
 FLAG_KEYS = ("dataset", "epochs", "batch_size", "lr", "image_size", "n_eval", "passes", "cross_passes",
              "min_steps", "cka_batch_size", "threads", "device", "layers")
 
@@ -214,10 +218,13 @@ def check_config(cfg) -> None:
         _int(cfg, "threads", 1)
     for key, low, high in (("lr", 1e-12, 100.0), ("momentum", 0.0, 1.0), ("weight_decay", 0.0, 1.0),
                            ("warmup_fraction", 0.0, 1.0), ("fit_threshold", 0.0, 1.0), ("level", 0.5, 0.999),
-                           ("block_penalty", 1e-9, 1e9), ("block_min_inside", -1.0, 1.0),
-                           ("block_min_contrast", -2.0, 2.0), ("pc1_threshold", 0.0, 1.0),
+                           ("block_min_inside", -1.0, 1.0),
+                           ("block_min_contrast", -2.0, 2.0), ("block_min_share", 0.0, 1.0),
+                           ("pc1_threshold", 0.0, 1.0),
                            ("dominant_fraction", 1e-6, 0.5)):
         _number(cfg, key, low, high)
+    _number(cfg, "block_penalty", 1e-6, 2.0, " (in units of 1 - CKA, the same for every number of layers: the "
+            "segmentation's per-run cost is linear in the run's size since issue 24; 0.25 by default)")
     if cfg["image_size"] not in (None, 16, 32):
         raise SystemExit(f"image_size must be 16 or 32 (CIFAR-10) or null; got {cfg['image_size']!r}")
     if cfg["layers"] not in ("all", "relu", "blocks"):

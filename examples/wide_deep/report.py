@@ -183,6 +183,22 @@ CAPTIONS = {
 }
 
 
+def _penalty_text(cfg) -> str:
+    """The segmentation penalty as the summary's rule used it (runs before issue 24 hold no
+    ``block_min_share`` and a penalty for a pair-summed, quadratic cost)."""
+    if "block_min_share" not in cfg:
+        return f"penalty {cfg['block_penalty']} per 54 layers, scaled by (L/54)^2"
+    return f"penalty {cfg['block_penalty']} (in units of 1 - CKA; the same for every number of layers)"
+
+
+def _size_text(cfg) -> str:
+    """The block's size floor as declared in ``cfg``."""
+    if "block_min_share" not in cfg:
+        return f"min_size {cfg['block_min_size']}"
+    return (f"at least max({cfg['block_min_size']}, ceil({cfg['block_min_share']} x L)) layers "
+            f"(min_size {cfg['block_min_size']}, min_share {cfg['block_min_share']})")
+
+
 def write_report(summary, figs, cfg, out: Path) -> str:
     """``report.md``: set-up with every declared deviation, claims with criteria and numbers,
     the models, seeds, cross-model and output tables. Returns the text."""
@@ -205,8 +221,8 @@ def write_report(summary, figs, cfg, out: Path) -> str:
              f"{cfg['passes']} shuffled passes over {summary['n_eval']} held-out images; cross-model: "
              f"{cfg['cross_passes']} passes")
     L.append(f"- the declared block (stated before any run): `repsim.find_block` -- {summary['block_rule']}; "
-             f"penalty {cfg['block_penalty']} per 54 layers, scaled by (L/54)^2; min_inside {cfg['block_min_inside']}, "
-             f"min_contrast {cfg['block_min_contrast']}, min_size {cfg['block_min_size']}, neighbours "
+             + _penalty_text(cfg) + f"; min_inside {cfg['block_min_inside']}, "
+             f"min_contrast {cfg['block_min_contrast']}, {_size_text(cfg)}, neighbours "
              f"{cfg['block_neighbours']}. Sensitivity: the same rule over penalty x0.5/x1/x2, min_inside +-0.05 and "
              "min_contrast +-0.1 (27 settings) for every model. The PC1 view (`repsim.pc1_runs`, share > "
              f"{cfg['pc1_threshold']}) is reported beside it. The previous rule (`repsim.block_structure`) finds "

@@ -52,7 +52,7 @@ def model_summary(spec, meta, ds, cfg) -> dict:
         sim, penalties=[opts["penalty"] * f for f in (0.5, 1, 2)],
         min_insides=[cfg["block_min_inside"] + d for d in (-0.05, 0, 0.05)],
         min_contrasts=[cfg["block_min_contrast"] + d for d in (-0.1, 0, 0.1)],
-        min_size=cfg["block_min_size"], neighbours=cfg["block_neighbours"])
+        min_size=opts["min_size"], min_share=opts["min_share"], neighbours=opts["neighbours"])
     stage = repsim.block_structure(sim)
     entry = {
         "id": spec["id"], "depth": spec["depth"], "width": spec["width"], "seed": spec["seed"],

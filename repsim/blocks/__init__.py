@@ -27,6 +27,8 @@ Consequences worth knowing:
   ones not) is cut where the newest layer's mean drops below ``threshold``; ``min_size``
   keeps short runs of adjacent, similar layers from counting as blocks.
 * NaN entries (constant layers) never satisfy the threshold: such a layer ends any run.
+  NaN is accepted only as a whole layer (a NaN row and column); a NaN elsewhere, or an
+  infinite entry, is refused.
 
 The defaults (``threshold=0.8``, ``min_size=3``) suit linear-CKA heatmaps of residual
 networks, where block layers typically reach CKA 0.9 and above; they are parameters, not
@@ -182,6 +184,7 @@ def block_structure(sim, *, threshold=0.8, min_size=3):
     """
     threshold, min_size = _options(threshold, min_size)
     values, names = _matrix(sim)
+    _refuse_nonfinite(values)
     found = _find(values, threshold, min_size)
     rows = [(f, l, *_inside_outside(values, f, l)) for f, l in found]
     ds = xr.Dataset(
@@ -259,7 +262,16 @@ def block_score(sim, *, threshold=0.8, min_size=3):
     """
     threshold, min_size = _options(threshold, min_size)
     values, _ = _matrix(sim)
+    _refuse_nonfinite(values)
     return _score(values, _find(values, threshold, min_size))
+
+
+def _refuse_nonfinite(values):
+    """Infinite entries and NaN outside whole (constant) layers are refused, as by
+    :func:`repsim.find_block`."""
+    from .declared import _check_values
+
+    _check_values(values)
 
 
 from .declared import (  # noqa: E402  (the declared block builds on _matrix above)
