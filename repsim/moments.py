@@ -408,7 +408,11 @@ class FeatureMoments(Accumulator):
 
         Parameters
         ----------
-        measure : {"cka", "cca", "svcca", "pwcca", "shape_distance", "nbs", "ridge_r2", "gulp"}
+        measure : str
+            A function with an exact streaming form in the measure registry
+            (:func:`repsim.measure_names`): ``"cka"``, ``"cca"``, ``"svcca"``, ``"pwcca"``,
+            ``"shape_distance"``, ``"nbs"``, ``"ridge_r2"``, ``"gulp"``; or the name of one
+            of their measures (``"procrustes_angular"``), whose preset options apply.
         **params
             The measure's parameters, named and defaulted as in its full-data function:
             ``estimator`` ("biased" or "unbiased") for CKA; ``summary`` and ``ridge`` for
@@ -437,7 +441,7 @@ class FeatureMoments(Accumulator):
         TypeError
             A parameter the measure does not take.
         """
-        p = MM.check_params(measure, params, self.folds)
+        measure, p = MM.check_params(measure, params, self.folds)
         if not self.started:
             raise ValueError("no batches accumulated yet; call update() first")
         n, s1, s2 = self._totals()
@@ -453,7 +457,7 @@ class FeatureMoments(Accumulator):
             values = self._cka(n, s1, s2, p["estimator"], ia, ib)
         else:
             values = self._pairwise(measure, p, n, s1, s2, ia, ib, deg)
-        from .cka import _mask_degenerate
+        from ._rules import mask_degenerate as _mask_degenerate
 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -498,9 +502,11 @@ class FeatureMoments(Accumulator):
         whiten = {}
         if measure in ("cca", "svcca", "pwcca"):
             whiten = {i: MM.whitening(scat[i], n, p["ridge"]) for i in used if not deg[i]}
-        _, symmetric_measure = MM.MEASURES[measure]
-        if isinstance(p.get("keep"), (tuple, list)) and p["keep"][0] != p["keep"][1]:
-            symmetric_measure = False  # svcca with a different keep per side
+        from ._registry import families
+
+        family = families()[measure]
+        symmetric_measure = family.symmetric and (family.symmetric_when is None
+                                                  or bool(family.symmetric_when(p)))
         values = np.full((len(ia), len(ib)), np.nan)
         for r, i in enumerate(ia):
             for c, j in enumerate(ib):

@@ -20,6 +20,7 @@ from ._selection import LayerSpec, select_layers, unwrap_model
 from .pooling import POOLINGS, batch_context, pool
 
 REPEATS = ("error", "index")
+V.register_params("GramHooks", pooling=V.Options(*POOLINGS), repeated=V.Options(*REPEATS))
 
 
 def _default_select(output, name):
@@ -119,9 +120,10 @@ class GramHooks:
         self.model = unwrap_model(model)
         self.names = select_layers(self.model, layers)
         if not (callable(pooling) or pooling in POOLINGS):
-            V.check_option(pooling, "pooling", POOLINGS)
+            V.check_params("GramHooks", pooling=pooling)
         self.pooling = pooling
-        self.repeated = V.check_option(repeated, "repeated", REPEATS)
+        V.check_params("GramHooks", repeated=repeated)
+        self.repeated = repeated
         if isinstance(select, dict):
             unknown = sorted(set(select) - set(self.names))
             if unknown:
