@@ -133,7 +133,10 @@ def cycle_knn(x, y, k=10, *, metric="cosine"):
     -------
     scalar
         float64 in ``[0, 1]``. Not symmetric: ``cycle_knn(x, y)`` goes through ``y``
-        first, as the reference's ``cycle_knn(feats_A=x, feats_B=y)``.
+        first, as the reference's ``cycle_knn(feats_A=x, feats_B=y)``. Below 1 even for
+        ``x`` against itself when some example is among the neighbours of none of its
+        neighbours (an anti-hub); near 1 for any data once ``k²`` is not small next to
+        ``n``.
 
     Notes
     -----

@@ -19,7 +19,7 @@ import xarray as xr
 
 from .. import _backend as B
 from .. import _validation as V
-from . import _matrix
+from ._reader import _matrix
 
 SEGMENT_RULE = (
     "optimal segmentation into contiguous runs minimising sum over runs of "
