@@ -111,7 +111,11 @@ def pair_layers(a, b):
     """``(moments, constant sides)`` of two :class:`Layer` -- what :func:`moments` and
     :func:`constant_sides` give on the two full arrays."""
     xp = B.namespace(a.xc)
-    m = Moments(a.n, a.sxx, b.sxx, xp.matmul(a.xc.T, b.xc))
+    # a layer against itself: a copy, so that the product is the general one the
+    # per-pair function forms (numpy's symmetric ``aᵀa`` kernel rounds differently, and
+    # the angular score's arccos turns 1e-16 into 1e-8 near a distance of 0)
+    yc = b.xc if b is not a else xp.asarray(b.xc, copy=True)
+    m = Moments(a.n, a.sxx, b.sxx, xp.matmul(a.xc.T, yc))
     return m, constant_sides(m, scales=(a.scale, b.scale))
 
 
