@@ -38,7 +38,8 @@ import math
 import numbers
 import sys
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 
 class DegenerateRepresentationWarning(RuntimeWarning):
@@ -117,18 +118,22 @@ class Options:
     ``aliases`` maps other accepted spellings to a canonical value (``{"debiased":
     "unbiased"}``); the constraint returns the canonical value, so only callers that use
     the returned value should declare aliases. A wrong string gets the nearest choice
-    as a suggestion."""
+    as a suggestion, or its ``hints`` entry (``{"debiased": "unbiased"}`` where the alias
+    is not accepted: a spelling close to the wrong choice)."""
 
-    def __init__(self, *allowed, aliases=None):
+    def __init__(self, *allowed, aliases=None, hints=None):
         self.allowed = allowed
         self.aliases = dict(aliases or {})
+        self.hints = dict(hints or {})
 
     def __call__(self, value, name):
         if isinstance(value, str) and value in self.aliases:
             return self.aliases[value]
         if not any(isinstance(value, type(a)) and value == a for a in self.allowed):
             choices = ", ".join(repr(a) for a in self.allowed)
-            hint = _suggest(value, [*self.allowed, *self.aliases])
+            hint = (f"; did you mean {self.hints[value]!r}?"
+                    if isinstance(value, str) and value in self.hints
+                    else _suggest(value, [*self.allowed, *self.aliases]))
             raise ValueError(f"{name} must be one of {choices}; got {value!r}{hint}")
         return value
 
@@ -201,9 +206,9 @@ class IsCallable:
 #: One entry per option, shared by every public function that takes it
 #: (:func:`check_params` applies it; the pattern of scikit-learn's ``validate_params``).
 #: Other modules add their own options with :func:`register_params`.
-PARAMS = {
+PARAMS: dict[str, Callable[..., Any]] = {
     "kernel": Options("linear", "rbf"),
-    "estimator": Options("biased", "unbiased"),
+    "estimator": Options("biased", "unbiased", hints={"debiased": "unbiased"}),
     "engine": Options("auto", "numpy", "numba"),
     "method": Options("auto", "gram", "features"),
     "summary": Options("mean", "mean_squared"),

@@ -97,6 +97,8 @@ def test_unknown_names_and_options_suggest_the_nearest():
     with pytest.raises(ValueError, match="estimator must be one of 'biased', 'unbiased'; got "
                                          "'debaised'; did you mean 'debiased'"):
         repsim.compare(x, x, "cka", estimator="debaised")
+    with pytest.raises(ValueError, match="got 'debiased'; did you mean 'unbiased'"):
+        repsim.cka(x, x, estimator="debiased")  # the function itself takes no alias
     with pytest.raises(ValueError, match="score must be one of 'angular', 'euclidean'; got "
                                          "'angualr'; did you mean 'angular'"):
         repsim.shape_distance(x, x, score="angualr")
