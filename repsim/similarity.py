@@ -64,9 +64,19 @@ def measure(name: str) -> R.Measure:
 
 
 def measure_names(*, aliases: bool = False) -> list[str] | dict[str, str]:
-    """The registered measures' canonical names, in the order of :func:`repsim.measures`;
-    with ``aliases=True`` a dict of every accepted name (canonical names, aliases,
-    similarity-repository ids) -> its canonical name.
+    """The registered measures' names.
+
+    Parameters
+    ----------
+    aliases : bool, default False
+        Return every accepted name instead (canonical names, aliases, similarity-repository
+        ids), mapped to its canonical name.
+
+    Returns
+    -------
+    list of str or dict str -> str
+        Canonical names in the order of :func:`repsim.measures`; with ``aliases=True`` the
+        dict of all accepted names.
 
     Examples
     --------
