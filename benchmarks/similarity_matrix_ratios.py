@@ -1,7 +1,9 @@
 """repsim.similarity_matrix (each layer prepared once, half of a symmetric matrix) against a
 per-pair loop of the same function, for the measures of issue 22's done-when.
 
-Usage (figures are coarse under load; say what ``uptime`` showed)::
+Times are process CPU seconds (``time.process_time``: all threads of this process), so a
+shared machine's other work and pauses do not inflate one side; they are still coarse
+under load (say what ``uptime`` showed). Usage::
 
     python benchmarks/similarity_matrix_ratios.py [--layers 24] [--n 2000] [--p 128]
         [--measures cca,svcca,pwcca,rsa,mutual_knn,procrustes_angular] [--sample 24] [--full]
@@ -65,17 +67,17 @@ def main(argv=None):
     print(f"{args.layers} float32 layers of {args.n} x {args.p}; loop timed on "
           f"{len(timed)} of {len(pairs)} ordered pairs; load average "
           f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
-    print(f"{'measure':<20}{'matrix s':>10}{'loop s':>10}{'loop/2 s':>10}{'ratio':>8}"
+    print(f"{'measure (CPU s)':<20}{'matrix s':>10}{'loop s':>10}{'loop/2 s':>10}{'ratio':>8}"
           f"{'ratio/2':>9}{'max |diff| f64':>16}")
     for name in args.measures.split(","):
         m = repsim.measure(name)
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         repsim.similarity_matrix(layers, measure=name, progress=False)
-        t_matrix = time.perf_counter() - t0
-        t0 = time.perf_counter()
+        t_matrix = time.process_time() - t0
+        t0 = time.process_time()
         for a, b in timed:
             float(m(layers[a], layers[b]))
-        per_pair = (time.perf_counter() - t0) / len(timed)
+        per_pair = (time.process_time() - t0) / len(timed)
         t_loop = per_pair * len(pairs)
         half = len(names) * (len(names) + 1) // 2 if m.symmetric else len(pairs)
         t_half = per_pair * half
