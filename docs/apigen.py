@@ -15,9 +15,13 @@ from pathlib import Path
 GROUPS = [
     ("Measures", "Kernels, HSIC and CKA on whole datasets: one pair or all pairs at once.",
      ("kernels", "centring", "hsic", "cka")),
+    ("Any measure by name", "The measure registry: look a measure up by name, alias or "
+     "similarity-repository id, compute it for one pair or as a layer x layer matrix, list "
+     "them all.",
+     ("similarity", "catalogue")),
     ("Measures beyond CKA", "Shape metrics, regression, neighbourhoods, distance correlation, "
-     "RSA, and the table of all measures.",
-     ("shape", "regression", "neighbours", "rdm", "catalogue")),
+     "RSA, eigenspace overlap and cycle k-NN.",
+     ("shape", "regression", "neighbours", "rdm", "overlap")),
     ("Streaming", "Minibatch CKA and full-data feature moments: accumulate over batches, "
      "merge, all-reduce, resume.",
      ("streaming", "moments")),

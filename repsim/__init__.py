@@ -42,12 +42,14 @@ from .neighbours import (
     second_order_cosine,
 )
 from .moments import FeatureMoments
+from .overlap import cycle_knn, eigenspace_overlap
 from .pcs import DominantExamples, dominant_examples, pc_variance_fraction, remove_top_pcs
 from ._precision import PrecisionWarning, precision_support
 from .rdm import dcor, rsa
 from .regression import gulp, ridge_r2
 from .results import load_result, save_result
 from .shape import nbs, shape_distance
+from .similarity import compare, measure, measure_names, similarity_matrix
 from .stats import (
     Interval,
     aggregate_seeds,
@@ -113,10 +115,13 @@ __all__ = [
     "cka",
     "cka_matrix",
     "cknna",
+    "compare",
     "compare_models",
     "compare_seeds",
+    "cycle_knn",
     "dcor",
     "dominant_examples",
+    "eigenspace_overlap",
     "find_block",
     "gram",
     "gulp",
@@ -126,6 +131,8 @@ __all__ = [
     "jackknife_interval",
     "layer_statistics",
     "load_result",
+    "measure",
+    "measure_names",
     "measures",
     "median_sigma",
     "mutual_knn",
@@ -149,6 +156,7 @@ __all__ = [
     "segment_layers",
     "select_layers",
     "shape_distance",
+    "similarity_matrix",
     "standardize_features",
     "svcca",
     "ucentre_gram",

@@ -196,6 +196,10 @@ class Accumulator:
 
     STATES: ClassVar[tuple[State, ...]] = ()
     LAYOUT: ClassVar[tuple[str, ...]] = ()
+    #: What the PyTorch adapter feeds it (:func:`repsim.compare_models`): ``"grams"``
+    #: (``update_grams``, each layer's ``(n, n)`` gram) or ``"features"``
+    #: (``update_features``, each layer's pooled ``(n, d)`` activations).
+    CONSUMES: ClassVar[str] = "grams"
 
     _values: dict[str, Any]
 
@@ -208,6 +212,21 @@ class Accumulator:
 
     def _check_layout(self, layout: dict[str, Any]) -> None:
         """Refuse a malformed incoming layout (subclasses add their checks)."""
+
+    def _pre_merge(self, other: Any) -> Any:
+        """Hook: ``other`` (already checked to be of this class and computation) as
+        :meth:`merge` should add it -- e.g. its sums re-expressed on this accumulator's
+        shift. Default: ``other`` itself."""
+        return other
+
+    def _pre_sync(self, all_reduce: Callable[[Any], Any], device: Any) -> None:
+        """Hook run by :meth:`sync` on every process before anything else, with the same
+        collective: agree on what the processes must share before their states are
+        compared and summed (e.g. a common shift). Default: nothing."""
+
+    def _invalidate(self) -> None:
+        """Hook: drop caches derived from the layout (called by :meth:`reset` and
+        :meth:`load_state_dict` after they change it). Default: nothing."""
 
     # ---------------------------------------------------------------- the table
     def _declared(self, options: dict[str, Any] | None = None) -> tuple[State, ...]:
@@ -230,6 +249,7 @@ class Accumulator:
         for key in self.LAYOUT:
             setattr(self, key, None)
         self._values = {}
+        self._invalidate()
 
     def _start(self, layout: dict[str, Any], xp: Any, device: Any) -> None:
         """Fix the layout and allocate every declared state as zeros on ``device``."""
@@ -274,6 +294,7 @@ class Accumulator:
             raise ValueError(f"cannot merge accumulators of different computations: {'; '.join(diff)}")
         if not other.started:
             return self
+        other = self._pre_merge(other)
         ref = next(iter(other._values.values()))
         self._check_like(ref, "other")
         if not self.started:
@@ -354,6 +375,7 @@ class Accumulator:
             value = layout[key]
             setattr(self, key, list(value) if isinstance(value, (list, tuple)) else value)
         self._values = values
+        self._invalidate()
 
     def _fingerprint(self) -> int:
         """A 16-bit digest of the options and layout: its squares summed over up to 1,000
@@ -387,6 +409,7 @@ class Accumulator:
         ValueError
             If some process has no batches, or the processes' options or layers differ.
         """
+        self._pre_sync(all_reduce, device)
         if self._values:
             ref = next(iter(self._values.values()))
             xp, dev = B.namespace(ref), B.device(ref)

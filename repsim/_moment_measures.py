@@ -34,7 +34,7 @@ from types import SimpleNamespace
 
 from . import _backend as B
 from . import _moments as M
-from .cca_family import _keep_count
+from ._cca_core import _keep_count
 
 
 def block_indicator(widths, xp, device):
@@ -184,51 +184,32 @@ def pwcca_from_moments(sxy, n, wx, wy, side="x"):
 
 # --------------------------------------------------------------------------- accumulator side
 
-MEASURES = {
-    # measure: (parameters with defaults, symmetric in the pair)
-    "cka": ({"estimator": "biased"}, True),
-    "cca": ({"summary": "mean", "ridge": 0.0}, True),
-    "svcca": ({"keep": 0.99, "summary": "mean", "ridge": 0.0}, True),
-    "pwcca": ({"side": "x", "ridge": 0.0}, False),
-    "shape_distance": ({"alpha": 1.0, "score": "angular"}, True),
-    "nbs": ({}, True),
-    "ridge_r2": ({"ridge": 0.0, "direction": "x_to_y", "out_of_fold": False}, False),
-    "gulp": ({"ridge": 0.01, "squared": False}, True),
-}
-
-
 def check_params(measure, params, folds):
-    """A measure's parameters, defaulted and validated as its full-data function does."""
-    from . import _validation as V
-    from .cca_family import SIDES, SUMMARIES
-    from .regression import DIRECTIONS, _check_ridge
-    from .shape import SCORES, _check_alpha
+    """``(function name, parameters)`` of ``FeatureMoments.compute(measure, **params)``:
+    the measure resolved through the registry (a function name such as ``"cka"``, or any
+    name of one of its measures, whose preset options apply), its streaming parameters
+    defaulted from the function's signature and checked by its declared constraints."""
+    from ._registry import did_you_mean, moment_family
 
-    if measure not in MEASURES:
-        V.check_option(measure, "measure", tuple(MEASURES))
-    defaults, _ = MEASURES[measure]
-    unknown = sorted(set(params) - set(defaults))
+    family, preset = moment_family(measure)
+    defaults = family.defaults()
+    allowed = {k: defaults[k] for k in family.moments}
+    allowed.update({k: d for k, (d, _) in family.moment_options.items()})
+    given = {**{k: v for k, v in preset.items() if k in allowed}, **params}
+    unknown = sorted(set(given) - set(allowed))
     if unknown:
-        raise TypeError(f"measure={measure!r} takes the parameters {sorted(defaults)}; "
-                        f"got unknown {unknown}")
-    p = {**defaults, **params}
-    for key, allowed in (("estimator", ("biased", "unbiased")), ("summary", SUMMARIES),
-                         ("side", SIDES), ("score", SCORES), ("direction", DIRECTIONS)):
-        if key in p:
-            V.check_option(p[key], key, allowed)
-    if "alpha" in p:
-        p["alpha"] = _check_alpha(p["alpha"])
-    if "ridge" in p:
-        p["ridge"] = _check_ridge(p["ridge"])
-    for flag in ("squared", "out_of_fold"):
-        if flag in p and not isinstance(p[flag], bool):
-            raise ValueError(f"{flag} must be True or False; got {p[flag]!r}")
+        raise TypeError(f"measure={measure!r} takes the parameters {sorted(allowed)}; "
+                        f"got unknown {unknown}{did_you_mean(unknown[0], allowed)}")
+    p = {**allowed, **given}
+    for key in given:
+        extra = family.moment_options.get(key)
+        p[key] = extra[1](p[key], key) if extra else family.check(key, p[key])
     if p.get("out_of_fold") and not folds:
         raise ValueError("out_of_fold=True needs an accumulator built with folds=k (k >= 2)")
     keep = p.get("keep")
     if isinstance(keep, (tuple, list)) and len(keep) != 2:
         raise ValueError(f"keep must be one value or a pair (keep_x, keep_y); got {keep!r}")
-    return p
+    return family.name, p
 
 
 def pair_value(measure, p, m, wx, wy, widths, fold_sums, pair):

@@ -81,7 +81,45 @@ def moments(x, y):
     return Moments(int(x.shape[0]), xp.matmul(xc.T, xc), xp.matmul(yc.T, yc), xp.matmul(xc.T, yc))
 
 
-def constant_sides(m, x=None, y=None):
+class Layer(NamedTuple):
+    """One validated representation's share of :func:`moments`, computed once per layer.
+
+    ``xc``: centred (and, beyond ``n`` columns, SVD-reduced) float64 data; ``sxx``:
+    ``xcᵀ xc``; ``scale``: ``Σ x²`` of the uncentred data (the constant-layer test)."""
+
+    n: int
+    xc: object
+    sxx: object
+    scale: float
+
+
+def prepare_layer(x, name="x", min_n=2, what="this measure"):
+    """Validate one representation as :func:`prepare_pair` does and form its :class:`Layer`."""
+    x = B.asarray(x)
+    xp = B.namespace(x)
+    x = V.as_2d(x, xp, name)
+    n = int(x.shape[0])
+    if n < min_n:
+        raise ValueError(f"{what} needs at least {min_n} examples; got n={n} for {name}")
+    x = xp.astype(x, xp.float64)
+    V.check_finite_array(x, xp, name)
+    xc = reduce_features(centre_columns(x, xp), xp)
+    return Layer(n, xc, xp.matmul(xc.T, xc), B.item(xp.sum(x * x)))
+
+
+def pair_layers(a, b):
+    """``(moments, constant sides)`` of two :class:`Layer` -- what :func:`moments` and
+    :func:`constant_sides` give on the two full arrays."""
+    xp = B.namespace(a.xc)
+    # a layer against itself: a copy, so that the product is the general one the
+    # per-pair function forms (numpy's symmetric ``aᵀa`` kernel rounds differently, and
+    # the angular score's arccos turns 1e-16 into 1e-8 near a distance of 0)
+    yc = b.xc if b is not a else xp.asarray(b.xc, copy=True)
+    m = Moments(a.n, a.sxx, b.sxx, xp.matmul(a.xc.T, yc))
+    return m, constant_sides(m, scales=(a.scale, b.scale))
+
+
+def constant_sides(m, x=None, y=None, scales=None):
     """Names of the sides whose total centred variance is zero up to rounding.
 
     ``tr(Sxx) <= n * eps * tr(XᵀX)`` counts as constant (the rounding error of the
@@ -90,9 +128,12 @@ def constant_sides(m, x=None, y=None):
     xp = B.namespace(m.sxx)
     eps = float(xp.finfo(xp.float64).eps)
     bad = []
-    for name, s, raw in (("x", m.sxx, x), ("y", m.syy, y)):
+    for i, (name, s, raw) in enumerate((("x", m.sxx, x), ("y", m.syy, y))):
         tr = B.item(xp.sum(xp.linalg.diagonal(s)))
-        scale = tr if raw is None else B.item(xp.sum(raw * raw))
+        if scales is not None:
+            scale = scales[i]
+        else:
+            scale = tr if raw is None else B.item(xp.sum(raw * raw))
         if not tr > m.n * eps * scale:
             bad.append(name)
     return bad

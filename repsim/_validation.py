@@ -13,11 +13,21 @@ and a module with options of its own registers their constraints once, at import
 
     V.register_params(weighting=V.Options("pairs", "batches"))
 
+or, for an option whose meaning is the function's own (``estimator`` of ``dcor``)::
+
+    V.register_params("rsa", rdm=V.Options("euclidean", "sqeuclidean", "correlation"))
+    V.check_params("rsa", rdm=rdm)
+
+The measure registry (:mod:`repsim._registry`) declares each measure function's
+constraints the same way, per callable.
+
 Constraints are small callables ``(value, name) -> value`` that raise ``ValueError``
 ("``name`` must be ...; got ...``"): :class:`Options` (one of fixed values, type-checked:
 ``1`` is not ``"1"``), :class:`Positive` (finite real > 0, bools and strings refused,
-optionally None), :class:`Flag` (exactly True or False) and :class:`IsCallable` (a
-callable, optionally None; ``TypeError``). Containers of layers are
+optionally None), :class:`Flag` (exactly True or False), :class:`IsCallable` (a
+callable, optionally None; ``TypeError``), :class:`Choices` (options computed on use, from
+the registry) and :class:`Satisfies` (a module's own range check). A wrong string gets the
+nearest allowed value as a suggestion ("did you mean ...?"). Containers of layers are
 recognised by :func:`is_mapping` / :func:`is_layer_sequence` and unpacked by
 :func:`layer_items`, the one place that decides what a container is.
 """
@@ -28,20 +38,12 @@ import math
 import numbers
 import sys
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 
 class DegenerateRepresentationWarning(RuntimeWarning):
     """A representation is constant (zero variance), so its similarity is undefined."""
-
-
-def check_option(value, name, allowed):
-    """Raise ValueError unless ``value`` is one of ``allowed`` (an instance of its type
-    with an equal value: ``1`` is not ``"1"``, ``numpy.str_("rbf")`` is ``"rbf"``)."""
-    if not any(isinstance(value, type(a)) and value == a for a in allowed):
-        choices = ", ".join(repr(a) for a in allowed)
-        raise ValueError(f"{name} must be one of {choices}; got {value!r}")
-    return value
 
 
 def as_2d(x, xp, name):
@@ -98,28 +100,66 @@ def check_finite(value, name):
         )
 
 
-def check_positive(value, name):
-    """``value`` must be a real finite number > 0 (bools and strings refused)."""
-    if not (isinstance(value, numbers.Real) and not isinstance(value, bool)
-            and math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0; got {value!r}")
-    return float(value)
-
-
 # --------------------------------------------------------------------------- constraints
 
 
-class Options:
-    """Constraint: one of a fixed set of values (compared with ``==``, type-checked)."""
+def _suggest(value, choices):
+    import difflib
 
-    def __init__(self, *allowed):
+    if not isinstance(value, str):
+        return ""
+    close = difflib.get_close_matches(value, [str(c) for c in choices], n=1, cutoff=0.5)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+class Options:
+    """Constraint: one of a fixed set of values (compared with ``==``, type-checked).
+
+    ``aliases`` maps other accepted spellings to a canonical value (``{"debiased":
+    "unbiased"}``); the constraint returns the canonical value, so only callers that use
+    the returned value should declare aliases. A wrong string gets the nearest choice
+    as a suggestion, or its ``hints`` entry (``{"debiased": "unbiased"}`` where the alias
+    is not accepted: a spelling close to the wrong choice)."""
+
+    def __init__(self, *allowed, aliases=None, hints=None):
         self.allowed = allowed
+        self.aliases = dict(aliases or {})
+        self.hints = dict(hints or {})
 
     def __call__(self, value, name):
+        if isinstance(value, str) and value in self.aliases:
+            return self.aliases[value]
         if not any(isinstance(value, type(a)) and value == a for a in self.allowed):
             choices = ", ".join(repr(a) for a in self.allowed)
-            raise ValueError(f"{name} must be one of {choices}; got {value!r}")
+            hint = (f"; did you mean {self.hints[value]!r}?"
+                    if isinstance(value, str) and value in self.hints
+                    else _suggest(value, [*self.allowed, *self.aliases]))
+            raise ValueError(f"{name} must be one of {choices}; got {value!r}{hint}")
         return value
+
+
+class Choices(Options):
+    """:class:`Options` whose allowed values are computed on first use by ``get()``
+    (choices derived from the measure registry)."""
+
+    def __init__(self, get):
+        super().__init__()
+        self._get = get
+
+    def __call__(self, value, name):
+        self.allowed = tuple(self._get())
+        return super().__call__(value, name)
+
+
+class Satisfies:
+    """Constraint: ``check(value) -> value`` raises ValueError itself (a module's own
+    checker, such as a range test on a float, reused as a table entry)."""
+
+    def __init__(self, check):
+        self.check = check
+
+    def __call__(self, value, name):
+        return self.check(value)
 
 
 class Positive:
@@ -166,9 +206,9 @@ class IsCallable:
 #: One entry per option, shared by every public function that takes it
 #: (:func:`check_params` applies it; the pattern of scikit-learn's ``validate_params``).
 #: Other modules add their own options with :func:`register_params`.
-PARAMS = {
+PARAMS: dict[str, Callable[..., Any]] = {
     "kernel": Options("linear", "rbf"),
-    "estimator": Options("biased", "unbiased"),
+    "estimator": Options("biased", "unbiased", hints={"debiased": "unbiased"}),
     "engine": Options("auto", "numpy", "numba"),
     "method": Options("auto", "gram", "features"),
     "summary": Options("mean", "mean_squared"),
@@ -183,18 +223,28 @@ PARAMS = {
 }
 
 
-def register_params(**constraints):
-    """Add constraints to :data:`PARAMS` (refusing to redefine an existing one
-    differently), so that another module's options are checked the same way."""
+#: Per-callable constraints: owner (a function's name, or a module's option group) ->
+#: parameter name -> constraint. They win over :data:`PARAMS` for that owner, so one
+#: parameter name (``estimator``, ``measure``) can mean different things for different
+#: functions -- scikit-learn's per-estimator ``_parameter_constraints``.
+CALLABLE_PARAMS: dict = {}
+
+
+def register_params(owner=None, /, **constraints):
+    """Add constraints: to :data:`PARAMS` (refusing to redefine an existing one
+    differently), or with ``owner`` to that owner's own table in :data:`CALLABLE_PARAMS`."""
+    table = PARAMS if owner is None else CALLABLE_PARAMS.setdefault(owner, {})
     for name, constraint in constraints.items():
-        if name in PARAMS and PARAMS[name] is not constraint:
-            raise ValueError(f"parameter constraint {name!r} is already defined")
-        PARAMS[name] = constraint
+        if name in table and table[name] is not constraint:
+            raise ValueError(f"parameter constraint {name!r} is already defined"
+                             + (f" for {owner}" if owner else ""))
+        table[name] = constraint
 
 
-def check_params(**values):
-    """Check every keyword against its constraint in :data:`PARAMS`; raise ValueError
-    (TypeError for :class:`IsCallable`) naming the first bad one ("``name`` must be ...; got ...").
+def check_params(owner=None, /, **values):
+    """Check every keyword against its constraint -- ``owner``'s own table first (see
+    :data:`CALLABLE_PARAMS`), then :data:`PARAMS`; raise ValueError (TypeError for
+    :class:`IsCallable`) naming the first bad one ("``name`` must be ...; got ...").
 
     Examples
     --------
@@ -203,9 +253,16 @@ def check_params(**values):
     Traceback (most recent call last):
     ...
     ValueError: kernel must be one of 'linear', 'rbf'; got 'poly'
+    >>> register_params("my_function", estimator=Options("plain", "robust"))
+    >>> check_params("my_function", estimator="robsut")
+    Traceback (most recent call last):
+    ...
+    ValueError: estimator must be one of 'plain', 'robust'; got 'robsut'; did you mean 'robust'?
     """
+    own = CALLABLE_PARAMS.get(owner, {}) if owner is not None else {}
     for name, value in values.items():
-        PARAMS[name](value, name)
+        constraint = own.get(name) or PARAMS[name]
+        constraint(value, name)
 
 
 def check_sigma_kernel(sigma, kernel, name="sigma"):

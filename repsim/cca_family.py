@@ -58,89 +58,25 @@ revisited", ICML.
 
 from __future__ import annotations
 
-import math
-import numbers
-import warnings
 
 from . import _backend as B
 from . import _validation as V
-from ._linalg import Rep, check_rtol
+from ._cca_core import (
+    _correlations,
+    _keep_count,
+    _pair,
+    _pwcca_convention_svcca,
+    _rho,
+    _rho_of,
+    _side,
+    _summary,
+    _warn_constant,
+    _warn_underdetermined,
+)
+from ._linalg import check_rtol
+from ._registry import Measure, declare
+from ._rules import check_ridge
 scalar = B.scalar
-
-SUMMARIES = ("mean", "mean_squared")
-SIDES = ("x", "y", "smaller")
-CONVENTIONS = ("morcos", "svcca")
-
-
-# --------------------------------------------------------------------------- internals
-
-
-def _pair(x, y, *, centre, rtol, unit_columns=True):
-    """Validate both sides; return ``(xp, rep_x, rep_y)``."""
-    x, y = B.asarray(x, "x"), B.asarray(y, "y")
-    xp = B.namespace(x, y, names=["x", "y"])
-    V.check_params(centre=centre)
-    rtol = check_rtol(rtol)
-    for a, name in ((x, "x"), (y, "y")):
-        V.as_2d(a, xp, name)
-    V.check_same_n(x.shape[0], y.shape[0], "x", "y", x.shape, y.shape)
-    n = int(x.shape[0])
-    if n < 2:
-        raise ValueError(f"CCA needs at least 2 examples; got n={n}")
-    rx = Rep(x, "x", centre=centre, rtol=rtol, xp=xp, unit_columns=unit_columns)
-    ry = Rep(y, "y", centre=centre, rtol=rtol, xp=xp, unit_columns=unit_columns)
-    return xp, rx, ry
-
-
-def _warn_constant(reps, what, result="is undefined (set to NaN)"):
-    bad = [name for name, rep, k in reps if k == 0]
-    if bad:
-        warnings.warn(
-            f"{what} {result} for constant representation(s) "
-            + ", ".join(repr(b) for b in bad)
-            + ": zero variance after centring, so there are no canonical directions",
-            V.DegenerateRepresentationWarning,
-            stacklevel=V.user_stacklevel(),
-        )
-        return True
-    return False
-
-
-def _warn_underdetermined(kx, ky, n, centre, what):
-    space = n - 1 if centre else n
-    forced = kx + ky - space
-    if forced > 0:
-        warnings.warn(
-            f"{what}: {kx} + {ky} directions compared in a {space}-dimensional space of "
-            f"{'centred ' if centre else ''}example vectors (n={n}), so at least {forced} "
-            f"canonical correlation(s) equal 1 by construction, whatever the data; use more "
-            "examples than directions (or svcca with fewer kept directions)",
-            V.UnderdeterminedCCAWarning,
-            stacklevel=V.user_stacklevel(),
-        )
-
-
-def _rho(ux, uy, xp):
-    """Canonical correlations (descending, clipped to [0, 1]) of two orthonormal bases."""
-    m = xp.matmul(ux.T, uy)
-    if m.shape[0] == 0 or m.shape[1] == 0:
-        return xp.zeros((0,), dtype=B.accumulation_dtype(xp), device=B.device(m))
-    return xp.clip(xp.linalg.svdvals(m), 0.0, 1.0)
-
-
-def _summary(rho, summary, xp):
-    if rho.shape[0] == 0:
-        return scalar(xp.asarray(math.nan, dtype=B.accumulation_dtype(xp), device=B.device(rho)), xp)
-    vals = rho * rho if summary == "mean_squared" else rho
-    return scalar(xp.mean(vals), xp)
-
-
-def _correlations(x, y, centre, rtol, what, **kw):
-    xp, rx, ry = _pair(x, y, centre=centre, rtol=rtol)
-    ux, uy = rx.u[:, : rx.rank], ry.u[:, : ry.rank]
-    if not _warn_constant([("x", rx, rx.rank), ("y", ry, ry.rank)], what, **kw):
-        _warn_underdetermined(rx.rank, ry.rank, rx.n, centre, what)
-    return xp, _rho(ux, uy, xp)
 
 
 # --------------------------------------------------------------------------- public
@@ -257,30 +193,6 @@ def cca(x, y, *, summary: str = "mean", centre: bool = True, rtol: float | None 
     return _summary(rho, summary, xp)
 
 
-def _keep_count(keep, rep, name, keep_by="variance"):
-    """Number of leading singular directions of ``rep`` that ``keep`` selects."""
-    if isinstance(keep, numbers.Integral) and not isinstance(keep, bool):
-        return min(V.check_int(keep, name, 1, what=" (a number of directions)"), rep.rank)
-    if isinstance(keep, numbers.Real) and not isinstance(keep, bool):
-        if not (math.isfinite(keep) and 0 < keep <= 1):
-            raise ValueError(
-                f"{name} must be a variance fraction in (0, 1] (a float) or a number of "
-                f"directions (an int >= 1); got {keep!r}"
-            )
-        if rep.rank == 0:
-            return 0
-        xp = rep.xp
-        var = rep.s[: rep.rank] ** 2 if keep_by == "variance" else rep.s[: rep.rank]
-        frac = xp.cumulative_sum(var) / xp.sum(var)
-        # the fewest leading directions whose variance share reaches keep (rounding slack)
-        below = int(xp.sum(xp.astype(frac < keep - 1e-12, xp.int64)))
-        return min(below + 1, rep.rank)
-    raise ValueError(
-        f"{name} must be a variance fraction in (0, 1] (a float) or a number of directions "
-        f"(an int >= 1); got {keep!r}"
-    )
-
-
 def svcca(x, y, *, keep: float | int | tuple = 0.99, summary: str = "mean",
           keep_by: str = "variance", rtol: float | None = None):
     """Singular vector CCA (Raghu et al. 2017).
@@ -344,38 +256,17 @@ def svcca(x, y, *, keep: float | int | tuple = 0.99, summary: str = "mean",
     else:
         keep_x = keep_y = keep
     xp, rx, ry = _pair(x, y, centre=True, rtol=rtol, unit_columns=False)
+    return _svcca_of(rx, ry, keep_x, keep_y, summary, keep_by)
+
+
+def _svcca_of(rx, ry, keep_x, keep_y, summary, keep_by):
+    xp = rx.xp
     kx = _keep_count(keep_x, rx, "keep" if keep_x is keep_y else "keep[0]", keep_by)
     ky = _keep_count(keep_y, ry, "keep" if keep_x is keep_y else "keep[1]", keep_by)
     if not _warn_constant([("x", rx, kx), ("y", ry, ky)], "SVCCA"):
         _warn_underdetermined(kx, ky, rx.n, True, "SVCCA")
     rho = _rho(rx.u[:, :kx], ry.u[:, :ky], xp)
     return _summary(rho, summary, xp)
-
-
-def _pwcca_svcca(wx, wy, xp):
-    """PWCCA as google/svcca's ``pwcca.py`` computes it, weighting side ``wx`` (n, p) with
-    ``p <= q``, in float64 (see :func:`pwcca`, ``convention="svcca"``)."""
-    n = wx.shape[0]
-    mx, my = xp.mean(wx, axis=0), xp.mean(wy, axis=0)
-    xc, yc = wx - mx, wy - my
-    sxx = xp.matmul(xc.T, xc) / (n - 1)
-    syy = xp.matmul(yc.T, yc) / (n - 1)
-    sxy = xp.matmul(xc.T, yc) / (n - 1)
-    xmax, ymax = xp.max(xp.abs(sxx)), xp.max(xp.abs(syy))
-    sxx, syy, sxy = sxx / xmax, syy / ymax, sxy / xp.sqrt(xmax * ymax)
-
-    def invsqrt(m):
-        w, v = xp.linalg.eigh(xp.linalg.pinv(m))
-        return xp.matmul(v * xp.sqrt(w)[None, :], v.T)
-
-    arr = xp.matmul(invsqrt(sxx), xp.matmul(sxy, invsqrt(syy)))
-    u, rho, _ = xp.linalg.svd(arr, full_matrices=True)
-    # the canonical "directions" without invsqrt_xx, with the means added back
-    dirns = xp.matmul(u.T, xc.T) + mx[:, None]
-    basis, _ = xp.linalg.qr(dirns.T)
-    weights = xp.sum(xp.abs(xp.matmul(basis.T, wx)), axis=1)
-    weights = weights / xp.sum(weights)
-    return xp.sum(weights * xp.abs(rho))
 
 
 def pwcca(x, y, *, side: str = "x", centre: bool = True, rtol: float | None = None,
@@ -452,6 +343,11 @@ def pwcca(x, y, *, side: str = "x", centre: bool = True, rtol: float | None = No
     if convention == "svcca":
         return _pwcca_convention_svcca(x, y, side)
     xp, rx, ry = _pair(x, y, centre=centre, rtol=rtol)
+    return _pwcca_of(rx, ry, side, centre)
+
+
+def _pwcca_of(rx, ry, side, centre):
+    xp = rx.xp
     if _warn_constant([("x", rx, rx.rank), ("y", ry, ry.rank)], "PWCCA"):
         return _summary(xp.zeros((0,), dtype=B.accumulation_dtype(xp), device=B.device(rx.data)), "mean", xp)
     _warn_underdetermined(rx.rank, ry.rank, rx.n, centre, "PWCCA")
@@ -469,26 +365,82 @@ def pwcca(x, y, *, side: str = "x", centre: bool = True, rtol: float | None = No
     return scalar(xp.sum(alpha * rho) / xp.sum(alpha), xp)
 
 
-def _pwcca_convention_svcca(x, y, side):
-    x, y = B.asarray(x, "x"), B.asarray(y, "y")
-    xp = B.namespace(x, y, names=["x", "y"])
-    x = xp.astype(V.as_2d(x, xp, "x"), B.accumulation_dtype(xp))
-    y = xp.astype(V.as_2d(y, xp, "y"), B.accumulation_dtype(xp))
-    V.check_same_n(x.shape[0], y.shape[0], "x", "y", x.shape, y.shape)
-    V.check_finite_array(x, xp, "x")
-    V.check_finite_array(y, xp, "y")
-    if side == "smaller":
-        side = "x" if x.shape[1] <= y.shape[1] else "y"
-    w, o, wname, oname = (x, y, "x", "y") if side == "x" else (y, x, "y", "x")
-    n, p, q = w.shape[0], w.shape[1], o.shape[1]
-    if p > q:
-        raise ValueError(
-            f"convention='svcca' weights by the side with fewer features (as pwcca.py); got "
-            f"side={side!r} with {p} features against {q} in {oname}; use side='smaller'"
-        )
-    if not n > max(p, q):
-        raise ValueError(
-            f"convention='svcca' needs more examples than features (covariance inverses); "
-            f"got n={n} with {p} features in {wname} and {q} in {oname}"
-        )
-    return scalar(_pwcca_svcca(w, o, xp), xp)
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def _rep(unit_columns):
+    def prepare(x, name, *, centre=True, rtol=None, **_):
+        x = B.asarray(x, name)
+        xp = B.namespace(x)
+        V.as_2d(x, xp, name)
+        return _side(x, name, xp, centre, check_rtol(rtol), unit_columns)
+    return prepare
+
+
+def _cca_pair(rx, ry, *, summary, centre, **_):
+    return _summary(_rho_of(rx, ry, centre, "CCA"), summary, rx.xp)
+
+
+def _svcca_keep(keep):
+    if isinstance(keep, (tuple, list)):
+        if len(keep) != 2:
+            raise ValueError(f"keep must be one value or a pair (keep_x, keep_y); got {keep!r}")
+        return keep[0], keep[1]
+    return keep, keep
+
+
+def _svcca_pair(rx, ry, *, keep, summary, keep_by, **_):
+    return _svcca_of(rx, ry, *_svcca_keep(keep), summary, keep_by)
+
+
+def _pwcca_prepare(x, name, *, convention="morcos", **options):
+    return x if convention == "svcca" else _rep(True)(x, name, **options)
+
+
+def _pwcca_pair(ra, rb, *, side, centre, convention, **_):
+    if convention == "svcca":
+        return _pwcca_convention_svcca(ra, rb, side)
+    return _pwcca_of(ra, rb, side, centre)
+
+
+_RIDGE = {"ridge": (0.0, V.Satisfies(check_ridge))}
+_ALL = ("orthogonal", "isotropic_scaling", "invertible_linear", "translation")
+_MOM = "O(n (p + q)^2 + (p + q)^3)"
+_RTOL = V.Satisfies(check_rtol)
+_SUMMARY = V.Options("mean", "mean_squared")
+
+declare(
+    cca,
+    constraints={"summary": _SUMMARY, "centre": V.PARAMS["centre"], "rtol": _RTOL},
+    prepare=_rep(True), pair=_cca_pair, moments=("summary",), moment_options=_RIDGE,
+    measures=[Measure("cca", {}, "similarity", "[0, 1]", _ALL, True,
+                      "exact from feature moments", _MOM,
+                      "mean canonical correlation of the centred column spaces",
+                      "Hotelling 1936; Raghu et al. 2017", aliases=("mean_cca",),
+                      repository=("cca-score",))],
+)
+declare(
+    svcca,
+    constraints={"summary": _SUMMARY, "keep_by": V.Options("variance", "singular_values"),
+                 "rtol": _RTOL},
+    prepare=lambda x, name, *, rtol=None, **_: _rep(False)(x, name, centre=True, rtol=rtol),
+    pair=_svcca_pair, moments=("keep", "summary"), moment_options=_RIDGE,
+    symmetric_when=lambda o: len(set(_svcca_keep(o["keep"]))) == 1,
+    measures=[Measure("svcca", {}, "similarity", "[0, 1]",
+                      ("orthogonal", "isotropic_scaling", "translation"), True,
+                      "all examples (SVD truncation)", _MOM,
+                      "mean CCA after keeping the top directions explaining 99% of variance",
+                      "Raghu et al. 2017", repository=("svcca-var99", "svcca"))],
+)
+declare(
+    pwcca,
+    constraints={"side": V.Options("x", "y", "smaller"), "centre": V.PARAMS["centre"],
+                 "rtol": _RTOL, "convention": V.Options("morcos", "svcca")},
+    prepare=_pwcca_prepare, pair=_pwcca_pair, moments=("side",), moment_options=_RIDGE,
+    measures=[Measure("pwcca", {}, "similarity", "[0, 1]", ("isotropic_scaling", "translation"),
+                      False, "exact from feature moments", _MOM,
+                      "canonical correlations weighted by the share of x's neurons each "
+                      "accounts for", "Morcos et al. 2018", repository=("pwcca",))],
+)

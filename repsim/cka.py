@@ -18,6 +18,8 @@ from . import _validation as V
 from ._pairs import prepare_pair
 from .hsic import centred_gram_stack, pairing_terms, scalar
 from .kernels import NORMAL_RANGE, _ldexp, degeneracy_terms, eps_of, prepare
+from ._registry import Measure, declare
+from ._rules import mask_degenerate
 from .results import similarity_array
 
 METHODS = ("auto", "gram", "features")
@@ -247,7 +249,7 @@ def cka_matrix(
                      threshold=threshold, engine=engine, precision=precision)
     names_a, names_b, sig_a, sig_b = p.names_a, p.names_b, p.sigmas_a, p.sigmas_b
     values = _clip(pair_cka(p.packed_a, p.packed_b), estimator, np)
-    values = _mask_degenerate(values, p.degenerate_a, p.degenerate_b, names_a, names_b)
+    values = mask_degenerate(values, p.degenerate_a, p.degenerate_b, names_a, names_b)
     attrs = {
         "measure": "cka",
         "estimator": estimator,
@@ -266,22 +268,53 @@ def pair_cka(ga, gb=None):
     """All-pairs CKA (numpy, ``(L_a, L_b)``) of packed centred grams from one product.
 
     ``gb`` None pairs ``ga`` with itself (the self terms are then the product's diagonal).
-    Constant layers come out as NaN (0/0) for :func:`_mask_degenerate` to name. Values
+    Constant layers come out as NaN (0/0) for :func:`repsim._rules.mask_degenerate` to name. Values
     are not clipped here (callers clip to their estimator's range).
     """
     cross, self_a, self_b = pairing_terms(ga, gb)
     return B.to_numpy(_normalise(cross, self_a, self_b, B.namespace(ga)))
 
 
-def _mask_degenerate(values, deg_a, deg_b, names_a, names_b):
-    """NaN the rows/columns of constant layers and warn once naming them."""
-    deg_a = np.asarray(deg_a, dtype=bool)
-    deg_b = np.asarray(deg_b, dtype=bool)
-    if deg_a.any() or deg_b.any():
-        values = np.array(values, dtype=np.float64, copy=True)
-        values[deg_a, :] = np.nan
-        values[:, deg_b] = np.nan
-        bad = [n for n, d in zip(names_a, deg_a) if d]
-        bad += [n for n, d in zip(names_b, deg_b) if d and n not in bad]
-        V.warn_degenerate(bad)
-    return values
+# --------------------------------------------------------------------------- registry
+
+
+def _cka_matrix_values(layers_a, layers_b, *, kernel, estimator, sigma, threshold, engine,
+                       precision="float32", **_):
+    """The all-pairs path of the registry: :func:`cka_matrix` (one product)."""
+    return cka_matrix(layers_a, layers_b, kernel=kernel, estimator=estimator, sigma=sigma,
+                      threshold=threshold, engine=engine, precision=precision).values
+
+
+_OIT = ("orthogonal", "isotropic_scaling", "translation")
+_GRAM = "O(n^2 (p + q))"
+
+declare(
+    cka,
+    constraints={
+        "kernel": V.PARAMS["kernel"], "sigma": V.PARAMS["sigma"],
+        "threshold": V.PARAMS["threshold"], "method": V.PARAMS["method"],
+        "engine": V.PARAMS["engine"], "precision": V.PARAMS["precision"],
+        "estimator": V.Options("biased", "unbiased", aliases={"debiased": "unbiased"}),
+    },
+    matrix=_cka_matrix_values,
+    moments=("estimator",),
+    measures=[
+        Measure("cka_linear", {}, "similarity", "[0, 1]", _OIT, True,
+                "exact from feature moments; minibatch U-statistic (MinibatchCKA)",
+                "O(n min(n, p + q) (p + q))",
+                "HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L)), linear grams, biased HSIC",
+                "Kornblith et al. 2019", "closed form (permutation_test)",
+                aliases=("cka", "linear_cka", "cka_biased"),
+                repository=("cka-kernel=linear-hsic=gretton-score", "cka-hsic_gretton")),
+        Measure("cka_linear_unbiased", {"estimator": "unbiased"}, "similarity", "<= 1", _OIT,
+                True, "minibatch U-statistic (MinibatchCKA); exact from moments", _GRAM,
+                "CKA with the unbiased HSIC of Song et al. 2012", "Nguyen et al. 2021",
+                "0 (exact)",
+                aliases=("cka_linear_debiased", "cka_debiased", "cka_unbiased"),
+                repository=("cka-kernel=linear-hsic=song-score", "cka-hsic_song")),
+        Measure("cka_rbf", {"kernel": "rbf"}, "similarity", "[0, 1]", _OIT, True,
+                "minibatch U-statistic with a fixed bandwidth", _GRAM,
+                "CKA with RBF grams, median-heuristic bandwidth", "Kornblith et al. 2019",
+                "closed form (permutation_test)", aliases=("rbf_cka",)),
+    ],
+)

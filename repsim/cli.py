@@ -33,8 +33,6 @@ import sys
 
 import numpy as np
 
-NEIGHBOUR_FUNCTIONS = ("mutual_knn", "jaccard_knn", "rank_similarity", "second_order_cosine", "cknna")
-
 
 class Source:
     """Layers of one saved-activations file or folder, read lazily."""
@@ -167,37 +165,20 @@ def _stream_minibatch_cka(src_a, src_b, names_a, names_b, n, batch_size, options
 
 
 def _all_pairs(spec, options, src_a, src_b, names_a, names_b, progress):
+    """Every layer read once, then :func:`repsim.similarity_matrix` (each layer prepared
+    once, half of a symmetric matrix computed)."""
     import repsim
-    from repsim.results import similarity_array
 
-    fn = getattr(repsim, spec.function)
-    same = src_b is None
-    src_b = src_a if same else src_b
-    if spec.function in NEIGHBOUR_FUNCTIONS:
-        layers_a = {k: src_a.read(k) for k in names_a}
-        layers_b = None if same else {k: src_b.read(k) for k in names_b}
-        opts = dict(options)
-        k = opts.pop("k", 10)
-        return repsim.neighbour_matrix(layers_a, layers_b, measure=spec.function, k=k, **opts)
-    values = np.full((len(names_a), len(names_b)), np.nan)
-    pairs = [(i, j) for i in range(len(names_a)) for j in range(len(names_b))]
-    cache = {}
-    for i, j in _progress(pairs, len(pairs), progress, "layer pairs"):
-        if ("a", i) not in cache:
-            cache.clear()
-            cache[("a", i)] = src_a.read(names_a[i])
-        x = cache[("a", i)]
-        y = src_b.read(names_b[j])
-        values[i, j] = float(fn(x, y, **options))
-    attrs = {"measure": spec.name, "function": spec.function, "n": int(x.shape[0])}
-    attrs.update({f"option_{k}": v for k, v in options.items()})
-    return similarity_array(values, names_a, names_b, attrs, name=spec.name)
+    layers_a = {k: src_a.read(k) for k in names_a}
+    layers_b = None if src_b is None else {k: src_b.read(k) for k in names_b}
+    return repsim.similarity_matrix(layers_a, layers_b, measure=spec.name, progress=progress,
+                                    **options)
 
 
 def build_parser():
-    from .catalogue import MEASURES
+    from .similarity import measure_names
 
-    names = [m.name for m in MEASURES] + ["minibatch_cka"]
+    names = measure_names() + ["minibatch_cka"]
     p = argparse.ArgumentParser(
         prog="repsim",
         description="Compare saved activations layer by layer; write a netCDF result and a heatmap.",
@@ -205,8 +186,10 @@ def build_parser():
     p.add_argument("a", help="activations of model A: .npz, .npy, folder of .npy, .safetensors, .nc/.h5")
     p.add_argument("b", nargs="?", help="activations of model B (default: A against itself)")
     p.add_argument("--measure", default="cka_linear", choices=names, metavar="NAME",
-                   help="a row of repsim.measures() or minibatch_cka (default cka_linear); "
-                        "one of: " + ", ".join(names))
+                   type=_canonical,
+                   help="a row of repsim.measures() (or an alias / similarity-repository id "
+                        "of one) or minibatch_cka (default cka_linear); one of: "
+                        + ", ".join(names))
     p.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="keyword argument of the measure (repeatable), e.g. k=20 or ridge=0.1")
     p.add_argument("--layers-a", help="comma-separated layer names of A (default: all)")
@@ -216,6 +199,14 @@ def build_parser():
     p.add_argument("--plot", help="heatmap image (png, pdf, ...); omitted: no plot")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
+
+
+def _canonical(name):
+    """A measure name, alias or similarity-repository id -> its canonical name (argparse
+    then checks the choices; an unknown name stays as given and is refused there)."""
+    from .similarity import measure_names
+
+    return measure_names(aliases=True).get(name, name)
 
 
 def _select(src, spec, label):
@@ -230,8 +221,6 @@ def _select(src, spec, label):
 
 def run(args):
     """Run the comparison described by parsed ``args``; returns the result DataArray."""
-    from .catalogue import MEASURES
-
     src_a = Source(args.a)
     src_b = None if args.b is None else Source(args.b)
     names_a = _select(src_a, args.layers_a, "--layers-a")
@@ -247,8 +236,12 @@ def run(args):
         result = _stream_minibatch_cka(src_a, src_b, names_a, names_b if src_b else None, n,
                                        args.batch_size, options, progress)
     else:
-        spec = next(m for m in MEASURES if m.name == args.measure)
-        result = _all_pairs(spec, {**spec.options, **options}, src_a, src_b, names_a, names_b, progress)
+        from .similarity import measure
+
+        spec = measure(args.measure)
+        if src_b is None and args.layers_b is not None:
+            src_b = src_a
+        result = _all_pairs(spec, options, src_a, src_b, names_a, names_b, progress)
     result.attrs["source_a"] = os.path.abspath(args.a)
     result.attrs["source_b"] = os.path.abspath(args.b) if args.b else "none"
     from .results import save_result

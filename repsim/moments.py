@@ -24,11 +24,11 @@ from . import _moment_measures as MM
 from . import _moments as M
 from . import _validation as V
 from ._accumulator import Accumulator, State, check_layer_names
+from ._registry import families
 from .results import similarity_array
 
 #: Default memory budget (bytes) of :class:`FeatureMoments`.
 DEFAULT_MAX_BYTES = 4 * 2**30
-
 
 
 def _gib(nbytes: float) -> str:
@@ -120,7 +120,7 @@ class FeatureMoments(Accumulator):
     symmetric: bool
     shift: Any
     #: what the PyTorch adapter feeds (:func:`repsim.compare_models`): activations.
-    consumes = "features"
+    CONSUMES = "features"
 
     def __init__(self, *, max_bytes: int | None = DEFAULT_MAX_BYTES,
                  folds: int | None = None) -> None:
@@ -298,59 +298,29 @@ class FeatureMoments(Accumulator):
             self._shift_cache = cached
         return cached
 
-    def reset(self) -> None:
-        """Forget all batches, the layers, the shift and the states."""
-        super().reset()
+    def _invalidate(self) -> None:
         self._shift_cache = None
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self._shift_cache = None
-
-    load_state_dict.__doc__ = Accumulator.load_state_dict.__doc__
 
     # ------------------------------------------------------------------ combining
-    def merge(self, other: "FeatureMoments") -> "FeatureMoments":
-        """Add the sums of ``other`` (same options and layers) into this accumulator.
-
-        ``other``'s sums are first re-expressed on this accumulator's shift (exact; see
-        :func:`repsim._moment_measures.reshift`), then
-        :meth:`repsim._accumulator.Accumulator.merge` adds them.
-
-        Returns
-        -------
-        FeatureMoments
-            ``self``.
-        """
-        if (isinstance(other, FeatureMoments) and self.started and other.started
-                and other.widths == self.widths and other.shift != self.shift):
+    def _pre_merge(self, other: "FeatureMoments") -> "FeatureMoments":
+        """``other``'s sums re-expressed on this accumulator's shift (exact; see
+        :func:`repsim._moment_measures.reshift`), for the base's :meth:`merge` to add."""
+        if (self.started and other.started and other.widths == self.widths
+                and other.shift != self.shift):
             self._check_like(other._values["zz"], "other")
             moved = FeatureMoments(max_bytes=None, folds=other.folds)
             moved.load_state_dict(other.state_dict())
             moved._values = MM.reshift(self.widths, moved._values, moved.shift, self.shift)
             moved.shift = self.shift
-            other = moved
-        return super().merge(other)
+            return moved
+        return other
 
-    def sync(self, all_reduce: Callable[[Any], Any], *, device: Any = None) -> "FeatureMoments":
-        """Sum the moments over all processes with the caller's collective.
+    def _pre_sync(self, all_reduce: Callable[[Any], Any], device: Any) -> None:
+        """Agree on a common shift before the base's :meth:`sync` sums the states.
 
-        One all-reduce agrees on a common shift (the mean of the processes' shifts; a
-        small check vector first makes every process raise the same error when some have
-        no batches or other widths), each process re-expresses its sums on it (exact),
-        then :meth:`repsim._accumulator.Accumulator.sync` sums every declared state.
-
-        Parameters
-        ----------
-        all_reduce : callable
-            Sums an array in place over all processes (``torch.distributed.all_reduce``).
-        device : optional
-            Where the check vector lives on a process with no batch (NCCL: a CUDA device).
-
-        Returns
-        -------
-        FeatureMoments
-            ``self``, holding the sums of all processes.
+        One all-reduce of a small check vector makes every process raise the same error
+        when some have no batches or other widths; a second gives the mean of the
+        processes' shifts, on which each process re-expresses its sums (exact).
         """
         if self.started:
             ref = self._values["zz"]
@@ -379,7 +349,6 @@ class FeatureMoments(Accumulator):
             self._values = MM.reshift(self.widths, self._values, self.shift, common)
             self.shift = common
             self._shift_cache = None
-        return super().sync(all_reduce, device=device)
 
     # ------------------------------------------------------------------ compute
     def _totals(self):
@@ -408,7 +377,11 @@ class FeatureMoments(Accumulator):
 
         Parameters
         ----------
-        measure : {"cka", "cca", "svcca", "pwcca", "shape_distance", "nbs", "ridge_r2", "gulp"}
+        measure : str
+            A function with an exact streaming form in the measure registry
+            (:func:`repsim.measure_names`): ``"cka"``, ``"cca"``, ``"svcca"``, ``"pwcca"``,
+            ``"shape_distance"``, ``"nbs"``, ``"ridge_r2"``, ``"gulp"``; or the name of one
+            of their measures (``"procrustes_angular"``), whose preset options apply.
         **params
             The measure's parameters, named and defaulted as in its full-data function:
             ``estimator`` ("biased" or "unbiased") for CKA; ``summary`` and ``ridge`` for
@@ -437,7 +410,7 @@ class FeatureMoments(Accumulator):
         TypeError
             A parameter the measure does not take.
         """
-        p = MM.check_params(measure, params, self.folds)
+        measure, p = MM.check_params(measure, params, self.folds)
         if not self.started:
             raise ValueError("no batches accumulated yet; call update() first")
         n, s1, s2 = self._totals()
@@ -453,7 +426,7 @@ class FeatureMoments(Accumulator):
             values = self._cka(n, s1, s2, p["estimator"], ia, ib)
         else:
             values = self._pairwise(measure, p, n, s1, s2, ia, ib, deg)
-        from .cka import _mask_degenerate
+        from ._rules import mask_degenerate as _mask_degenerate
 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -496,11 +469,11 @@ class FeatureMoments(Accumulator):
         used = sorted(set(ia) | set(ib))
         scat = {i: self._cross(n, s1, s2, i, i) for i in used}
         whiten = {}
-        if measure in ("cca", "svcca", "pwcca"):
+        if "ridge" in families()[measure].moment_options:  # the CCA family: whitened once
             whiten = {i: MM.whitening(scat[i], n, p["ridge"]) for i in used if not deg[i]}
-        _, symmetric_measure = MM.MEASURES[measure]
-        if isinstance(p.get("keep"), (tuple, list)) and p["keep"][0] != p["keep"][1]:
-            symmetric_measure = False  # svcca with a different keep per side
+        family = families()[measure]
+        symmetric_measure = family.symmetric and (family.symmetric_when is None
+                                                  or bool(family.symmetric_when(p)))
         values = np.full((len(ia), len(ib)), np.nan)
         for r, i in enumerate(ia):
             for c, j in enumerate(ib):

@@ -36,8 +36,17 @@ from . import _moments as M
 from . import _validation as V
 from .results import similarity_array
 
-METRICS = ("cosine", "euclidean")
-MEASURES = ("mutual_knn", "jaccard_knn", "rank_similarity", "second_order_cosine", "cknna")
+
+
+def _measures():
+    """The k-NN measure functions of this module, as declared in the registry."""
+    from ._registry import families
+
+    return [name for name, f in families().items() if f.function.__module__ == __name__]
+
+
+V.register_params("neighbour_matrix", measure=V.Choices(_measures))
+V.register_params("neighbours", metric=V.Options("cosine", "euclidean"))
 
 #: rows per block of the neighbour search: bounds the float64 temporaries at ~64 MiB
 BLOCK_BYTES = 64 * 2**20
@@ -190,7 +199,7 @@ def _cknna_value(na, nb, xp):
 
 
 def _prepare(x, y, k, metric, measure):
-    V.check_option(metric, "metric", METRICS)
+    V.check_params("neighbours", metric=metric)
     if measure in ("second_order_cosine", "cknna") and metric != "cosine":
         raise ValueError(f"{measure} compares cosine similarities; metric must be 'cosine', got {metric!r}")
     xp, x, y = M.prepare_pair(x, y, min_n=4 if measure == "cknna" else 2, what=measure)
@@ -435,8 +444,8 @@ def neighbour_matrix(xs, ys=None, *, measure="mutual_knn", k=10, metric="cosine"
     >>> float(sim.sel(layer_a="a", layer_b="b"))
     1.0
     """
-    V.check_option(measure, "measure", MEASURES)
-    V.check_option(metric, "metric", METRICS)
+    V.check_params("neighbour_matrix", measure=measure)
+    V.check_params("neighbours", metric=metric)
     if measure in ("second_order_cosine", "cknna") and metric != "cosine":
         raise ValueError(f"{measure} compares cosine similarities; metric must be 'cosine', got {metric!r}")
     names_a, arrays_a = V.layer_items(xs, "xs")

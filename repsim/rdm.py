@@ -37,10 +37,9 @@ import numpy as np
 from . import _backend as B
 from . import _moments as M
 from . import _validation as V
-from .kernels import ESTIMATORS, centre_into
+from ._registry import Measure, declare
+from .kernels import centre_into
 
-RDMS = ("euclidean", "sqeuclidean", "correlation")
-COMPARES = ("pearson", "spearman", "kendall")
 
 
 def _constant(xc, x, xp):
@@ -143,7 +142,7 @@ def dcor(x, y, estimator="unbiased"):
     >>> round(float(repsim.dcor(x, 5 * x + 1)), 12)
     1.0
     """
-    V.check_option(estimator, "estimator", ESTIMATORS)
+    V.check_params("dcor", estimator=estimator)
     xp, x, y = M.prepare_pair(x, y, min_n=4 if estimator == "unbiased" else 2, what=f"dcor(estimator={estimator!r})")
     n = int(x.shape[0])
     unbiased = estimator == "unbiased"
@@ -302,8 +301,7 @@ def rsa(x, y, rdm="euclidean", compare="pearson"):
     >>> round(float(repsim.rsa(x, 2 * x, compare="kendall")), 12)
     1.0
     """
-    V.check_option(rdm, "rdm", RDMS)
-    V.check_option(compare, "compare", COMPARES)
+    V.check_params("rsa", rdm=rdm, compare=compare)
     xp, x, y = M.prepare_pair(x, y, min_n=3, what="rsa")
     u = _upper(distance_matrix(x, rdm, "x"), xp)
     v = _upper(distance_matrix(y, rdm, "y"), xp)
@@ -322,3 +320,68 @@ def rsa(x, y, rdm="euclidean", compare="pearson"):
     return xp.asarray(value, dtype=xp.float64, device=B.device(x))
 
 
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def _rsa_prepare(x, name, *, rdm, compare, **_):
+    """One layer's RDM upper triangle, centred (Pearson) or as centred ranks (Spearman)."""
+    x = B.asarray(x)
+    xp = B.namespace(x)
+    x = V.as_2d(x, xp, name)
+    if int(x.shape[0]) < 3:
+        raise ValueError(f"rsa needs at least 3 examples; got n={int(x.shape[0])} for {name}")
+    x = xp.astype(x, xp.float64)
+    V.check_finite_array(x, xp, name)
+    u = _upper(distance_matrix(x, rdm, name), xp)
+    flat = B.item(xp.max(u) - xp.min(u)) == 0
+    if compare == "kendall":
+        return u, B.to_numpy(u), flat, x
+    if compare == "spearman":
+        xp, u = np, average_ranks(B.to_numpy(u))
+    u = u - xp.mean(u)
+    return u, xp.sum(u * u), flat, x
+
+
+def _rsa_pair(a, b, *, compare, **_):
+    xp = B.namespace(a[3])
+    if a[2] or b[2]:
+        bad = [side for side, p in (("x", a), ("y", b)) if p[2]]
+        return M.as_result(M.undefined(bad, "rsa (constant RDM)"), xp)
+    if compare == "pearson":
+        return M.as_result(xp.sum(a[0] * b[0]) / xp.sqrt(a[1] * b[1]), xp)
+    if compare == "spearman":
+        value = float(np.sum(a[0] * b[0]) / np.sqrt(a[1] * b[1]))
+    else:
+        value = kendall_tau_a(a[1], b[1])
+    return np.float64(value)
+
+
+_OIT = ("orthogonal", "isotropic_scaling", "translation")
+
+declare(
+    dcor,
+    constraints={"estimator": V.Options("unbiased", "biased")},
+    measures=[Measure("dcor", {}, "similarity", "<= 1", _OIT, True,
+                      "minibatch U-statistic (distance kernel)", "O(n^2 (p + q))",
+                      "bias-corrected squared distance correlation <U(A), U(B)> / sqrt(...)",
+                      "Székely & Rizzo 2014", "0 (exact)", aliases=("distance_correlation",))],
+)
+declare(
+    rsa,
+    constraints={"rdm": V.Options("euclidean", "sqeuclidean", "correlation"),
+                 "compare": V.Options("pearson", "spearman", "kendall")},
+    prepare=_rsa_prepare, pair=_rsa_pair,
+    measures=[
+        Measure("rsa", {}, "similarity", "[-1, 1]", _OIT, True, "all examples",
+                "O(n^2 (p + q))", "Pearson correlation of the Euclidean RDMs' upper triangles",
+                "Kriegeskorte et al. 2008", "0 (exact)",
+                repository=("rsa-rdm=euclidean-compare=pearson",)),
+        Measure("rsa_kendall", {"rdm": "correlation", "compare": "kendall"}, "similarity",
+                "[-1, 1]", ("isotropic_scaling",), True, "all examples",
+                "O(n^2 (p + q + log n))", "Kendall tau-a of the correlation-distance RDMs",
+                "Nili et al. 2014", "0 (exact)",
+                repository=("rsa-rdm=correlation-compare=tau_a", "rsa-correlation-tau_a")),
+    ],
+)

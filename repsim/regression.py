@@ -11,17 +11,12 @@ a survey of functional and representational measures" (linear regression R²).
 from __future__ import annotations
 
 
+from . import _backend as B
 from . import _moments as M
 from . import _validation as V
+from ._registry import Measure, declare
+from ._rules import check_ridge as _check_ridge
 
-DIRECTIONS = ("x_to_y", "y_to_x", "mean")
-
-
-def _check_ridge(ridge, allow_zero=True):
-    ridge = V.check_float(ridge, "ridge")
-    if ridge < 0 or (not allow_zero and ridge == 0):
-        raise ValueError(f"ridge must be a finite number {'>=' if allow_zero else '>'} 0; got {ridge!r}")
-    return ridge
 
 
 def _folds(n, folds):
@@ -100,7 +95,7 @@ def ridge_r2(x, y, ridge=0.0, *, direction="x_to_y", folds=None):
     1.0
     """
     ridge = _check_ridge(ridge)
-    V.check_option(direction, "direction", DIRECTIONS)
+    V.check_params("ridge_r2", direction=direction)
     xp, x, y = M.prepare_pair(x, y, min_n=3 if folds else 2, what="ridge_r2")
     bounds = _folds(int(x.shape[0]), folds)
     m = M.moments(x, y)
@@ -171,3 +166,47 @@ def gulp(x, y, ridge=0.01, *, squared=False):
 
 
 
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def _gulp_pair(a, b, *, ridge, squared, **_):
+    xp = B.namespace(a.xc)
+    m, bad = M.pair_layers(a, b)
+    if bad:
+        return M.as_result(M.undefined(bad, "gulp"), xp)
+    d2 = M.gulp_from_moments(m, ridge)
+    if squared:
+        return M.as_result(d2, xp)
+    return M.as_result(xp.sqrt(xp.clip(d2, 0.0, None)), xp)
+
+
+_RIDGE = V.Satisfies(_check_ridge)
+_MOM = "O(n (p + q)^2 + (p + q)^3)"
+_FOLDS = "exact from feature moments (k-fold: per-fold sums)"
+
+declare(
+    ridge_r2,
+    constraints={"ridge": _RIDGE, "direction": V.Options("x_to_y", "y_to_x", "mean")},
+    moments=("ridge", "direction"), moment_options={"out_of_fold": (False, V.Flag())},
+    measures=[
+        Measure("linear_r2", {}, "similarity", "[0, 1]",
+                ("orthogonal", "isotropic_scaling", "translation"), False, _FOLDS, _MOM,
+                "pooled R² of the least-squares prediction of y from x",
+                "Klabunde et al. 2023", aliases=("linear_regression", "linreg_r2")),
+        Measure("ridge_r2", {"ridge": 0.1}, "similarity", "[0, 1]",
+                ("orthogonal", "translation"), False, _FOLDS, _MOM,
+                "pooled R² of the ridge prediction of y from x", "Klabunde et al. 2023"),
+    ],
+)
+declare(
+    gulp,
+    constraints={"ridge": _RIDGE, "squared": V.Flag()},
+    prepare=lambda x, name, **_: M.prepare_layer(x, name, what="gulp"), pair=_gulp_pair,
+    moments=("ridge", "squared"),
+    measures=[Measure("gulp", {}, "distance", "[0, inf)", ("orthogonal", "translation"), True,
+                      "exact from feature moments", _MOM,
+                      "distance between the ridge predictors of linear targets from x and "
+                      "from y", "Boix-Adserà et al. 2022")],
+)

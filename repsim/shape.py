@@ -12,17 +12,12 @@ tensor product of semifinite w*-algebras", Trans. AMS 135.
 
 from __future__ import annotations
 
+from . import _backend as B
 from . import _moments as M
 from . import _validation as V
+from ._registry import Measure, declare
+from ._rules import check_alpha as _check_alpha
 
-SCORES = ("angular", "euclidean")
-
-
-def _check_alpha(alpha):
-    alpha = V.check_float(alpha, "alpha")
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be a number in [0, 1]; got {alpha!r}")
-    return alpha
 
 
 def shape_distance(x, y, alpha=1.0, score="angular"):
@@ -86,7 +81,7 @@ def shape_distance(x, y, alpha=1.0, score="angular"):
     0.0
     """
     alpha = _check_alpha(alpha)
-    V.check_option(score, "score", SCORES)
+    V.check_params("shape_distance", score=score)
     xp, x, y = M.prepare_pair(x, y, what="shape_distance")
     m = M.moments(x, y)
     bad = M.constant_sides(m, x, y)
@@ -136,3 +131,64 @@ def nbs(x, y):
     if bad:
         return M.as_result(M.undefined(bad, "nbs"), xp)
     return M.as_result(M.nbs_from_moments(m), xp)
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def _layer(x, name, **_):
+    return M.prepare_layer(x, name, what="shape_distance")
+
+
+def _shape_pair(a, b, *, alpha, score, **_):
+    xp = B.namespace(a.xc)
+    m, bad = M.pair_layers(a, b)
+    if bad:
+        return M.as_result(M.undefined(bad, "shape_distance"), xp)
+    return M.as_result(M.shape_distance_from_moments(m, alpha, score), xp)
+
+
+def _nbs_pair(a, b, **_):
+    xp = B.namespace(a.xc)
+    m, bad = M.pair_layers(a, b)
+    if bad:
+        return M.as_result(M.undefined(bad, "nbs"), xp)
+    return M.as_result(M.nbs_from_moments(m), xp)
+
+
+_OIT = ("orthogonal", "isotropic_scaling", "translation")
+_MOM = "O(n (p + q)^2 + (p + q)^3)"
+_EXACT = "exact from feature moments"
+
+declare(
+    shape_distance,
+    constraints={"alpha": V.Satisfies(_check_alpha), "score": V.Options("angular", "euclidean")},
+    prepare=_layer, pair=_shape_pair, moments=("alpha", "score"),
+    measures=[
+        Measure("procrustes_angular", {"alpha": 1.0}, "metric", "[0, pi/2]", _OIT, True, _EXACT,
+                _MOM, "arccos(||Xc^T Yc||_* / (||Xc||_F ||Yc||_F))", "Williams et al. 2021",
+                aliases=("procrustes", "angular_procrustes"),
+                repository=("procrustes-angular",)),
+        Measure("procrustes_euclidean", {"alpha": 1.0, "score": "euclidean"}, "metric",
+                "[0, inf)", ("orthogonal", "translation"), True, _EXACT, _MOM,
+                "min_Q ||Xc Q - Yc||_F (Bures distance of the centred grams)",
+                "Williams et al. 2021", aliases=("bures_distance",),
+                repository=("procrustes-euclidean", "bures_distance")),
+        Measure("shape_cca_angular", {"alpha": 0.0}, "metric", "[0, pi/2]",
+                ("orthogonal", "isotropic_scaling", "invertible_linear", "translation"), True,
+                _EXACT, _MOM,
+                "angular shape distance of the whitened data: arccos(sum rho / sqrt(r_x r_y))",
+                "Williams et al. 2021"),
+        Measure("shape_half_angular", {"alpha": 0.5}, "metric", "[0, pi/2]",
+                ("orthogonal", "translation"), True, _EXACT, _MOM,
+                "angular shape distance after partial whitening alpha I + (1 - alpha) S^-1/2",
+                "Williams et al. 2021"),
+    ],
+)
+declare(
+    nbs, prepare=_layer, pair=_nbs_pair, moments=(),
+    measures=[Measure("nbs", {}, "similarity", "[0, 1]", _OIT, True, _EXACT, _MOM,
+                      "||Xc^T Yc||_* / sqrt(tr(Xc^T Xc) tr(Yc^T Yc))", "Harvey et al. 2023",
+                      aliases=("normalized_bures_similarity",),
+                      repository=("nbs", "procrustes-angular-score"))],
+)

@@ -14,7 +14,8 @@ from typing import Any, Callable, Mapping, Sequence
 from . import _backend as B
 from . import _validation as V
 from ._accumulator import Accumulator, State, as_state_array, check_layer_names, callable_identity
-from .cka import _mask_degenerate, _normalise
+from ._rules import mask_degenerate as _mask_degenerate
+from .cka import _normalise
 from .hsic import centred_gram_stack, pairing_terms
 from .results import similarity_array
 

@@ -61,9 +61,10 @@ class _Sides:
 
     def grams(self):
         """(grams_a, grams_b) of the last forward pass(es); grams_b None if symmetric."""
-        ga = self.hooks_a.grams
+        out = lambda h: h.activations if h.features else h.grams  # noqa: E731
+        ga = out(self.hooks_a)
         if self.hooks_b is not None:
-            return ga, self.hooks_b.grams
+            return ga, out(self.hooks_b)
         if self.symmetric:
             return ga, None
         base = lambda key: key.rsplit(":", 1)[0] if self.hooks_a.repeated == "index" else key  # noqa: E731
@@ -192,7 +193,7 @@ def compare_models(
         A fresh accumulator to fill (any accumulator on :mod:`repsim._accumulator`'s base
         with ``update_grams`` and ``compute``) instead of ``estimator``, ``kernel``,
         ``sigma``, ``threshold``, ``engine``, ``groups``, ``weighting`` and ``precision``,
-        which must then be left at their defaults. One whose ``consumes`` is ``"features"``
+        which must then be left at their defaults. One that declares ``CONSUMES = "features"``
         (:class:`repsim.FeatureMoments`) gets each layer's pooled activations through
         ``update_features`` instead of grams; the result is its ``compute()`` (linear
         CKA) and the filled accumulator gives the other measures.
@@ -296,9 +297,10 @@ def compare_models(
         acc = MinibatchCKA(**acc_opts)  # checks its options against V.PARAMS
     else:
         _refuse_with("accumulator=", acc_opts, _ACC_DEFAULTS)
-        feed = "update_features" if getattr(accumulator, "consumes", "grams") == "features" \
+        feed = "update_features" if getattr(accumulator, "CONSUMES", None) == "features" \
             else "update_grams"
-        if not (hasattr(accumulator, feed) and hasattr(accumulator, "sync")):
+        if not (hasattr(accumulator, feed) and hasattr(accumulator, "sync")
+                and hasattr(accumulator, "CONSUMES")):
             raise TypeError("accumulator must be a repsim accumulator with update_grams "
                             "(a MinibatchCKA) or consuming features with update_features (a "
                             f"FeatureMoments); got {type(accumulator).__name__}")
@@ -306,7 +308,7 @@ def compare_models(
             raise ValueError("accumulator must be fresh (no batches yet); call reset() first")
         acc = accumulator
     groups = getattr(acc, "groups", None)
-    features = getattr(acc, "consumes", "grams") == "features"
+    features = acc.CONSUMES == "features"
     hook_opts = dict(select=select, pooling=pooling, repeated=repeated, transform=transform)
     if hooks is not None:
         _refuse_with("hooks=", dict(layers_a=layers_a, layers_b=layers_b, **hook_opts),

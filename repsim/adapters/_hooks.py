@@ -20,6 +20,7 @@ from ._selection import LayerSpec, select_layers, unwrap_model
 from .pooling import POOLINGS, batch_context, pool
 
 REPEATS = ("error", "index")
+V.register_params("GramHooks", pooling=V.Options(*POOLINGS), repeated=V.Options(*REPEATS))
 
 
 def _default_select(output, name):
@@ -81,7 +82,8 @@ class GramHooks:
     features : bool, default False
         Keep each layer's pooled ``(n, features)`` activations (a copy, so later in-place
         operations cannot change it) instead of its gram, for accumulators that consume
-        features (:class:`repsim.FeatureMoments`); :attr:`grams` then holds those.
+        features (:class:`repsim.FeatureMoments`); :attr:`activations` then holds those
+        (and :attr:`grams` refuses).
     centred : bool, default True
         False leaves each gram uncentred for a consumer that centres every gram itself in
         float64 (:class:`repsim.MinibatchCKA`; :func:`repsim.compare_models` builds its
@@ -99,6 +101,8 @@ class GramHooks:
     grams : dict name -> tensor, shape (n, n)
         Grams of the latest forward pass, in module-selection order (float32 for float32
         and half-precision outputs, float64 for float64 outputs).
+    activations : dict name -> tensor, shape (n, features)
+        With ``features=True`` (instead of grams): the pooled activations.
 
     Notes
     -----
@@ -129,9 +133,10 @@ class GramHooks:
         self.model = unwrap_model(model)
         self.names = select_layers(self.model, layers)
         if not (callable(pooling) or pooling in POOLINGS):
-            V.check_option(pooling, "pooling", POOLINGS)
+            V.check_params("GramHooks", pooling=pooling)
         self.pooling = pooling
-        self.repeated = V.check_option(repeated, "repeated", REPEATS)
+        V.check_params("GramHooks", repeated=repeated)
+        self.repeated = repeated
         if isinstance(select, dict):
             unknown = sorted(set(select) - set(self.names))
             if unknown:
@@ -250,6 +255,21 @@ class GramHooks:
     @property
     def grams(self) -> dict[str, torch.Tensor]:
         """Grams of the latest forward pass, ordered as :attr:`names` (calls in order)."""
+        if self.features:
+            raise ValueError("these hooks were built with features=True: they keep each "
+                             "layer's pooled activations (.activations), not grams")
+        return self._latest()
+
+    @property
+    def activations(self) -> dict[str, torch.Tensor]:
+        """With ``features=True``: each layer's pooled ``(n, features)`` activations of the
+        latest forward pass, ordered as :attr:`names`."""
+        if not self.features:
+            raise ValueError("these hooks form grams (features=False): read .grams, or build "
+                             "them with features=True to keep the activations")
+        return self._latest()
+
+    def _latest(self) -> dict[str, torch.Tensor]:
         if self.repeated == "error":
             missing = [n for n in self.names if n not in self._grams]
             if missing:

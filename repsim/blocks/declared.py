@@ -52,7 +52,7 @@ import xarray as xr
 
 from .. import _backend as B
 from .. import _validation as V
-from . import _matrix
+from ._reader import _matrix
 
 #: Default per-run penalty of :func:`segment_layers` / :func:`find_block`, in units of
 #: dissimilarity (``1 - S``): runs stay whole while their mean dissimilarity is below

@@ -18,8 +18,10 @@ from .._io import progress as _progress_display
 from ..cka import _feature_path_cheaper, cka, cka_matrix
 from ..results import _netcdf_attr
 
-INTERVALS = ("basic", "percentile")
-ALTERNATIVES = ("greater", "less", "two-sided")
+# per-callable option constraints of the statistics (repsim._validation.CALLABLE_PARAMS)
+V.register_params("bootstrap", interval=V.Options("basic", "percentile"))
+V.register_params("permutation_test", alternative=V.Options("greater", "less", "two-sided"))
+V.register_params("compare_seeds", test=V.Options("welch", "permutation"))
 
 
 # ---------------------------------------------------------------- Student t (scipy)

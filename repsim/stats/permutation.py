@@ -17,9 +17,9 @@ import xarray as xr
 from .. import _backend as B
 from .. import _validation as V
 from .._pairs import prepare_pair
-from ..cka import _mask_degenerate, pair_cka
+from .._rules import mask_degenerate as _mask_degenerate
+from ..cka import pair_cka
 from ._common import (
-    ALTERNATIVES,
     as_data,
     as_numpy_result,
     attrs_for_netcdf,
@@ -142,7 +142,7 @@ def permutation_test(
     """
     if n_permutations != 0:
         n_permutations = V.check_int(n_permutations, "n_permutations", 10)
-    V.check_option(alternative, "alternative", ALTERNATIVES)
+    V.check_params("permutation_test", alternative=alternative)
     cka_opts: dict[str, Any] = dict(kernel=kernel, estimator=estimator, sigma=sigma, threshold=threshold,
                     engine=engine)
     if measure is not None:

@@ -16,11 +16,11 @@ import xarray as xr
 from .. import _backend as B
 from .. import _validation as V
 from .._pairs import prepare_pair
-from ..cka import _mask_degenerate, cka, pair_cka
+from .._rules import mask_degenerate as _mask_degenerate
+from ..cka import cka, pair_cka
 from ..kernels import centre_into
 from ..results import similarity_array
 from ._common import (
-    INTERVALS,
     _uncertainty_dataset,
     as_data,
     as_numpy_result,
@@ -185,7 +185,7 @@ def bootstrap(
     kwargs = dict(measure_kwargs) if measure_kwargs is not None else kwargs
     n_resamples = V.check_int(n_resamples, "n_resamples", 10)
     level = V.check_level(level)
-    V.check_option(interval, "interval", INTERVALS)
+    V.check_params("bootstrap", interval=interval)
     if not (isinstance(fraction, float) and 0 < fraction < 1):
         raise ValueError(f"fraction must be a float strictly between 0 and 1; got {fraction!r}")
     if statistic is not None and not callable(statistic):

@@ -15,7 +15,6 @@ from ._common import as_numpy_result, attrs_for_netcdf, t_quantile, t_two_sided_
 
 __all__ = ["aggregate_seeds", "compare_seeds"]
 
-SEED_TESTS = ("welch", "permutation")
 
 
 def _stack_seeds(results, dim, name):
@@ -151,7 +150,7 @@ def compare_seeds(
     (0.107, True)
     """
     level = V.check_level(level)
-    V.check_option(test, "test", SEED_TESTS)
+    V.check_params("compare_seeds", test=test)
     n_permutations = V.check_int(n_permutations, "n_permutations", 10)
     a = _stack_seeds(results_a, dim, "results_a")
     b = _stack_seeds(results_b, dim, "results_b")

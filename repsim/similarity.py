@@ -1,0 +1,261 @@
+"""Any registered measure by name: for one pair, or as a layer x layer matrix.
+
+:func:`measure` looks a measure up (canonical name, alias or similarity-repository id),
+:func:`compare` computes it for one pair of representations and
+:func:`similarity_matrix` for every pair of layers -- each layer prepared once (its
+centred gram, k-NN lists, RDM, SVD basis or moments), each pair from the prepared
+layers, half of a symmetric matrix computed and mirrored, and the CKA measures through
+the one-product path of :func:`repsim.cka_matrix`. Everything about a measure comes from
+its declaration in the registry (:mod:`repsim._registry`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+
+from . import _backend as B
+from . import _registry as R
+from . import _validation as V
+from ._io import progress as _progress
+from .results import similarity_array
+
+__all__ = ["compare", "measure", "measure_names", "similarity_matrix"]
+
+
+def measure(name: str) -> R.Measure:
+    """The registered measure called ``name``: a callable with its metadata.
+
+    Parameters
+    ----------
+    name : str
+        A canonical name (``"cka_linear"``, ``"procrustes_angular"``), an alias
+        (``"cka"``, ``"procrustes"``, ``"cka_debiased"``) or an id of the similarity
+        repository's naming grammar (Cloos et al. 2024:
+        ``"cka-kernel=linear-hsic=song-score"``, ``"procrustes-angular"``; a
+        ``"measure/<repo>/"`` prefix is ignored).
+
+    Returns
+    -------
+    Measure
+        ``m(x, y, **options)`` computes it; ``m.name`` (canonical), ``m.function`` (the
+        ``repsim`` function), ``m.options`` (its preset options), ``m.aliases``,
+        ``m.repository`` (similarity-repository ids), ``m.kind``, ``m.range``,
+        ``m.invariances``, ``m.symmetric``, ``m.streaming``, ``m.cost``,
+        ``m.definition``, ``m.reference``, ``m.chance``.
+
+    Raises
+    ------
+    ValueError
+        An unknown name, with the nearest known one ("did you mean ...?").
+
+    Examples
+    --------
+    >>> import repsim
+    >>> m = repsim.measure("cka-kernel=linear-hsic=song-score")
+    >>> m.name, m.function, dict(m.options)
+    ('cka_linear_unbiased', 'cka', {'estimator': 'unbiased'})
+    >>> repsim.measure("procrustes").name
+    'procrustes_angular'
+    """
+    return R.resolve(name)
+
+
+def measure_names(*, aliases: bool = False) -> list[str] | dict[str, str]:
+    """The registered measures' names.
+
+    Parameters
+    ----------
+    aliases : bool, default False
+        Return every accepted name instead (canonical names, aliases, similarity-repository
+        ids), mapped to its canonical name.
+
+    Returns
+    -------
+    list of str or dict str -> str
+        Canonical names in the order of :func:`repsim.measures`; with ``aliases=True`` the
+        dict of all accepted names.
+
+    Examples
+    --------
+    >>> import repsim
+    >>> repsim.measure_names()[:3]
+    ['cka_linear', 'cka_linear_unbiased', 'cka_rbf']
+    >>> repsim.measure_names(aliases=True)["cka_debiased"]
+    'cka_linear_unbiased'
+    """
+    V.Flag()(aliases, "aliases")
+    return R.names("all") if aliases else R.names()
+
+
+def compare(x, y, measure: str = "cka_linear", **options):
+    """One measure between two representations of the same examples.
+
+    Parameters
+    ----------
+    x, y : array, shape (n, ...)
+        numpy arrays or torch tensors (not mixed).
+    measure : str, default "cka_linear"
+        Any name :func:`measure` accepts.
+    **options
+        Options of the measure's function, overriding the measure's presets
+        (``compare(x, y, "cka_linear", estimator="unbiased")``); unknown names and bad
+        values are refused with the nearest valid one.
+
+    Returns
+    -------
+    scalar
+        What the function returns (a numpy float64 or a 0-d tensor).
+
+    Examples
+    --------
+    >>> import numpy as np, repsim
+    >>> x = np.random.default_rng(0).standard_normal((100, 8))
+    >>> float(repsim.compare(x, 2 * x, "procrustes")) < 1e-6
+    True
+    >>> bool(repsim.compare(x, x, "cka", estimator="debiased") == 1.0)
+    True
+    """
+    m = R.resolve(measure)
+    opts = m.bind(options)
+    return m.family.function(x, y, **opts)
+
+
+def _layers(layers, label):
+    names, arrays = V.layer_items(layers, label)
+    return names, [B.asarray(a, f"{label}[{n!r}]") for n, a in zip(names, arrays)]
+
+
+def _check_examples(names_a, arrays_a, names_b, arrays_b):
+    labels = [f"layers_a[{n!r}]" for n in names_a] + [f"layers_b[{n!r}]" for n in names_b]
+    arrays = arrays_a + arrays_b
+    B.namespace(*arrays, names=labels)
+    for a, label in zip(arrays, labels):
+        if len(a.shape) < 1:
+            raise ValueError(f"{label} must have shape (n, ...); got a scalar")
+        V.check_same_n(int(arrays[0].shape[0]), int(a.shape[0]), labels[0], label,
+                       arrays[0].shape, a.shape)
+    return int(arrays[0].shape[0])
+
+
+def _netcdf_value(value):
+    if value is None:
+        return "none"
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    return repr(value)
+
+
+def similarity_matrix(layers_a, layers_b=None, *, measure: str = "cka_linear",
+                      progress: bool = True, **options):
+    """A registered measure between every pair of layers, as a labelled matrix.
+
+    Each layer is prepared once (its centred gram, k-NN lists, RDM, SVD basis or
+    moments, as the measure's declaration says), every pair is computed from the two
+    prepared layers, and for a symmetric measure within one set of layers only the upper
+    half is computed and mirrored. ``cka_linear``, ``cka_linear_unbiased`` and
+    ``cka_rbf`` go through :func:`repsim.cka_matrix` (all pairs from one product).
+    Values equal the per-pair function's (``measure(x, y)``) up to rounding.
+
+    Parameters
+    ----------
+    layers_a : sequence or dict name -> array, each (n, ...)
+        Representations of the same ``n`` examples (one library, one device).
+    layers_b : sequence or dict, optional
+        Another model's layers; None compares ``layers_a`` with itself.
+    measure : str, default "cka_linear"
+        Any name :func:`measure` accepts.
+    progress : bool, default True
+        Show progress (layers prepared, pairs computed) on stderr.
+    **options
+        Options of the measure's function, over its presets (see :func:`compare`).
+
+    Returns
+    -------
+    xarray.DataArray, shape (L_a, L_b)
+        dims ``("layer_a", "layer_b")``, named after the measure; attrs ``measure``
+        (canonical name), ``function``, ``similarity_repository`` (its id, ``"none"``
+        when the repository has no such measure), ``options`` and each option by name,
+        ``symmetric``, ``n``, ``repsim_version``. Which estimator a default means (the
+        biased full-data CKA here, the unbiased minibatch one in
+        :class:`repsim.MinibatchCKA`) is in ``estimator`` where the measure has one.
+
+    Examples
+    --------
+    >>> import numpy as np, repsim
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.standard_normal((60, 5))
+    >>> layers = {"x": x, "2x": 2 * x, "noise": rng.standard_normal((60, 5))}
+    >>> sim = repsim.similarity_matrix(layers, measure="procrustes", progress=False)
+    >>> round(float(sim.sel(layer_a="x", layer_b="2x")), 6)
+    0.0
+    >>> sim.attrs["measure"], sim.attrs["similarity_repository"]
+    ('procrustes_angular', 'procrustes-angular')
+    """
+    from . import __version__
+
+    m = R.resolve(measure)
+    opts = m.bind(options)
+    V.Flag()(progress, "progress")
+    names_a, arrays_a = _layers(layers_a, "layers_a")
+    same = layers_b is None
+    names_b, arrays_b = (names_a, arrays_a) if same else _layers(layers_b, "layers_b")
+    n = _check_examples(names_a, arrays_a, [] if same else names_b, [] if same else arrays_b)
+    family = m.family
+    symmetric = same and m.is_symmetric(opts)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if family.matrix is not None:
+            values = np.asarray(family.matrix(dict(zip(names_a, arrays_a)),
+                                              None if same else dict(zip(names_b, arrays_b)),
+                                              **opts), dtype=np.float64)
+        else:
+            values = _pairwise(family, opts, names_a, arrays_a, names_b, arrays_b, same,
+                               symmetric, progress, m.name)
+    seen = set()
+    for w in caught:  # one warning per message, however many pairs raised it
+        if str(w.message) not in seen:
+            seen.add(str(w.message))
+            warnings.warn(w.message, w.category, stacklevel=V.user_stacklevel())
+    attrs: dict[str, Any] = {
+        "measure": m.name, "function": m.function,
+        "similarity_repository": m.repository_id or "none",
+        "options": ", ".join(f"{k}={v!r}" for k, v in opts.items()),
+        "symmetric": bool(symmetric), "n": n, "repsim_version": __version__,
+    }
+    for key, value in opts.items():
+        attrs.setdefault(key, _netcdf_value(value))
+    return similarity_array(values, names_a, names_b, attrs, name=m.name)
+
+
+def _pairwise(family, opts, names_a, arrays_a, names_b, arrays_b, same, symmetric, progress,
+              title):
+    fn = family.function
+    prepare = family.prepare or (lambda x, name, **_: x)
+    pair = family.pair or (lambda a, b, **o: fn(a, b, **o))
+    todo = [("layers_a", names_a, arrays_a)] + ([] if same else [("layers_b", names_b, arrays_b)])
+    total = sum(len(t[1]) for t in todo)
+    prepared = []
+    with _progress(total=total, desc=f"{title}: layers", enabled=progress, unit="layer") as bar:
+        for label, names, arrays in todo:
+            side = []
+            for name, a in zip(names, arrays):
+                side.append(prepare(a, f"{label}[{name!r}]", **opts))
+                bar.update(1)
+            prepared.append(side)
+    prep_a = prepared[0]
+    prep_b = prep_a if same else prepared[1]
+    pairs = [(i, j) for i in range(len(prep_a)) for j in range(len(prep_b))
+             if not (symmetric and j < i)]
+    values = np.full((len(prep_a), len(prep_b)), np.nan)
+    with _progress(total=len(pairs), desc=f"{title}: pairs", enabled=progress,
+                   unit="pair") as bar:
+        for i, j in pairs:
+            values[i, j] = B.item(pair(prep_a[i], prep_b[j], **opts))
+            bar.update(1)
+    if symmetric:
+        lower = np.tril_indices(len(prep_a), -1)
+        values[lower] = values.T[lower]
+    return values
