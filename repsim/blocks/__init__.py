@@ -52,7 +52,7 @@ from ._reader import _matrix
 from .declared import (
     BlockContrast, block_contrast, block_sensitivity, find_block, pc1_runs, segment_layers,
 )
-from .declared import _check_values as _refuse_nonfinite  # infinities; NaN but whole layers
+from ._reader import _check_values as _refuse_nonfinite  # infinities; NaN but whole layers
 
 RULE = (
     "grow a run from layer i while the next layer's mean similarity to the run's layers "

@@ -52,7 +52,7 @@ import xarray as xr
 
 from .. import _backend as B
 from .. import _validation as V
-from ._reader import _matrix
+from ._reader import _block_options, _check_range, _check_values, _matrix
 
 #: Default per-run penalty of :func:`segment_layers` / :func:`find_block`, in units of
 #: dissimilarity (``1 - S``): runs stay whole while their mean dissimilarity is below
@@ -233,54 +233,6 @@ def segment_layers(sim, *, penalty=PENALTY):
     if penalty <= 0:
         raise ValueError(f"penalty must be > 0; got {penalty!r}")
     return _segment(values, penalty)
-
-
-def _check_values(values, name="sim"):
-    """Refuse infinite entries and NaN that does not fill a whole layer.
-
-    A constant layer has an undefined similarity to every layer (a NaN row and column,
-    diagonal included): accepted, it ends any run. Any other NaN or an infinite entry is
-    not a similarity: refused, naming the argument and the first bad position."""
-    inf = np.argwhere(np.isinf(values))
-    if inf.size:
-        a, b = (int(v) for v in inf[0])
-        raise ValueError(
-            f"{name} must hold finite similarities; got {float(values[a, b])!r} at ({a}, {b}) "
-            f"({len(inf)} infinite entries)"
-        )
-    nan = np.isnan(values)
-    if not nan.any():
-        return
-    off = nan | np.eye(values.shape[0], dtype=bool)
-    layer = off.all(axis=1) if values.shape[0] > 1 else nan[:, 0]
-    stray = np.argwhere(nan & ~(layer[:, None] | layer[None, :]))
-    if stray.size:
-        a, b = (int(v) for v in stray[0])
-        raise ValueError(
-            f"{name} must be finite apart from whole NaN layers (a constant layer); got NaN at "
-            f"({a}, {b}) where neither layer {a} nor layer {b} is NaN throughout ({len(stray)} such entries)"
-        )
-
-
-def _block_options(penalty, min_inside, min_contrast, min_size, neighbours, min_share=0.1):
-    penalty = V.check_float(penalty, "penalty")
-    if penalty <= 0:
-        raise ValueError(f"penalty must be > 0; got {penalty!r}")
-    return (penalty, _check_range(min_inside, "min_inside", -1.0, 1.0),
-            _check_range(min_contrast, "min_contrast", -2.0, 2.0),
-            V.check_int(min_size, "min_size", 2), V.check_int(neighbours, "neighbours", 1),
-            _check_range(min_share, "min_share", 0.0, 1.0))
-
-
-def _check_range(value, name, low, high):
-    """A finite threshold inside the range a similarity (or a difference of two) can take."""
-    value = V.check_float(value, name)
-    if not low <= value <= high:
-        raise ValueError(
-            f"{name} must lie in [{low:g}, {high:g}] (similarities lie in [-1, 1], so no run could "
-            f"pass a threshold outside it); got {value!r}"
-        )
-    return value
 
 
 def _min_layers(n_layers, min_size, min_share):
