@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["InputError", "Source", "available_memory", "check_fits", "display", "natural_order"]
+__all__ = ["InputError", "Source", "available_memory", "check_fits", "display", "natural_order",
+           "q"]
 
 
 class InputError(ValueError):
@@ -38,6 +39,11 @@ def display(text: str) -> str:
     """``text`` printable and storable as UTF-8: bytes that were not valid UTF-8 in a file
     name (kept by Python as surrogates) become ``\\xNN`` escapes."""
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def q(text: str) -> str:
+    """``text`` in quotes for a message, as :func:`display` writes it."""
+    return "'" + display(text).replace("'", "\\'") + "'"
 
 
 def _size(nbytes: float) -> str:
@@ -194,7 +200,7 @@ class Source:
         if not self._layers:
             raise InputError(f"{self.label} holds no layers")
         for name, layer in self._layers.items():
-            where = f"layer {display(name)!r} of {self.label}"
+            where = f"layer {q(name)} of {self.label}"
             _check_dtype(np.dtype(layer.dtype), where)
             if len(layer.shape) == 0:
                 raise InputError(f"{where} is 0-d (shape ()); a layer needs a first axis of "
@@ -229,7 +235,7 @@ class Source:
         where = display(path)
         with open(path, "rb") as f:
             shape, dtype, fortran, header = _npy_header(f, where)
-        _check_dtype(dtype, f"layer {display(name)!r} of {where}")
+        _check_dtype(dtype, f"layer {q(name)} of {where}")
         need = header + _nbytes(shape, dtype)
         have = os.path.getsize(path)
         if have < need:
@@ -258,11 +264,11 @@ class Source:
         for info in zf.infolist():
             if not info.filename.endswith(".npy") or info.is_dir():
                 raise InputError(
-                    f"{self.label}: member {display(info.filename)!r} is not a numpy array "
+                    f"{self.label}: member {q(info.filename)} is not a numpy array "
                     "(.npy); a .npz file holds one array per layer"
                 )
             name = info.filename[:-4]
-            where = f"layer {display(name)!r} of {self.label}"
+            where = f"layer {q(name)} of {self.label}"
             with zf.open(info) as m:
                 shape, dtype, fortran, header = _npy_header(m, where)
             _check_dtype(dtype, where)
@@ -341,7 +347,7 @@ class Source:
         data_start, data_size = 8 + n, size - 8 - n
         layers, kinds = {}, []
         for name, entry in header.items():
-            where = f"layer {display(name)!r} of {self.label}"
+            where = f"layer {q(name)} of {self.label}"
             try:
                 dt, shape = entry["dtype"], [int(s) for s in entry["shape"]]
                 begin, end = (int(v) for v in entry["data_offsets"])
@@ -400,8 +406,8 @@ class Source:
             link = f.get(name, getlink=True)
             if isinstance(link, h5py.ExternalLink):
                 raise InputError(
-                    f"layer {display(name)!r} of {self.label} is an external link to "
-                    f"{display(link.filename)!r}:{display(link.path)}; refusing to follow it "
+                    f"layer {q(name)} of {self.label} is an external link to "
+                    f"{q(link.filename)}:{display(link.path)}; refusing to follow it "
                     "-- copy the data into the file"
                 )
             obj = f.get(name)
@@ -415,7 +421,7 @@ class Source:
         self._layers = {}
         for name in names:
             ds = f[name]
-            where = f"layer {display(name)!r} of {self.label}"
+            where = f"layer {q(name)} of {self.label}"
             self._layers[name] = _Layer(ds.shape, ds.dtype, lambda ds=ds: ds, where)
 
     def _torch(self):
@@ -434,7 +440,7 @@ class Source:
                              "of layer name -> tensor")
         self._layers = {}
         for name, t in obj.items():
-            where = f"layer {display(str(name))!r} of {self.label}"
+            where = f"layer {q(str(name))} of {self.label}"
             if not isinstance(t, torch.Tensor):
                 raise InputError(f"{where} is a {type(t).__name__}, not a tensor")
             dtype = np.dtype("float32") if t.dtype == torch.bfloat16 else \

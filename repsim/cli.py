@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from ._io import atomic_write, progress as _progress, remove_stale_temporaries
-from ._readers import InputError, Source, available_memory, check_fits, display
+from ._readers import InputError, Source, available_memory, check_fits, display, q
 
 NEIGHBOUR_FUNCTIONS = ("mutual_knn", "jaccard_knn", "rank_similarity", "second_order_cosine", "cknna")
 
@@ -123,7 +123,7 @@ def _parse_options(items) -> dict:
     for item in items or []:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise InputError(f"--option must be KEY=VALUE; got {display(item)!r}")
+            raise InputError(f"--option must be KEY=VALUE; got {q(item)}")
         try:
             out[key.strip()] = ast.literal_eval(raw)
         except (ValueError, SyntaxError, MemoryError, RecursionError):
@@ -146,8 +146,8 @@ def _check_options(measure: str, options: dict) -> None:
     known = [k for k, v in list(params.items())[2:] if v.kind == v.KEYWORD_ONLY
              or v.kind == v.POSITIONAL_OR_KEYWORD]
     unknown = [k for k in options if k not in known]
-    if unknown:
-        raise InputError(f"--option {unknown[0]!r} is not an option of {measure} "
+    if unknown and not any(v.kind == v.VAR_KEYWORD for v in params.values()):
+        raise InputError(f"--option {q(unknown[0])} is not an option of {measure} "
                          f"(repsim.{fn.__name__}); its options: {', '.join(known) or 'none'}")
 
 
@@ -179,18 +179,18 @@ def _select(src: Source, spec: str | None, single: list[str] | None, side: str) 
     elif spec is not None:
         names, given = _split_names(spec), flags
         if not names:
-            raise InputError(f"{flags} {display(spec)!r} names no layer; give layer names "
+            raise InputError(f"{flags} {q(spec)} names no layer; give layer names "
                              f"separated by commas, or leave {flags} out for all layers")
     else:
         return src.names
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
-        raise InputError(f"{given}: layer {display(dup[0])!r} is listed twice")
+        raise InputError(f"{given}: layer {q(dup[0])} is listed twice")
     missing = [n for n in names if n not in src.names]
     if missing:
         have = [display(n) for n in src.names]
         raise InputError(
-            f"{given}: no layer {display(missing[0])!r} in {src.label}; it has "
+            f"{given}: no layer {q(missing[0])} in {src.label}; it has "
             f"{', '.join(have[:20])}{', ...' if len(have) > 20 else ''}"
         )
     return names
@@ -204,7 +204,7 @@ def _plot_format(path: str) -> str:
         raise InputError("--plot needs matplotlib (pip install 'repsim-cka[plot]')") from None
     supported = FigureCanvasBase.get_supported_filetypes()
     if fmt not in supported:
-        raise InputError(f"--plot {display(path)!r}: unsupported image format {fmt!r}; use one "
+        raise InputError(f"--plot {q(path)}: unsupported image format {q(fmt)}; use one "
                          f"of {', '.join(sorted(supported))}")
     return fmt
 
@@ -223,19 +223,19 @@ def _check_outputs(out: str, plot: str | None, sources: list[Source]) -> None:
         if path is None:
             continue
         if os.path.isdir(path):
-            raise InputError(f"{flag} {display(path)!r} is a folder; give a file name")
+            raise InputError(f"{flag} {q(path)} is a folder; give a file name")
         for src in sources:
             if _same(path, src.path) or any(_same(path, f) for f in src.files):
-                raise InputError(f"{flag} {display(path)!r} is the input {src.label}; "
+                raise InputError(f"{flag} {q(path)} is the input {src.label}; "
                                  "refusing to write over an input")
         folder = os.path.dirname(os.path.abspath(path))
         probe = folder
         while not os.path.exists(probe):
             probe = os.path.dirname(probe)
         if not os.access(probe, os.W_OK):
-            raise InputError(f"{flag} {display(path)!r}: folder {display(probe)!r} is not writable")
+            raise InputError(f"{flag} {q(path)}: folder {q(probe)} is not writable")
     if plot is not None and _same(out, plot):
-        raise InputError(f"--out and --plot are the same file ({display(out)!r})")
+        raise InputError(f"--out and --plot are the same file ({q(out)})")
 
 
 def _check_layers(src: Source, names: list[str], n: int | None, first: tuple | None):
@@ -326,7 +326,7 @@ def _similarity(layers_a: dict, layers_b: dict | None, measure: str, options: di
         try:
             values[i, j] = float(fn(layers_a[a], layers_b[b], **options))
         except (ValueError, TypeError, ArithmeticError) as err:
-            raise InputError(f"{measure} of layer {a!r} against layer {b!r}: "
+            raise InputError(f"{measure} of layer {q(a)} against layer {q(b)}: "
                              f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") \
                 from None
         if symmetric:
@@ -437,9 +437,6 @@ def run(args):
     src_a = sources[0]
     src_b = sources[1] if len(sources) > 1 else None
     _check_outputs(args.out, args.plot, sources)
-    for src in sources:
-        if src.order_warning:
-            warnings.warn(src.order_warning, stacklevel=2)
     names_a = _select(src_a, args.layers_a, args.layer_a, "a")
     explicit_b = args.layers_b is not None or bool(args.layer_b)
     names_b = _select(src_b or src_a, args.layers_b, args.layer_b, "b")
@@ -447,14 +444,22 @@ def run(args):
     _check_layers(src_b or src_a, names_b, n, first)
     if n == 0:
         raise InputError(f"{src_a.label} holds 0 examples (first axis of every layer)")
+    if args.measure == "minibatch_cka" and n < 4:
+        raise InputError(f"minibatch_cka needs at least 4 examples; {src_a.label} holds {n}")
+    chosen_a = args.layers_a is not None or bool(args.layer_a)
+    guessed = {  # a guessed order matters only on a side whose layers the user did not name
+        src_a: not chosen_a or (src_b is None and not explicit_b),
+        src_b: not explicit_b,
+    }
+    for src in sources:
+        if src.order_warning and guessed[src]:
+            warnings.warn(src.order_warning, stacklevel=2)
     for flag, path in (("--out", args.out), ("--plot", args.plot)):
         if path is not None:
             remove_stale_temporaries(path)
     if src_b is None and explicit_b:
         src_b = src_a
     if args.measure == "minibatch_cka":
-        if n < 4:
-            raise InputError(f"minibatch_cka needs at least 4 examples; {src_a.label} holds {n}")
         per_batch = sum(src_a.nbytes(k) for k in names_a) // n * min(args.batch_size, n) * 2
         check_fits(per_batch, f"one batch of {args.batch_size} examples")
         result = _stream_minibatch_cka(src_a, src_b, names_a, names_b if src_b else None, n,
@@ -464,7 +469,8 @@ def run(args):
         wanted |= {((src_b or src_a).path, k) for k in names_b}
         by_path = {s.path: s for s in sources}
         check_fits(sum(by_path[p].nbytes(k) for p, k in wanted),
-                   f"reading the {len(wanted)} selected layers")
+                   f"reading the {len(wanted)} selected layers of "
+                   + " and ".join(s.label for s in sources))
         layers_a = _read_layers(src_a, names_a, progress)
         layers_b = None
         if src_b is not None:

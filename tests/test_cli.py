@@ -264,3 +264,93 @@ def test_command_result_keeps_layer_order_in_every_format(tmp_path, fmt):
     assert cli.main([str(path), "--out", str(out), "--no-progress", "--no-summary"]) == 0
     res = repsim.load_result(out)
     assert list(res.layer_a.values) == ORDERED and list(res.layer_b.values) == ORDERED
+
+
+# ------------------------------------------------------------- one read, one path, summary
+
+def test_each_layer_is_read_once_and_a_symmetric_measure_computes_half(tmp_path, monkeypatch):
+    layers = _twelve(n=24)
+    np.savez(tmp_path / "a.npz", **layers)
+    reads, calls = [], []
+    real_read, real_fn = cli.Source.read, repsim.shape_distance
+    monkeypatch.setattr(cli.Source, "read", lambda self, name, *a: reads.append(name)
+                        or real_read(self, name, *a))
+    monkeypatch.setattr(repsim, "shape_distance", lambda x, y, **kw: calls.append(1)
+                        or real_fn(x, y, **kw))
+    out = tmp_path / "r.nc"
+    assert cli.main([str(tmp_path / "a.npz"), "--measure", "procrustes_angular", "--out", str(out),
+                     "--no-progress", "--no-summary"]) == 0
+    assert sorted(reads) == sorted(ORDERED)
+    assert len(calls) == 12 * 13 // 2
+    res = repsim.load_result(out)
+    np.testing.assert_array_equal(res.values, res.values.T)
+    assert abs(res.sel(layer_a="layer3", layer_b="layer8").item()
+               - real_fn(layers["layer8"], layers["layer3"], alpha=1.0)) < 1e-12
+    reads.clear()
+    np.savez(tmp_path / "b.npz", **_twelve(n=24, seed=1))
+    assert cli.main([str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), "--measure", "pwcca",
+                     "--out", str(out), "--no-progress", "--no-summary"]) == 0
+    assert sorted(reads) == sorted(ORDERED * 2)
+
+
+@pytest.mark.parametrize("measure, estimator", [("cka_linear", "biased"),
+                                                ("cka_linear_unbiased", "unbiased")])
+def test_cka_measures_go_through_cka_matrix(tmp_path, monkeypatch, measure, estimator):
+    layers = _twelve(n=30)
+    np.savez(tmp_path / "a.npz", **layers)
+    np.savez(tmp_path / "b.npz", **_twelve(n=30, seed=3))
+    used = []
+    real = repsim.cka_matrix
+    monkeypatch.setattr(repsim, "cka_matrix", lambda *a, **kw: used.append(kw) or real(*a, **kw))
+    real_cka, per_pair = repsim.cka, []
+
+    def cka(x, y, **kw):
+        per_pair.append(1)
+        return real_cka(x, y, **kw)
+
+    monkeypatch.setattr(repsim, "cka", cka)
+    out = tmp_path / "r.nc"
+    for files in ([tmp_path / "a.npz"], [tmp_path / "a.npz", tmp_path / "b.npz"]):
+        assert cli.main([*map(str, files), "--measure", measure, "--out", str(out),
+                         "--no-progress", "--no-summary"]) == 0
+        res = repsim.load_result(out)
+        ref = real(layers, None if len(files) == 1 else dict(np.load(files[1])),
+                   estimator=estimator)
+        np.testing.assert_allclose(res.values, ref.values, rtol=0, atol=1e-12)
+        assert res.attrs["measure"] == measure and res.attrs["estimator"] == estimator
+    assert len(used) == 2 and not per_pair
+
+
+def test_summary_on_stdout_names_diagonal_and_best_match(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 5))
+    np.savez(tmp_path / "a.npz", first=x, second=x @ rng.standard_normal((5, 5)),
+             noise=rng.standard_normal((40, 5)))
+    np.savez(tmp_path / "b.npz", noise=rng.standard_normal((40, 5)), first=2 * x)
+    proc = subprocess.run(
+        [sys.executable, "-m", "repsim.cli", "a.npz", "b.npz", "--measure", "procrustes_angular",
+         "--out", "r.nc", "--no-progress"], capture_output=True, text=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("procrustes_angular: 3 x 2 layers, n = 40 (lower is closer)")
+    assert lines[1].split() == ["layer", "best", "match"]
+    assert lines[2].split()[:2] == ["first", "first"] and lines[2].split()[2] == "(0.0000)"
+    proc = subprocess.run(
+        [sys.executable, "-m", "repsim.cli", "a.npz", "--out", "s.nc", "--no-progress"],
+        capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=tmp_path,
+        timeout=300)
+    lines = proc.stdout.splitlines()
+    assert lines[1].split() == ["layer", "diagonal", "best", "match"]
+    assert lines[2].split()[:3] == ["first", "1.0000", "second"]  # itself excluded
+
+
+def test_progress_lines_for_a_pair_measure_and_switched_off(tmp_path, capsys):
+    np.savez(tmp_path / "a.npz", **_twelve(n=20))
+    out = str(tmp_path / "r.nc")
+    assert cli.main([str(tmp_path / "a.npz"), "--measure", "rsa", "--out", out]) == 0
+    err = capsys.readouterr().err
+    assert "rsa (layer pairs): 78/78 pair" in err and "reading " in err
+    assert cli.main([str(tmp_path / "a.npz"), "--measure", "rsa", "--out", out,
+                     "--no-progress"]) == 0
+    assert "layer pairs" not in capsys.readouterr().err
