@@ -429,9 +429,10 @@ class Source:
 
         self.files = [self.path]
         try:
-            obj = torch.load(self.path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:
-            obj = torch.load(self.path, map_location="cpu", weights_only=True)
+            try:  # memory-mapped: a tensor's data are read when sliced
+                obj = torch.load(self.path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:  # the legacy (non-zip) format cannot be memory-mapped
+                obj = torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception as err:  # torch raises many kinds (UnpicklingError, zip errors)
             raise InputError(f"{self.label} is not a readable .pt file of tensors "
                              f"({_reason(err)})") from None

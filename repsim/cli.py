@@ -243,7 +243,7 @@ def _check_layers(src: Source, names: list[str], n: int | None, first: tuple | N
     for name in names:
         shape = src.shape(name)
         where = src.where(name)
-        if n is None:
+        if n is None or first is None:
             n, first = shape[0], (where, shape)
         elif shape[0] != n:
             raise InputError(
@@ -309,7 +309,10 @@ def _similarity(layers_a: dict, layers_b: dict | None, measure: str, options: di
     if spec.function in NEIGHBOUR_FUNCTIONS:
         opts = dict(options)
         k = opts.pop("k", 10)
-        result = repsim.neighbour_matrix(layers_a, layers_b, measure=spec.function, k=k, **opts)
+        with _progress(total=1, desc=f"{measure} (all pairs)", enabled=progress) as bar:
+            result = repsim.neighbour_matrix(layers_a, layers_b, measure=spec.function, k=k,
+                                             **opts)
+            bar.update()
         result.name = measure
         result.attrs.update(_attrs(spec, options))
         return result
