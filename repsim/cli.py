@@ -149,6 +149,13 @@ def _check_options(measure: str, options: dict) -> None:
     if unknown and not any(v.kind == v.VAR_KEYWORD for v in params.values()):
         raise InputError(f"--option {q(unknown[0])} is not an option of {measure} "
                          f"(repsim.{fn.__name__}); its options: {', '.join(known) or 'none'}")
+    if fn.__name__ == "cka":  # its options' values have one meaning: check them now
+        from . import _validation as V
+
+        try:
+            V.check_params(**{k: v for k, v in options.items() if k in V.PARAMS})
+        except (ValueError, TypeError) as err:
+            raise InputError(f"--option: {err}") from None
 
 
 def _split_names(spec: str) -> list[str]:

@@ -85,6 +85,8 @@ def test_unsupported_plot_format_is_refused_before_any_work(tmp_path, acts):
     assert not (tmp_path / "r.nc").exists()
     refused(run("acts.npz", "--option", "nope=1", "--out", "r.nc", cwd=tmp_path),
             "'nope' is not an option of cka_linear")
+    refused(run("acts.npz", "--option", "estimator=debiassed", "--out", "r.nc", cwd=tmp_path),
+            "--option: estimator must be one of")
     assert not (tmp_path / "r.nc").exists()
 
 
