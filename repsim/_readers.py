@@ -1,21 +1,19 @@
 """Readers of saved activations for the ``repsim`` command: one layer per entry.
 
-Every format is opened by reading its headers only; a layer's data are read when asked
-for, from disk (memory-mapped ``.npy`` files, stored ``.npz`` members and safetensors
-files; sliced HDF5 datasets) or, where the format compresses, once into memory after its
-declared size was checked against the memory available. Anything malformed raises
-:class:`InputError` with one line naming the file (and the layer).
+Files are opened by their headers only; data are read when asked for (memory-mapped
+``.npy``, stored ``.npz`` members and safetensors; sliced HDF5), or once into memory after
+the declared size was checked against the memory available (compressed ``.npz``).
+Anything malformed raises :class:`InputError`, one line naming the file and the layer.
 
-Layer order is the writer's where the file stores one: ``.npz`` member order, a
-safetensors ``__metadata__`` entry ``layer_order`` (a JSON list) or a header whose order
-is not the sorted one the safetensors library writes, HDF5/netCDF groups that track
-creation order, ``.pt`` dict order. Otherwise (``.npy`` folders, the sorted safetensors
-header, HDF5 without creation order) layers are sorted naturally (``layer2`` before
-``layer10``), with a warning where names differ in more than their numbers.
-"""
+Layer order is the writer's where the file stores one (``.npz`` members, safetensors
+``__metadata__["layer_order"]`` or a header not in the library's sorted order, HDF5 /
+netCDF creation order, ``.pt`` dict order); otherwise (``.npy`` folders, a sorted
+safetensors header, HDF5 without creation order) a natural sort (``layer2`` before
+``layer10``), with a warning where names differ in more than their numbers."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -23,7 +21,7 @@ import struct
 import zipfile
 import zlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -116,9 +114,8 @@ def _reason(err: BaseException) -> str:
 
 def _check_dtype(dtype: np.dtype, where: str) -> None:
     if dtype.kind not in "biuf" or dtype.fields is not None:
-        raise InputError(
-            f"{where} has dtype {dtype}; a layer must hold numbers (bool, int or float)"
-        )
+        raise InputError(f"{where} has dtype {dtype}; a layer must hold numbers "
+                         "(bool, int or float)")
 
 
 def _nbytes(shape, dtype) -> int:
@@ -137,11 +134,11 @@ def _map(path, dtype, shape, offset, fortran):
 
 # ----------------------------------------------------------------------------- the source
 
-class _Layer:
-    __slots__ = ("shape", "dtype", "get", "label")
-
-    def __init__(self, shape, dtype, get: Callable[[], Any], label: str):
-        self.shape, self.dtype, self.get, self.label = tuple(shape), dtype, get, label
+class _Layer(NamedTuple):
+    shape: tuple
+    dtype: Any
+    get: Callable[[], Any]
+    label: str
 
 
 class Source:
@@ -215,7 +212,8 @@ class Source:
         if guessed and len(ordered) > 1:
             self.order_warning = (
                 f"{self.label}: {what}, so layers are taken in natural name order "
-                f"({', '.join(display(n) for n in ordered[:6])}{', ...' if len(ordered) > 6 else ''}); "
+                f"({', '.join(display(n) for n in ordered[:6])}"
+                f"{', ...' if len(ordered) > 6 else ''}); "
                 "name the layers in order with --layers-a/--layers-b if that is not the "
                 "network's order"
             )
@@ -305,7 +303,6 @@ class Source:
                 crc, step = 0, 1 << 26
                 for s in range(0, header + size, step):
                     crc = zlib.crc32(whole[s:s + step], crc)
-                del whole
                 if crc != info.CRC:
                     raise InputError(f"{where} is corrupt (CRC-32 check failed)")
                 return arr
@@ -364,7 +361,7 @@ class Source:
                     f"{begin}..{end}; the data section holds {data_size} bytes)"
                 )
             dtype = np.dtype("<f4") if dt == "BF16" else np.dtype(self._ST_DTYPES[dt])
-            layers[name] = _Layer(shape, dtype, lambda dt=dt, shape=tuple(shape), b=begin:
+            layers[name] = _Layer(tuple(shape), dtype, lambda dt=dt, shape=tuple(shape), b=begin:
                                   self._st_array(dt, shape, data_start + b), where)
             kinds.append(dt)
         stored = meta.get("layer_order") if isinstance(meta, dict) else None
@@ -454,14 +451,11 @@ class Source:
     def shape(self, name: str) -> tuple[int, ...]:
         return self._layers[name].shape
 
-    def dtype(self, name: str) -> np.dtype:
-        return np.dtype(self._layers[name].dtype)
-
     def where(self, name: str) -> str:
         return self._layers[name].label
 
     def nbytes(self, name: str) -> int:
-        return _nbytes(self.shape(name), self.dtype(name))
+        return _nbytes(self.shape(name), self._layers[name].dtype)
 
     def read(self, name: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
         """Examples ``start:stop`` of layer ``name`` as a numpy array (the whole layer by
@@ -486,10 +480,8 @@ class Source:
 
     def close(self) -> None:
         for close in self._close:
-            try:
+            with contextlib.suppress(Exception):  # closing a broken file
                 close()
-            except Exception:  # pragma: no cover - closing a broken file
-                pass
         self._close = []
 
 
