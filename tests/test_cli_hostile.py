@@ -271,10 +271,9 @@ def test_nan_or_inf_layer_is_named_with_its_file(tmp_path, measure):
     layers = _acts()
     layers["l2"][7, 1] = np.nan if measure != "mutual_knn" else np.inf
     np.savez(tmp_path / "a.npz", **layers)
-    refused(run("a.npz", "--measure", measure, "--batch-size", "8", "--no-progress",
-                "--option", "k=5" if measure == "mutual_knn" else "", cwd=tmp_path)
-            if measure == "mutual_knn" else
-            run("a.npz", "--measure", measure, "--batch-size", "8", "--no-progress", cwd=tmp_path),
+    options = ["--option", "k=5"] if measure == "mutual_knn" else []
+    refused(run("a.npz", "--measure", measure, "--batch-size", "8", "--no-progress", *options,
+                cwd=tmp_path),
             "a.npz", "'l2'", "NaN or Inf", "example 7")
 
 
