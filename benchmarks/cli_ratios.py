@@ -2,7 +2,8 @@
 
 Usage (on a quiet machine; note the load, the figures are meaningless under load)::
 
-    python benchmarks/cli_ratios.py [--layers 24] [--n 2000] [--p 128] [--repeats 3]
+    python benchmarks/cli_ratios.py [--layers 24] [--n 2000] [--p 128] [--repeats 3] \
+        [--measures cka_linear,cka_linear_unbiased]
 
 Workload: ``--layers`` float32 layers of ``--n`` x ``--p`` in one ``.npz`` file. For
 ``cka_linear`` and ``cka_linear_unbiased`` it times
@@ -39,6 +40,7 @@ def main():
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--p", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--measures", default="cka_linear,cka_linear_unbiased")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     folder = tempfile.mkdtemp()
@@ -53,7 +55,9 @@ def main():
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     print(f"{args.layers} float32 layers x {args.n} x {args.p} in one .npz; "
           f"load: {os.getloadavg()[0]:.2f} (1 min), {os.cpu_count()} CPUs")
-    for measure, estimator in (("cka_linear", "biased"), ("cka_linear_unbiased", "unbiased")):
+    estimators = {"cka_linear": "biased", "cka_linear_unbiased": "unbiased"}
+    for measure in args.measures.split(","):
+        estimator = estimators[measure]
         best = {k: float("inf") for k in ("library", "cka_matrix", "command", "main")}
         cpu = dict(best)
 
