@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 import sys
 import time
@@ -20,7 +21,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any
 
-__all__ = ["atomic_write", "progress"]
+__all__ = ["atomic_write", "progress", "remove_stale_temporaries"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> None:
@@ -46,7 +47,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> None:
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}.tmp")
+    tmp = os.path.join(folder, _temporary_name(os.path.basename(path)))
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     os.close(fd)
     try:
@@ -65,6 +66,60 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _temporary_name(base: str) -> str:
+    """``.{base}.{pid}-{12 hex}.tmp``: hidden, beside the target, and naming its writer."""
+    return f".{base}.{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp"
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[str]:
+    """Remove what an interrupted :func:`atomic_write` of ``path`` left beside it.
+
+    A process killed during a write (SIGKILL, power loss) cannot remove its temporary
+    file. This removes only files named exactly as :func:`atomic_write` names its
+    temporaries for this target (``.{name}.{pid}-{12 hex digits}.tmp``) whose writing
+    process no longer runs on this machine -- never another file, and never the
+    temporary of a write still under way.
+
+    Returns
+    -------
+    list of str
+        The paths removed.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    pattern = re.compile(re.escape(f".{os.path.basename(path)}.") + r"(\d+)-[0-9a-f]{12}\.tmp")
+    try:
+        entries = os.listdir(folder)
+    except OSError:
+        return []
+    removed = []
+    for entry in entries:
+        match = pattern.fullmatch(entry)
+        if match is None or _running(int(match.group(1))):
+            continue
+        full = os.path.join(folder, entry)
+        try:
+            if os.path.isfile(full) and not os.path.islink(full):
+                os.unlink(full)
+                removed.append(full)
+        except OSError:
+            pass
+    return removed
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (ours or another user's)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # exists but belongs to someone else, or cannot be asked: keep it
+    return True
 
 
 def _interactive(stream: IO[str]) -> bool:

@@ -4,141 +4,201 @@ For users of JAX, TensorFlow or anything else that can save arrays::
 
     repsim acts_a.npz [acts_b.npz] --measure procrustes_angular --out result.nc --plot map.png
 
-Inputs (one layer per entry, first axis = examples, the same examples in the same order
-in every layer and file):
+Inputs (one layer per entry; the first axis of every layer is the examples, the same
+examples in the same order in every layer and file):
 
-* a ``.npz`` file (one array per layer; read one layer at a time),
-* a folder of ``.npy`` files or a single ``.npy`` file (memory-mapped: batches are read
-  from disk),
-* a ``.safetensors`` file (read lazily, slice by slice),
+* a ``.npz`` file (one array per layer, in the file's member order; stored members are
+  memory-mapped, compressed ones decompressed once),
+* a folder of ``.npy`` files or a single ``.npy`` file (memory-mapped),
+* a ``.safetensors`` file (memory-mapped; read by repsim, the safetensors package is not
+  needed),
 * a netCDF-4 / HDF5 file (``.nc``, ``.h5``, ``.hdf5``): every dataset at the root that is
-  not a netCDF dimension scale is a layer (sliced from disk by h5py).
+  not a netCDF dimension scale is a layer (sliced from disk by h5py),
+* a ``.pt`` file holding a dict of layer name -> tensor (``torch.load(...,
+  weights_only=True)``; torch is imported only for these).
 
-``--measure`` is any row of :func:`repsim.measures` (with that row's options, which
-``--option key=value`` overrides) or ``minibatch_cka``, which streams ``--batch-size``
-examples at a time from disk into :class:`repsim.MinibatchCKA` and never holds a whole
-layer (a last batch of fewer than 4 examples joins the one before it). The other measures need whole layers and read one pair of layers at a time; the
-neighbourhood measures read every layer once and pair them from their k-NN lists
-(:func:`repsim.neighbour_matrix`). The result (a layer x layer ``xarray.DataArray``,
-provenance in its attrs) is written atomically to ``--out`` (netCDF, via
-:func:`repsim.save_result`) and drawn by :func:`repsim.plot_similarity` to ``--plot``.
+Layers keep the writer's order where the file stores one, else they are sorted naturally
+(``layer2`` before ``layer10``) with a warning where that is a guess (see
+:mod:`repsim._readers`). Every layer is read once. CKA measures go through the all-pairs
+path (:func:`repsim.cka_matrix`: one matrix product for all pairs); other measures
+compute each pair once from layers held in memory (half of the matrix where the measure
+is symmetric and a file is compared with itself); the neighbourhood measures pair
+precomputed k-NN lists (:func:`repsim.neighbour_matrix`). ``--measure minibatch_cka``
+streams ``--batch-size`` examples at a time into :class:`repsim.MinibatchCKA` and never
+holds a whole layer. The result (a layer x layer ``xarray.DataArray``, provenance in its
+attrs) is written atomically to ``--out`` (netCDF) and drawn to ``--plot``, also
+atomically; a short summary (diagonal, best match of every layer) goes to stdout.
+
+Everything is checked before any work -- the arguments, the plot format, the outputs
+(never an input, never each other), every file's headers and declared sizes -- and a
+problem is reported as one line naming the file and the layer, with exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import os
 import sys
+import warnings
 
 import numpy as np
 
+from ._io import atomic_write, progress as _progress, remove_stale_temporaries
+from ._cli_checks import (check_layers, check_options, check_outputs, checked, parse_options,
+                          plot_format, select)
+from ._readers import InputError, Source, available_memory, check_fits, display, q
 
-class Source:
-    """Layers of one saved-activations file or folder, read lazily."""
+_EPILOG = """\
+contract:
+  Every layer's first axis is the examples: row i of every layer, in both files, must be
+  the same input example (same examples, same order). Other axes are flattened into
+  features. Layers keep the order stored in the file (.npz member order, netCDF/HDF5
+  creation order, .pt dict order, safetensors metadata "layer_order"); without one
+  (.npy folders, safetensors headers) they are sorted naturally, layer2 before layer10.
 
-    def __init__(self, path):
-        self.path = os.fspath(path)
-        self._open()
+outputs:
+  --out (default repsim_result.nc) and --plot are replaced if they exist, atomically:
+  the new file is written beside the target and renamed over it when complete, so an
+  interrupted run leaves the old file or none. An output that is one of the inputs, or
+  --out equal to --plot, is refused. Temporary files an interrupted (killed) run of
+  repsim left beside the outputs are removed on the next run.
 
-    def _open(self):
-        p = self.path
-        low = p.lower()
-        if os.path.isdir(p):
-            files = sorted(f for f in os.listdir(p) if f.endswith(".npy"))
-            if not files:
-                raise ValueError(f"folder {p!r} holds no .npy files")
-            self._arrays = {f[:-4]: np.load(os.path.join(p, f), mmap_mode="r") for f in files}
-            self.kind = "npy"
-        elif low.endswith(".npy"):
-            self._arrays = {os.path.basename(p)[:-4]: np.load(p, mmap_mode="r")}
-            self.kind = "npy"
-        elif low.endswith(".npz"):
-            self._npz = np.load(p)
-            self._arrays = {k: None for k in self._npz.files}
-            self.kind = "npz"
-        elif low.endswith(".safetensors"):
-            from safetensors import safe_open
-
-            self._st = safe_open(p, framework="numpy")
-            self._arrays = {k: None for k in self._st.keys()}
-            self.kind = "safetensors"
-        elif low.endswith((".nc", ".h5", ".hdf5", ".nc4")):
-            import h5py
-
-            self._h5 = h5py.File(p, "r")
-            self._arrays = {
-                k: v for k, v in self._h5.items()
-                if isinstance(v, h5py.Dataset) and v.attrs.get("CLASS") != b"DIMENSION_SCALE"
-            }
-            self.kind = "hdf5"
-        else:
-            raise ValueError(
-                f"cannot read {p!r}: expected a .npz, .npy, .safetensors, .nc/.h5/.hdf5 file "
-                "or a folder of .npy files"
-            )
-        if not self._arrays:
-            raise ValueError(f"{p!r} holds no layers")
-
-    @property
-    def names(self):
-        return list(self._arrays)
-
-    def shape(self, name):
-        if self.kind == "npz":
-            return self.read(name).shape
-        if self.kind == "safetensors":
-            return tuple(self._st.get_slice(name).get_shape())
-        return tuple(self._arrays[name].shape)
-
-    def read(self, name, start=None, stop=None):
-        """Examples ``start:stop`` of layer ``name`` as a numpy array (whole layer by default)."""
-        sl = slice(start, stop)
-        if self.kind == "npz":
-            if self._arrays[name] is None:
-                self._arrays = {k: None for k in self._arrays}  # keep one layer in memory
-                self._arrays[name] = self._npz[name]
-            return np.asarray(self._arrays[name][sl])
-        if self.kind == "safetensors":
-            return np.asarray(self._st.get_slice(name)[sl])
-        return np.asarray(self._arrays[name][sl])
+examples:
+  repsim acts.npz --measure cka_linear --out sim.nc --plot sim.png
+  repsim a.safetensors b.safetensors --measure mutual_knn --option k=20
+  repsim acts/ --layer-a "block1,conv" --layer-a fc --measure minibatch_cka --batch-size 512
+"""
 
 
-def _parse_options(items):
+# ------------------------------------------------------------------ arguments and checks
+
+def _measures():
+    from .catalogue import MEASURES  # the registry's measures, in table order
+
+    return {m.name: m for m in MEASURES}
+
+
+def _canonical(name):
+    """A measure name, alias or similarity-repository id -> its canonical name (argparse
+    then checks the choices; an unknown name stays as given and is refused there)."""
+    from .similarity import measure_names
+
+    return measure_names(aliases=True).get(name, name)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    names = list(_measures()) + ["minibatch_cka"]
+    p = argparse.ArgumentParser(
+        prog="repsim",
+        description="Compare saved activations layer by layer; write a netCDF result "
+                    "(layer_a x layer_b), an optional heatmap, and a summary on stdout.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("a", help="activations of model A: .npz, .npy, folder of .npy, "
+                             ".safetensors, .nc/.h5, .pt (dict of tensors)")
+    p.add_argument("b", nargs="?", help="activations of model B (default: A against itself)")
+    p.add_argument("--measure", default="cka_linear", choices=names, metavar="NAME",
+                   type=_canonical,
+                   help="a row of repsim.measures() (or an alias / similarity-repository id "
+                        "of one) or minibatch_cka (default cka_linear); one of: "
+                        + ", ".join(names))
+    p.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="keyword argument of the measure (repeatable), e.g. k=20 or ridge=0.1")
+    p.add_argument("--layers-a", metavar="NAMES",
+                   help="comma-separated layer names of A, in this order (default: all); "
+                        "write a comma inside a name as \\,")
+    p.add_argument("--layers-b", metavar="NAMES", help="the same for B")
+    p.add_argument("--layer-a", action="append", metavar="NAME",
+                   help="one layer of A, exactly as named (repeatable; any characters)")
+    p.add_argument("--layer-b", action="append", metavar="NAME", help="the same for B")
+    p.add_argument("--batch-size", type=int, default=256,
+                   help="examples per batch (minibatch_cka; default 256)")
+    p.add_argument("--out", default="repsim_result.nc",
+                   help="netCDF result, replaced atomically (default repsim_result.nc)")
+    p.add_argument("--plot", help="heatmap image (.png, .pdf, .svg, ...); omitted: no plot")
+    p.add_argument("--no-progress", action="store_true", help="no progress output")
+    p.add_argument("--no-summary", action="store_true", help="no summary on stdout")
+    p.add_argument("--version", action="version", version=f"repsim {__version__}")
+    return p
+
+
+# ------------------------------------------------------------------------- computation
+
+def _read_layers(src: Source, names: list[str], enabled: bool) -> dict[str, np.ndarray]:
+    """Every layer of ``names`` read once into memory (checked)."""
     out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise ValueError(f"--option must be key=value; got {item!r}")
-        key, raw = item.split("=", 1)
-        try:
-            out[key] = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            out[key] = raw
+    for name in _progress(names, total=len(names), desc=f"reading {src.label}", enabled=enabled,
+                          unit="layer"):
+        out[display(name)] = checked(np.array(src.read(name)), src.where(name))
     return out
 
 
-def _progress(iterable, total, enabled, desc):
-    if not enabled:
-        return iterable
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return iterable
-    return tqdm(iterable, total=total, desc=desc, file=sys.stderr)
+def _attrs(spec, options: dict) -> dict:
+    attrs = {"measure": spec.name, "function": spec.function, "kind": spec.kind}
+    attrs.update({f"option_{k}": v for k, v in options.items()})
+    return attrs
 
 
-def _check_examples(src_a, src_b, names_a, names_b):
-    n = src_a.shape(names_a[0])[0]
-    for src, names in ((src_a, names_a), (src_b, names_b)):
-        for name in names:
-            shape = src.shape(name)
-            if shape[0] != n:
-                raise ValueError(
-                    f"every layer must have the same number of examples (first axis); got "
-                    f"{src_a.path}:{names_a[0]!r} with shape {src_a.shape(names_a[0])} and "
-                    f"{src.path}:{name!r} with shape {shape}"
-                )
-    return n
+def _similarity(layers_a: dict, layers_b: dict | None, measure: str, options: dict,
+                progress: bool):
+    """The ``layer_a x layer_b`` matrix of ``measure`` (a row of :func:`repsim.measures`),
+    with the row's options overridden by ``options``; ``layers_b=None`` compares
+    ``layers_a`` with itself. The one place the command computes a matrix.
+    """
+    import repsim
+
+    spec = _measures()[measure]
+    options = {**spec.options, **options}
+    if spec.function == "cka" and "method" not in options:
+        n = next(iter(layers_a.values())).shape[0]
+        count = len(layers_a) + (len(layers_b) if layers_b is not None else 0)
+        if 16 * n * n * count <= available_memory() // 2:  # packed float64 grams + work
+            with _progress(total=1, desc=f"{measure} (all pairs)", enabled=progress) as bar:
+                result = repsim.cka_matrix(layers_a, layers_b, **options)
+                bar.update()
+            result.name = measure
+            result.attrs.update(_attrs(spec, options))
+            return result
+    if spec.function == "cka" and "method" not in options:  # grams beyond memory: pair by pair
+        return _pair_by_pair(spec, layers_a, layers_b, measure, options, progress)
+    try:  # every layer prepared once, half of a symmetric matrix (repsim.similarity_matrix)
+        result = repsim.similarity_matrix(layers_a, layers_b, measure=measure,
+                                          progress=progress, **options)
+    except (ValueError, TypeError, ArithmeticError) as err:
+        raise InputError(f"{measure}: {' '.join(str(err).split())}") from None
+    result.attrs.update(_attrs(spec, options))
+    return result
+
+
+def _pair_by_pair(spec, layers_a, layers_b, measure, options, progress):
+    """Each pair on its own (CKA whose packed grams would not fit in memory)."""
+    from repsim.results import similarity_array
+
+    fn = spec.family.function
+    symmetric = layers_b is None and spec.symmetric
+    names_a = list(layers_a)
+    layers_b = layers_a if layers_b is None else layers_b
+    names_b = list(layers_b)
+    values = np.full((len(names_a), len(names_b)), np.nan)
+    pairs = [(i, j) for i in range(len(names_a)) for j in range(len(names_b))
+             if not symmetric or j >= i]
+    for i, j in _progress(pairs, total=len(pairs), desc=f"{measure} (layer pairs)",
+                          enabled=progress, unit="pair"):
+        a, b = names_a[i], names_b[j]
+        try:
+            values[i, j] = float(fn(layers_a[a], layers_b[b], **options))
+        except (ValueError, TypeError, ArithmeticError) as err:
+            raise InputError(f"{measure} of layer {q(a)} against layer {q(b)}: "
+                             f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") \
+                from None
+        if symmetric:
+            values[j, i] = values[i, j]
+    attrs = _attrs(spec, options)
+    attrs["n"] = int(next(iter(layers_a.values())).shape[0])
+    return similarity_array(values, names_a, names_b, attrs, name=measure)
 
 
 def batch_bounds(n, batch_size, smallest=4):
@@ -155,127 +215,187 @@ def _stream_minibatch_cka(src_a, src_b, names_a, names_b, n, batch_size, options
 
     acc = repsim.MinibatchCKA(**options)
     bounds = batch_bounds(n, batch_size)
-    for start, stop in _progress(bounds, len(bounds), progress, "batches"):
-        acts_a = {k: src_a.read(k, start, stop) for k in names_a}
-        acts_b = None if src_b is None else {k: src_b.read(k, start, stop) for k in names_b}
-        acc.update(acts_a, acts_b)
+    for start, stop in _progress(bounds, total=len(bounds), desc="minibatch_cka (batches)",
+                                 enabled=progress, unit="batch"):
+        def batch(src, names):
+            return {display(k): checked(np.array(src.read(k, start, stop)), src.where(k), start)
+                    for k in names}
+
+        acts_a = batch(src_a, names_a)
+        acts_b = None if src_b is None else batch(src_b, names_b)
+        try:
+            acc.update(acts_a, acts_b)
+        except (ValueError, TypeError, ArithmeticError) as err:
+            raise InputError(f"minibatch_cka, examples {start}..{stop - 1}: "
+                             f"{str(err).splitlines()[0]}") from None
     result = acc.compute()
+    result.name = "minibatch_cka"
+    result.attrs["measure"] = "minibatch_cka"
     result.attrs["batch_size"] = batch_size
     return result
 
 
-def _all_pairs(spec, options, src_a, src_b, names_a, names_b, progress):
-    """Every layer read once, then :func:`repsim.similarity_matrix` (each layer prepared
-    once, half of a symmetric matrix computed)."""
-    import repsim
+# --------------------------------------------------------------------------- outputs
 
-    layers_a = {k: src_a.read(k) for k in names_a}
-    layers_b = None if src_b is None else {k: src_b.read(k) for k in names_b}
-    return repsim.similarity_matrix(layers_a, layers_b, measure=spec.name, progress=progress,
-                                    **options)
+def _write_plot(result, path: str, fmt: str, title: str) -> None:
+    import matplotlib
 
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
-def build_parser():
-    from .similarity import measure_names
+    from .plotting import plot_similarity
 
-    names = measure_names() + ["minibatch_cka"]
-    p = argparse.ArgumentParser(
-        prog="repsim",
-        description="Compare saved activations layer by layer; write a netCDF result and a heatmap.",
-    )
-    p.add_argument("a", help="activations of model A: .npz, .npy, folder of .npy, .safetensors, .nc/.h5")
-    p.add_argument("b", nargs="?", help="activations of model B (default: A against itself)")
-    p.add_argument("--measure", default="cka_linear", choices=names, metavar="NAME",
-                   type=_canonical,
-                   help="a row of repsim.measures() (or an alias / similarity-repository id "
-                        "of one) or minibatch_cka (default cka_linear); one of: "
-                        + ", ".join(names))
-    p.add_argument("--option", action="append", metavar="KEY=VALUE",
-                   help="keyword argument of the measure (repeatable), e.g. k=20 or ridge=0.1")
-    p.add_argument("--layers-a", help="comma-separated layer names of A (default: all)")
-    p.add_argument("--layers-b", help="comma-separated layer names of B (default: all)")
-    p.add_argument("--batch-size", type=int, default=256, help="examples per batch (minibatch_cka)")
-    p.add_argument("--out", default="repsim_result.nc", help="netCDF result (default repsim_result.nc)")
-    p.add_argument("--plot", help="heatmap image (png, pdf, ...); omitted: no plot")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p
+    vals = result.values[np.isfinite(result.values)]
+    limits = {}
+    if vals.size and (vals.min() < 0 or vals.max() > 1):  # distances, signed similarities
+        limits = {"vmin": float(vals.min()), "vmax": float(vals.max())}
+    ax = plot_similarity(result, title=title, **limits)
+    try:
+        atomic_write(path, lambda tmp: ax.figure.savefig(tmp, format=fmt, dpi=120,
+                                                         bbox_inches="tight"))
+    finally:
+        plt.close(ax.figure)
 
 
-def _canonical(name):
-    """A measure name, alias or similarity-repository id -> its canonical name (argparse
-    then checks the choices; an unknown name stays as given and is refused there)."""
-    from .similarity import measure_names
+def summary(result, kind: str = "similarity", itself: bool = False) -> str:
+    """A few lines for the terminal: the diagonal (when both sides have as many layers)
+    and, for every layer of A, the closest layer of B (itself excluded when a model is
+    compared with itself)."""
+    values = np.asarray(result.values, dtype=float)
+    names_a = [str(v) for v in result.layer_a.values]
+    names_b = [str(v) for v in result.layer_b.values]
+    closer = "higher" if kind == "similarity" else "lower"
+    lines = [f"{result.name}: {len(names_a)} x {len(names_b)} layers"
+             + (f", n = {result.attrs['n']}" if "n" in result.attrs else "")
+             + f" ({closer} is closer)"]
+    square = len(names_a) == len(names_b)
+    width = max(len("layer"), *(len(n) for n in names_a))
+    lines.append(f"{'layer':<{width}}  " + ("diagonal  " if square else "") + "best match")
+    for i, name in enumerate(names_a):
+        row = values[i].copy()
+        if itself:
+            row[[j for j, b in enumerate(names_b) if b == name]] = np.nan
+        ok = np.isfinite(row)
+        if ok.any():
+            j = int(np.nanargmax(row) if kind == "similarity" else np.nanargmin(row))
+            best = f"{names_b[j]} ({row[j]:.4f})"
+        else:
+            best = "--"
+        diag = f"{values[i, i]:<8.4f}  " if square else ""
+        lines.append(f"{name:<{width}}  {diag}{best}")
+    return "\n".join(lines)
 
-    return measure_names(aliases=True).get(name, name)
 
-
-def _select(src, spec, label):
-    if spec is None:
-        return src.names
-    names = [s.strip() for s in spec.split(",") if s.strip()]
-    missing = [s for s in names if s not in src.names]
-    if missing:
-        raise ValueError(f"{label}: no layer(s) {missing} in {src.path!r}; it has {src.names}")
-    return names
-
+# ------------------------------------------------------------------------------- run
 
 def run(args):
     """Run the comparison described by parsed ``args``; returns the result DataArray."""
-    src_a = Source(args.a)
-    src_b = None if args.b is None else Source(args.b)
-    names_a = _select(src_a, args.layers_a, "--layers-a")
-    names_b = _select(src_b or src_a, args.layers_b, "--layers-b")
-    n = _check_examples(src_a, src_b or src_a, names_a, names_b)
-    options = _parse_options(args.option)
     progress = not args.no_progress
+    options = parse_options(args.option)
+    check_options(args.measure, options, _measures())
+    if args.measure == "minibatch_cka" and args.batch_size < 4:
+        raise InputError(f"--batch-size must be at least 4 for minibatch_cka; got {args.batch_size}")
+    fmt = plot_format(args.plot) if args.plot else None
+    sources = [Source(args.a)]
+    if args.b is not None:
+        sources.append(Source(args.b))
+    src_a = sources[0]
+    src_b = sources[1] if len(sources) > 1 else None
+    check_outputs(args.out, args.plot, sources)
+    names_a = select(src_a, args.layers_a, args.layer_a, "a")
+    explicit_b = args.layers_b is not None or bool(args.layer_b)
+    names_b = select(src_b or src_a, args.layers_b, args.layer_b, "b")
+    n, first = check_layers(src_a, names_a, None, None)
+    check_layers(src_b or src_a, names_b, n, first)
+    if n == 0:
+        raise InputError(f"{src_a.label} holds 0 examples (first axis of every layer)")
+    if args.measure == "minibatch_cka" and n < 4:
+        raise InputError(f"minibatch_cka needs at least 4 examples; {src_a.label} holds {n}")
+    chosen_a = args.layers_a is not None or bool(args.layer_a)
+    guessed = {  # a guessed order matters only on a side whose layers the user did not name
+        src_a: not chosen_a or (src_b is None and not explicit_b),
+        src_b: not explicit_b,
+    }
+    for src in sources:
+        if src.order_warning and guessed[src]:
+            warnings.warn(src.order_warning, stacklevel=2)
+    for flag, path in (("--out", args.out), ("--plot", args.plot)):
+        if path is not None:
+            remove_stale_temporaries(path)
+    if src_b is None and explicit_b:
+        src_b = src_a
     if args.measure == "minibatch_cka":
-        if args.batch_size < 4:
-            raise ValueError(f"--batch-size must be at least 4 for minibatch_cka; got {args.batch_size}")
-        if src_b is None and args.layers_b is not None:
-            src_b = src_a
+        per_batch = sum(src_a.nbytes(k) for k in names_a) // n * min(args.batch_size, n) * 2
+        check_fits(per_batch, f"one batch of {args.batch_size} examples")
         result = _stream_minibatch_cka(src_a, src_b, names_a, names_b if src_b else None, n,
                                        args.batch_size, options, progress)
     else:
-        from .similarity import measure
-
-        spec = measure(args.measure)
-        if src_b is None and args.layers_b is not None:
-            src_b = src_a
-        result = _all_pairs(spec, options, src_a, src_b, names_a, names_b, progress)
-    result.attrs["source_a"] = os.path.abspath(args.a)
-    result.attrs["source_b"] = os.path.abspath(args.b) if args.b else "none"
+        wanted = {(src_a.path, k) for k in names_a}
+        wanted |= {((src_b or src_a).path, k) for k in names_b}
+        by_path = {s.path: s for s in sources}
+        check_fits(sum(by_path[p].nbytes(k) for p, k in wanted),
+                   f"reading the {len(wanted)} selected layers of "
+                   + " and ".join(s.label for s in sources))
+        layers_a = _read_layers(src_a, names_a, progress)
+        layers_b = None
+        if src_b is not None:
+            if src_b is src_a:
+                layers_b = {display(k): layers_a.get(display(k)) for k in names_b}
+                for k in names_b:
+                    if layers_b[display(k)] is None:
+                        layers_b[display(k)] = checked(np.array(src_a.read(k)), src_a.where(k))
+            else:
+                layers_b = _read_layers(src_b, names_b, progress)
+        try:
+            result = _similarity(layers_a, layers_b, args.measure, options, progress)
+        except InputError as err:
+            where = src_a.label + (f" and {src_b.label}" if src_b not in (None, src_a) else "")
+            raise InputError(f"comparing {where}: {err}") from None
+    result.attrs["source_a"] = display(os.path.abspath(args.a))
+    result.attrs["source_b"] = display(os.path.abspath(args.b)) if args.b else "none"
+    result.attrs["layer_order_a"] = src_a.order
+    if args.b:
+        result.attrs["layer_order_b"] = sources[1].order
     from .results import save_result
 
     save_result(result, args.out)
     if args.plot:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        from .plotting import plot_similarity
-
-        vals = result.values[np.isfinite(result.values)]
-        limits = {}
-        if vals.size and (vals.min() < 0 or vals.max() > 1):  # distances, signed similarities
-            limits = {"vmin": float(vals.min()), "vmax": float(vals.max())}
-        ax = plot_similarity(result, title=args.measure, **limits)
-        ax.figure.savefig(args.plot, dpi=120, bbox_inches="tight")
-        plt.close(ax.figure)
+        _write_plot(result, args.plot, fmt, args.measure)
+    for src in sources:
+        src.close()
     return result
 
 
-def main(argv=None):
+def main(argv=None) -> int:
     """Entry point of the ``repsim`` console script; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        run(args)
-    except (ValueError, TypeError, OSError, KeyError) as err:
-        print(f"repsim: error: {err}", file=sys.stderr)
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            warnings.showwarning = _show_warning
+            result = run(args)
+    except KeyboardInterrupt:
+        print("repsim: interrupted; no output was replaced by a partial file", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("repsim: error: out of memory", file=sys.stderr)
         return 2
-    print(f"wrote {args.out}" + (f" and {args.plot}" if args.plot else ""), file=sys.stderr)
+    except (ValueError, TypeError, OSError, KeyError) as err:
+        text = " ".join(str(err).split()) or type(err).__name__
+        print(f"repsim: error: {display(text)}", file=sys.stderr)
+        return 2
+    if not args.no_summary:
+        kind = "similarity" if args.measure == "minibatch_cka" else _measures()[args.measure].kind
+        itself = args.b is None
+        print(summary(result, kind, itself))
+    print(f"wrote {display(args.out)}" + (f" and {display(args.plot)}" if args.plot else ""),
+          file=sys.stderr)
     return 0
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"repsim: warning: {message}", file=sys.stderr)
 
 
 if __name__ == "__main__":  # python -m repsim.cli
