@@ -14,6 +14,17 @@ candidate and results are deterministic (the same on numpy and torch). Equality 
 equality of the computed keys: two geometrically equidistant points whose GEMM rounding
 differs are not tied.
 
+Undefined neighbourhoods. When an example's neighbourhood is decided *entirely* by ties
+-- its nearest and its ``(k+1)``-th nearest other example are equally near, up to the
+keys' rounding (``4 p eps``, see :func:`neighbours`), so none of its ``k`` neighbours is
+nearer than one left out -- its set is the index order, not the data's. A constant layer
+(every example equally near every other) and distinct one-hot rows are the common cases.
+Every measure here is then NaN with a :class:`repsim.DegenerateRepresentationWarning`
+naming the layer, as CKA is for a constant layer; in :func:`neighbour_matrix` such a
+layer's row and column are NaN and one warning names all of them. Second-order cosine
+(a zero similarity vector) and CKNNA (a masked gram with non-positive self-HSIC) are NaN
+with the same warning where their normalisation is zero.
+
 Every pair measure then needs only the ``(n, k)`` neighbour lists (and, for second-order
 cosine and CKNNA, the features): :func:`neighbour_matrix` computes each layer's lists
 once and every pair from them.
@@ -54,13 +65,22 @@ class Neighbours:
         Its cosine similarity (``metric="cosine"``) or squared distance.
     unit : array, shape (n, p), float64 or None
         The L2-normalised rows (kept for ``metric="cosine"``).
+    tied : int
+        Number of examples whose neighbourhood is decided entirely by ties (see
+        :func:`neighbours`); ``first_tied`` is the lowest such example (-1 if none).
     """
 
-    def __init__(self, index, value, unit):
+    def __init__(self, index, value, unit, tied=0, first_tied=-1):
         self.index, self.value, self.unit = index, value, unit
+        self.tied, self.first_tied = tied, first_tied
 
 
 def _unit_rows(x, xp, name):
+    # each row divided by its largest |entry| first: squares of 1e-200 or 1e200 would
+    # under/overflow float64 (a false "all-zero row" or a zero cosine); the direction is kept
+    top = xp.max(xp.abs(x), axis=1)
+    if bool(xp.all(top > 0)):
+        x = x / top[:, None]
     norms = xp.sqrt(xp.sum(x * x, axis=1))
     if not bool(xp.all(norms > 0)):
         bad = int(B.to_numpy(xp.argmax(xp.astype(norms == 0, xp.int32))))
@@ -83,9 +103,22 @@ def neighbours(x, k, metric="cosine", name="x"):
     Returns
     -------
     Neighbours
+        With ``tied`` the number of examples whose neighbourhood is decided entirely by
+        ties: the nearest and the ``(k+1)``-th nearest other example (the ``k``-th when
+        ``k = n - 1``) are equally near, up to the rounding of the keys
+        (``4 p eps`` for cosine, ``4 p eps (|x_i|^2 + |x_j|^2)`` for squared distances).
+        None of the ``k`` chosen neighbours is then nearer than an example left out: the
+        set (and the ranks) are the tie-break's index order, not the data's. A constant
+        layer and distinct one-hot rows are the typical cases; every measure of this
+        module is undefined there.
     """
     xp = B.namespace(x)
     n = int(x.shape[0])
+    p = int(x.shape[1])
+    eps = float(xp.finfo(xp.float64).eps)
+    # the last sorted key that must differ from the first for the set (and, at k = n - 1,
+    # the order) to be the data's: the (k+1)-th nearest, or the k-th when there is none
+    last = min(k, n - 2)
     if metric == "cosine":
         base = _unit_rows(x, xp, name)
         unit = base
@@ -97,6 +130,7 @@ def neighbours(x, k, metric="cosine", name="x"):
     dev = B.device(x)
     cols = xp.arange(n, device=dev)
     idx_parts, val_parts = [], []
+    tied, first_tied = 0, -1
     for start in range(0, n, rows):
         stop = min(n, start + rows)
         prod = xp.matmul(base[start:stop], base.T)
@@ -106,12 +140,28 @@ def neighbours(x, k, metric="cosine", name="x"):
             key = sq[None, :] - 2.0 * prod
         self_ = cols[None, :] == xp.arange(start, stop, device=dev)[:, None]
         key = xp.where(self_, xp.asarray(float("inf"), dtype=xp.float64, device=dev), key)
-        order = xp.argsort(key, axis=1, stable=True)[:, :k]
+        order = xp.argsort(key, axis=1, stable=True)[:, :last + 1]
+        ends = xp.take_along_axis(key, order[:, last:last + 1], axis=1)[:, 0]
+        if metric == "cosine":
+            tol = 4.0 * p * eps
+        else:
+            far = xp.take(sq, order[:, last], axis=0)
+            near = xp.take(sq, order[:, 0], axis=0)
+            tol = 4.0 * p * eps * (sq[start:stop] + xp.maximum(far, near))
+        order = order[:, :k]
         val = xp.take_along_axis(key, order, axis=1)
+        flat = (ends - val[:, 0]) <= tol
+        if last == 0:  # n = 2: one candidate, nothing to tie with
+            flat = xp.zeros_like(flat)
+        count = int(B.item(xp.sum(xp.astype(flat, xp.int64))))
+        if count and first_tied < 0:
+            first_tied = start + int(B.item(xp.argmax(xp.astype(flat, xp.int8))))
+        tied += count
         val = -val if metric == "cosine" else val + sq[start:stop, None]
         idx_parts.append(order)
         val_parts.append(val)
-    return Neighbours(xp.astype(xp.concat(idx_parts), xp.int64), xp.concat(val_parts), unit)
+    return Neighbours(xp.astype(xp.concat(idx_parts), xp.int64), xp.concat(val_parts), unit,
+                      tied, first_tied)
 
 
 def _check_k(k, n, name="x"):
@@ -153,7 +203,13 @@ def _pair_value(measure, na, nb, xa, xb, xp):
         sa = xp.concat([na.value, xp.where(extra, sa_on_b, zero)], axis=1)
         sb = xp.concat([sb_on_a, xp.where(extra, nb.value, zero)], axis=1)
         num = xp.sum(sa * sb, axis=1)
-        return xp.mean(num / xp.sqrt(xp.sum(sa * sa, axis=1) * xp.sum(sb * sb, axis=1)))
+        na2, nb2 = xp.sum(sa * sa, axis=1), xp.sum(sb * sb, axis=1)
+        for side, norm in (("a", na2), ("b", nb2)):
+            if not bool(xp.all(norm > 0)):
+                i = int(B.item(xp.argmax(xp.astype(norm == 0, xp.int8))))
+                raise _Undefined(side, f"example {i} has cosine 0 to every example of its "
+                                 "neighbourhood union (a zero similarity vector)")
+        return xp.mean(num / xp.sqrt(na2 * nb2))
     raise AssertionError(measure)
 
 
@@ -185,8 +241,53 @@ def _cknna_value(na, nb, xp):
     kaa = _masked_gram(na, na, na.unit, xp)
     kbb = _masked_gram(nb, nb, nb.unit, xp)
     # b's mask is the transposed-role intersection: the same set of (i, j) pairs
-    return _hsic_unbiased_asym(kab_a, kab_b, xp) / xp.sqrt(
-        _hsic_unbiased_asym(kaa, kaa, xp) * _hsic_unbiased_asym(kbb, kbb, xp))
+    haa, hbb = _hsic_unbiased_asym(kaa, kaa, xp), _hsic_unbiased_asym(kbb, kbb, xp)
+    for side, h in (("a", haa), ("b", hbb)):
+        if not B.item(h) > 0:
+            raise _Undefined(side, f"the unbiased HSIC of its masked k-NN gram with itself is "
+                             f"{B.item(h):.3g}, not positive (no variation to normalise by)")
+    return _hsic_unbiased_asym(kab_a, kab_b, xp) / xp.sqrt(haa * hbb)
+
+
+class _Undefined(Exception):
+    """A measure is undefined for one side (``"a"`` or ``"b"``) of a pair."""
+
+    def __init__(self, side, reason):
+        super().__init__(reason)
+        self.side, self.reason = side, reason
+
+
+def _tie_reason(nb, k):
+    return (f"the k-nearest-neighbour sets of {nb.tied} example(s) (first: example "
+            f"{nb.first_tied}) are decided entirely by ties (their nearest and "
+            f"(k+1)-th nearest examples are equally near, k={k}; a constant layer, or "
+            "distinct one-hot rows)")
+
+
+def _warn_undefined(measure, reasons):
+    """Warn that ``measure`` is undefined (set to NaN) for the named layers, and why."""
+    import warnings
+
+    shown = "; ".join(f"{name!r}: {why}" for name, why in list(reasons.items())[:10])
+    more = f"; and {len(reasons) - 10} more" if len(reasons) > 10 else ""
+    warnings.warn(
+        f"{measure} is undefined (set to NaN) for representation(s) {shown}{more}",
+        V.DegenerateRepresentationWarning,
+        stacklevel=V.user_stacklevel(),
+    )
+
+
+def _value_or_reasons(measure, na, nb, names, k, xp):
+    """``(value, {})``, or ``(None, {layer name: why})`` when the pair is undefined."""
+    reasons = {name: _tie_reason(nb_, k) for name, nb_ in zip(names, (na, nb)) if nb_.tied}
+    if reasons:
+        return None, reasons
+    try:
+        if measure == "cknna":
+            return _cknna_value(na, nb, xp), {}
+        return _pair_value(measure, na, nb, None, None, xp), {}
+    except _Undefined as err:
+        return None, {names[0] if err.side == "a" else names[1]: err.reason}
 
 
 def _prepare(x, y, k, metric, measure):
@@ -200,9 +301,11 @@ def _prepare(x, y, k, metric, measure):
 
 def _pair(measure, x, y, k, metric):
     xp, na, nb = _prepare(x, y, k, metric, measure)
-    if measure == "cknna":
-        return M.as_result(_cknna_value(na, nb, xp), xp)
-    return M.as_result(_pair_value(measure, na, nb, None, None, xp), xp)
+    value, reasons = _value_or_reasons(measure, na, nb, ("x", "y"), na.index.shape[1], xp)
+    if reasons:
+        _warn_undefined(measure, reasons)
+        return M.as_result(xp.asarray(float("nan"), dtype=xp.float64, device=B.device(na.index)), xp)
+    return M.as_result(value, xp)
 
 
 def mutual_knn(x, y, k=10, *, metric="cosine"):
@@ -464,13 +567,18 @@ def neighbour_matrix(xs, ys=None, *, measure="mutual_knn", k=10, metric="cosine"
     import numpy as np
 
     values = np.empty((len(nbs_a), len(nbs_b)))
-    for i, na in enumerate(nbs_a):
-        for j, nb in enumerate(nbs_b):
+    reasons: dict = {}
+    for i, (la, na) in enumerate(zip(names_a, nbs_a)):
+        for j, (lb, nb) in enumerate(zip(names_b, nbs_b)):
             if ys is None and j < i and measure != "cknna":
                 values[i, j] = values[j, i]  # symmetric measures (CKNNA's 1'AB1 is not)
                 continue
-            v = _cknna_value(na, nb, xp) if measure == "cknna" else _pair_value(measure, na, nb, None, None, xp)
-            values[i, j] = B.item(v)
+            v, why = _value_or_reasons(measure, na, nb, (la, lb), k, xp)
+            for name, reason in why.items():
+                reasons.setdefault(name, reason)
+            values[i, j] = np.nan if v is None else B.item(v)
+    if reasons:
+        _warn_undefined(measure, reasons)
     attrs = {"measure": measure, "k": k, "metric": metric, "n": n,
              "ties": "stable sort of float64 keys: lower example index first"}
     return similarity_array(values, names_a, names_b, attrs, name=measure)
