@@ -55,6 +55,45 @@ def t_quantile(q: float, df: Any) -> float | np.ndarray:
     return out if out.ndim else float(out)
 
 
+# ---------------------------------------------------------------- multiple comparisons
+CORRECTIONS = ("holm", "bh", "none")
+
+
+def adjust_p_values(p: Any, method: str, family: Any = None) -> np.ndarray:
+    """Multiple-comparison adjusted p-values of a matrix (any shape) of tests.
+
+    ``method``: ``"holm"`` (Holm 1979, step-down Bonferroni; controls the family-wise
+    error rate under any dependence), ``"bh"`` (Benjamini & Hochberg 1995; controls the
+    false discovery rate for independent or positively dependent tests;
+    :func:`scipy.stats.false_discovery_control`) or ``"none"`` (``p`` itself).
+
+    ``family`` (bool, ``p``'s shape; default: every finite entry) marks the entries that
+    are the family's tests, counted once each; entries outside it (NaN, no test
+    performed) come back as NaN. Adjusted values are capped at 1.
+    """
+    p = np.asarray(p, dtype=np.float64)
+    V.check_option(method, "correction", CORRECTIONS)
+    if method == "none":
+        return p.copy()
+    fam = np.isfinite(p) if family is None else (np.asarray(family, dtype=bool) & np.isfinite(p))
+    out = np.full(p.shape, np.nan)
+    vals = p[fam]
+    m = vals.size
+    if m == 0:
+        return out
+    if method == "bh":
+        from scipy import stats
+
+        adj = stats.false_discovery_control(vals, method="bh")
+    else:
+        order = np.argsort(vals, kind="stable")
+        steps = (m - np.arange(m)) * vals[order]
+        adj = np.empty(m)
+        adj[order] = np.minimum(np.maximum.accumulate(steps), 1.0)
+    out[fam] = adj
+    return out
+
+
 # ---------------------------------------------------------------- progress
 def progress(iterable, total, enabled, desc):
     """The package's progress display (:func:`repsim._io.progress`) for one loop."""
