@@ -2,7 +2,10 @@
 
 :func:`repsim.compare_models` already takes dict and ``BatchEncoding`` batches as keyword
 arguments and captures their ``attention_mask`` for the mask-aware poolings
-(:mod:`repsim.adapters.pooling`). This module adds what is specific to transformer models:
+(:mod:`repsim.adapters.pooling`). Its default pooling, ``flatten``, refuses a padded
+``(n, tokens, d)`` output (it would read padding as features): pass
+``pooling="masked_mean"`` (or ``"cls"``, ``"last_token"``, ``"tokens"``, a word pooling)
+for text. This module adds what is specific to transformer models:
 
 - :func:`block_layers` and :func:`hidden_state_layers`: the module names of the blocks
   (``encoder.layer.*``, ``h.*``, ``model.layers.*``, ...), and the modules whose outputs
