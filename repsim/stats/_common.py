@@ -172,7 +172,8 @@ def as_data(a, name: str):
     """One data argument in a form the resampling code handles, or a clear refusal.
 
     numpy arrays, torch tensors and xarray DataArrays are kept (a DataArray is resampled
-    along its first dimension); a pandas DataFrame or Series becomes its float64 values
+    along its first dimension); arrays of other array-API libraries become host numpy
+    arrays (:func:`repsim._backend.asarray`); a pandas DataFrame or Series becomes its float64 values
     (rows are examples); dicts and sequences of layers are converted layer by layer. An
     xarray Dataset (which variable is the representation?) and a nested list of numbers
     (one representation, or one layer per element?) are refused with a message.
@@ -182,6 +183,8 @@ def as_data(a, name: str):
             f"{name} is an xarray.Dataset; pass its representation as a DataArray "
             f"(ds['name']), or its layers as dict(ds.data_vars)"
         )
+    if B.is_array(a) and not (B.is_numpy(a) or B.is_torch(a)):
+        return B.asarray(a, name)  # JAX, CuPy, array-api-strict, ...: host numpy
     if _is_pandas(a):
         try:
             return a.to_numpy(dtype=np.float64)
