@@ -194,3 +194,16 @@ def test_property_constant_columns(seed, n, value, extra, compare):
         assert float(repsim.rsa(xc, y, rdm, compare)) == float(repsim.rsa(x, y, rdm, compare))
         with pytest.warns(repsim.DegenerateRepresentationWarning, match="'y'"):
             assert np.isnan(float(repsim.rsa(x, np.full((n, extra), value), rdm, compare)))
+
+
+def test_duplicates_torch_equals_numpy():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(1)
+    x = np.repeat(rng.standard_normal((12, 4)), 2, axis=0)
+    y = np.repeat(rng.standard_normal((12, 3)), 2, axis=0)
+    for rdm in R.RDMS:
+        d = R.distance_matrix(torch.tensor(x), rdm)
+        assert isinstance(d, torch.Tensor) and bool((d[0, 1] == 0) & (d[0, 2:] == d[1, 2:]).all())
+        for cmp in R.COMPARES:
+            t = repsim.rsa(torch.tensor(x), torch.tensor(y), rdm, cmp)
+            assert abs(float(t) - float(repsim.rsa(x, y, rdm, cmp))) < 1e-12
