@@ -12,7 +12,10 @@ lazily, on the first call that runs a fused kernel, only to keep ``import repsim
 numbers), which is how the tests compare the two paths.
 
 Input types (:func:`asarray`, the entry of every measure): numpy arrays, torch tensors and
-anything ``numpy.asarray`` reads (lists, pandas objects) are accepted. Values are never
+anything ``numpy.asarray`` reads (lists, pandas objects) are accepted. Arrays of other
+array-API libraries (JAX, CuPy, array-api-strict, ...) are read into host numpy arrays
+(DLPack, zero-copy on the CPU) and never written to; their results are numpy -- the
+in-place buffers of the numpy/torch paths are not available on immutable JAX arrays. Values are never
 reinterpreted: non-native byte orders (``>f8`` from FITS/netCDF-3/HDF5) are converted to
 the same dtype in native order; complex numbers, masked arrays (the mask has no value a
 similarity could use, and filling it would be a silent repair), non-numeric dtypes and
@@ -81,6 +84,8 @@ def asarray(x, name="x"):
         )
     if not array_api_compat.is_array_api_obj(x):
         x = np.asarray(x)
+    elif not (is_torch(x) or is_numpy(x)):
+        x = _foreign_to_numpy(x, name)
     if is_torch(x):
         if x.device.type == "meta":
             raise TypeError(
@@ -109,6 +114,29 @@ def asarray(x, name="x"):
             # Fortran files) would otherwise take other BLAS paths and differ in the last bits
             x = np.ascontiguousarray(x)
     return x
+
+
+def _foreign_to_numpy(x, name):
+    """An array of another array-API library (JAX, CuPy, array-api-strict, ...) as a host
+    numpy array: DLPack (zero-copy on the CPU), through ``to_device("cpu")`` for arrays on
+    an accelerator, else ``numpy.asarray``. repsim's code paths write into buffers of the
+    input's library (centring, packed grams, accumulator states), which immutable arrays
+    (JAX) refuse and stricter namespaces index differently, so these inputs are computed
+    with numpy -- never written to -- and results are numpy."""
+    for attempt in (lambda: np.from_dlpack(x),
+                    lambda: np.from_dlpack(x.to_device("cpu")),
+                    lambda: np.asarray(x)):
+        try:
+            out = attempt()
+        except Exception:  # noqa: BLE001 - the next way, or the message below
+            continue
+        if isinstance(out, np.ndarray) and out.dtype != object:
+            return out
+    raise TypeError(
+        f"{name} is a {type(x).__module__}.{type(x).__name__} that repsim cannot read: it "
+        "computes on numpy arrays and torch tensors, and reads other array-API arrays "
+        "through DLPack or numpy.asarray, which both failed; convert it to numpy first"
+    )
 
 
 def is_array(x) -> bool:

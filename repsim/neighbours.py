@@ -14,6 +14,17 @@ candidate and results are deterministic (the same on numpy and torch). Equality 
 equality of the computed keys: two geometrically equidistant points whose GEMM rounding
 differs are not tied.
 
+Undefined neighbourhoods. When an example's neighbourhood is decided *entirely* by ties
+-- its nearest and its ``(k+1)``-th nearest other example are equally near, up to the
+keys' rounding (``4 p eps``, see :func:`neighbours`), so none of its ``k`` neighbours is
+nearer than one left out -- its set is the index order, not the data's. A constant layer
+(every example equally near every other) and distinct one-hot rows are the common cases.
+Every measure here is then NaN with a :class:`repsim.DegenerateRepresentationWarning`
+naming the layer, as CKA is for a constant layer; in :func:`neighbour_matrix` such a
+layer's row and column are NaN and one warning names all of them. Second-order cosine
+(a zero similarity vector) and CKNNA (a masked gram with non-positive self-HSIC) are NaN
+with the same warning where their normalisation is zero.
+
 Every pair measure then needs only the ``(n, k)`` neighbour lists (and, for second-order
 cosine and CKNNA, the features): :func:`neighbour_matrix` computes each layer's lists
 once and every pair from them.
@@ -46,172 +57,25 @@ def _measures():
 
 
 V.register_params("neighbour_matrix", measure=V.Choices(_measures))
-V.register_params("neighbours", metric=V.Options("cosine", "euclidean"))
 
-#: rows per block of the neighbour search: bounds the float64 temporaries at ~64 MiB
-BLOCK_BYTES = 64 * 2**20
-
-
-class Neighbours:
-    """The ``k`` nearest neighbours of every example of one representation.
-
-    Attributes
-    ----------
-    index : array, shape (n, k), int64
-        ``index[i, r]`` is the ``(r+1)``-th nearest other example of ``i``.
-    value : array, shape (n, k), float64
-        Its cosine similarity (``metric="cosine"``) or squared distance.
-    unit : array, shape (n, p), float64 or None
-        The L2-normalised rows (kept for ``metric="cosine"``).
-    """
-
-    def __init__(self, index, value, unit):
-        self.index, self.value, self.unit = index, value, unit
-
-
-def _unit_rows(x, xp, name):
-    norms = xp.sqrt(xp.sum(x * x, axis=1))
-    if not bool(xp.all(norms > 0)):
-        bad = int(B.to_numpy(xp.argmax(xp.astype(norms == 0, xp.int32))))
-        raise ValueError(
-            f"{name} has an all-zero row (example {bad}) of shape {tuple(x.shape)}: its cosine "
-            "neighbours are undefined; use metric='euclidean' or drop the example"
-        )
-    return x / norms[:, None]
-
-
-def neighbours(x, k, metric="cosine", name="x"):
-    """k nearest neighbours of every row of ``x`` (see the module notes on ties).
-
-    Parameters
-    ----------
-    x : array, shape (n, ...), validated float64 (n, p)
-    k : int, 1 <= k <= n - 1
-    metric : {"cosine", "euclidean"}
-
-    Returns
-    -------
-    Neighbours
-    """
-    xp = B.namespace(x)
-    n = int(x.shape[0])
-    if metric == "cosine":
-        base = _unit_rows(x, xp, name)
-        unit = base
-    else:
-        base = M.centre_columns(x, xp)
-        unit = None
-        sq = xp.sum(base * base, axis=1)
-    rows = max(1, BLOCK_BYTES // (8 * n))
-    dev = B.device(x)
-    cols = xp.arange(n, device=dev)
-    idx_parts, val_parts = [], []
-    for start in range(0, n, rows):
-        stop = min(n, start + rows)
-        prod = xp.matmul(base[start:stop], base.T)
-        if metric == "cosine":
-            key = -prod
-        else:
-            key = sq[None, :] - 2.0 * prod
-        self_ = cols[None, :] == xp.arange(start, stop, device=dev)[:, None]
-        key = xp.where(self_, xp.asarray(float("inf"), dtype=xp.float64, device=dev), key)
-        order = xp.argsort(key, axis=1, stable=True)[:, :k]
-        val = xp.take_along_axis(key, order, axis=1)
-        val = -val if metric == "cosine" else val + sq[start:stop, None]
-        idx_parts.append(order)
-        val_parts.append(val)
-    return Neighbours(xp.astype(xp.concat(idx_parts), xp.int64), xp.concat(val_parts), unit)
-
-
-def _check_k(k, n, name="x"):
-    return V.check_int(k, "k", 1, n - 1, what=f" (at most n - 1 = {n - 1} for {name} with n={n})")
-
-
-def _match(na, nb, xp):
-    """``(in_b, pos_b)``: whether a's r-th neighbour of i is among b's, and where (n, k)."""
-    eq = na.index[:, :, None] == nb.index[:, None, :]
-    in_b = xp.any(eq, axis=2)
-    pos_b = xp.argmax(xp.astype(eq, xp.int8), axis=2)
-    return in_b, pos_b
-
-
-def _pair_value(measure, na, nb, xa, xb, xp):
-    k = na.index.shape[1]
-    in_b, pos_b = _match(na, nb, xp)
-    shared = xp.sum(xp.astype(in_b, xp.float64), axis=1)
-    if measure == "mutual_knn":
-        return xp.mean(shared) / k
-    if measure == "jaccard_knn":
-        return xp.mean(shared / (2 * k - shared))
-    if measure == "rank_similarity":
-        ra = xp.astype(xp.arange(1, k + 1, device=B.device(shared)), xp.float64)[None, :]
-        rb = xp.astype(pos_b, xp.float64) + 1.0
-        term = 2.0 / ((1.0 + xp.abs(ra - rb)) * (ra + rb))
-        v = xp.sum(xp.where(in_b, term, xp.zeros_like(term)), axis=1)
-        harmonic = xp.cumulative_sum(1.0 / ra[0])  # v_max for 1..k shared neighbours
-        cnt = xp.astype(shared, xp.int64)
-        vmax = xp.take(harmonic, xp.clip(cnt - 1, 0, None))
-        return xp.mean(xp.where(cnt > 0, v / vmax, xp.zeros_like(v)))
-    if measure == "second_order_cosine":
-        # union N_a(i) ∪ N_b(i): a's list, then b's neighbours not in a's list
-        in_a, _ = _match(nb, na, xp)
-        extra = ~in_a
-        sa_on_b = xp.sum(na.unit[:, None, :] * na.unit[nb.index], axis=2)
-        sb_on_a = xp.sum(nb.unit[:, None, :] * nb.unit[na.index], axis=2)
-        zero = xp.zeros_like(sa_on_b)
-        sa = xp.concat([na.value, xp.where(extra, sa_on_b, zero)], axis=1)
-        sb = xp.concat([sb_on_a, xp.where(extra, nb.value, zero)], axis=1)
-        num = xp.sum(sa * sb, axis=1)
-        return xp.mean(num / xp.sqrt(xp.sum(sa * sa, axis=1) * xp.sum(sb * sb, axis=1)))
-    raise AssertionError(measure)
-
-
-def _masked_gram(nb_self, other, unit, xp):
-    """``mask ∘ K`` (n, n): the cosine gram of ``unit`` kept where ``j`` is a neighbour of
-    ``i`` in both ``nb_self`` and ``other`` (diagonal zero)."""
-    n = unit.shape[0]
-    in_o, _ = _match(nb_self, other, xp)
-    cols = xp.arange(n, device=B.device(unit))
-    hit = xp.zeros((n, n), dtype=xp.bool, device=B.device(unit))
-    for r in range(nb_self.index.shape[1]):  # one (n, n) pass per rank: O(n^2) memory
-        hit = hit | ((nb_self.index[:, r][:, None] == cols[None, :]) & in_o[:, r][:, None])
-    k = xp.matmul(unit, unit.T)
-    return xp.where(hit, k, xp.zeros_like(k))
-
-
-def _hsic_unbiased_asym(a, b, xp):
-    """Huh et al.'s unbiased HSIC of two zero-diagonal (not necessarily symmetric) matrices:
-    ``[tr(A B) + 1'A1 1'B1/((n-1)(n-2)) - 2/(n-2) 1'AB1] / (n(n-3))``."""
-    n = a.shape[0]
-    tr = xp.sum(a * b.T)
-    cross = xp.sum(xp.sum(a, axis=0) * xp.sum(b, axis=1))
-    return (tr + xp.sum(a) * xp.sum(b) / ((n - 1) * (n - 2)) - 2.0 * cross / (n - 2)) / (n * (n - 3))
-
-
-def _cknna_value(na, nb, xp):
-    kab_a = _masked_gram(na, nb, na.unit, xp)
-    kab_b = _masked_gram(nb, na, nb.unit, xp)
-    kaa = _masked_gram(na, na, na.unit, xp)
-    kbb = _masked_gram(nb, nb, nb.unit, xp)
-    # b's mask is the transposed-role intersection: the same set of (i, j) pairs
-    return _hsic_unbiased_asym(kab_a, kab_b, xp) / xp.sqrt(
-        _hsic_unbiased_asym(kaa, kaa, xp) * _hsic_unbiased_asym(kbb, kbb, xp))
-
-
-def _prepare(x, y, k, metric, measure):
-    V.check_params("neighbours", metric=metric)
-    if measure in ("second_order_cosine", "cknna") and metric != "cosine":
-        raise ValueError(f"{measure} compares cosine similarities; metric must be 'cosine', got {metric!r}")
-    xp, x, y = M.prepare_pair(x, y, min_n=4 if measure == "cknna" else 2, what=measure)
-    k = _check_k(k, int(x.shape[0]))
-    return xp, neighbours(x, k, metric, "x"), neighbours(y, k, metric, "y")
-
-
-def _pair(measure, x, y, k, metric):
-    xp, na, nb = _prepare(x, y, k, metric, measure)
-    if measure == "cknna":
-        return M.as_result(_cknna_value(na, nb, xp), xp)
-    return M.as_result(_pair_value(measure, na, nb, None, None, xp), xp)
+from ._neighbour_core import (  # noqa: F401 (re-exported: repsim.neighbours.neighbours)
+    BLOCK_BYTES,
+    Neighbours,
+    _unit_rows,
+    neighbours,
+    _check_k,
+    _match,
+    _pair_value,
+    _masked_gram,
+    _hsic_unbiased_asym,
+    _cknna_value,
+    _Undefined,
+    _tie_reason,
+    _warn_undefined,
+    _value_or_reasons,
+    _prepare,
+    _pair,
+)
 
 
 def mutual_knn(x, y, k=10, *, metric="cosine"):
@@ -473,13 +337,18 @@ def neighbour_matrix(xs, ys=None, *, measure="mutual_knn", k=10, metric="cosine"
     import numpy as np
 
     values = np.empty((len(nbs_a), len(nbs_b)))
-    for i, na in enumerate(nbs_a):
-        for j, nb in enumerate(nbs_b):
+    reasons: dict = {}
+    for i, (la, na) in enumerate(zip(names_a, nbs_a)):
+        for j, (lb, nb) in enumerate(zip(names_b, nbs_b)):
             if ys is None and j < i and measure != "cknna":
                 values[i, j] = values[j, i]  # symmetric measures (CKNNA's 1'AB1 is not)
                 continue
-            v = _cknna_value(na, nb, xp) if measure == "cknna" else _pair_value(measure, na, nb, None, None, xp)
-            values[i, j] = B.item(v)
+            v, why = _value_or_reasons(measure, na, nb, (la, lb), k, xp)
+            for name, reason in why.items():
+                reasons.setdefault(name, reason)
+            values[i, j] = np.nan if v is None else B.item(v)
+    if reasons:
+        _warn_undefined(measure, reasons)
     attrs = {"measure": measure, "k": k, "metric": metric, "n": n,
              "ties": "stable sort of float64 keys: lower example index first"}
     return similarity_array(values, names_a, names_b, attrs, name=measure)

@@ -23,16 +23,37 @@ from ._io import atomic_write
 __all__ = ["atomic_write", "load_result", "netcdf_attrs", "save_result", "similarity_array"]
 
 
+#: the integers a netCDF attribute holds natively (int64, or uint64 above it)
+_INT_RANGE = (-(2**63), 2**64 - 1)
+
+
+def _fits(v: Any) -> bool:
+    """Whether ``v`` is a number netCDF stores as a number (a Python int must fit in
+    int64 or uint64: ``2**70`` would become an object array that HDF5 refuses)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    return not isinstance(v, int) or _INT_RANGE[0] <= v <= _INT_RANGE[1]
+
+
 def _netcdf_attr(value: Any) -> Any:
-    """netCDF attributes hold strings, numbers and 1-d numeric arrays only."""
+    """netCDF attributes hold strings, numbers and 1-d numeric arrays only.
+
+    An integer beyond int64/uint64 (``seed=2**70``, say) is stored losslessly as its
+    decimal string, as is every entry of a list that holds one (or that mixes floats with
+    an integer beyond 2**53, which float64 would round)."""
     if isinstance(value, bool):
         return int(value)
     if value is None:
         return "none"
     if isinstance(value, (list, tuple)):
-        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-            return np.asarray(value)
+        if all(_fits(v) for v in value):
+            arr = np.asarray(value)
+            # ints and floats together make float64: exact for integers up to 2**53 only
+            if arr.dtype.kind in "iu" or all(not isinstance(v, int) or abs(v) <= 2**53 for v in value):
+                return arr
         return [str(v) for v in value]
+    if isinstance(value, int) and not isinstance(value, np.integer) and not _fits(value):
+        return str(value)
     if isinstance(value, str):
         return str(value)  # h5py refuses str subclasses (torch's TorchVersion, say)
     if isinstance(value, (int, float, np.integer, np.floating, np.ndarray)):
@@ -100,7 +121,9 @@ def netcdf_attrs(attrs: dict) -> dict:
     -------
     dict
         The same names; ``bool`` -> ``int``, ``None`` -> ``"none"``, a list of numbers ->
-        a numpy array, a list of anything else -> a list of ``str``, other objects ->
+        a numpy array, a list of anything else -> a list of ``str``, an integer outside
+        ``[-2**63, 2**64 - 1]`` (which no netCDF number holds, e.g. ``seed=2**70``) -> its
+        decimal string, losslessly (``int(value)`` gives it back), other objects ->
         ``str``; strings, numbers and numeric arrays unchanged. Assigning the result to a
         result's ``attrs`` before saving makes the object in memory equal to what
         :func:`load_result` returns.
@@ -139,7 +162,8 @@ def save_result(result: xr.DataArray | xr.Dataset, path: str | os.PathLike) -> N
     Notes
     -----
     Attributes are converted as netCDF requires (booleans to 0/1, None to ``"none"``,
-    lists of strings kept, other objects to their ``str``). The file is written beside
+    lists of strings kept, integers beyond int64/uint64 such as ``seed=2**70`` to their
+    exact decimal string, other objects to their ``str``; see :func:`netcdf_attrs`). The file is written beside
     the target and renamed over it once complete: it replaces an existing file with that
     file's permissions, and a new file gets the usual ``0o666`` less the umask.
 

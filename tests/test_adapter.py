@@ -702,3 +702,82 @@ def test_warnings_point_at_the_callers_code():
     assert len(degenerate) == 2
     assert all(w.filename == __file__ for w in degenerate), [w.filename for w in degenerate]
 
+
+
+# --------------------------------------------------------------------------- padded text
+class _TinyEncoder(nn.Module):
+    """``(n, tokens) -> (n, tokens, 4)`` through a layer ``enc``; padding positions hold
+    ``pad_value`` (a model may leave NaN or Inf there: nothing downstream reads them)."""
+
+    def __init__(self, pad_value=float("nan")):
+        super().__init__()
+        self.emb = nn.Embedding(20, 4)
+        self.enc = nn.Linear(4, 4)
+        self.pad_value = pad_value
+
+    def forward(self, input_ids, attention_mask):
+        h = self.enc(self.emb(input_ids))
+        return torch.where(attention_mask.bool().unsqueeze(2), h, torch.full_like(h, self.pad_value))
+
+
+def _text_batches(padded=True, n_batches=3, n=6, t=5):
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for _ in range(n_batches):
+        ids = torch.randint(1, 20, (n, t), generator=g)
+        mask = torch.ones(n, t, dtype=torch.long)
+        if padded:
+            for i in range(n):
+                mask[i, int(torch.randint(2, t + 1, (1,), generator=g)):] = 0
+        out.append({"input_ids": ids * mask, "attention_mask": mask})
+    return out
+
+
+def test_flatten_is_refused_on_padded_text_by_default():
+    # before: the default pooling='flatten' read padding positions as features, silently
+    torch.manual_seed(0)
+    model = _TinyEncoder(pad_value=0.0)
+    with pytest.raises(ValueError, match=r"pooling='flatten' \(the default\) would read the "
+                       r"padding positions of layer 'enc'.*pooling='masked_mean'"):
+        compare_models(model, None, _text_batches(), ["enc"], progress=False)
+    with pytest.raises(ValueError, match="padding positions of layer 'enc'"):
+        compare_models(model, None, _text_batches(), ["enc"], pooling="flatten", progress=False)
+    # no padding in the mask: token positions are real features, flatten stays
+    res = compare_models(model, None, _text_batches(padded=False), ["enc"], progress=False)
+    assert res.attrs["pooling"] == "flatten" and float(res.values[0, 0]) == pytest.approx(1.0)
+    res = compare_models(model, None, _text_batches(), ["enc"], pooling="masked_mean",
+                         progress=False)
+    assert res.attrs["pooling"] == "masked_mean"
+
+
+@pytest.mark.parametrize("pad_value", [float("nan"), float("inf"), -float("inf")])
+def test_masked_mean_ignores_non_finite_padding(pad_value):
+    # before: "layer 'enc' contains NaN or Inf" although every real token was finite
+    torch.manual_seed(0)
+    model = _TinyEncoder(pad_value)
+    clean = _TinyEncoder(0.0)
+    clean.load_state_dict(model.state_dict())
+    for pooling in ("masked_mean", "last_token", "cls", "tokens"):
+        res = compare_models(model, clean, _text_batches(), ["enc"], ["enc"], pooling=pooling,
+                             progress=False)
+        assert float(res.values[0, 0]) == pytest.approx(1.0, abs=1e-6), pooling
+    from repsim.adapters.pooling import pool
+
+    x = torch.randn(3, 4, 2, dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [0, 1, 1, 0]])
+    x[mask == 0] = pad_value
+    want = torch.stack([x[i][mask[i] == 1].mean(0) for i in range(3)])
+    assert torch.equal(pool(x, "masked_mean", "enc", mask=mask), want)
+    # a real token that is not finite is still refused downstream, naming the layer
+    with pytest.raises(ValueError, match="'enc'.*NaN or Inf"):
+        compare_models(_NaNAtReal(pad_value), None, _text_batches(), ["enc"],
+                       pooling="masked_mean", progress=False)
+
+
+class _NaNAtReal(_TinyEncoder):
+    """NaN at the first token of every example, which is a real token."""
+
+    def __init__(self, pad_value):
+        super().__init__(pad_value)
+        self.enc.register_forward_hook(
+            lambda module, inputs, out: out.index_fill(1, torch.tensor([0]), float("nan")))

@@ -170,3 +170,118 @@ def test_ranges_symmetry_and_orthogonal_invariance(seed, n, k):
         assert abs(v - fn(y, x, k)) < 1e-12  # summation order only
     # an orthogonal map can perturb the keys' rounding; neighbour sets of generic data stay
     assert repsim.mutual_knn(x @ q * 3.0, y, k) == repsim.mutual_knn(x, y, k)
+
+
+# ---------------------------------------------------------------- degenerate neighbourhoods
+def _undefined_with_warning(fn, *args, layer="x", **kw):
+    """The call returns NaN with a DegenerateRepresentationWarning naming ``layer`` and no
+    other warning (a numpy RuntimeWarning is a failure)."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        value = fn(*args, **kw)
+    kinds = [type(w.message) for w in caught]
+    assert kinds == [repsim.DegenerateRepresentationWarning], [str(w.message) for w in caught]
+    msg = str(caught[0].message)
+    assert "undefined (set to NaN)" in msg and f"{layer!r}" in msg and "ties" in msg, msg
+    assert np.isnan(float(value))
+    return msg
+
+
+@pytest.mark.parametrize("measure", NB._measures())
+def test_constant_layer_is_nan_with_a_warning_not_one(rng, measure):
+    # before: 1.0 (0.9999 for second-order cosine) from the index-order tie-break
+    c = np.full((20, 4), 3.0)
+    fn = getattr(repsim, measure)
+    msg = _undefined_with_warning(fn, c, c, k=3)
+    assert "20 example(s)" in msg
+    _undefined_with_warning(fn, rng.standard_normal((20, 4)), c, k=3, layer="y")
+    if measure not in ("second_order_cosine", "cknna"):
+        _undefined_with_warning(fn, c, c, k=3, metric="euclidean")
+        _undefined_with_warning(fn, c + 1e-30, rng.standard_normal((20, 4)), k=19,
+                                metric="euclidean")
+
+
+@pytest.mark.parametrize("measure", NB._measures())
+def test_one_hot_rows_are_nan_with_a_warning(rng, measure):
+    # before: second-order cosine and CKNNA gave NaN with only numpy's "invalid value"
+    # warning, the set measures a number decided by the index order
+    y = rng.standard_normal((20, 5))
+    _undefined_with_warning(getattr(repsim, measure), np.eye(20), y, k=3)
+    _undefined_with_warning(getattr(repsim, measure), y, np.eye(20)[:, ::-1], k=5, layer="y")
+
+
+def test_neighbour_matrix_names_the_tied_layers(rng):
+    layers = {"ok": rng.standard_normal((15, 3)), "dead": np.zeros((15, 3)) + 1.0,
+              "hot": np.eye(15), "ok2": rng.standard_normal((15, 4))}
+    for measure in NB._measures():
+        import warnings
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            sim = repsim.neighbour_matrix(layers, measure=measure, k=4)
+        assert [type(w.message) for w in caught] == [repsim.DegenerateRepresentationWarning]
+        msg = str(caught[0].message)
+        assert "'dead'" in msg and "'hot'" in msg and "'ok'" not in msg
+        v = sim.values
+        assert np.isnan(v[1]).all() and np.isnan(v[:, 2]).all()
+        assert np.isfinite(v[np.ix_([0, 3], [0, 3])]).all()
+        assert v[0, 3] == pytest.approx(float(getattr(repsim, measure)(layers["ok"], layers["ok2"], k=4)), abs=1e-12)
+
+
+def test_partial_ties_keep_the_documented_tie_break():
+    # a tie at the k-th place (not all of the neighbourhood) stays defined: lower index
+    x = np.array([[1.0, 0.0], [2.0, 1.0], [0.0, 1.0], [0.0, 1.0], [-1.0, -3.0], [3.0, -1.0]])
+    nb = NB.neighbours(x, 2, "cosine")
+    assert nb.tied == 0
+    assert nb.index[1].tolist() == [0, 5]
+    assert float(repsim.mutual_knn(x, x, k=2)) == 1.0
+    assert NB.neighbours(np.eye(6), 2, "cosine").tied == 6
+    line = np.array([0.0, 1.0, 3.0, 7.0])[:, None] * [1.0, 2.0]
+    assert NB.neighbours(line, 1, "euclidean").tied == 0
+    # evenly spaced: the inner points' two neighbours are equally near, for k = 1
+    assert NB.neighbours(np.arange(4.0)[:, None] * [1.0, 2.0], 1, "euclidean").tied == 2
+    assert NB.neighbours(line[:2], 1, "euclidean").tied == 0  # n = 2: one candidate
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.integers(5, 25), st.integers(2, 5),
+       st.sampled_from(["cosine", "euclidean"]))
+def test_property_duplicated_examples(seed, n, p, metric):
+    """Every example twice: with k = 1 each example's neighbour is its copy (distance
+    exactly 0 / cosine of identical rows), so the set measures are exactly 1 for any
+    pair of such layers; with k = 3 the copy is strictly nearest, so nothing is tied
+    entirely and the values match the brute-force reference."""
+    rng = np.random.default_rng(seed)
+    x, y = rng.standard_normal((n, p)), rng.standard_normal((n, p + 1))
+    xd, yd = np.repeat(x, 2, axis=0), np.repeat(y, 2, axis=0)
+    assert NB.neighbours(xd, 1, metric).tied == 0
+    for measure in ("mutual_knn", "jaccard_knn", "rank_similarity"):
+        assert float(getattr(repsim, measure)(xd, yd, k=1, metric=metric)) == 1.0
+    mutual, jac, rank, _, _ = _refs(xd, yd, 3, metric)
+    assert NB.neighbours(xd, 3, metric).tied == 0
+    assert abs(float(repsim.mutual_knn(xd, yd, 3, metric=metric)) - mutual) < 1e-12
+    assert abs(float(repsim.jaccard_knn(xd, yd, 3, metric=metric)) - jac) < 1e-12
+    assert abs(float(repsim.rank_similarity(xd, yd, 3, metric=metric)) - rank) < 1e-12
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.integers(6, 25), st.integers(1, 4),
+       st.floats(-1e4, 1e4), st.integers(1, 3))
+def test_property_constant_columns(seed, n, k, value, extra):
+    """Constant columns carry no information: with the Euclidean metric (centred) the
+    values are those without them; a layer made only of constant columns is NaN with a
+    warning naming it."""
+    rng = np.random.default_rng(seed)
+    k = min(k, n - 1)
+    x, y = rng.standard_normal((n, 3)), rng.standard_normal((n, 2))
+    xc = np.hstack([x, np.full((n, extra), value)])
+    for measure in ("mutual_knn", "jaccard_knn", "rank_similarity"):
+        fn = getattr(repsim, measure)
+        assert abs(float(fn(xc, y, k, metric="euclidean")) - float(fn(x, y, k, metric="euclidean"))) < 1e-12
+        _undefined_with_warning(fn, np.full((n, extra), value), y, k=k, metric="euclidean")
+    for measure in NB._measures():
+        if value != 0:
+            _undefined_with_warning(getattr(repsim, measure), x, np.full((n, extra), value), k=k,
+                                    layer="y")

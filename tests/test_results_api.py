@@ -316,3 +316,37 @@ def test_netcdf_attrs_is_what_save_result_stores(tmp_path):
     assert back["centre"] == got["centre"] and list(back["names"]) == got["names"]
     with pytest.raises(TypeError, match="attribute 'z' of attrs cannot be stored.*complex128"):
         netcdf_attrs({"z": np.array([1j])})
+
+
+def test_integers_beyond_int64_are_stored_losslessly_as_strings(tmp_path):
+    """Before: ``seed=2**70`` failed inside h5py ("Object dtype ... no native HDF5
+    equivalent") without naming the attribute. Now every integer netCDF holds natively
+    stays a number and the others come back as their exact decimal string."""
+    from repsim.results import netcdf_attrs
+
+    attrs = {"seed": 2**70, "neg": -(2**63) - 1, "top": 2**64 - 1, "low": -(2**63),
+             "list": [1, 2**70], "mixed": [2**53 + 1, 0.5], "small": [2**53, 0.5],
+             "ints": [2**64 - 1, 2**63]}
+    sim = xr.DataArray(np.eye(2), dims=("layer_a", "layer_b"),
+                       coords={"layer_a": ["x", "y"], "layer_b": ["x", "y"]}, attrs=attrs)
+    repsim.save_result(sim, tmp_path / "big.nc")
+    back = repsim.load_result(tmp_path / "big.nc").attrs
+    assert back["seed"] == "1180591620717411303424" and int(back["seed"]) == 2**70
+    assert back["neg"] == str(-(2**63) - 1)
+    assert int(back["top"]) == 2**64 - 1 and int(back["low"]) == -(2**63)
+    assert not isinstance(back["top"], str)
+    assert list(back["list"]) == ["1", str(2**70)]
+    assert list(back["mixed"]) == [str(2**53 + 1), "0.5"]  # float64 would round 2**53 + 1
+    np.testing.assert_array_equal(back["small"], [2.0**53, 0.5])
+    assert [int(v) for v in back["ints"]] == [2**64 - 1, 2**63]
+    assert netcdf_attrs(attrs)["seed"] == "1180591620717411303424"
+
+
+def test_compare_models_with_a_huge_seed_saves(tmp_path):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("h5netcdf")
+    net = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
+    data = [torch.randn(8, 4, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    res = repsim.compare_models(net, net, data, seed=2**70, progress=False)
+    repsim.save_result(res, tmp_path / "r.nc")
+    assert int(repsim.load_result(tmp_path / "r.nc").attrs["seed"]) == 2**70

@@ -14,6 +14,10 @@ from repsim import rdm as R
 
 dcor_pkg = pytest.importorskip("dcor")
 
+# the registry's declared choices of rsa (repsim.rdm declares them once)
+RDMS = repsim.measure("rsa").family.constraints["rdm"].allowed
+COMPARES = repsim.measure("rsa").family.constraints["compare"].allowed
+
 
 def _allowed(option):
     """rsa's allowed values of ``option``, from its declared constraints."""
@@ -123,3 +127,94 @@ def test_ranges_and_invariances(seed, n):
     assert abs(repsim.dcor(x @ q * 4 - 2, y) - repsim.dcor(x, y)) < 1e-9
     for cmp in _allowed("compare"):
         assert -1 - 1e-12 <= repsim.rsa(x, y, compare=cmp) <= 1 + 1e-12
+
+
+# ---------------------------------------------------------------- exact ties
+def _expanded_reference(x, rdm, copies):
+    """scipy's RDM of the distinct rows, with every example repeated ``copies`` times:
+    distances between copies exactly 0 and every tie exact."""
+    d = sd.squareform(sd.pdist(x, rdm))
+    np.fill_diagonal(d, 0.0)
+    idx = np.repeat(np.arange(len(x)), copies)
+    return d[np.ix_(idx, idx)][np.triu_indices(len(idx), 1)]
+
+
+def _tau_a_by_pairs(u, v):
+    su = np.sign(u[:, None] - u[None, :])
+    sv = np.sign(v[:, None] - v[None, :])
+    return float(np.sum(np.triu(su * sv, 1))) / (len(u) * (len(u) - 1) / 2)
+
+
+@pytest.mark.parametrize("rdm", RDMS)
+def test_duplicated_examples_keep_exact_ties(rng, rdm):
+    # before: rdm="correlation" put copies at ±2.2e-16 and gave τ-a 0.2103407 for 0.2103215
+    x, y = _pair(rng, n=20)
+    xd, yd = np.repeat(x, 2, axis=0), np.repeat(y, 2, axis=0)
+    d = R.distance_matrix(xd, rdm)
+    assert np.all(d[np.arange(0, 40, 2), np.arange(1, 40, 2)] == 0.0)
+    assert np.array_equal(d[0], d[1][[1, 0] + list(range(2, 40))])  # copies: identical rows
+    u, v = _expanded_reference(x, rdm, 2), _expanded_reference(y, rdm, 2)
+    ref = _tau_a_by_pairs(u, v)
+    m = len(u)
+    n0 = m * (m - 1) / 2
+    ties_u, ties_v = (sum(c * (c - 1) / 2 for c in np.unique(w, return_counts=True)[1]) for w in (u, v))
+    via_scipy = ss.kendalltau(u, v).statistic * np.sqrt((n0 - ties_u) * (n0 - ties_v)) / n0
+    assert abs(ref - via_scipy) < 1e-12
+    assert abs(float(repsim.rsa(xd, yd, rdm, "kendall")) - ref) < 1e-12
+    assert abs(float(repsim.rsa(xd, yd, rdm, "spearman")) - ss.spearmanr(u, v).statistic) < 1e-12
+    assert abs(float(repsim.rsa(xd, yd, rdm, "pearson")) - ss.pearsonr(u, v).statistic) < 1e-12
+
+
+def test_rank_helpers_are_scipys():
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        a = rng.integers(0, 5, 200).astype(float)
+        b = rng.integers(0, 4, 200).astype(float) + rng.integers(0, 2, 200) * 0.5
+        assert np.array_equal(R.average_ranks(a), ss.rankdata(a))
+        assert abs(R.kendall_tau_a(a, b) - _tau_a_by_pairs(a, b)) < 1e-12
+    assert R.kendall_tau_a(np.ones(5), np.arange(5.0)) == 0.0  # no untied pair
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.integers(4, 12), st.integers(2, 3),
+       st.sampled_from(RDMS), st.sampled_from(COMPARES))
+def test_property_duplicates_match_the_exact_tie_reference(seed, n, copies, rdm, compare):
+    rng = np.random.default_rng(seed)
+    x, y = rng.standard_normal((n, 3)), rng.standard_normal((n, 4))
+    xd, yd = np.repeat(x, copies, axis=0), np.repeat(y, copies, axis=0)
+    perm = rng.permutation(n * copies)  # copies anywhere in the order
+    u = _expanded_reference(x, rdm, copies)
+    v = _expanded_reference(y, rdm, copies)
+    ref = {"pearson": lambda: ss.pearsonr(u, v).statistic,
+           "spearman": lambda: ss.spearmanr(u, v).statistic,
+           "kendall": lambda: _tau_a_by_pairs(u, v)}[compare]()
+    # the permutation reorders the RDM entries; every measure is order-free over pairs
+    assert abs(float(repsim.rsa(xd[perm], yd[perm], rdm, compare)) - ref) < 1e-12
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.integers(4, 15), st.floats(-1e4, 1e4), st.integers(1, 3),
+       st.sampled_from(COMPARES))
+def test_property_constant_columns(seed, n, value, extra, compare):
+    """Constant columns leave Euclidean RDMs exactly as they are (zero differences); a
+    layer made only of them is NaN with a warning naming it."""
+    rng = np.random.default_rng(seed)
+    x, y = rng.standard_normal((n, 3)), rng.standard_normal((n, 2))
+    xc = np.hstack([x, np.full((n, extra), value)])
+    for rdm in ("euclidean", "sqeuclidean"):
+        assert float(repsim.rsa(xc, y, rdm, compare)) == float(repsim.rsa(x, y, rdm, compare))
+        with pytest.warns(repsim.DegenerateRepresentationWarning, match="'y'"):
+            assert np.isnan(float(repsim.rsa(x, np.full((n, extra), value), rdm, compare)))
+
+
+def test_duplicates_torch_equals_numpy():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(1)
+    x = np.repeat(rng.standard_normal((12, 4)), 2, axis=0)
+    y = np.repeat(rng.standard_normal((12, 3)), 2, axis=0)
+    for rdm in RDMS:
+        d = R.distance_matrix(torch.tensor(x), rdm)
+        assert isinstance(d, torch.Tensor) and bool((d[0, 1] == 0) & (d[0, 2:] == d[1, 2:]).all())
+        for cmp in COMPARES:
+            t = repsim.rsa(torch.tensor(x), torch.tensor(y), rdm, cmp)
+            assert abs(float(t) - float(repsim.rsa(x, y, rdm, cmp))) < 1e-12

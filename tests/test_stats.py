@@ -886,3 +886,125 @@ def test_bootstrap_empty_or_scalar_data_is_refused(rng):
         repsim.bootstrap(repsim.cka_matrix, {}, progress=False)
     with pytest.raises(ValueError, match="first axis of examples; got a 0-d array"):
         repsim.bootstrap(lambda a, b: 0.0, x, np.float64(1.0), progress=False)
+
+
+# ---------------------------------------------------------------- multiple comparisons
+def _holm_by_definition(p):
+    """Holm (1979): the i-th smallest p-value adjusted to max_{j <= i} min(1, (m - j) p_(j))."""
+    p = np.asarray(p, dtype=float)
+    m = len(p)
+    order = np.argsort(p)
+    adj = np.empty(m)
+    running = 0.0
+    for rank, idx in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[idx]))
+        adj[idx] = running
+    return adj
+
+
+def _bh_by_definition(p):
+    """Benjamini-Hochberg: min_{j >= i} min(1, m p_(j) / j) for the i-th smallest."""
+    p = np.asarray(p, dtype=float)
+    m = len(p)
+    order = np.argsort(p)
+    adj = np.empty(m)
+    for rank, idx in enumerate(order):
+        adj[idx] = min(1.0, min(m * p[order[j]] / (j + 1) for j in range(rank, m)))
+    return adj
+
+
+def test_adjust_p_values_holm_and_bh_match_their_definitions():
+    from repsim.stats import _common as C
+
+    rng = np.random.default_rng(2)
+    for _ in range(20):
+        p = rng.uniform(0, 0.2, size=(3, 4)) ** rng.uniform(0.5, 3)
+        np.testing.assert_allclose(C.adjust_p_values(p, "holm"),
+                                   _holm_by_definition(p.ravel()).reshape(3, 4), rtol=0, atol=1e-15)
+        np.testing.assert_allclose(C.adjust_p_values(p, "bh"),
+                                   _bh_by_definition(p.ravel()).reshape(3, 4), rtol=1e-14, atol=0)
+    p = np.array([0.01, np.nan, 0.04, 0.03])
+    np.testing.assert_allclose(C.adjust_p_values(p, "holm"), [0.03, np.nan, 0.06, 0.06])
+    fam = np.array([True, True, False, True])
+    np.testing.assert_allclose(C.adjust_p_values(p, "holm", fam), [0.02, np.nan, np.nan, 0.03])
+    np.testing.assert_array_equal(C.adjust_p_values(p, "none"), p)
+    with pytest.raises(ValueError, match="correction must be one of"):
+        C.adjust_p_values(p, "bonferroni")
+
+
+def test_compare_seeds_welch_is_scipys_to_1e12_with_the_no_spread_conventions():
+    sp = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(8)
+    a, b = rng.normal(0.8, 0.03, size=(4, 5)), rng.normal(0.79, 0.01, size=(6, 5))
+    a[:, 3], b[:, 3] = 0.5, 0.5  # no spread, equal means: no test (p = 1)
+    a[:, 4], b[:, 4] = 0.6, 0.5  # no spread, different means: p = 0
+    ds = repsim.compare_seeds(list(a), list(b), correction="none")
+    ref = sp.ttest_ind(a[:, :3], b[:, :3], equal_var=False)
+    np.testing.assert_allclose(ds.t.values[:3], ref.statistic, rtol=1e-12)
+    np.testing.assert_allclose(ds.df.values[:3], ref.df, rtol=1e-12)
+    np.testing.assert_allclose(ds.p_value.values[:3], ref.pvalue, rtol=1e-12)
+    assert ds.p_value.values[3] == 1.0 and ds.p_value.values[4] == 0.0
+    assert "p_adjusted" not in ds and ds.attrs["correction"] == "none"
+
+
+def test_compare_seeds_corrects_a_layer_matrix_by_default():
+    # before: no correction, so 'differs' was a per-entry p < 0.1 over 10 tests
+    rng = np.random.default_rng(11)
+    names = ["l0", "l1", "l2", "l3"]
+
+    def seeds(shift, k):
+        out = []
+        for _ in range(k):
+            m = np.eye(4)
+            up = rng.normal(0.5, 0.03, size=(4, 4)) + shift
+            m[np.triu_indices(4, 1)] = up[np.triu_indices(4, 1)]
+            m = np.triu(m) + np.triu(m, 1).T
+            out.append(xr.DataArray(m, dims=("layer_a", "layer_b"),
+                                    coords={"layer_a": names, "layer_b": names}))
+        return out
+
+    shift = np.zeros((4, 4))
+    shift[0, 1] = shift[1, 0] = 0.06
+    a, b = seeds(shift, 4), seeds(0.0, 4)
+    ds = repsim.compare_seeds(a, b)
+    assert ds.attrs["correction"] == "holm" and ds.attrs["n_tests"] == 6  # upper, diagonal untested
+    p = ds.p_value.values
+    iu = np.triu_indices(4, 1)
+    adj = np.full((4, 4), np.nan)
+    adj[iu] = _holm_by_definition(p[iu])
+    adj = np.where(np.isnan(adj), adj.T, adj)
+    np.fill_diagonal(adj, 1.0)
+    np.testing.assert_allclose(ds.p_adjusted.values, adj, rtol=0, atol=1e-15)
+    np.testing.assert_array_equal(ds.differs.values, adj < 0.1)
+    bh = repsim.compare_seeds(a, b, correction="bh")
+    sp = pytest.importorskip("scipy.stats")
+    np.testing.assert_allclose(bh.p_adjusted.values[iu], sp.false_discovery_control(p[iu]), rtol=1e-14)
+    raw = repsim.compare_seeds(a, b, correction="none")
+    np.testing.assert_array_equal(raw.differs.values, p < 0.1)
+    with pytest.raises(ValueError, match="correction must be one of"):
+        repsim.compare_seeds(a, b, correction="fdr")
+
+
+def test_permutation_test_corrects_the_pair_matrix_by_default(rng):
+    x, y = pair(rng, 40, 3)
+    layers_a = {"x": x, "n1": rng.standard_normal((40, 3))}
+    layers_b = {"y": y, "n2": rng.standard_normal((40, 3)), "n3": rng.standard_normal((40, 2))}
+    ds = repsim.permutation_test(layers_a, layers_b, n_permutations=30, seed=3, progress=False)
+    assert ds.attrs["correction"] == "holm" and ds.attrs["n_tests"] == 6
+    p = ds.p_value.values
+    np.testing.assert_allclose(ds.p_adjusted.values,
+                               _holm_by_definition(p.ravel()).reshape(p.shape), atol=1e-15)
+    bh = repsim.permutation_test(layers_a, layers_b, n_permutations=30, seed=3, progress=False,
+                                 correction="bh")
+    np.testing.assert_allclose(bh.p_adjusted.values,
+                               _bh_by_definition(p.ravel()).reshape(p.shape), rtol=1e-14)
+    gen = repsim.permutation_test(layers_a, layers_b, measure=repsim.cca, n_permutations=10,
+                                  seed=3, progress=False)
+    pg = gen.p_value.values
+    np.testing.assert_allclose(gen.p_adjusted.values,
+                               _holm_by_definition(pg.ravel()).reshape(pg.shape), atol=1e-15)
+    none = repsim.permutation_test(layers_a, layers_b, n_permutations=10, progress=False,
+                                   correction="none")
+    assert "p_adjusted" not in none and none.attrs["correction"] == "none"
+    single = repsim.permutation_test(x, y, n_permutations=10, progress=False)
+    assert float(single.p_adjusted) == float(single.p_value)

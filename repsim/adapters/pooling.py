@@ -9,7 +9,8 @@ arguments, and refuse to run without one.
 =================  =====================================================================
 policy             rows and features
 =================  =====================================================================
-``flatten``        ``(n, prod(rest))``: every unit (the default; positions included)
+``flatten``        ``(n, prod(rest))``: every unit (the default; positions included;
+                   refused on a padded ``(n, tokens, d)`` batch, see below)
 ``spatial_mean``   ``(n, c)``: conv maps averaged over space
 ``token_mean``     ``(n, d)``: mean over *every* position, padding included
 ``masked_mean``    ``(n, d)``: mean over the real tokens (mask required)
@@ -26,6 +27,19 @@ policy             rows and features
 
 The word policies need each token's word index (``-1`` for special and padding tokens),
 which :func:`repsim.word_aligned_batches` puts in its batches.
+
+Padded text and the default. ``flatten`` (the default of :class:`repsim.GramHooks` and
+:func:`repsim.compare_models`, the paper's protocol for conv nets) would turn every token
+position of a ``(n, tokens, d)`` output into features, padding included (reading padding
+turns a MiniLM CKA of 0.485 into 0.654, see the transformers guide). So when the
+captured mask shows padding (a 0 anywhere in a mask of shape ``(n, tokens)`` matching
+the output), ``flatten`` refuses with a message naming the layer and the mask-aware
+policies to use instead, rather than return a number that measures padding. A mask without padding (equal-length sequences) or no mask at all
+leaves ``flatten`` as it is; the result's ``pooling`` attribute records the policy used.
+
+Only real tokens are read. The mask-aware policies select the real tokens before any
+arithmetic, so NaN or Inf at padding positions (some models leave them there) do not
+reach the gram; non-finite values at real tokens are refused downstream, naming the layer.
 """
 
 from __future__ import annotations
@@ -86,6 +100,21 @@ def _as_mask(mask, x, pooling, name):
             f"this batch (layer {name!r}); every example needs at least one"
         )
     return mask
+
+
+def _refuse_padded_flatten(x, mask, name):
+    """``flatten`` on a padded ``(n, tokens, d)`` batch reads padding as features: refuse."""
+    if x.ndim != 3 or mask.ndim != 2 or tuple(mask.shape) != tuple(x.shape[:2]):
+        return
+    padded = bool((mask == 0).any()) if mask.dtype != torch.bool else bool((~mask).any())
+    if padded:
+        raise ValueError(
+            f"pooling='flatten' (the default) would read the padding positions of layer "
+            f"{name!r} (output shape {tuple(x.shape)}, and the attention mask shows padding) "
+            "as features, so the similarity would measure padding; choose a pooling that "
+            "reads the real tokens only: pooling='masked_mean' (a sentence embedding), "
+            "'cls', 'last_token', 'tokens' or a word pooling (see repsim.adapters.pooling)"
+        )
 
 
 def _word_rows(x, word_ids, pooling, name):
@@ -157,6 +186,8 @@ def pool(x, pooling, name, *, mask=None, word_ids=None, cross_tokenizer=False):
         without real tokens, ``none`` on examples of different lengths, or a token-level
         policy across tokenizers.
     """
+    if pooling == "flatten" and mask is not None:
+        _refuse_padded_flatten(x, mask, name)
     if callable(pooling):
         out = pooling(x)
         if not isinstance(out, torch.Tensor):
@@ -198,8 +229,10 @@ def pool(x, pooling, name, *, mask=None, word_ids=None, cross_tokenizer=False):
         else:
             m = _as_mask(mask, x, pooling, name)
             if pooling == "masked_mean":
-                w = m.to(x.dtype).unsqueeze(2)
-                x = (x * w).sum(dim=1) / w.sum(dim=1)
+                # select, don't multiply: NaN/Inf at padding times 0 is NaN
+                real = m.unsqueeze(2)
+                x = torch.where(real, x, torch.zeros((), dtype=x.dtype, device=x.device))
+                x = x.sum(dim=1) / real.sum(dim=1).to(x.dtype)
             elif pooling == "last_token":
                 t = x.shape[1]
                 last = t - 1 - m.flip(1).int().argmax(dim=1)

@@ -2,7 +2,10 @@
 
 :func:`repsim.compare_models` already takes dict and ``BatchEncoding`` batches as keyword
 arguments and captures their ``attention_mask`` for the mask-aware poolings
-(:mod:`repsim.adapters.pooling`). This module adds what is specific to transformer models:
+(:mod:`repsim.adapters.pooling`). Its default pooling, ``flatten``, refuses a padded
+``(n, tokens, d)`` output (it would read padding as features): pass
+``pooling="masked_mean"`` (or ``"cls"``, ``"last_token"``, ``"tokens"``, a word pooling)
+for text. This module adds what is specific to transformer models:
 
 - :func:`block_layers` and :func:`hidden_state_layers`: the module names of the blocks
   (``encoder.layer.*``, ``h.*``, ``model.layers.*``, ...), and the modules whose outputs
@@ -163,9 +166,13 @@ def standardize_features(x):
     ----------
     Timkey & van Schijndel (2021), EMNLP, section 5 (standardisation as a fix).
     """
-    if not isinstance(x, torch.Tensor) or x.ndim != 2 or x.shape[0] < 2:
-        shape = tuple(x.shape) if hasattr(x, "shape") else type(x).__name__
-        raise ValueError(f"standardize_features needs a (n >= 2, features) tensor; got {shape}")
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(
+            "standardize_features is a transform of the torch adapter and needs a torch "
+            f"tensor (n >= 2, features); got {type(x).__module__}.{type(x).__name__} -- "
+            "for other arrays use torch.as_tensor(numpy.asarray(x))")
+    if x.ndim != 2 or x.shape[0] < 2:
+        raise ValueError(f"standardize_features needs a (n >= 2, features) tensor; got {tuple(x.shape)}")
     x64 = x.to(torch.float64)
     if not torch.isfinite(x64).all():
         raise ValueError("standardize_features got NaN or Inf values")

@@ -20,6 +20,7 @@ from ..results import _netcdf_attr
 
 # per-callable option constraints of the statistics (repsim._validation.CALLABLE_PARAMS)
 V.register_params("bootstrap", interval=V.Options("basic", "percentile"))
+V.register_params(correction=V.Options("holm", "bh", "none"))  # p-values of a matrix of tests
 V.register_params("permutation_test", alternative=V.Options("greater", "less", "two-sided"))
 V.register_params("compare_seeds", test=V.Options("welch", "permutation"))
 
@@ -55,6 +56,42 @@ def t_quantile(q: float, df: Any) -> float | np.ndarray:
         out = special.stdtrit(np.where(df > 0, df, np.nan), q)
     out = np.asarray(out, dtype=np.float64)
     return out if out.ndim else float(out)
+
+
+# ---------------------------------------------------------------- multiple comparisons
+def adjust_p_values(p: Any, method: str, family: Any = None) -> np.ndarray:
+    """Multiple-comparison adjusted p-values of a matrix (any shape) of tests.
+
+    ``method``: ``"holm"`` (Holm 1979, step-down Bonferroni; controls the family-wise
+    error rate under any dependence), ``"bh"`` (Benjamini & Hochberg 1995; controls the
+    false discovery rate for independent or positively dependent tests;
+    :func:`scipy.stats.false_discovery_control`) or ``"none"`` (``p`` itself).
+
+    ``family`` (bool, ``p``'s shape; default: every finite entry) marks the entries that
+    are the family's tests, counted once each; entries outside it (NaN, no test
+    performed) come back as NaN. Adjusted values are capped at 1.
+    """
+    p = np.asarray(p, dtype=np.float64)
+    V.check_params(correction=method)
+    if method == "none":
+        return p.copy()
+    fam = np.isfinite(p) if family is None else (np.asarray(family, dtype=bool) & np.isfinite(p))
+    out = np.full(p.shape, np.nan)
+    vals = p[fam]
+    m = vals.size
+    if m == 0:
+        return out
+    if method == "bh":
+        from scipy import stats
+
+        adj = stats.false_discovery_control(vals, method="bh")
+    else:
+        order = np.argsort(vals, kind="stable")
+        steps = (m - np.arange(m)) * vals[order]
+        adj = np.empty(m)
+        adj[order] = np.minimum(np.maximum.accumulate(steps), 1.0)
+    out[fam] = adj
+    return out
 
 
 # ---------------------------------------------------------------- progress
@@ -135,7 +172,8 @@ def as_data(a, name: str):
     """One data argument in a form the resampling code handles, or a clear refusal.
 
     numpy arrays, torch tensors and xarray DataArrays are kept (a DataArray is resampled
-    along its first dimension); a pandas DataFrame or Series becomes its float64 values
+    along its first dimension); arrays of other array-API libraries become host numpy
+    arrays (:func:`repsim._backend.asarray`); a pandas DataFrame or Series becomes its float64 values
     (rows are examples); dicts and sequences of layers are converted layer by layer. An
     xarray Dataset (which variable is the representation?) and a nested list of numbers
     (one representation, or one layer per element?) are refused with a message.
@@ -145,6 +183,8 @@ def as_data(a, name: str):
             f"{name} is an xarray.Dataset; pass its representation as a DataArray "
             f"(ds['name']), or its layers as dict(ds.data_vars)"
         )
+    if B.is_array(a) and not (B.is_numpy(a) or B.is_torch(a)):
+        return B.asarray(a, name)  # JAX, CuPy, array-api-strict, ...: host numpy
     if _is_pandas(a):
         try:
             return a.to_numpy(dtype=np.float64)

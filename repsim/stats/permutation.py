@@ -20,6 +20,7 @@ from .._pairs import prepare_pair
 from .._rules import mask_degenerate as _mask_degenerate
 from ..cka import pair_cka
 from ._common import (
+    adjust_p_values,
     as_data,
     as_numpy_result,
     attrs_for_netcdf,
@@ -55,6 +56,7 @@ def permutation_test(
     progress: bool = True,
     engine: str = "auto",
     alternative: str = "greater",
+    correction: str = "holm",
 ) -> xr.Dataset:
     """Chance level, p-value and chance-corrected score of a similarity, for every pair.
 
@@ -105,6 +107,13 @@ def permutation_test(
     alternative : {"greater", "less", "two-sided"}, default "greater"
         Which values are more extreme than the observed one: larger (a similarity),
         smaller (a distance), or farther from the null mean in either direction.
+    correction : {"holm", "bh", "none"}, default "holm"
+        Multiple-comparison correction of the p-values over the layer pairs (one test
+        per pair): Holm's step-down (family-wise error rate, any dependence),
+        Benjamini-Hochberg (false discovery rate, :func:`scipy.stats.false_discovery_control`)
+        or none. The family is every pair with a finite p-value (constant layers are
+        NaN and left out); with ``ys=None`` both ``(a, b)`` and ``(b, a)`` are tests (each
+        shuffles its ``layer_b``). A single pair is unchanged by it.
 
     Returns
     -------
@@ -112,12 +121,14 @@ def permutation_test(
         dims ``(layer_a, layer_b)`` (scalars when ``xs`` and ``ys`` are single arrays):
         the observed value (variable ``cka``, or the measure's name), ``chance`` (null
         expectation), ``null_mean``, ``null_std`` (Monte Carlo), ``p_value``
-        (``(1 + #{more extreme}) / (n_permutations + 1)``), ``calibrated``
+        (``(1 + #{more extreme}) / (n_permutations + 1)``, per pair), ``p_adjusted``
+        (corrected over the pairs; absent with ``correction="none"``), ``calibrated``
         (``(observed - chance) / (1 - chance)``: 0 at chance, 1 for identical
         representations -- meaningful for similarities whose maximum is 1) and ``z``
         (``(observed - null_mean) / null_std``). attrs: ``measure``, ``estimate`` (the
         observed variable's name), ``chance_method`` (``"exact"`` or ``"permutation null
-        mean"``), ``alternative``, ``n_permutations``, ``seed``, ``n``, ...
+        mean"``), ``alternative``, ``correction``, ``n_tests`` (the family's size),
+        ``n_permutations``, ``seed``, ``n``, ...
 
     Raises
     ------
@@ -142,7 +153,7 @@ def permutation_test(
     """
     if n_permutations != 0:
         n_permutations = V.check_int(n_permutations, "n_permutations", 10)
-    V.check_params("permutation_test", alternative=alternative)
+    V.check_params("permutation_test", alternative=alternative, correction=correction)
     cka_opts: dict[str, Any] = dict(kernel=kernel, estimator=estimator, sigma=sigma, threshold=threshold,
                     engine=engine)
     if measure is not None:
@@ -183,6 +194,10 @@ def permutation_test(
             )
         out, names_a, names_b, attrs = _generic_null(measure, dict(measure_kwargs or {}), xs, ys,
                                                      n_permutations, seed, progress, alternative)
+    if "p_value" in out:
+        if correction != "none":
+            out["p_adjusted"] = adjust_p_values(out["p_value"], correction)
+        attrs.update(correction=correction, n_tests=int(np.sum(np.isfinite(out["p_value"]))))
     attrs = attrs_for_netcdf({**attrs, **common})
     if single:
         return xr.Dataset({k: ((), v[0, 0]) for k, v in out.items()}, attrs=attrs)

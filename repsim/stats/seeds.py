@@ -11,7 +11,7 @@ import numpy as np
 import xarray as xr
 
 from .. import _validation as V
-from ._common import as_numpy_result, attrs_for_netcdf, t_quantile, t_two_sided_p
+from ._common import adjust_p_values, as_numpy_result, attrs_for_netcdf, t_quantile
 
 __all__ = ["aggregate_seeds", "compare_seeds"]
 
@@ -110,6 +110,7 @@ def compare_seeds(
     n_permutations: int = 2000,
     seed: int = 0,
     dim: str = "seed",
+    correction: str = "holm",
 ) -> xr.Dataset:
     """Do two architectures differ beyond seed-to-seed variation? Per entry.
 
@@ -123,10 +124,13 @@ def compare_seeds(
         At least 2 seeds each; same shape and coordinates.
     level : float, default 0.9
         Level of the interval for the difference; an entry ``differs`` when its p-value
-        is below ``1 - level``.
+        (adjusted for the number of entries tested, see ``correction``) is below
+        ``1 - level``.
     test : {"welch", "permutation"}, default "welch"
         ``"welch"``: Welch's unequal-variance t test (Welch-Satterthwaite degrees of
-        freedom). ``"permutation"``: the seed labels are permuted (all splits when there
+        freedom; :func:`scipy.stats.ttest_ind` with ``equal_var=False``). An entry whose
+        seeds are all equal on both sides has no spread to test against: p = 0 when the
+        two means differ, 1 when they are equal (scipy gives NaN there). ``"permutation"``: the seed labels are permuted (all splits when there
         are at most ``n_permutations`` of them, else that many random ones); two-sided on
         the difference of means. With 3 + 3 seeds there are only 20 splits, so its
         smallest p-value is 0.1: use more seeds or the t test.
@@ -134,13 +138,25 @@ def compare_seeds(
     seed : int, default 0
         For the random permutations.
     dim : str, default "seed"
+    correction : {"holm", "bh", "none"}, default "holm"
+        Multiple-comparison correction over the entries (a layer x layer matrix is one
+        test per entry): Holm's step-down (family-wise error rate, any dependence),
+        Benjamini-Hochberg (false discovery rate, :func:`scipy.stats.false_discovery_control`)
+        or none. The family is every entry with a finite p-value where a test was
+        performed (some seed spread, or different means); for a symmetric matrix (the
+        same layer names on both axes and symmetric values in every seed) only the
+        upper triangle with the diagonal counts, and the lower triangle mirrors it. One
+        entry: the correction changes nothing.
 
     Returns
     -------
     xarray.Dataset
         ``mean_a``, ``mean_b``, ``difference`` (``mean_a - mean_b``), ``stderr``,
-        ``ci_low``, ``ci_high`` (Welch t interval), ``t``, ``df``, ``p_value``,
-        ``differs`` (bool); attrs ``n_seeds_a``, ``n_seeds_b``, ``test``, ``level``.
+        ``ci_low``, ``ci_high`` (Welch t interval, per entry: not simultaneous), ``t``,
+        ``df``, ``p_value`` (per entry, unadjusted), ``p_adjusted`` (unless
+        ``correction="none"``), ``differs`` (bool, from ``p_adjusted``); attrs
+        ``n_seeds_a``, ``n_seeds_b``, ``test``, ``level``, ``correction``, ``n_tests``
+        (the family's size).
 
     Examples
     --------
@@ -150,7 +166,7 @@ def compare_seeds(
     (0.107, True)
     """
     level = V.check_level(level)
-    V.check_params("compare_seeds", test=test)
+    V.check_params("compare_seeds", test=test, correction=correction)
     n_permutations = V.check_int(n_permutations, "n_permutations", 10)
     a = _stack_seeds(results_a, dim, "results_a")
     b = _stack_seeds(results_b, dim, "results_b")
@@ -173,25 +189,69 @@ def compare_seeds(
     va, vb = av.var(0, ddof=1) / ka, bv.var(0, ddof=1) / kb
     diff = ma - mb
     se = np.sqrt(va + vb)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t = diff / se
-        df = (va + vb) ** 2 / (va**2 / (ka - 1) + vb**2 / (kb - 1))
+    t, df, p_welch = _welch(av, bv, diff, se)
     half = se * t_quantile(0.5 + level / 2, np.where(np.isfinite(df), df, np.inf))
     if test == "welch":
-        p = t_two_sided_p(t, np.where(np.isfinite(df), df, np.inf))
-        p = np.where(se == 0, np.where(diff == 0, 1.0, 0.0), p)
-        p = np.where(np.isnan(diff), np.nan, p)
+        p = p_welch
     else:
         p = _seed_permutation_p(av, bv, n_permutations, seed)
+    family = np.isfinite(p) & ~((se == 0) & (diff == 0))
+    symmetric = _symmetric(a, b, av, bv, dim)
+    if symmetric:
+        family &= np.triu(np.ones(p.shape, dtype=bool))
+    p_adj = adjust_p_values(p, correction, family)
+    p_adj = np.where(np.isfinite(p) & ~family, p, p_adj)  # no test performed: p stays 1
+    if symmetric:
+        lower = np.tril(np.ones(p.shape, dtype=bool), -1)
+        p_adj = np.where(lower, p_adj.T, p_adj)
     template = a.isel({dim: 0}, drop=True)
     out = {"mean_a": ma, "mean_b": mb, "difference": diff, "stderr": se, "ci_low": diff - half,
-           "ci_high": diff + half, "t": t, "df": df, "p_value": p, "differs": p < 1 - level}
+           "ci_high": diff + half, "t": t, "df": df, "p_value": p}
+    if correction != "none":
+        out["p_adjusted"] = p_adj
+    out["differs"] = p_adj < 1 - level
     ds = xr.Dataset({k: template.copy(data=np.asarray(v)) for k, v in out.items()})
     for v in ds.data_vars.values():
         v.attrs = {}
     ds.attrs = {"n_seeds_a": ka, "n_seeds_b": kb, "test": test, "level": level,
-                "estimate": "difference"}
+                "estimate": "difference", "correction": correction,
+                "n_tests": int(np.sum(family)), "family": "upper triangle with diagonal"
+                if symmetric else "every entry tested"}
     return ds
+
+
+def _welch(av, bv, diff, se):
+    """Welch's t, its Welch-Satterthwaite degrees of freedom and two-sided p-value per
+    entry, from :func:`scipy.stats.ttest_ind` (``equal_var=False``) where the seeds
+    spread; where they do not (``se == 0``) t is ``diff / 0``, the degrees of freedom
+    undefined, and p 0 for different means, 1 for equal ones."""
+    from scipy import stats
+
+    shape = diff.shape
+    fa, fb = av.reshape(av.shape[0], -1), bv.reshape(bv.shape[0], -1)
+    d, s = diff.reshape(-1), se.reshape(-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = d / s
+    df = np.full(d.shape, np.nan)
+    p = np.where(np.isnan(d), np.nan, np.where(d == 0, 1.0, 0.0))
+    spread = np.isfinite(s) & (s > 0)
+    if spread.any():
+        res = stats.ttest_ind(fa[:, spread], fb[:, spread], axis=0, equal_var=False)
+        t[spread], df[spread], p[spread] = res.statistic, res.df, res.pvalue
+    return t.reshape(shape), df.reshape(shape), p.reshape(shape)
+
+
+def _symmetric(a, b, av, bv, dim):
+    """Whether the entries are a symmetric layer x layer matrix on both sides (the same
+    names on both axes, symmetric values in every seed up to rounding)."""
+    dims = [d for d in a.dims if d != dim]
+    if len(dims) != 2 or av.shape[1] != av.shape[2]:
+        return False
+    ca, cb = (a.coords.get(d) for d in dims)
+    if ca is None or cb is None or list(ca.values) != list(cb.values):
+        return False
+    return all(np.allclose(v, np.swapaxes(v, 1, 2), rtol=1e-12, atol=0, equal_nan=True)
+               for v in (av, bv))
 
 
 def _seed_permutation_p(av, bv, n_permutations, seed):
