@@ -93,8 +93,9 @@ class Layer(NamedTuple):
     scale: float
 
 
-def prepare_layer(x, name="x", min_n=2, what="this measure"):
-    """Validate one representation as :func:`prepare_pair` does and form its :class:`Layer`."""
+def float64_layer(x, name="x", min_n=2, what="this measure"):
+    """``(xp, x)``: one representation validated as :func:`prepare_pair` does -- 2-d, at least
+    ``min_n`` examples, finite -- as float64 ``(n, features)``."""
     x = B.asarray(x)
     xp = B.namespace(x)
     x = V.as_2d(x, xp, name)
@@ -103,8 +104,14 @@ def prepare_layer(x, name="x", min_n=2, what="this measure"):
         raise ValueError(f"{what} needs at least {min_n} examples; got n={n} for {name}")
     x = xp.astype(x, xp.float64)
     V.check_finite_array(x, xp, name)
+    return xp, x
+
+
+def prepare_layer(x, name="x", min_n=2, what="this measure"):
+    """Validate one representation as :func:`prepare_pair` does and form its :class:`Layer`."""
+    xp, x = float64_layer(x, name, min_n, what)
     xc = reduce_features(centre_columns(x, xp), xp)
-    return Layer(n, xc, xp.matmul(xc.T, xc), B.item(xp.sum(x * x)))
+    return Layer(int(x.shape[0]), xc, xp.matmul(xc.T, xc), B.item(xp.sum(x * x)))
 
 
 def pair_layers(a, b):

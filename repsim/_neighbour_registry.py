@@ -29,15 +29,8 @@ from .neighbours import (
 def knn_prepare(what, min_n=2):
     """The registry's per-layer step of a k-NN measure: validate, then the k-NN lists."""
     def prepare(x, name, *, k, metric="cosine", **_):
-        x = B.asarray(x)
-        xp = B.namespace(x)
-        x = V.as_2d(x, xp, name)
-        n = int(x.shape[0])
-        if n < min_n:
-            raise ValueError(f"{what} needs at least {min_n} examples; got n={n} for {name}")
-        x = xp.astype(x, xp.float64)
-        V.check_finite_array(x, xp, name)
-        return neighbours(x, _check_k(k, n, name), metric, name)
+        _, x = M.float64_layer(x, name, min_n, what)
+        return neighbours(x, _check_k(k, int(x.shape[0]), name), metric, name)
     return prepare
 
 

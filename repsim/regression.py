@@ -156,7 +156,11 @@ def gulp(x, y, ridge=0.01, *, squared=False):
         raise ValueError(f"squared must be True or False; got {squared!r}")
     xp, x, y = M.prepare_pair(x, y, what="gulp")
     m = M.moments(x, y)
-    bad = M.constant_sides(m, x, y)
+    return _gulp_value(m, M.constant_sides(m, x, y), ridge, squared, xp)
+
+
+def _gulp_value(m, bad, ridge, squared, xp):
+    """GULP from the pair's moments (NaN with a warning naming constant sides)."""
     if bad:
         return M.as_result(M.undefined(bad, "gulp"), xp)
     d2 = M.gulp_from_moments(m, ridge)
@@ -172,14 +176,8 @@ def gulp(x, y, ridge=0.01, *, squared=False):
 
 
 def _gulp_pair(a, b, *, ridge, squared, **_):
-    xp = B.namespace(a.xc)
     m, bad = M.pair_layers(a, b)
-    if bad:
-        return M.as_result(M.undefined(bad, "gulp"), xp)
-    d2 = M.gulp_from_moments(m, ridge)
-    if squared:
-        return M.as_result(d2, xp)
-    return M.as_result(xp.sqrt(xp.clip(d2, 0.0, None)), xp)
+    return _gulp_value(m, bad, ridge, squared, B.namespace(a.xc))
 
 
 _RIDGE = V.Satisfies(_check_ridge)
