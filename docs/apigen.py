@@ -13,8 +13,9 @@ from pathlib import Path
 
 # (title, one-line description, submodules of repsim whose names belong here)
 GROUPS = [
-    ("Measures", "Kernels, HSIC and CKA on whole datasets: one pair or all pairs at once.",
-     ("kernels", "centring", "hsic", "cka")),
+    ("Measures", "Kernels, HSIC and CKA on whole datasets: one pair or all pairs at once, and "
+     "the precision their grams are formed in.",
+     ("kernels", "centring", "hsic", "cka", "precision")),
     ("Any measure by name", "The measure registry: look a measure up by name, alias or "
      "similarity-repository id, compute it for one pair or as a layer x layer matrix, list "
      "them all.",
@@ -61,7 +62,7 @@ SUBMODULE_GROUPS = [
 ]
 
 # explicit placements that win over the submodule rule: name -> group title
-OVERRIDES: dict[str, str] = {}
+OVERRIDES: dict[str, str] = {"PrecisionWarning": "Warnings"}
 
 
 def grouped_names(exports: dict[str, str]) -> list[tuple[str, str, list[str]]]:
