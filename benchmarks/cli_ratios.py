@@ -2,11 +2,12 @@
 
 Usage (on a quiet machine; note the load, the figures are meaningless under load)::
 
-    python benchmarks/cli_ratios.py [--layers 24] [--n 2000] [--p 128] [--repeats 3] \
+    python benchmarks/cli_ratios.py [--layers 24] [--n 2000] [--features 128] [--repeats 3] \
         [--measures cka_linear,cka_linear_unbiased]
 
-Workload: ``--layers`` float32 layers of ``--n`` x ``--p`` in one ``.npz`` file. For
-``cka_linear`` and ``cka_linear_unbiased`` it times
+Workload: ``--layers`` float32 layers of ``--n`` x ``--features`` in one ``.npz`` file.
+For each CKA measure (any name of one: its estimator and kernel come from the registry)
+it times
 
 * ``library``: ``np.load`` of the file plus ``repsim.cka_matrix`` on its layers (what a
   user would write in Python), and ``cka_matrix`` alone;
@@ -34,14 +35,14 @@ import repsim
 from repsim import cli
 
 
-def main():
-    ap = argparse.ArgumentParser()
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--layers", type=int, default=24)
     ap.add_argument("--n", type=int, default=2000)
-    ap.add_argument("--p", type=int, default=128)
+    ap.add_argument("--features", "--p", dest="p", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--measures", default="cka_linear,cka_linear_unbiased")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     rng = np.random.default_rng(0)
     folder = tempfile.mkdtemp()
     path = os.path.join(folder, "a.npz")
@@ -55,9 +56,13 @@ def main():
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     print(f"{args.layers} float32 layers x {args.n} x {args.p} in one .npz; "
           f"load: {os.getloadavg()[0]:.2f} (1 min), {os.cpu_count()} CPUs")
-    estimators = {"cka_linear": "biased", "cka_linear_unbiased": "unbiased"}
     for measure in args.measures.split(","):
-        estimator = estimators[measure]
+        spec = repsim.measure(measure)
+        if spec.function != "cka":
+            raise SystemExit(f"{measure}: not a CKA measure (this script compares the command "
+                             "with repsim.cka_matrix); see benchmarks/allpairs_ratios.py")
+        bound = spec.bind({})
+        cka_options = {k: bound[k] for k in ("kernel", "estimator")}
         best = {k: float("inf") for k in ("library", "cka_matrix", "command", "main")}
         cpu = dict(best)
 
@@ -74,7 +79,7 @@ def main():
         def library():
             with np.load(path) as f:
                 loaded = {k: f[k] for k in f.files}
-            return timed("cka_matrix", lambda: repsim.cka_matrix(loaded, estimator=estimator))
+            return timed("cka_matrix", lambda: repsim.cka_matrix(loaded, **cka_options))
 
         command = [sys.executable, "-m", "repsim.cli", path, "--measure", measure, "--out", out,
                    "--no-progress", "--no-summary"]
@@ -85,12 +90,13 @@ def main():
             diff = float(np.max(np.abs(repsim.load_result(out).values - ref.values)))
             assert diff <= 1e-12, diff
         for what, t in (("wall", best), ("cpu", cpu)):
-            print(f"{measure:20s} {what:4s} np.load + cka_matrix {t['library']:6.2f} s "
+            print(f"{spec.name:20s} {what:4s} np.load + cka_matrix {t['library']:6.2f} s "
                   f"(cka_matrix {t['cka_matrix']:.2f} s) | command (subprocess) "
                   f"{t['command']:6.2f} s = {t['command'] / t['library']:.2f}x | "
                   f"cli.main {t['main']:6.2f} s = {t['main'] / t['library']:.2f}x")
-        print(f"{measure:20s} max |command - cka_matrix| = {diff:.1e}; "
+        print(f"{spec.name:20s} max |command - cka_matrix| = {diff:.1e}; "
               f"load {os.getloadavg()[0]:.2f}")
+
 
 if __name__ == "__main__":
     main()

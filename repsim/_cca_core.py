@@ -11,6 +11,9 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
+from typing import Any, NamedTuple
+
+import numpy as np
 
 from . import _backend as B
 from . import _validation as V
@@ -119,44 +122,67 @@ def _keep_count(keep, rep, name, keep_by="variance"):
     )
 
 
-def _pwcca_svcca(wx, wy, xp):
-    """PWCCA as google/svcca's ``pwcca.py`` computes it, weighting side ``wx`` (n, p) with
-    ``p <= q``, in float64 (see :func:`pwcca`, ``convention="svcca"``)."""
-    n = wx.shape[0]
-    mx, my = xp.mean(wx, axis=0), xp.mean(wy, axis=0)
-    xc, yc = wx - mx, wy - my
+class SvccaSide(NamedTuple):
+    """One side of google/svcca's PWCCA, prepared once (see :func:`svcca_side`)."""
+
+    x: Any
+    """(n, p) float64 activations, validated."""
+    mean: Any
+    """(p,) column means."""
+    xc: Any
+    """(n, p) centred activations."""
+    scale: Any
+    """``max |Sigma_xx|``, the reference's covariance scale."""
+    invsqrt: Any
+    """(p, p) ``(Sigma_xx / scale)^{-1/2}`` through the pseudo-inverse, as the reference."""
+
+
+def svcca_side(x, xp) -> SvccaSide:
+    """The per-layer part of google/svcca's PWCCA: means, centred activations, the scaled
+    covariance's inverse square root (``n p^2 + p^3``, once per layer)."""
+    n = x.shape[0]
+    mx = xp.mean(x, axis=0)
+    xc = x - mx
     sxx = xp.matmul(xc.T, xc) / (n - 1)
-    syy = xp.matmul(yc.T, yc) / (n - 1)
-    sxy = xp.matmul(xc.T, yc) / (n - 1)
-    xmax, ymax = xp.max(xp.abs(sxx)), xp.max(xp.abs(syy))
-    sxx, syy, sxy = sxx / xmax, syy / ymax, sxy / xp.sqrt(xmax * ymax)
+    xmax = xp.max(xp.abs(sxx))
+    w, v = xp.linalg.eigh(xp.linalg.pinv(sxx / xmax))
+    with np.errstate(invalid="ignore"):  # a rank-deficient side: NaN, as the reference
+        root = xp.sqrt(w)
+    return SvccaSide(x, mx, xc, xmax, xp.matmul(v * root[None, :], v.T))
 
-    def invsqrt(m):
-        w, v = xp.linalg.eigh(xp.linalg.pinv(m))
-        return xp.matmul(v * xp.sqrt(w)[None, :], v.T)
 
-    arr = xp.matmul(invsqrt(sxx), xp.matmul(sxy, invsqrt(syy)))
+def _pwcca_svcca(sw: SvccaSide, so: SvccaSide, xp):
+    """PWCCA as google/svcca's ``pwcca.py`` computes it, weighting side ``sw`` (n, p) with
+    ``p <= q``, in float64 (see :func:`pwcca`, ``convention="svcca"``)."""
+    n = sw.x.shape[0]
+    sxy = xp.matmul(sw.xc.T, so.xc) / (n - 1) / xp.sqrt(sw.scale * so.scale)
+    arr = xp.matmul(sw.invsqrt, xp.matmul(sxy, so.invsqrt))
     u, rho, _ = xp.linalg.svd(arr, full_matrices=True)
     # the canonical "directions" without invsqrt_xx, with the means added back
-    dirns = xp.matmul(u.T, xc.T) + mx[:, None]
+    dirns = xp.matmul(u.T, sw.xc.T) + sw.mean[:, None]
     basis, _ = xp.linalg.qr(dirns.T)
-    weights = xp.sum(xp.abs(xp.matmul(basis.T, wx)), axis=1)
+    weights = xp.sum(xp.abs(xp.matmul(basis.T, sw.x)), axis=1)
     weights = weights / xp.sum(weights)
     return xp.sum(weights * xp.abs(rho))
 
 
-def _pwcca_convention_svcca(x, y, side):
-    x, y = B.asarray(x, "x"), B.asarray(y, "y")
-    xp = B.namespace(x, y, names=["x", "y"])
-    x = xp.astype(V.as_2d(x, xp, "x"), B.accumulation_dtype(xp))
-    y = xp.astype(V.as_2d(y, xp, "y"), B.accumulation_dtype(xp))
-    V.check_same_n(x.shape[0], y.shape[0], "x", "y", x.shape, y.shape)
-    V.check_finite_array(x, xp, "x")
-    V.check_finite_array(y, xp, "y")
+def svcca_layer(x, name, xp=None):
+    """One validated layer of ``convention="svcca"`` (float64, 2-d, finite), prepared."""
+    x = B.asarray(x, name)
+    xp = xp or B.namespace(x)
+    x = xp.astype(V.as_2d(x, xp, name), B.accumulation_dtype(xp))
+    V.check_finite_array(x, xp, name)
+    return svcca_side(x, xp)
+
+
+def pwcca_svcca_pair(sx: SvccaSide, sy: SvccaSide, side):
+    """google/svcca's PWCCA of two prepared layers (``side``: "x", "y" or "smaller")."""
+    xp = B.namespace(sx.x)
+    V.check_same_n(sx.x.shape[0], sy.x.shape[0], "x", "y", sx.x.shape, sy.x.shape)
     if side == "smaller":
-        side = "x" if x.shape[1] <= y.shape[1] else "y"
-    w, o, wname, oname = (x, y, "x", "y") if side == "x" else (y, x, "y", "x")
-    n, p, q = w.shape[0], w.shape[1], o.shape[1]
+        side = "x" if sx.x.shape[1] <= sy.x.shape[1] else "y"
+    w, o, wname, oname = (sx, sy, "x", "y") if side == "x" else (sy, sx, "y", "x")
+    n, p, q = w.x.shape[0], w.x.shape[1], o.x.shape[1]
     if p > q:
         raise ValueError(
             f"convention='svcca' weights by the side with fewer features (as pwcca.py); got "
@@ -168,3 +194,12 @@ def _pwcca_convention_svcca(x, y, side):
             f"got n={n} with {p} features in {wname} and {q} in {oname}"
         )
     return scalar(_pwcca_svcca(w, o, xp), xp)
+
+
+def _pwcca_convention_svcca(x, y, side):
+    x, y = B.asarray(x, "x"), B.asarray(y, "y")
+    xp = B.namespace(x, y, names=["x", "y"])
+    x = xp.astype(V.as_2d(x, xp, "x"), B.accumulation_dtype(xp))
+    y = xp.astype(V.as_2d(y, xp, "y"), B.accumulation_dtype(xp))
+    V.check_same_n(x.shape[0], y.shape[0], "x", "y", x.shape, y.shape)
+    return pwcca_svcca_pair(svcca_layer(x, "x", xp), svcca_layer(y, "y", xp), side)

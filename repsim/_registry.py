@@ -21,16 +21,17 @@ variants (the rows of :func:`repsim.measures`):
   read from the function's signature, never typed again;
 * how it computes: a per-layer ``prepare(x, name, **options)`` (centred gram, k-NN lists,
   RDM, SVD basis, moments) and a ``pair(prep_a, prep_b, **options)``, or a ``matrix``
-  all-pairs path (``repsim.cka_matrix``), and the parameters of its exact streaming form
-  (``moments``: :meth:`repsim.FeatureMoments.compute`);
+  all-pairs path (``repsim.cka_matrix``), the parameters of its exact streaming form
+  (``moments``: :meth:`repsim.FeatureMoments.compute`), and its packed centred-gram form
+  (``gram``: :class:`GramForm`, the fast path of :mod:`repsim.stats`);
 * per measure: canonical name, aliases, the ids of the similarity repository's naming
   grammar (Cloos et al. 2024), kind, range, invariances, symmetry, streaming, cost,
   definition, reference and chance level.
 
 Everything else -- :func:`repsim.measures`, the user guide's table, the ``repsim``
 command's ``--measure`` choices, :func:`repsim.similarity_matrix`,
-:meth:`repsim.FeatureMoments.compute` and the neighbour-matrix choices -- is derived from
-here. This module imports no measure module at import time; :func:`load` imports the
+:meth:`repsim.FeatureMoments.compute`, the statistics' gram fast paths and the
+neighbour-matrix choices -- is derived from here. This module imports no measure module at import time; :func:`load` imports the
 modules that declare measures (:data:`MODULES`) on first use.
 """
 
@@ -100,6 +101,36 @@ class Measure:
 
 
 @dataclass(frozen=True)
+class GramForm:
+    """A measure function whose value is the CKA of packed centred grams
+    (:func:`repsim._pairs.prepare_pair` with the call's ``options``, paired as
+    :func:`repsim.cka_matrix` pairs them).
+
+    :func:`repsim.stats.bootstrap` and :func:`repsim.stats.permutation_test` then form each
+    layer's centred gram once and index it per resample or permutation, instead of calling
+    the function again; they find the form here for the function, for a
+    :func:`repsim.measure` object of it and for :func:`functools.partial` of either.
+
+    Attributes
+    ----------
+    options : tuple of str
+        The function's parameters that ``prepare_pair`` takes (``kernel``, ``estimator``,
+        ...), passed on with the call's values.
+    matrix : callable, optional
+        The public all-pairs function of the same form, ``matrix(xs, ys=None, **options)``
+        (:func:`repsim.cka_matrix`): its calls take the gram path too.
+    recompute : callable, optional
+        ``recompute(bound) -> bool`` with every argument of a call of the function (the
+        data as plain arrays): True where recomputing the function on each subsample is
+        cheaper than indexing ``n x n`` grams (CKA's feature-space path).
+    """
+
+    options: tuple
+    matrix: Callable | None = None
+    recompute: Callable | None = None
+
+
+@dataclass(frozen=True)
 class Family:
     """The declaration of one measure function (see :func:`declare`)."""
 
@@ -112,6 +143,7 @@ class Family:
     moment_options: Mapping[str, tuple] = field(default_factory=dict)
     symmetric_when: Callable | None = None
     measures: tuple = ()
+    gram: GramForm | None = None
 
     @property
     def name(self) -> str:
@@ -157,7 +189,7 @@ def declare(function: Callable, *, constraints: Mapping[str, Callable] | None = 
             matrix: Callable | None = None, moments: tuple | None = None,
             moment_options: Mapping[str, tuple] | None = None,
             symmetric_when: Callable | None = None,
-            measures: tuple | list = ()) -> Callable:
+            measures: tuple | list = (), gram: GramForm | None = None) -> Callable:
     """Declare a measure function and its named variants; returns ``function``.
 
     Parameters
@@ -184,10 +216,12 @@ def declare(function: Callable, *, constraints: Mapping[str, Callable] | None = 
         with these (bound) options (SVCCA with a different ``keep`` per side does not).
     measures : sequence of Measure
         Its named variants.
+    gram : GramForm, optional
+        Its packed centred-gram form (the statistics' fast path); None: none.
     """
     family = Family(function, dict(constraints or {}), prepare, pair, matrix,
                     None if moments is None else tuple(moments), dict(moment_options or {}),
-                    symmetric_when)
+                    symmetric_when, gram=gram)
     import sys
 
     caller = sys._getframe(1).f_globals.get("__name__", "").rpartition(".")[2]
@@ -196,10 +230,10 @@ def declare(function: Callable, *, constraints: Mapping[str, Callable] | None = 
                          order=(where, len(_MEASURES) + i)) for i, m in enumerate(measures))
     object.__setattr__(family, "measures", rows)
     defaults = family.defaults()
-    for key in family.constraints:
+    for key in (*family.constraints, *(gram.options if gram else ())):
         if key not in defaults:
-            raise ValueError(f"{function.__name__}: constraint for {key!r}, which is not a "
-                             "parameter of the function")
+            raise ValueError(f"{function.__name__}: constraint or gram option {key!r}, which "
+                             "is not a parameter of the function")
     _FAMILIES[function.__name__] = family
     from . import _validation as V  # the one table of constraints, per callable
 

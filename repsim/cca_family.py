@@ -58,6 +58,7 @@ revisited", ICML.
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
 
 from . import _backend as B
 from . import _validation as V
@@ -72,8 +73,10 @@ from ._cca_core import (
     _summary,
     _warn_constant,
     _warn_underdetermined,
+    pwcca_svcca_pair,
+    svcca_layer,
 )
-from ._linalg import check_rtol
+from ._linalg import Rep, check_rtol
 from ._registry import Measure, declare
 from ._rules import check_ridge
 scalar = B.scalar
@@ -346,7 +349,27 @@ def pwcca(x, y, *, side: str = "x", centre: bool = True, rtol: float | None = No
     return _pwcca_of(rx, ry, side, centre)
 
 
-def _pwcca_of(rx, ry, side, centre):
+class PwccaLayer(NamedTuple):
+    """One side of PWCCA, prepared once per layer (the registry's ``prepare``)."""
+
+    rep: Rep
+    """The validated side and the thin SVD ``U S V^T`` of its (centred, unit-column) data."""
+    coords: Any
+    """(rank, p) ``U_r^T Z``: the side's (centred, unscaled) neurons ``Z`` in its
+    orthonormal basis ``U_r`` -- all that the weights need of the ``n`` examples."""
+
+
+def _pwcca_layer(rep):
+    """``rep`` with its neurons' coordinates ``U_r^T Z`` (``n r p`` flops, once per layer)."""
+    return PwccaLayer(rep, rep.xp.matmul(rep.u[:, : rep.rank].T, rep.data))
+
+
+def _pwcca_of(rx, ry, side, centre, lx=None, ly=None):
+    """PWCCA of two validated sides; ``lx``, ``ly`` their :class:`PwccaLayer` when prepared.
+
+    Only ``M = U_x^T U_y`` (``n r_x r_y``) touches the examples; its ``r_x x r_y`` SVD and
+    the weights ``|a^T (U_x^T Z_x)|`` (``r_x^2 p``) are small.
+    """
     xp = rx.xp
     if _warn_constant([("x", rx, rx.rank), ("y", ry, ry.rank)], "PWCCA"):
         return _summary(xp.zeros((0,), dtype=B.accumulation_dtype(xp), device=B.device(rx.data)), "mean", xp)
@@ -356,15 +379,13 @@ def _pwcca_of(rx, ry, side, centre):
     rho = xp.clip(rho, 0.0, 1.0)
     if side == "smaller":
         side = "x" if rx.p <= ry.p else "y"
-    rep, coef = (rx, a) if side == "x" else (ry, bt.T)
+    rep, coef, layer = (rx, a, lx) if side == "x" else (ry, bt.T, ly)
     # <h_i, z_j> for the unit canonical variates h = U_r coef and the (unscaled) centred
-    # neurons z; only the components of z in the span of U_r contribute
-    h = xp.matmul(rep.u[:, : rep.rank], coef)
-    proj = xp.matmul(h.T, rep.data)
+    # neurons z: h^T z = coef^T (U_r^T z); only z's components in the span of U_r count
+    coords = (layer or _pwcca_layer(rep)).coords
+    proj = xp.matmul(coef.T, coords)
     alpha = xp.sum(xp.abs(proj), axis=1)
     return scalar(xp.sum(alpha * rho) / xp.sum(alpha), xp)
-
-
 
 
 # --------------------------------------------------------------------------- registry
@@ -396,13 +417,16 @@ def _svcca_pair(rx, ry, *, keep, summary, keep_by, **_):
 
 
 def _pwcca_prepare(x, name, *, convention="morcos", **options):
-    return x if convention == "svcca" else _rep(True)(x, name, **options)
-
-
-def _pwcca_pair(ra, rb, *, side, centre, convention, **_):
+    """Per layer: google/svcca's covariance terms, or the SVD basis and ``U_r^T Z``."""
     if convention == "svcca":
-        return _pwcca_convention_svcca(ra, rb, side)
-    return _pwcca_of(ra, rb, side, centre)
+        return svcca_layer(x, name)
+    return _pwcca_layer(_rep(True)(x, name, **options))
+
+
+def _pwcca_pair(la, lb, *, side, centre, convention, **_):
+    if convention == "svcca":
+        return pwcca_svcca_pair(la, lb, side)
+    return _pwcca_of(la.rep, lb.rep, side, centre, la, lb)
 
 
 _RIDGE = {"ridge": (0.0, V.Satisfies(check_ridge))}

@@ -18,7 +18,7 @@ from . import _validation as V
 from ._pairs import prepare_pair
 from .hsic import centred_gram_stack, pairing_terms, scalar
 from .kernels import NORMAL_RANGE, _ldexp, degeneracy_terms, eps_of, prepare
-from ._registry import Measure, declare
+from ._registry import GramForm, Measure, declare
 from ._rules import mask_degenerate
 from .results import similarity_array
 
@@ -285,6 +285,21 @@ def _cka_matrix_values(layers_a, layers_b, *, kernel, estimator, sigma, threshol
                       threshold=threshold, engine=engine, precision=precision).values
 
 
+def _recomputes(bound):
+    """Whether ``cka(**bound)`` takes its feature-space path (linear, biased, float32
+    products, ``p, q`` small next to ``n``): then recomputing it on each subsample
+    (``O(m p q)``) beats indexing ``n x n`` grams formed once."""
+    if bound["kernel"] != "linear" or bound["estimator"] != "biased" \
+            or bound["precision"] != "float32" or bound["method"] == "gram":
+        return False
+    if bound["method"] == "features":
+        return True
+    x, y = B.asarray(bound["x"]), B.asarray(bound["y"])
+    if x.ndim < 2 or y.ndim < 2:
+        return False
+    return _feature_path_cheaper(x.shape[0], math.prod(x.shape[1:]), math.prod(y.shape[1:]))
+
+
 _OIT = ("orthogonal", "isotropic_scaling", "translation")
 _GRAM = "O(n^2 (p + q))"
 
@@ -298,6 +313,8 @@ declare(
     },
     matrix=_cka_matrix_values,
     moments=("estimator",),
+    gram=GramForm(("kernel", "estimator", "sigma", "threshold", "engine", "precision"),
+                  matrix=cka_matrix, recompute=_recomputes),
     measures=[
         Measure("cka_linear", {}, "similarity", "[0, 1]", _OIT, True,
                 "exact from feature moments; minibatch U-statistic (MinibatchCKA)",

@@ -302,8 +302,9 @@ def test_each_layer_is_read_once_and_a_symmetric_measure_computes_half(tmp_path,
     assert sorted(reads) == sorted(ORDERED * 2)
 
 
-@pytest.mark.parametrize("measure, estimator", [("cka_linear", "biased"),
-                                                ("cka_linear_unbiased", "unbiased")])
+@pytest.mark.parametrize("measure, estimator", [
+    ("cka_linear", "biased"), ("cka_linear_unbiased", "unbiased"), ("cka_debiased", "unbiased"),
+    ("cka-kernel=linear-hsic=song-score", "unbiased")])
 def test_cka_measures_go_through_cka_matrix(tmp_path, monkeypatch, measure, estimator):
     layers = _twelve(n=30)
     np.savez(tmp_path / "a.npz", **layers)
@@ -326,7 +327,8 @@ def test_cka_measures_go_through_cka_matrix(tmp_path, monkeypatch, measure, esti
         ref = real(layers, None if len(files) == 1 else dict(np.load(files[1])),
                    estimator=estimator)
         np.testing.assert_allclose(res.values, ref.values, rtol=0, atol=1e-12)
-        assert res.attrs["measure"] == measure and res.attrs["estimator"] == estimator
+        assert res.attrs["measure"] == repsim.measure(measure).name
+        assert res.attrs["estimator"] == estimator
     assert len(used) == 2 and not per_pair
 
 

@@ -1,11 +1,11 @@
 """Shared pieces of the statistics modules: Student t, result datasets, data handling,
-and the table of measures with a packed-gram fast path."""
+and the measures with a packed-gram fast path (derived from the registry's ``gram``
+declarations)."""
 
 from __future__ import annotations
 
 import functools
 import inspect
-import math
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -14,8 +14,9 @@ import xarray as xr
 
 from .. import _backend as B
 from .. import _validation as V
+from .. import _registry as R
 from .._io import progress as _progress_display
-from ..cka import _feature_path_cheaper, cka, cka_matrix
+from .._pairs import prepare_pair
 from ..results import _netcdf_attr
 
 # per-callable option constraints of the statistics (repsim._validation.CALLABLE_PARAMS)
@@ -260,24 +261,33 @@ def bare(a):
 
 # ---------------------------------------------------------------- the measure
 def unwrap(measure, args=(), kwargs=None):
-    """Peel :func:`functools.partial` layers: ``(function, args, kwargs)`` of the call that
-    ``measure(*args, **kwargs)`` makes."""
+    """Peel :func:`functools.partial` layers and :func:`repsim.measure` objects:
+    ``(function, args, kwargs)`` of the call that ``measure(*args, **kwargs)`` makes
+    (a measure's preset options under the call's, as calling it does)."""
     kwargs = dict(kwargs or {})
     args = tuple(args)
-    while isinstance(measure, functools.partial):
-        args = tuple(measure.args) + args
-        kwargs = {**measure.keywords, **kwargs}
-        measure = measure.func
-    return measure, args, kwargs
+    while True:
+        if isinstance(measure, functools.partial):
+            args = tuple(measure.args) + args
+            kwargs = {**measure.keywords, **kwargs}
+            measure = measure.func
+        elif isinstance(measure, R.Measure):
+            kwargs = {**measure.options, **kwargs}
+            measure = measure.family.function
+        else:
+            return measure, args, kwargs
 
 
 def measure_name(measure) -> str:
-    func = unwrap(measure)[0]
-    return getattr(func, "__name__", None) or type(func).__name__
+    """The name a result is labelled with: a :func:`repsim.measure` object's canonical
+    name, else the (partial's) function's name."""
+    while isinstance(measure, functools.partial):
+        measure = measure.func
+    return getattr(measure, "__name__", None) or type(measure).__name__
 
 
 class GramCall(NamedTuple):
-    """A measure call that the packed-gram path evaluates: both sides and CKA options."""
+    """A measure call that the packed-gram path evaluates: both sides and its options."""
 
     xs: Any
     ys: Any
@@ -294,64 +304,79 @@ def _bind(func, args, kwargs):
     return dict(bound.arguments)
 
 
-_GRAM_OPTIONS = ("kernel", "estimator", "sigma", "threshold", "engine")
+def _options(form: R.GramForm, bound) -> dict:
+    """The packed-gram options of a bound call: the form's, over :func:`prepare_pair`'s
+    defaults (what the statistics' gram paths read)."""
+    params = inspect.signature(prepare_pair).parameters.values()
+    defaults = {p.name: p.default for p in params if p.kind == p.KEYWORD_ONLY}
+    return {**defaults, **{k: bound[k] for k in form.options}}
 
 
-def _cka_call(args, kwargs):
-    a = _bind(cka, args, kwargs)
+def _data_names(func) -> list[str]:
+    """The two data parameters of a measure or all-pairs function (its first two)."""
+    return list(inspect.signature(func).parameters)[:2]
+
+
+def _pair_call(form: R.GramForm, func, args, kwargs) -> GramCall | None:
+    a = _bind(func, args, kwargs)
     if a is None:
         return None
-    if _cka_takes_feature_path(a):
+    x, y = _data_names(func)
+    a[x], a[y] = bare(a[x]), bare(a[y])
+    if form.recompute is not None and form.recompute(a):
         return None
-    return GramCall({"x": bare(a["x"])}, {"y": bare(a["y"])}, True,
-                    {k: a[k] for k in _GRAM_OPTIONS})
+    return GramCall({x: a[x]}, {y: a[y]}, True, _options(form, a))
 
 
-def _cka_matrix_call(args, kwargs):
-    a = _bind(cka_matrix, args, kwargs)
+def _matrix_call(form: R.GramForm, func, args, kwargs) -> GramCall | None:
+    a = _bind(func, args, kwargs)
     if a is None:
         return None
-    ys = None if a["ys"] is None else bare(a["ys"])
-    return GramCall(bare(a["xs"]), ys, False, {k: a[k] for k in _GRAM_OPTIONS})
+    xs, ys = _data_names(func)
+    return GramCall(bare(a[xs]), None if a[ys] is None else bare(a[ys]), False,
+                    _options(form, a))
 
 
-def _cka_takes_feature_path(a) -> bool:
-    """Whether :func:`repsim.cka` would use its feature-space path (linear, biased, ``p, q``
-    small next to ``n``): then recomputing it on each subsample (``O(m p q)``) beats
-    forming ``n x n`` grams once."""
-    if a["kernel"] != "linear" or a["estimator"] != "biased" or a["method"] == "gram":
-        return False
-    if a["method"] == "features":
-        return True
-    x, y = B.asarray(bare(a["x"])), B.asarray(bare(a["y"]))
-    if x.ndim < 2 or y.ndim < 2:
-        return False
-    return _feature_path_cheaper(x.shape[0], math.prod(x.shape[1:]), math.prod(y.shape[1:]))
+def gram_hooks() -> dict[Callable, Callable[..., GramCall | None]]:
+    """The fast-path hooks, derived from the registry: for every declared function with a
+    packed-gram form (:class:`repsim._registry.GramForm`) and for its all-pairs function,
+    ``hook(args, kwargs)`` returns a :class:`GramCall` when the packed centred grams can
+    evaluate ``function(*args, **kwargs)`` (formed once, indexed per resample or
+    permutation), or None for "recompute the measure"."""
+    hooks: dict[Callable, Callable[..., GramCall | None]] = {}
+    for family in R.families().values():
+        form = family.gram
+        if form is None:
+            continue
+        hooks[family.function] = functools.partial(_pair_call, form, family.function)
+        if form.matrix is not None:
+            hooks[form.matrix] = functools.partial(_matrix_call, form, form.matrix)
+    return hooks
 
 
-#: The explicit fast-path hooks: a measure function -> ``hook(args, kwargs)`` returning a :class:`GramCall` when the packed centred grams can
-#: evaluate ``measure(*args, **kwargs)`` (formed once, indexed per resample or
-#: permutation), or None for "recompute the measure". :func:`gram_call` peels
-#: ``functools.partial`` first, so ``partial(repsim.cka, kernel="rbf")`` is recognised.
-GRAM_HOOKS: dict[Callable, Callable[..., GramCall | None]] = {
-    cka: _cka_call,
-    cka_matrix: _cka_matrix_call,
-}
+def _gram_form(func) -> R.GramForm | None:
+    for family in R.families().values():
+        if family.gram is not None and func in (family.function, family.gram.matrix):
+            return family.gram
+    return None
 
 
 def gram_call(measure, args, kwargs) -> GramCall | None:
-    """The :class:`GramCall` of ``measure(*args, **kwargs)``, or None (no fast path)."""
+    """The :class:`GramCall` of ``measure(*args, **kwargs)``, or None (no fast path).
+    ``measure``: a function of :func:`gram_hooks`, a :func:`repsim.measure` object of one
+    (its presets applied) or :func:`functools.partial` of either."""
     func, args, kwargs = unwrap(measure, args, kwargs)
-    hook = GRAM_HOOKS.get(func)
+    hook = gram_hooks().get(func)
     return None if hook is None else hook(args, kwargs)
 
 
 def gram_options(measure, kwargs) -> dict | None:
-    """The CKA options of ``measure(x, y, **kwargs)`` when it has the packed-gram path
-    (a function in :data:`GRAM_HOOKS`, possibly inside :func:`functools.partial`), else
-    None. Options the function does not take give None: calling it raises its own error."""
+    """The packed-gram options of ``measure(x, y, **kwargs)`` when it has the packed-gram
+    path (as :func:`gram_call`, whatever the data), else None. Options the function does
+    not take give None: calling it raises its own error."""
     func, args, kwargs = unwrap(measure, (), kwargs)
-    if func not in GRAM_HOOKS or args:
+    form = _gram_form(func)
+    if form is None or args:
         return None
     a = _bind(func, (None, None), kwargs)
-    return None if a is None else {k: a[k] for k in _GRAM_OPTIONS}
+    return None if a is None else _options(form, a)

@@ -64,7 +64,9 @@ def permutation_test(
     side is shuffled.
 
     *CKA* (the default, or ``measure`` :func:`repsim.cka` / :func:`repsim.cka_matrix`,
-    also wrapped in :func:`functools.partial`): a permutation ``P`` maps a centred (or
+    a :func:`repsim.measure` object of them such as ``repsim.measure("cka_linear")``, any
+    of these wrapped in :func:`functools.partial`; the functions whose registry
+    declaration has a packed-gram form): a permutation ``P`` maps a centred (or
     U-centred) gram to ``P K P^T`` -- centring commutes with it -- so each permutation
     indexes the centred grams formed once and pairs all layers with one product; self
     terms do not change. Besides the Monte-Carlo null, the exact permutation expectation
@@ -90,9 +92,10 @@ def permutation_test(
     measure : callable, optional
         The similarity; default CKA with the options below.
     measure_kwargs : mapping, optional
-        The measure's keyword arguments. For the CKA measures these are ``kernel``,
-        ``estimator``, ``sigma``, ``threshold``, ``engine`` (and :func:`repsim.cka`'s
-        ``method``, which does not change the value).
+        The measure's keyword arguments (over a :func:`repsim.measure` object's presets).
+        For the CKA measures these are ``kernel``, ``estimator``, ``sigma``,
+        ``threshold``, ``engine``, ``precision`` (and :func:`repsim.cka`'s ``method``,
+        which does not change the value).
     kernel, estimator, sigma, threshold, engine
         Options of the default CKA, as in :func:`repsim.cka_matrix`; with ``measure``
         given, put them in ``measure_kwargs`` instead.

@@ -67,17 +67,19 @@ def bootstrap(
     90% intervals covered 0 in 99% of 200 draws, about twice as wide as needed, n=100,
     p=3); to ask "more than chance?" use :func:`permutation_test`.
 
-    For :func:`repsim.cka` and :func:`repsim.cka_matrix` -- also wrapped in
-    :func:`functools.partial` -- the grams are formed and centred once; a resample indexes
+    For :func:`repsim.cka` and :func:`repsim.cka_matrix` -- also as
+    :func:`repsim.measure` objects (``repsim.measure("cka_linear_unbiased")``) and wrapped
+    in :func:`functools.partial` -- the grams are formed and centred once; a resample indexes
     them (``K[s][:, s]``), re-centres the ``m x m`` block and pairs all layers with one
     product -- about ``(m/n)^2`` (a quarter) of one ``cka_matrix`` per resample, never
     recomputing a gram. (Where :func:`repsim.cka` takes its feature-space path -- linear,
     biased, few features next to ``n`` -- it is instead recomputed on each subsample:
     ``O(m p q)`` beats holding ``n x n`` grams.) RBF bandwidths are fixed at their
     full-data values (median heuristic on all examples, or ``sigma``). The choice is made
-    by an explicit table of fast-path hooks keyed by the measure function (after
-    unwrapping :func:`functools.partial`), not by the measure's name. Any other callable (the CCA family, say) is recomputed on each
-    subsample.
+    by the measure function (after unwrapping :func:`functools.partial` and measure
+    objects), not by its name: a function whose registry declaration has a packed-gram
+    form (:class:`repsim._registry.GramForm`). Any other callable (the CCA family, say)
+    is recomputed on each subsample.
 
     Parameters
     ----------
@@ -227,14 +229,15 @@ def bootstrap(
         reps[r] = as_numpy_result(derive(measure(*sub, **kwargs)))
     se, low, high = _interval(theta, reps, math.sqrt(m / (n - m)), level, interval)
     attrs = dict(getattr(result, "attrs", {}) or {})
-    if unwrap(measure)[0] is cka:  # its feature-space path
+    is_cka = unwrap(measure)[0] is cka  # its feature-space path: labelled as the gram path
+    if is_cka:
         attrs.update(measure="cka", estimator="biased", kernel="linear")
     attrs.update(common, n=n)
     if statistic is not None:
         attrs["statistic"] = getattr(statistic, "__name__", "statistic")
         name = getattr(full, "name", None) or attrs["statistic"]
     else:
-        name = getattr(full, "name", None) or measure_name(measure)
+        name = getattr(full, "name", None) or ("cka" if is_cka else measure_name(measure))
     return result_dataset(full, theta, se, low, high, name, attrs)
 
 
