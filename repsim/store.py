@@ -257,7 +257,8 @@ def _show(value) -> str:
     return repr(value.item() if hasattr(value, "item") else value)
 
 
-def match_examples(ids_a, ids_b, *, align: str = "strict", labels=("a", "b")):
+def match_examples(ids_a, ids_b, *, align: str = "strict", labels=("a", "b"),
+                   hint: str = "align='ids'"):
     """Check that two sides hold the same examples in the same order, or match them by id.
 
     Parameters
@@ -269,6 +270,8 @@ def match_examples(ids_a, ids_b, *, align: str = "strict", labels=("a", "b")):
         sides hold, in ``ids_a``'s order.
     labels : pair of str
         How messages name the sides.
+    hint : str
+        How the refusal names the way to align by id.
 
     Returns
     -------
@@ -307,7 +310,7 @@ def match_examples(ids_a, ids_b, *, align: str = "strict", labels=("a", "b")):
         raise ValueError(
             f"example_id of {labels[0]} and {labels[1]} differ ({what}): first mismatch at "
             f"{at}; {labels[0]} holds {len(a)} examples, {labels[1]} {len(b)}, "
-            f"{len(common)} in common" + (f"; pass align='ids' to compare the {len(common)} "
+            f"{len(common)} in common" + (f"; pass {hint} to compare the {len(common)} "
                                           "shared examples in one order" if common else ""))
     if not common:
         raise ValueError(f"example_id of {labels[0]} and {labels[1]} have no id in common "

@@ -16,6 +16,7 @@ import hashlib
 import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -91,13 +92,23 @@ def _batch_ids(batch, index: int, source: str):
 
 
 def _stored(arr: torch.Tensor, dtype, name: str) -> np.ndarray:
-    out = arr.detach().to("cpu").numpy().astype(dtype)
+    with np.errstate(over="ignore"):  # overflow is refused below, naming the layer
+        out = arr.detach().to("cpu").numpy().astype(dtype)
     if dtype.itemsize < 4 and not np.isfinite(out).all() and np.isfinite(arr.cpu().numpy()).all():
         big = float(arr.abs().max())
         raise ValueError(f"layer {name!r} holds values up to {big:.4g}, beyond "
                          f"{dtype.name}'s range ({float(np.finfo(dtype).max):.4g}); store "
                          "dtype='float32'")
     return out
+
+
+@dataclass
+class _State:
+    """How far the writes got: examples and batches committed, the captured layers."""
+
+    done: int
+    batches: int
+    layers: list | None = None
 
 
 def _resume_state(out: str, identity: dict, overwrite: bool):
@@ -114,7 +125,7 @@ def _resume_state(out: str, identity: dict, overwrite: bool):
         raise ValueError(f"out={out!r} exists and is not a Zarr store; pass overwrite=True "
                          "to replace it")
     group = zarr.open_group(out, mode="r+")
-    attrs = dict(group.attrs)
+    attrs: dict[str, Any] = dict(group.attrs)
     if attrs.get(S.FORMAT_KEY) != S.FORMAT:
         raise ValueError(f"out={out!r} is a Zarr store that repsim.extract did not write; "
                          "pass overwrite=True to replace it")
@@ -241,7 +252,7 @@ def extract(model: nn.Module, data: Iterable[Any], *, layers: LayerSpec, out: st
         inner.to(where)
     collected: dict[str, list] = {}
     collected_ids: list = []
-    state = {"done": done, "batches": skip, "layers": None}
+    state = _State(done, skip)
     total = len(data) if hasattr(data, "__len__") else None  # type: ignore[arg-type]
 
     def write(acts: dict[str, np.ndarray], batch_ids: np.ndarray, first: bool) -> None:
@@ -259,7 +270,7 @@ def extract(model: nn.Module, data: Iterable[Any], *, layers: LayerSpec, out: st
             # them, with the progress of the writes before it (committed once it is done)
             ds.attrs = {S.FORMAT_KEY: S.FORMAT, "layers": list(acts),
                         "repsim_version": __version__, **identity,
-                        "examples_done": state["done"], "batches_done": state["batches"],
+                        "examples_done": state.done, "batches_done": state.batches,
                         "complete": False}
             if first:
                 size = chunk or rows
@@ -270,10 +281,10 @@ def extract(model: nn.Module, data: Iterable[Any], *, layers: LayerSpec, out: st
             else:
                 ds.to_zarr(out, append_dim=S.EXAMPLE, consolidated=False)
             group = zarr.open_group(out, mode="r+")
-            group.attrs.update({"examples_done": state["done"] + rows,
-                                "batches_done": state["batches"] + 1})
-        state["done"] += rows
-        state["batches"] += 1
+            group.attrs.update({"examples_done": state.done + rows,
+                                "batches_done": state.batches + 1})
+        state.done += rows
+        state.batches += 1
 
     bar = _progress(total=total, initial=skip, desc="extract", enabled=progress, unit="batch")
     pending = None
@@ -294,15 +305,15 @@ def extract(model: nn.Module, data: Iterable[Any], *, layers: LayerSpec, out: st
             if any(r != n for r in rows.values()):
                 raise ValueError(f"batch {index}: layers give different numbers of rows "
                                  f"{rows}; a store needs one row per example in every layer")
-            if state["layers"] is None:
-                state["layers"] = list(acts)
-            elif list(acts) != state["layers"]:
+            if state.layers is None:
+                state.layers = list(acts)
+            elif list(acts) != state.layers:
                 raise ValueError(f"batch {index} captured layers {list(acts)}, the first "
-                                 f"{state['layers']}")
-            stored = {k: _stored(v.reshape(n, -1), store_dtype, k) for k, v in acts.items()}
+                                 f"{state.layers}")
+            arrays = {k: _stored(v.reshape(n, -1), store_dtype, k) for k, v in acts.items()}
             if pending is not None:
                 pending.result()  # the previous write is committed before this one starts
-            start = state["done"]
+            start = state.done
             if given is not None:
                 batch_ids = given[start:start + n]
                 if len(batch_ids) != n:
@@ -314,19 +325,19 @@ def extract(model: nn.Module, data: Iterable[Any], *, layers: LayerSpec, out: st
                 raise ValueError(f"batch {index} carries {len(batch_ids)} ids for {n} rows")
             if batch_ids.dtype.kind in "US":
                 batch_ids = batch_ids.astype(object)
-            pending = pool.submit(write, stored, batch_ids, start == 0)
+            pending = pool.submit(write, arrays, batch_ids, start == 0)
             bar.update(1)
         if pending is not None:
             pending.result()
-    n_done = state["done"]
+    n_done = state.done
     if n_done == 0:
         raise ValueError("data yielded no batches")
     if given is not None and len(given) != n_done:
         raise ValueError(f"ids holds {len(given)} ids for {n_done} examples")
-    final = {"examples_done": n_done, "batches_done": state["batches"], "complete": True}
+    final = {"examples_done": n_done, "batches_done": state.batches, "complete": True}
     if npz:
         ids_all = np.concatenate(collected_ids)
-        attrs = {S.FORMAT_KEY: S.FORMAT, "layers": state["layers"],
+        attrs = {S.FORMAT_KEY: S.FORMAT, "layers": state.layers,
                  "repsim_version": __version__, **identity, **final}
         S.write_npz(out, {k: np.concatenate(v) for k, v in collected.items()},
                     ids_all, attrs)
