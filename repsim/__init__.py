@@ -51,6 +51,7 @@ from .results import load_result, save_result
 from .shape import nbs, shape_distance
 from .similarity import compare, measure, measure_names, similarity_matrix
 from .store import open_activations
+from .store_compare import best_matches, compare_many
 from .stats import (
     Interval,
     aggregate_seeds,
@@ -105,6 +106,7 @@ __all__ = [
     "PrecisionWarning",
     "UnderdeterminedCCAWarning",
     "aggregate_seeds",
+    "best_matches",
     "block_contrast",
     "block_layers",
     "block_score",
@@ -118,6 +120,7 @@ __all__ = [
     "cka_matrix",
     "cknna",
     "compare",
+    "compare_many",
     "compare_models",
     "compare_seeds",
     "cycle_knn",

@@ -319,3 +319,53 @@ def test_plain_files_keep_working(tmp_path):
     assert sim.values[0, 1] == pytest.approx(ref_cka(x, y), abs=1e-12)
     with pytest.raises(ValueError, match="needs example ids"):
         repsim.similarity_matrix(ds, ds, align="ids", progress=False)
+
+
+# ------------------------------------------------------------------------- many models
+
+def test_compare_many_reads_or_captures_each_model_once(tmp_path, monkeypatch):
+    import repsim.store as S
+
+    data = batches(3)
+    repsim.extract(net(5), data, layers=LAYERS, out=tmp_path / "m5.zarr", progress=False)
+    repsim.extract(net(6), data, layers=["0", "2"], out=tmp_path / "m6.npz", progress=False)
+    live = {"m0": net(0), "m1": net(1)}
+    forwards = {k: 0 for k in live}
+    for k, model in live.items():
+        model.register_forward_hook(lambda *_, k=k: forwards.__setitem__(k, forwards[k] + 1))
+    loads, opens = [], []
+    real_load, real_open = S._load, S.open_activations
+    monkeypatch.setattr(S, "_load", lambda ds, idx: loads.append(ds) or real_load(ds, idx))
+    monkeypatch.setattr(S, "open_activations", lambda p: opens.append(str(p)) or real_open(p))
+    models = {**live, "m5": str(tmp_path / "m5.zarr"),
+              "m6": real_open(tmp_path / "m6.npz")}
+    sim = repsim.compare_many(models, layers=LAYERS, data=data)
+    assert forwards == {"m0": 3, "m1": 3}  # one pass over the 3 batches each
+    assert opens.count(str(tmp_path / "m5.zarr")) == 1
+    assert len(loads) == 4  # every model's layers read once, whatever the pairs
+    assert sim.dims == ("model_a", "model_b", "layer_a", "layer_b") and sim.shape == (4, 4, 3, 3)
+    acts = {"m0": hooked(net(0), data), "m1": hooked(net(1), data), "m5": hooked(net(5), data),
+            "m6": hooked(net(6), data, ["0", "2"])}
+    for a in acts:
+        for b in acts:
+            want = repsim.similarity_matrix(acts[a], acts[b], progress=False).values
+            got = sim.sel(model_a=a, model_b=b).values[:len(acts[a]), :len(acts[b])]
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+    assert np.isnan(sim.sel(model_a="m0", model_b="m6", layer_b=2)).all()  # m6: 2 layers
+    assert sim.sel(model_a="m6").layer_name_a.values.tolist() == ["0", "2", ""]
+    best = repsim.best_matches(sim)
+    row = sim.sel(model_a="m0", model_b="m1", layer_a=1).values
+    assert int(best.layer_b.sel(model_a="m0", model_b="m1", layer_a=1)) == int(np.argmax(row))
+    assert float(best.score.sel(model_a="m0", model_b="m1", layer_a=1)) == row.max()
+    np.testing.assert_allclose(best.model_score.values, best.score.mean("layer_a").values)
+
+
+def test_compare_many_checks_example_ids(two_stores, tmp_path):
+    a, b, shuffled, ids, perm, keep, _ = two_stores
+    with pytest.raises(ValueError, match="different examples.*32 examples, b.*28, 28 in common"):
+        repsim.compare_many({"a": a, "b": b})
+    sim = repsim.compare_many({"a": a, "b": b, "s": shuffled}, align="ids")
+    assert sim.attrs["examples_dropped"] == [4, 0, 4] and sim.attrs["n"] == 28
+    direct = repsim.similarity_matrix(a, b, align="ids", progress=False)
+    np.testing.assert_allclose(sim.sel(model_a="a", model_b="b").values, direct.values,
+                               rtol=0, atol=1e-12)
