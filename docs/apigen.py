@@ -23,6 +23,10 @@ GROUPS = [
     ("Measures beyond CKA", "Shape metrics, regression, neighbourhoods, distance correlation, "
      "RSA, eigenspace overlap and cycle k-NN.",
      ("shape", "regression", "neighbours", "rdm", "overlap")),
+    ("Activation stores", "Extract once, compare many: a model's layers written to a "
+     "resumable Zarr store with the identity of every example, opened lazily, compared "
+     "with any measure.",
+     ("store", "store_compare", "adapters.extract")),
     ("Streaming", "Minibatch CKA and full-data feature moments: accumulate over batches, "
      "merge, all-reduce, resume.",
      ("streaming", "moments")),

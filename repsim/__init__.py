@@ -50,6 +50,8 @@ from .regression import gulp, ridge_r2
 from .results import load_result, save_result
 from .shape import nbs, shape_distance
 from .similarity import compare, measure, measure_names, similarity_matrix
+from .store import open_activations
+from .store_compare import best_matches, compare_many
 from .stats import (
     Interval,
     aggregate_seeds,
@@ -67,6 +69,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "GramHooks": "adapters.torch",
     "compare_models": "adapters.torch",
+    "extract": "adapters._extract",
     "layer_statistics": "adapters.activations",
     "plot_diagonal_band": "plotting",
     "plot_similarity": "plotting",
@@ -103,6 +106,7 @@ __all__ = [
     "PrecisionWarning",
     "UnderdeterminedCCAWarning",
     "aggregate_seeds",
+    "best_matches",
     "block_contrast",
     "block_layers",
     "block_score",
@@ -116,12 +120,14 @@ __all__ = [
     "cka_matrix",
     "cknna",
     "compare",
+    "compare_many",
     "compare_models",
     "compare_seeds",
     "cycle_knn",
     "dcor",
     "dominant_examples",
     "eigenspace_overlap",
+    "extract",
     "find_block",
     "gram",
     "gulp",
@@ -138,6 +144,7 @@ __all__ = [
     "mutual_knn",
     "nbs",
     "neighbour_matrix",
+    "open_activations",
     "pc1_runs",
     "pc_variance_fraction",
     "permutation_test",

@@ -15,7 +15,11 @@ examples in the same order in every layer and file):
 * a netCDF-4 / HDF5 file (``.nc``, ``.h5``, ``.hdf5``): every dataset at the root that is
   not a netCDF dimension scale is a layer (sliced from disk by h5py),
 * a ``.pt`` file holding a dict of layer name -> tensor (``torch.load(...,
-  weights_only=True)``; torch is imported only for these).
+  weights_only=True)``; torch is imported only for these),
+* a store written by :func:`repsim.extract` (a Zarr folder or its ``.npz``), whose layers
+  come in the captured order and whose ``example_id`` two inputs must agree on: a
+  different set or order is refused, naming the first mismatch; ``--align ids`` compares
+  the examples both hold, in A's order.
 
 Layers keep the writer's order where the file stores one, else they are sorted naturally
 (``layer2`` before ``layer10``) with a warning where that is a guess (see
@@ -47,6 +51,7 @@ from ._io import atomic_write, progress as _progress, remove_stale_temporaries
 from ._cli_checks import (check_layers, check_options, check_outputs, checked, parse_options,
                           plot_format, select)
 from ._readers import InputError, Source, available_memory, check_fits, display, q
+from .store import RowSubset, match_examples, open_source
 
 _EPILOG = """\
 contract:
@@ -114,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer-a", action="append", metavar="NAME",
                    help="one layer of A, exactly as named (repeatable; any characters)")
     p.add_argument("--layer-b", action="append", metavar="NAME", help="the same for B")
+    p.add_argument("--align", choices=("strict", "ids"), default="strict",
+                   help="two stores with example ids: 'strict' (default) refuses a different "
+                        "set or order; 'ids' compares the shared examples in A's order")
     p.add_argument("--batch-size", type=int, default=256,
                    help="examples per batch (minibatch_cka; default 256)")
     p.add_argument("--out", default="repsim_result.nc",
@@ -296,12 +304,13 @@ def run(args):
     if args.measure == "minibatch_cka" and args.batch_size < 4:
         raise InputError(f"--batch-size must be at least 4 for minibatch_cka; got {args.batch_size}")
     fmt = plot_format(args.plot) if args.plot else None
-    sources = [Source(args.a)]
+    sources = [open_source(args.a)]
     if args.b is not None:
-        sources.append(Source(args.b))
+        sources.append(open_source(args.b))
+    check_outputs(args.out, args.plot, sources)
+    sources, id_info = _match_ids(sources, args.align)
     src_a = sources[0]
     src_b = sources[1] if len(sources) > 1 else None
-    check_outputs(args.out, args.plot, sources)
     names_a = select(src_a, args.layers_a, args.layer_a, "a")
     explicit_b = args.layers_b is not None or bool(args.layer_b)
     names_b = select(src_b or src_a, args.layers_b, args.layer_b, "b")
@@ -351,6 +360,7 @@ def run(args):
         except InputError as err:
             where = src_a.label + (f" and {src_b.label}" if src_b not in (None, src_a) else "")
             raise InputError(f"comparing {where}: {err}") from None
+    result.attrs.update(id_info)
     result.attrs["source_a"] = display(os.path.abspath(args.a))
     result.attrs["source_b"] = display(os.path.abspath(args.b)) if args.b else "none"
     result.attrs["layer_order_a"] = src_a.order
@@ -364,6 +374,24 @@ def run(args):
     for src in sources:
         src.close()
     return result
+
+
+def _match_ids(sources, align):
+    """Two inputs with example ids: checked (or matched, ``align="ids"``) by
+    :func:`repsim.store.match_examples`; an input without ids passes as it is."""
+    ids = [getattr(s, "example_ids", None) for s in sources]
+    if len(sources) < 2 or ids[0] is None or ids[1] is None:
+        if align == "ids":
+            raise InputError("--align ids needs two inputs with example ids (stores written "
+                             "by repsim.extract)")
+        return sources, {}
+    try:
+        index_a, index_b, info = match_examples(*ids, align=align,
+                                                labels=(sources[0].label, sources[1].label),
+                                                hint="--align ids")
+    except ValueError as err:
+        raise InputError(str(err)) from None
+    return [s if i is None else RowSubset(s, i) for s, i in zip(sources, (index_a, index_b))], info
 
 
 def main(argv=None) -> int:

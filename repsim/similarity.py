@@ -21,6 +21,7 @@ from . import _registry as R
 from . import _validation as V
 from ._io import progress as _progress
 from .results import similarity_array
+from .store import resolve_inputs
 
 __all__ = ["compare", "measure", "measure_names", "similarity_matrix"]
 
@@ -149,7 +150,7 @@ def _netcdf_value(value):
 
 
 def similarity_matrix(layers_a, layers_b=None, *, measure: str = "cka_linear",
-                      progress: bool = True, **options):
+                      progress: bool = True, align: str = "strict", **options):
     """A registered measure between every pair of layers, as a labelled matrix.
 
     Each layer is prepared once (its centred gram, k-NN lists, RDM, SVD basis or
@@ -161,14 +162,22 @@ def similarity_matrix(layers_a, layers_b=None, *, measure: str = "cka_linear",
 
     Parameters
     ----------
-    layers_a : sequence or dict name -> array, each (n, ...)
-        Representations of the same ``n`` examples (one library, one device).
-    layers_b : sequence or dict, optional
-        Another model's layers; None compares ``layers_a`` with itself.
+    layers_a : sequence or dict name -> array, each (n, ...), or xarray.Dataset
+        Representations of the same ``n`` examples (one library, one device), or a store
+        from :func:`repsim.open_activations` (its layers in the captured order, each read
+        once, only the rows compared).
+    layers_b : sequence, dict or xarray.Dataset, optional
+        Another model's layers; None compares ``layers_a`` with itself. Two stores must
+        hold the same ``example_id`` in the same order (see ``align``).
     measure : str, default "cka_linear"
         Any name :func:`measure` accepts.
     progress : bool, default True
         Show progress (layers prepared, pairs computed) on stderr.
+    align : {"strict", "ids"}, default "strict"
+        Two sides with ``example_id`` (stores): ``"strict"`` refuses a different set or
+        order of ids, naming the first mismatch and the counts; ``"ids"`` compares the ids
+        both hold, in ``layers_a``'s order, and records ``examples_dropped_a`` /
+        ``examples_dropped_b`` in the attrs (:func:`repsim.store.match_examples`).
     **options
         Options of the measure's function, over its presets (see :func:`compare`).
 
@@ -199,6 +208,7 @@ def similarity_matrix(layers_a, layers_b=None, *, measure: str = "cka_linear",
     m = R.resolve(measure)
     opts = m.bind(options)
     V.Flag()(progress, "progress")
+    layers_a, layers_b, id_attrs = resolve_inputs(layers_a, layers_b, align)
     names_a, arrays_a = _layers(layers_a, "layers_a")
     same = layers_b is None
     names_b, arrays_b = (names_a, arrays_a) if same else _layers(layers_b, "layers_b")
@@ -223,7 +233,7 @@ def similarity_matrix(layers_a, layers_b=None, *, measure: str = "cka_linear",
         "measure": m.name, "function": m.function,
         "similarity_repository": m.repository_id or "none",
         "options": ", ".join(f"{k}={v!r}" for k, v in opts.items()),
-        "symmetric": bool(symmetric), "n": n, "repsim_version": __version__,
+        "symmetric": bool(symmetric), "n": n, "repsim_version": __version__, **id_attrs,
     }
     for key, value in opts.items():
         attrs.setdefault(key, _netcdf_value(value))

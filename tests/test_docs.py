@@ -246,6 +246,7 @@ def test_gallery_page_renders_its_figure(browser):
 
 
 @pytest.mark.parametrize("page", ["user_guide/getting_started", "user_guide/choosing",
+                                  "user_guide/store",
                                   "user_guide/hooks", "user_guide/faq", "guide/uncertainty"])
 def test_user_guide_examples_print_what_the_page_says(page):
     """The ``>>>`` examples of these pages are doctests: their numbers stay true."""
