@@ -92,6 +92,10 @@ def test_cifar10_data_path(tmp_path):
     assert data["x_train"].shape == (100, 3, 16, 16) and data["x_eval"].shape == (12, 3, 16, 16)
     np.testing.assert_allclose(data["x_train"].mean(axis=(0, 2, 3)), 0, atol=1e-4)
     assert data["classes"][0] == "airplane"
+    assert data["x_out"].shape == data["x_eval"].shape  # no n_outputs: the analysed images
+    more = load_data(dict(cfg, n_outputs=16), progress=False)  # the output images begin with the analysed ones
+    assert more["x_out"].shape == (16, 3, 16, 16) and np.array_equal(more["x_out"][:12], data["x_eval"])
+    assert np.array_equal(more["y_out"][:12], data["y_eval"]) and np.array_equal(more["x_eval"], data["x_eval"])
 
 
 def test_block_options_are_the_same_for_every_layer_count():
