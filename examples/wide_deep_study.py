@@ -36,6 +36,7 @@ Usage
 
     python examples/wide_deep_study.py                      # default: sklearn digits, <= 10 min on 2 cores
     python examples/wide_deep_study.py --smoke --out /tmp/s # every stage on tiny models, seconds
+    python examples/wide_deep_study.py --from-summary docs/study/cifar10_cpu  # claims and report, no models
     python examples/wide_deep_study.py --dataset cifar10 --data-dir ../shared/data/cifar-10-batches-py \\
         --config examples/wide_deep_configs/cifar10_cpu.json
 
@@ -68,13 +69,19 @@ except ImportError:  # pragma: no cover
     import repsim
 
 from repsim.results import atomic_write  # noqa: E402
-from wide_deep.analyse import block_options, cross_one, cross_pairs, extract_one  # noqa: E402
-from wide_deep.claims import findings  # noqa: E402
+from wide_deep.analyse import (  # noqa: E402
+    block_options, cross_one, cross_pairs, extract_one, outputs_one, write_extracts,
+)
+from wide_deep.claims import findings, headline, verdicts_by_threshold  # noqa: E402
 from wide_deep.config import build_config, deviations, model_specs, parse_args  # noqa: E402
 from wide_deep.report import console_lines, make_figures, write_report  # noqa: E402
 from wide_deep.summaries import (  # noqa: E402
-    arch_pair_summary, model_summary, output_summary, seed_aggregates, seed_pair_summary,
+    arch_pair_summary, block_window, model_summary, output_summary, seed_aggregates, seed_pair_summary,
 )
+
+#: The layout of summary.json: 2 since issue 24 (headline, verdicts by fit threshold, C4
+#: controls, C5 with models as units; the extracts beside it).
+SCHEMA = 2
 from wide_deep.train import load_data, train_one  # noqa: E402
 
 
@@ -135,10 +142,42 @@ def data_text(cfg, data) -> str:
             f"training fraction), {n_eval} test images (seeded subset)")
 
 
+def from_summary(folder: Path) -> int:
+    """Rewrite ``folder/summary.json``'s seed statistics, headline, claims and verdicts by
+    fit threshold, and ``folder/report.md``, from the stored summary alone: no data, no
+    models, no training; the figures stay as they are. The run's own config (stored in the
+    summary) decides; ``calibrated_on`` is taken from the config file its command names
+    when the summary predates it."""
+    summary = json.loads((folder / "summary.json").read_text())
+    cfg = dict(summary["config"])
+    if "calibrated_on" not in cfg:
+        words = summary.get("command", "").split()
+        path = Path(words[words.index("--config") + 1]) if "--config" in words else None
+        cfg["calibrated_on"] = (json.loads(path.read_text()).get("calibrated_on", [])
+                                if path is not None and path.is_file() else [])
+    summary["config"] = cfg
+    summary["deviations"] = deviations(cfg)
+    summary["seed_aggregates"] = seed_aggregates(summary["models"], cfg["level"])
+    summary["headline"] = headline(summary, cfg)
+    summary["findings"] = findings(summary, cfg)
+    summary["verdicts_by_fit_threshold"] = verdicts_by_threshold(summary, cfg)
+    summary["regenerated_from_summary"] = (f"statistics, claims and report rewritten from this summary by "
+                                           f"--from-summary (repsim {repsim.__version__}); numbers of the run "
+                                           "itself unchanged")
+    write_text(folder / "summary.json", _json(summary))
+    write_text(folder / "report.md", write_report(summary, summary.get("figures", {}), cfg, folder))
+    log(f"report: {folder / 'report.md'} (from {folder / 'summary.json'})")
+    for line in console_lines(summary):
+        print("  " + line, flush=True)
+    return 0
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # --- configuration: every setting is checked here, before any model trains
     args = parse_args(argv)
+    if args.from_summary is not None:
+        return from_summary(args.from_summary)
     cfg = build_config(args)
     default_out = "wide_deep_smoke" if args.smoke else (
         "wide_deep" if cfg["dataset"] == "digits" else f"wide_deep_{cfg['dataset']}")
@@ -174,33 +213,44 @@ def main(argv=None) -> int:
     extracts = {s["id"]: extract_one(s, models[s["id"]], metas[s["id"]], data, cfg, out, device, log)
                 for s in specs}
 
-    # --- 6. cross-model CKA: seeds of one architecture, and architectures
-    crosses = {(a["id"], b["id"], kind): cross_one(a, b, kind, models, cfg, data, out, device, log)
-               for a, b, kind in cross_pairs(specs)}
-
-    # --- 7. summaries: per model, seeds, architectures, outputs
     entries = {s["id"]: model_summary(s, metas[s["id"]], extracts[s["id"]], cfg) for s in specs}
+    outputs = {s["id"]: outputs_one(s, models[s["id"]], data, cfg, out, device) for s in specs}
+
+    # --- 6. cross-model CKA: seeds of one architecture, architectures, and every model
+    #        with a block against each other architecture
+    block_ids = {i for i, e in entries.items() if e["block"] is not None and e["fits"]}
+    crosses = {(a["id"], b["id"], kind): cross_one(a, b, kind, models, cfg, data, out, device, log)
+               for a, b, kind in cross_pairs(specs, block_ids)}
+
+    # --- 7. summaries: per model, seeds, architectures (block-free ones at the blocks'
+    #        relative depth: the controls), outputs with models as units
     by_id = {s["id"]: s for s in specs}
+    window = block_window(entries.values())
     any_extract = next(iter(extracts.values()))
     summary = {
-        "dataset": cfg["dataset"], "data": data_text(cfg, data), "n_eval": int(len(data["y_eval"])),
+        "schema": SCHEMA, "dataset": cfg["dataset"], "data": data_text(cfg, data),
+        "n_eval": int(len(data["y_eval"])), "n_outputs": int(len(data["y_out"])),
         "command": portable_command(argv), "config": cfg, "deviations": deviations(cfg),
         "layers": cfg["layers"], "block_rule": repsim.find_block(
             any_extract["cka"], **block_options(cfg, any_extract["cka"].shape[0])).attrs["rule"],
-        "torch_threads": threads, "models": list(entries.values()),
-        "cross_seed": [seed_pair_summary(by_id[a], by_id[b], res, entries, cfg["edge_layers"])
+        "torch_threads": threads, "models": list(entries.values()), "control_window": window,
+        "cross_seed": [seed_pair_summary(by_id[a], by_id[b], res, entries, cfg["edge_layers"], window)
                        for (a, b, kind), res in crosses.items() if kind == "seeds"],
-        "cross_architecture": [arch_pair_summary(a, b, res, entries, cfg["edge_layers"])
+        "cross_architecture": [arch_pair_summary(a, b, res, entries, cfg["edge_layers"], window)
                                for (a, b, kind), res in crosses.items() if kind == "architectures"],
-        "outputs": output_summary(list(entries.values()), extracts, data, cfg["level"]),
+        "outputs": output_summary(list(entries.values()), {i: o["logits"].values for i, o in outputs.items()},
+                                  data["y_out"], data["classes"], cfg["level"]),
         "train_seconds": round(sum(m["train_seconds"] for m in metas.values()), 1),
     }
     summary["seed_aggregates"] = seed_aggregates(summary["models"], cfg["level"])
     timed = [ds.attrs.get("seconds") for ds in extracts.values()] + [r.attrs.get("seconds") for r in crosses.values()]
     summary["analysis_seconds"] = round(float(sum(timed)), 1)
+    write_extracts(out / "extracts", extracts, crosses, outputs)
 
-    # --- 8. the claims, the figures and the report
+    # --- 8. the claims (continuous statistics first), the figures and the report
+    summary["headline"] = headline(summary, cfg)
     summary["findings"] = findings(summary, cfg)
+    summary["verdicts_by_fit_threshold"] = verdicts_by_threshold(summary, cfg)
     figs = make_figures(extracts, crosses, summary, out)
     summary["wall_seconds"] = round(time.perf_counter() - t_start, 1)
     summary["figures"] = figs

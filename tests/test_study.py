@@ -17,6 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 
 import wide_deep_study as study  # noqa: E402
+import repsim  # noqa: E402
+from wide_deep import claims as wd_claims  # noqa: E402
 from wide_deep import config as wd_config  # noqa: E402
 from wide_deep import train as wd_train  # noqa: E402
 from wide_deep.analyse import cross_pairs  # noqa: E402
@@ -78,14 +80,26 @@ def test_smoke_writes_every_stage(smoke_run, capsys):
     keys = {f["key"] for f in summary["findings"]}
     assert keys >= {"block_deep_not_small", "c1_size_with_depth", "c2_less_data", "c3_pc1_inside", "c3_pc1_removal",
                     "c4_seeds", "c4_architectures", "c5_wide_deep", "follow_up"}
-    assert {f["met"] for f in summary["findings"]} <= {"met", "not met", "not testable"}
+    assert {f["met"] for f in summary["findings"]} <= set(wd_claims.VERDICTS)
     report = (out / "report.md").read_text()
-    assert "## Claims and pre-declared criteria" in report and "measurement noise" in report
+    assert "## Binary verdicts and their criteria" in report and "measurement noise" in report
+    assert summary["schema"] == 2 and summary["headline"] and "## Headline: continuous statistics" in report
+    assert [r["setting"] for r in summary["verdicts_by_fit_threshold"]][-1] == "every trained seed"
+    # the reviewable extracts: every model's matrices and predictions, every cross result, float32
+    for spec in specs:
+        small = repsim.load_result(out / "extracts" / f"{spec['id']}.nc")
+        full = repsim.load_result(out / "extract" / f"{spec['id']}.nc")
+        assert small["cka"].dtype == np.float32 and "cka_jackknife" not in small and "pc1_scores" not in small
+        np.testing.assert_allclose(small["cka"].values, full["cka"].values, atol=1e-6)
+        assert small.sizes["output_example"] == summary["n_outputs"]
+        assert (out / "outputs" / f"{spec['id']}.nc").is_file()
+    assert len(list((out / "extracts" / "cross").glob("*.nc"))) == len(list((out / "cross").glob("*.nc")))
     for m in summary["models"]:  # each model's training budget is in its row
         assert f"| {m['id']} | {m['n_train']:,} / {m['steps']:,} | {m['train_accuracy']:.3f} |" in report
     for fig in summary["figures"].values():
         assert (out / fig).stat().st_size > 1000 and fig in report
-    assert len(list((out / "cross").glob("*.nc"))) == len(cross_pairs(specs))
+    with_block = {m["id"] for m in summary["models"] if m["block"] is not None and m["fits"]}
+    assert len(list((out / "cross").glob("*.nc"))) == len(cross_pairs(specs, with_block))
 
 
 def test_log_is_one_line_per_model_and_stage_without_escape_codes(tmp_path, capsys):
@@ -297,3 +311,26 @@ def test_portable_command_leaves_no_machine_paths(tmp_path, monkeypatch):
     assert study.portable_command(["s.py", "--config=/elsewhere/x/cpu.json", "--out=/o"]) == (
         "s.py --config PATH/cpu.json")
     assert study.portable_command(["s.py", "--config", "examples/c.json"]) == "s.py --config examples/c.json"
+
+
+def test_from_summary_rewrites_the_committed_cpu_report_without_models(tmp_path, capsys):
+    """The CPU reproduction's claims and report come back from its summary.json alone, with
+    the labels of issue 24 (its models are not in git)."""
+    run = tmp_path / "cifar10_cpu"
+    shutil.copytree(ROOT / "docs" / "study" / "cifar10_cpu", run)
+    stored = json.loads((run / "summary.json").read_text())
+    assert study.main(["--from-summary", str(run)]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    verdicts = {f["key"]: f["met"] for f in summary["findings"]}
+    assert verdicts["block_deep_not_small"] == "met" and verdicts["c1_size_with_depth"] == "emerges"
+    assert verdicts["c1_size_with_width"] == "not reached" and verdicts["c5_wide_deep"] == "underpowered"
+    assert verdicts["c4_seeds"] == "incomplete" and verdicts["c3_pc1_removal"] == "not met"
+    assert summary["models"] == stored["models"] and summary["figures"] == stored["figures"]  # the run's numbers
+    report = (run / "report.md").read_text()
+    assert "p = 0.10 (the smallest p 2 + 3 models can give: 0.10)" in report
+    assert "exact one-sided permutation p = 0.05 (20 splits" in report and "Welch two-sided p = 0.03" in report
+    assert "2,500 steps on 3,120 images" in report and "p = 0\n" not in report and ", p = 0;" not in report
+    assert "near in-sample" in report
+    # idempotent: a second rewrite gives the same summary
+    assert study.main(["--from-summary", str(run)]) == 0
+    assert json.loads((run / "summary.json").read_text()) == summary

@@ -5,8 +5,8 @@ Run from the repository root on study run folders (a ``--out`` folder of
 
     .venv/bin/python docs/scripts/rerun_block_rule.py docs/study/cifar10_cpu runs/wide_deep
 
-For every model whose layer x layer CKA matrix is stored (``extract/<model>.nc``, variable
-``cka``) it prints the verdict of the rule of issue 12 (pair-summed segmentation cost, penalty
+For every model whose layer x layer CKA matrix is stored (``extract/<model>.nc`` of a run's
+cache, or the committed ``extracts/<model>.nc``, variable ``cka``) it prints the verdict of the rule of issue 12 (pair-summed segmentation cost, penalty
 3 per 54 layers scaled by (L/54)^2, the largest-contrast run of >= min_size layers taken first
 and then tested) next to :func:`repsim.find_block` with the run's declared thresholds and the
 current defaults for the rest, and whether it changed. Where only ``summary.json`` is
@@ -81,7 +81,8 @@ def rerun(folder: Path) -> list[str]:
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     cfg = summary.get("config", {})
     stored = {m["id"]: m for m in summary.get("models", [])}
-    extracts = sorted((folder / "extract").glob("*.nc")) if (folder / "extract").is_dir() else []
+    extracts = (sorted((folder / "extract").glob("*.nc")) if (folder / "extract").is_dir() else []) or (
+        sorted((folder / "extracts").glob("*.nc")) if (folder / "extracts").is_dir() else [])  # committed ones
     lines = [f"## {folder}"]
     if extracts:
         lines.append("| model | L | stored verdict | issue-12 rule | current rule | changed |")

@@ -17,7 +17,7 @@ import numpy as np
 
 import repsim
 
-from .config import analysis_settings
+from .config import analysis_settings, outputs_settings
 from .train import predict
 
 def layer_names(model, cfg) -> list[str]:
@@ -244,9 +244,11 @@ def cross_one(a, b, kind, models, cfg, data, out: Path, device, log=None):
     return repsim.load_result(path)
 
 
-def cross_pairs(specs) -> list[tuple[dict, dict, str]]:
-    """Pairs for the cross-model analyses: every two seeds of one architecture, and the
-    lowest seeds of every two architectures trained on the main training fraction."""
+def cross_pairs(specs, block_ids=()) -> list[tuple[dict, dict, str]]:
+    """Pairs for the cross-model analyses: every two seeds of one architecture, the lowest
+    seeds of every two architectures trained on the main training fraction, and every
+    model in ``block_ids`` (those with a declared block) against the lowest seed of each
+    other architecture on that fraction (C4 counted over every seed with a block)."""
     pairs, by_arch = [], {}
     for s in specs:
         by_arch.setdefault((s["depth"], s["width"], s["train_fraction"]), []).append(s)
@@ -260,7 +262,61 @@ def cross_pairs(specs) -> list[tuple[dict, dict, str]]:
             first.setdefault((s["depth"], s["width"]), s)
     base = sorted(first)
     pairs += [(first[p], first[q], "architectures") for i, p in enumerate(base) for q in base[i + 1:]]
+    seen = {(a["id"], b["id"]) for a, b, _ in pairs}
+    for s in specs:
+        if s["id"] not in block_ids or s["train_fraction"] != top or first[(s["depth"], s["width"])] is s:
+            continue
+        for arch in base:
+            other = first[arch]
+            if arch == (s["depth"], s["width"]):
+                continue
+            a, b = sorted((s, other), key=lambda x: (x["depth"], x["width"]))  # the shallower model first
+            if (a["id"], b["id"]) not in seen:
+                pairs.append((a, b, "architectures"))
+                seen.add((a["id"], b["id"]))
     return pairs
+
+
+def outputs_one(spec, model, data, cfg, out: Path, device):
+    """Logits of one model on the output images (``n_outputs``), cached as
+    ``outputs/<id>.nc`` apart from the CKA extract, so that more test images for C5 never
+    recompute the CKA."""
+    import xarray as xr
+
+    path = out / "outputs" / f"{spec['id']}.nc"
+    settings = outputs_settings(cfg, spec)
+    ds = cached(path, settings)
+    if ds is not None:
+        return ds
+    ds = xr.Dataset({"logits": (("example", "class"), predict(model, data["x_out"], device)),
+                     "labels": ("example", data["y_out"])}, coords={"class": data["classes"]})
+    save(ds, path, {"model": spec["id"], "settings": json.dumps(settings, sort_keys=True),
+                    "repsim_version": repsim.__version__})
+    return repsim.load_result(path)
+
+
+def write_extracts(folder: Path, extracts, crosses, outputs) -> None:
+    """The run's reviewable extracts, small enough for git (a few MB), under ``folder``:
+    per model ``<id>.nc`` (the CKA matrices plain, without PC1 and without the dominant
+    examples, the CKA's standard error, the PC1 share per layer, the dominant examples'
+    indices at the block's middle layer, predicted classes and labels on the output
+    images) and ``cross/<a>__<b>.nc`` (cross-model CKA). Float32; no weights, no jackknife
+    replicates, no PC scores. ``docs/scripts/rerun_block_rule.py`` and the claims read them."""
+    import xarray as xr
+
+    for mid, ds in extracts.items():
+        o = outputs[mid]
+        small = xr.Dataset(
+            {**{k: ds[k].astype(np.float32) for k in ("cka", "cka_stderr", "cka_no_pc1", "cka_no_dominant",
+                                                      "pc1_share")},
+             "predicted": ("output_example", o["logits"].values.argmax(1).astype(np.int8)),
+             "labels": ("output_example", o["labels"].values.astype(np.int8))},
+            attrs={k: v for k, v in ds.attrs.items() if k != "settings"})
+        repsim.save_result(small, folder / f"{mid}.nc")
+    for (a, b, kind), res in crosses.items():
+        small = xr.Dataset({"cka": res["cka"].astype(np.float32)},
+                           attrs={k: v for k, v in res.attrs.items() if k != "settings"})
+        repsim.save_result(small, folder / "cross" / f"{a}__{b}.nc")
 
 
 def main_fraction(items) -> float:

@@ -19,6 +19,7 @@ DEFAULT_CONFIG = {
     "split_seed": 0,
     "image_size": None,  # CIFAR-10: 32, or 16 (2x2 average pooling); digits stay 8x8
     "n_eval": 1000,  # held-out images for the analyses
+    "n_outputs": None,  # test images for the output analyses (C5); None: the n_eval images
     "grids": [  # three seeds of the smallest and the largest model
         {"depths": [20, 110], "widths": [1], "seeds": [0, 1, 2], "train_fractions": [1.0]},
     ],
@@ -33,6 +34,9 @@ DEFAULT_CONFIG = {
     "crop_padding": 4,
     "min_steps": 0,  # reduced-data models train at least this many steps (epochs scaled up)
     "fit_threshold": 0.99,  # train accuracy below this: marked, excluded from verdicts
+    # model ids the declared block thresholds were calibrated on (pilot runs of the same
+    # recipe): the report calls them near in-sample and the other seeds out-of-sample
+    "calibrated_on": [],
     "cka_batch_size": 250,
     "passes": 4,
     "layers": "relu",  # repsim.models.layer_names kind: "all", "relu" or "blocks"
@@ -109,7 +113,7 @@ ANALYSIS_KEYS = ("n_eval", "cka_batch_size", "passes", "layers", "dominant_fract
                  "control_passes", "cross_passes", "interval_groups", "level", "block_penalty",
                  "block_min_inside", "block_min_contrast", "block_min_size", "block_min_share",
                  "block_neighbours")
-FLAG_KEYS = ("dataset", "epochs", "batch_size", "lr", "image_size", "n_eval", "passes", "cross_passes",
+FLAG_KEYS = ("dataset", "epochs", "batch_size", "lr", "image_size", "n_eval", "n_outputs", "passes", "cross_passes",
              "min_steps", "cka_batch_size", "threads", "device", "layers")
 
 
@@ -134,6 +138,10 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float)
     p.add_argument("--image-size", type=int, choices=[16, 32])
     p.add_argument("--n-eval", type=int)
+    p.add_argument("--n-outputs", type=int, help="test images for the output analyses (C5; CIFAR-10: up to 10000)")
+    p.add_argument("--from-summary", type=Path, metavar="DIR",
+                   help="rewrite DIR/summary.json's statistics and claims and DIR/report.md from DIR/summary.json "
+                        "alone (no data, models or training; figures are kept)")
     p.add_argument("--passes", type=int, help="shuffled passes for minibatch CKA (paper: 10)")
     p.add_argument("--cross-passes", type=int, help="shuffled passes for cross-model CKA")
     p.add_argument("--min-steps", type=int, help="reduced-data models train at least this many steps")
@@ -216,6 +224,14 @@ def check_config(cfg) -> None:
     _int(cfg, "n_eval", 8, " (two CKA batches of at least 4 held-out images)")
     if cfg["threads"] is not None:
         _int(cfg, "threads", 1)
+    if cfg["n_outputs"] is not None:
+        top = cfg["digits_test_size"] if cfg["dataset"] == "digits" else 10000
+        _int(cfg, "n_outputs", min(cfg["n_eval"], top), " (the output images include the analysed ones)")
+        if cfg["n_outputs"] > top:
+            raise SystemExit(f"n_outputs must be at most {top} (the {cfg['dataset']} test images); "
+                             f"got {cfg['n_outputs']!r}")
+    if not isinstance(cfg["calibrated_on"], list) or not all(isinstance(v, str) for v in cfg["calibrated_on"]):
+        raise SystemExit(f"calibrated_on must be a list of model ids; got {cfg['calibrated_on']!r}")
     for key, low, high in (("lr", 1e-12, 100.0), ("momentum", 0.0, 1.0), ("weight_decay", 0.0, 1.0),
                            ("warmup_fraction", 0.0, 1.0), ("fit_threshold", 0.0, 1.0), ("level", 0.5, 0.999),
                            ("block_min_inside", -1.0, 1.0),
@@ -324,7 +340,8 @@ def deviations(cfg) -> str:
         out.append("Nesterov momentum")
     if cfg["warmup_fraction"]:
         out.append(f"linear warm-up over {cfg['warmup_fraction']:.0%} of the steps")
-    out.append(f"{cfg['epochs']} epochs" + (f" (at least {cfg['min_steps']} steps)" if cfg["min_steps"] else ""))
+    out.append(f"{cfg['epochs']} epochs" + (f" or {cfg['min_steps']} steps, whichever is more (the steps and "
+                                            "images of each model are in its row)" if cfg["min_steps"] else ""))
     for grid in cfg["grids"]:
         if "epochs" in grid:
             out.append(f"{grid['epochs']} epochs for depth {'/'.join(map(str, grid['depths']))} on training fraction "
@@ -336,3 +353,9 @@ def deviations(cfg) -> str:
     if cfg["amp"]:
         out.append("bf16 autocast training")
     return "; ".join(out)
+
+
+def outputs_settings(cfg, spec) -> dict:
+    """The settings a model's output-analysis predictions depend on."""
+    return {"train": train_settings(cfg, spec), "n_outputs": cfg["n_outputs"] or cfg["n_eval"],
+            "split_seed": cfg["split_seed"]}

@@ -13,7 +13,7 @@ import numpy as np
 
 import repsim
 
-from .claims import _fmt, _iv
+from .claims import _fmt, _iv, _p, headline_lines
 from .summaries import SEED_METRICS
 
 
@@ -199,6 +199,23 @@ def _size_text(cfg) -> str:
             f"(min_size {cfg['block_min_size']}, min_share {cfg['block_min_share']})")
 
 
+def _steps_text(models, cfg) -> str:
+    """The training length as run: SGD steps per model (with the images and the epochs they
+    make), not the config's nominal epochs, which ``min_steps`` and sub-grids override."""
+    runs = sorted({(m["steps"], m["n_train"]) for m in models}, key=lambda r: r[1])
+    return "; ".join(f"{s:,} steps on {n:,} images (about {s * cfg['batch_size'] / n:.0f} epochs)" for s, n in runs)
+
+
+def _compare_text(c) -> str:
+    """One Welch comparison over seeds, with the exact permutation p beside it; "undefined"
+    where neither side varies (never p = 0)."""
+    perm = c.get("permutation")
+    exact = "" if perm is None else f", exact p = {_p(perm['p'])} (smallest possible {_p(perm['min_p'])})"
+    if c.get("p") is None:
+        return f"{_fmt(c['difference'])}, Welch undefined (no spread on either side){exact}"
+    return f"{_fmt(c['difference'])} [{_fmt(c['ci'][0])}, {_fmt(c['ci'][1])}], p = {_fmt(c['p'], '.3g')}{exact}"
+
+
 def write_report(summary, figs, cfg, out: Path) -> str:
     """``report.md``: set-up with every declared deviation, claims with criteria and numbers,
     the models, seeds, cross-model and output tables. Returns the text."""
@@ -208,10 +225,11 @@ def write_report(summary, figs, cfg, out: Path) -> str:
          "findings are counted over seeds. Intervals in brackets beside CKA statistics are 90% delete-a-group "
          "jackknife intervals over batch groups (`repsim.jackknife_interval`): **measurement noise on these fixed "
          "held-out images**, not training randomness; comparisons over seeds use Welch t tests "
-         "(`repsim.compare_seeds`).\n", "## Set-up\n", f"- data: {summary['data']}"]
+         "(`repsim.compare_seeds`) and exact permutation tests over the seed labels.\n", "## Set-up\n",
+         f"- data: {summary['data']}"]
     L.append(f"- training: SGD (momentum {cfg['momentum']}, Nesterov {cfg['nesterov']}), peak lr {cfg['lr']}, "
              f"linear warm-up over {cfg['warmup_fraction']:.0%} of the steps then cosine, weight decay "
-             f"{cfg['weight_decay']}, batch {cfg['batch_size']}, {cfg['epochs']} epochs"
+             f"{cfg['weight_decay']}, batch {cfg['batch_size']}, " + _steps_text(summary["models"], cfg)
              + (", crop + flip" if cfg["augment"] and cfg["dataset"] != "digits" else ", no augmentation"))
     L.append(f"- deviations from the paper's recipe (declared): {summary['deviations']}")
     L.append(f"- fit threshold: train accuracy >= {cfg['fit_threshold']}; models below it are marked and excluded "
@@ -227,12 +245,44 @@ def write_report(summary, figs, cfg, out: Path) -> str:
              "min_contrast +-0.1 (27 settings) for every model. The PC1 view (`repsim.pc1_runs`, share > "
              f"{cfg['pc1_threshold']}) is reported beside it. The previous rule (`repsim.block_structure`) finds "
              "stage structure; its count is in the table for comparison.")
+    if summary.get("regenerated_from_summary"):
+        L.append(f"- this report: {summary['regenerated_from_summary']}")
     L.append(f"- wall time of this invocation: {summary['wall_seconds']:.0f} s ({summary['torch_threads']} torch "
              f"thread(s); cached stages are loaded, not recomputed); training {summary['train_seconds']:.0f} s in all\n")
-    L.append("## Claims and pre-declared criteria\n")
+    if summary.get("headline"):
+        L.append("## Headline: continuous statistics over seeds\n")
+        L.append("The deepest against the smallest architecture, every seed a unit. Exact permutation tests list "
+                 "the smallest p-value their design can give: with three seeds against three it is 0.05, with two "
+                 "against three 0.10.\n")
+        L += [f"- {line}" for line in headline_lines(summary["headline"])]
+        L.append("")
+    L.append("## Binary verdicts and their criteria\n")
+    L.append("Second to the statistics above: with two or three seeds per architecture a yes/no count is weak "
+             "evidence. The criteria are those fixed before the run (issue 12) as worded by issue 24, which added "
+             "the exact tests, the block-free controls of C4, models as units in C5 and the labels 'emerges', "
+             "'not reached', 'incomplete' and 'underpowered'; the rewording changes labels, not numbers.\n")
     for f in summary["findings"]:
         L.append(f"- **{f['met']}** -- {f['claim']} Criterion: {f['criterion']}. {f['evidence']}")
     L.append("")
+    calibrated = [i for i in cfg.get("calibrated_on", []) if i in {m["id"] for m in summary["models"]}]
+    if calibrated:
+        L.append(f"**In-sample calibration.** The declared block thresholds were placed between pilot runs of the "
+                 f"same recipe and seed as {', '.join(calibrated)}, so those models are near in-sample for the rule; "
+                 "the other seeds ("
+                 + (", ".join(m["id"] for m in summary["models"] if m["block"] is not None and m["id"] not in
+                              calibrated) or "none with a block")
+                 + " among the models with a block) are its out-of-sample confirmations.\n")
+    rows = summary.get("verdicts_by_fit_threshold")
+    if rows:
+        keys = list(rows[0]["verdicts"])
+        L.append("**The verdicts at other fit thresholds.** The run's threshold was "
+                 f"{cfg['fit_threshold']}; the library default and the digits run use 0.99; the last row counts "
+                 "every trained seed, fitted or not.\n")
+        L.append("| setting | models | " + " | ".join(k.replace("_", " ") for k in keys) + " |")
+        L.append("|---|---|" + "---|" * len(keys))
+        for r in rows:
+            L.append(f"| {r['setting']} | {r['n_models']} | " + " | ".join(r["verdicts"][k] for k in keys) + " |")
+        L.append("")
     L.append("## Models\n")
     L.append("| model | training images / steps | train acc | fits | test acc | PC1 max | declared block | inside "
              "| local contrast [jackknife] | PC1 in / out | PC1-dominated | after PC1 removal: inside / contrast "
@@ -274,9 +324,8 @@ def write_report(summary, figs, cfg, out: Path) -> str:
                 f"{_fmt(a[k]['mean'])} ± {_fmt(a[k]['std'])} ({', '.join(_fmt(v) for v in a[k]['values'])})"
                 for k in keys) + " |")
         for c in aggs["comparisons"]:
-            L.append(f"\n{c['a']} − {c['b']} (Welch over seeds, 90%): " + "; ".join(
-                f"{k.replace('_', ' ')} {_fmt(c[k]['difference'])} [{_fmt(c[k]['ci'][0])}, {_fmt(c[k]['ci'][1])}], "
-                f"p = {_fmt(c[k]['p'], '.3g')}" for k in keys if c.get(k)))
+            L.append(f"\n{c['a']} − {c['b']} (Welch over seeds, 90%; exact two-sided permutation p over seed "
+                     "labels): " + "; ".join(f"{k.replace('_', ' ')} {_compare_text(c[k])}" for k in keys if c.get(k)))
         L.append("")
     if summary["cross_seed"]:
         L.append("## Across seeds\n")
@@ -307,15 +356,21 @@ def write_report(summary, figs, cfg, out: Path) -> str:
         L.append(f"- accuracy-matched pair ({wd['rule']}): {wd['wide']} (acc {wd['accuracy_wide']:.3f}) vs "
                  f"{wd['deep']} (acc {wd['accuracy_deep']:.3f}); disagreement {wd['disagreement']:.3f}; overall "
                  f"McNemar p = {wd['overall_mcnemar_p']:.3g}; classes with Holm p < 0.05: "
-                 f"{wd['n_classes_significant']} of {len(wd['per_class'])}")
+                 f"{wd['n_classes_significant']} of {len(wd['per_class'])} (exact McNemar on the first seeds: a "
+                 "description of two models, not a test of two architectures; C5 above tests the architectures "
+                 "with models as units)")
     L.append("")
     L.append("## Figures\n")
     for key, path in figs.items():
         L.append(f"![{CAPTIONS[key]}]({path})\n\n*{CAPTIONS[key]}.*\n")
     L.append("## Reproduce\n")
     L.append(f"```\npython examples/wide_deep_study.py {summary['command']}\n```\n")
-    L.append("Outputs: `models/` (one netCDF record per model: weights, settings, metrics), `extract/` and "
-             "`cross/` (netCDF with provenance attrs), `summary.json`, `figures/`.")
+    L.append("Outputs: `models/` (one netCDF record per model: weights, settings, metrics), `extract/`, "
+             "`outputs/` and `cross/` (netCDF with provenance attrs; the cache), `extracts/` (the CKA matrices, "
+             "per-layer PC1 shares and predictions in float32, a few MB: committed beside the report so the rule "
+             "and the claims can be re-run without retraining), `summary.json`, `figures/`. "
+             "`python examples/wide_deep_study.py --from-summary DIR` rewrites the claims and this report from "
+             "`DIR/summary.json` alone.")
     return "\n".join(L) + "\n"
 
 

@@ -14,6 +14,7 @@ import numpy as np
 
 import repsim
 
+from . import exact
 from .analyse import block_options, declared_block, jackknife_view, main_fraction
 
 
@@ -125,22 +126,41 @@ def _core(n_layers, edge):
     return np.arange(edge, n_layers - edge) if n_layers > 2 * edge else np.arange(n_layers)
 
 
-def seed_pair_summary(a, b, res, entries, edge=3) -> dict:
-    """Corresponding-layer CKA between two seeds, inside vs outside seed a's declared block
-    (first and last ``edge`` layers excluded), with jackknife intervals."""
+def _positions(n_layers, edge, block, window):
+    """``(inside, rest, control)``: core layer positions inside the block (or, without a
+    block, inside the relative-depth ``window`` -- a control) and outside it; None when
+    there is neither or a side is empty."""
+    core = _core(n_layers, edge)
+    if block is not None:
+        span, control = np.arange(block["first"], block["last"] + 1), False
+    elif window is not None:
+        span, control = exact.window_layers(window, n_layers), True
+    else:
+        return None
+    inside = np.intersect1d(core, span)
+    rest = np.setdiff1d(core, inside)
+    return None if not inside.size or not rest.size else (inside, rest, control)
+
+
+def seed_pair_summary(a, b, res, entries, edge=3, window=None) -> dict:
+    """Corresponding-layer CKA between two seeds, inside vs outside the declared block
+    (seed a's, else seed b's; first and last ``edge`` layers excluded), with jackknife
+    intervals. Without a block in either seed and with a relative-depth ``window``
+    (:func:`exact.relative_window` of the run's blocks), the same statistics inside that
+    window: a block-free control (``control`` True)."""
     diag = np.diag(res["cka"].values)
     out = {"model_a": a["id"], "model_b": b["id"], "mean_corresponding_cka": finite(np.nanmean(diag)),
            "in_block_cka": None, "out_of_block_cka": None}
-    block = entries[a["id"]]["block"]
-    if block is None:
+    block = entries[a["id"]]["block"] or entries[b["id"]]["block"]
+    where = _positions(len(diag), edge, block, window)
+    if where is None:
         return out
-    core = _core(len(diag), edge)
-    inside = np.intersect1d(core, np.arange(block["first"], block["last"] + 1))
-    rest = np.setdiff1d(core, inside)
-    if not inside.size or not rest.size:
-        return out
+    inside, rest, control = where
     view = jackknife_view(res)
-    out.update(in_block_cka=finite(np.nanmean(diag[inside])), out_of_block_cka=finite(np.nanmean(diag[rest])))
+    out.update(in_block_cka=finite(np.nanmean(diag[inside])), out_of_block_cka=finite(np.nanmean(diag[rest])),
+               control=control)
+    if control:
+        out["window"] = list(window)
     out["intervals"] = {
         "in_block_cka": interval(view, lambda m: np.nanmean(np.diag(m)[inside])),
         "out_of_block_cka": interval(view, lambda m: np.nanmean(np.diag(m)[rest])),
@@ -149,28 +169,34 @@ def seed_pair_summary(a, b, res, entries, edge=3) -> dict:
     return out
 
 
-def arch_pair_summary(a, b, res, entries, edge=3) -> dict:
+def arch_pair_summary(a, b, res, entries, edge=3, window=None) -> dict:
     """Cross-architecture CKA: how well a model's in-block and out-of-block layers are
-    matched by their best counterpart in the other model (edge layers excluded)."""
+    matched by their best counterpart in the other model (edge layers excluded). A model
+    without a block, given a relative-depth ``window``, gets the same statistics inside the
+    window, marked ``control_<side>`` (the block-free control)."""
     values = res["cka"].values
     out = {"model_a": a, "model_b": b, "mean_best_match_a": finite(np.nanmax(values, axis=1).mean()),
            "mean_best_match_b": finite(np.nanmax(values, axis=0).mean())}
     for side, model, axis in (("a", a, 1), ("b", b, 0)):
-        block = entries[model]["block"]
         best = np.nanmax(values, axis=axis)
-        if block is None:
+        where = _positions(len(best), edge, entries[model]["block"], window)
+        if where is None:
             continue
-        core = _core(len(best), edge)
-        inside = np.intersect1d(core, np.arange(block["first"], block["last"] + 1))
-        rest = np.setdiff1d(core, inside)
-        if not inside.size or not rest.size:
-            continue
+        inside, rest, control = where
+        if control:
+            out[f"control_{side}"] = True
         out[f"best_match_in_block_{side}"] = finite(best[inside].mean())
         out[f"best_match_out_of_block_{side}"] = finite(best[rest].mean())
         out[f"best_match_in_minus_out_{side}"] = interval(
             jackknife_view(res), lambda m, axis=axis, inside=inside, rest=rest:
             np.nanmax(m, axis=axis)[inside].mean() - np.nanmax(m, axis=axis)[rest].mean())
     return out
+
+
+def block_window(entries) -> list[float] | None:
+    """The relative depth of the fitted models' declared blocks (the controls' window)."""
+    return exact.relative_window((m["block"]["first"], m["block"]["last"], m["n_layers"])
+                                 for m in entries if m["fits"] and m["block"] is not None)
 
 
 def mcnemar(right_a, right_b):
@@ -236,12 +262,29 @@ def matched_pair(models):
     return None if best is None else (best[1], best[2], round(float(best[0]), 4))
 
 
-def output_summary(models, extracts, data, level=0.9) -> dict:
-    """Per-example disagreement and per-class differences (C5), with seeds as units:
-    every wide-seed x deep-seed pair against every seed pair within the two architectures."""
-    preds = {m["id"]: extracts[m["id"]]["logits"].values.argmax(1) for m in models}
-    y = data["y_eval"]
-    result = {"seed_disagreement": [], "wide_vs_deep": None}
+def output_summary(models, logits, y, classes, level=0.9) -> dict:
+    """Per-example disagreement and per-class differences (C5), with models as units.
+
+    Parameters
+    ----------
+    models : list of dict
+        The per-model summaries (``fits``, architecture, seed, test accuracy).
+    logits : dict
+        ``{model id: array (n_images, n_classes)}`` on the output images (``n_outputs``
+        test images: all 10,000 of CIFAR-10 where declared).
+    y : array of int, shape (n_images,)
+    classes : list of str
+
+    The accuracy-matched pair (:func:`matched_pair`) is tested with every model of the two
+    architectures as a unit: the balanced excess of cross-architecture over within-
+    architecture disagreement against every relabelling of the models
+    (:func:`exact.models_as_units`), per-class accuracy over seeds
+    (:func:`exact.per_class_over_seeds`); the first seeds' exact McNemar tests stay as a
+    description of one model pair.
+    """
+    preds = {m["id"]: np.asarray(logits[m["id"]]).argmax(1) for m in models}
+    y = np.asarray(y)
+    result = {"seed_disagreement": [], "wide_vs_deep": None, "n_images": int(len(y))}
     groups = {}
     for m in models:
         groups.setdefault((m["depth"], m["width"], m["train_fraction"]), []).append(m)
@@ -257,15 +300,19 @@ def output_summary(models, extracts, data, level=0.9) -> dict:
     if pair is None:
         return result
     top = main_fraction(models)
-    wide = [m for m in models if (m["depth"], m["width"]) == pair[0] and m["train_fraction"] == top]
-    deep = [m for m in models if (m["depth"], m["width"]) == pair[1] and m["train_fraction"] == top]
+    every = [m["id"] for m in models if (m["depth"], m["width"]) in pair[:2] and m["train_fraction"] == top]
+    disagree = {frozenset((a, b)): float(np.mean(preds[a] != preds[b]))
+                for i, a in enumerate(every) for b in every[i + 1:]}  # every seed: refits at other thresholds
+    wide = [m for m in models if (m["depth"], m["width"]) == pair[0] and m["train_fraction"] == top and m["fits"]]
+    deep = [m for m in models if (m["depth"], m["width"]) == pair[1] and m["train_fraction"] == top and m["fits"]]
+    units = [m["id"] for m in wide + deep]
     cross = [float(np.mean(preds[w["id"]] != preds[d["id"]])) for w in wide for d in deep]
     within = [s["disagreement"] for s in result["seed_disagreement"]
               if any(s["model_a"] == m["id"] for m in wide + deep)]
     w0, d0 = wide[0], deep[0]
     rw, rd = preds[w0["id"]] == y, preds[d0["id"]] == y
     per_class = []
-    for c, name in enumerate(data["classes"]):
+    for c, name in enumerate(classes):
         sel = y == c
         b, cc, p = mcnemar(rw[sel], rd[sel])
         per_class.append({"class": name, "n": int(sel.sum()), "accuracy_wide": round(float(rw[sel].mean()), 4),
@@ -275,22 +322,49 @@ def output_summary(models, extracts, data, level=0.9) -> dict:
     for e, adj in zip(per_class, holm([e["p"] for e in per_class])):
         e["p_holm"] = round(float(adj), 5)
     _, _, p = mcnemar(rw, rd)
-    cmp = repsim.compare_seeds(cross, within, level=level) if len(cross) >= 2 and len(within) >= 2 else None
+    cmp = exact.welch(cross, within, level) if len(cross) >= 2 and len(within) >= 2 else None
+    alpha = round((1 - level) / 2, 6)
+    correct = {u: preds[u] == y for u in units}
     result["wide_vs_deep"] = {
         "rule": "fitted models on the main training fraction; wider-and-shallower vs deeper architecture "
                 "pair with the smallest difference in mean test accuracy over seeds",
         "wide": w0["id"], "deep": d0["id"], "wide_arch": list(pair[0]), "deep_arch": list(pair[1]),
+        "n_images": int(len(y)),
         "accuracy_gap": pair[2], "accuracy_wide": round(float(rw.mean()), 4), "accuracy_deep": round(float(rd.mean()), 4),
         "cross_disagreements": [round(v, 4) for v in cross], "seed_disagreements": within,
-        "over_seeds": None if cmp is None else {
-            "difference": finite(float(cmp["difference"])), "ci": [finite(float(cmp["ci_low"])),
-                                                                  finite(float(cmp["ci_high"]))],
-            "p": finite(float(cmp["p_value"])), "differs": bool(cmp["differs"])},
+        "disagreements": [{"model_a": a, "model_b": b, "disagreement": round(v, 4)}
+                          for (a, b), v in ((tuple(sorted(k)), v) for k, v in disagree.items())],
+        "models_as_units": exact.models_as_units(disagree, [m["id"] for m in wide], [m["id"] for m in deep], alpha),
+        "per_class_over_seeds": exact.per_class_over_seeds(correct, y, classes, [m["id"] for m in wide],
+                                                           [m["id"] for m in deep]) if len(wide) >= 2 <= len(deep)
+        else None,
+        "over_seeds": cmp,
         "disagreement": round(float(np.mean(preds[w0["id"]] != preds[d0["id"]])), 4),
         "overall_mcnemar_p": round(p, 5), "n_classes_significant": int(sum(e["p_holm"] < 0.05 for e in per_class)),
         "per_class": per_class,
     }
     return result
+
+
+def disagreements_from_summary(summary):
+    """``(disagree, wide ids, deep ids)`` of the accuracy-matched pair from a stored
+    summary, for :func:`exact.models_as_units`: its ``disagreements`` (runs since issue 24),
+    else the seed pairs' entries and the cross pairs in their stored order (wide seeds x
+    deep seeds, each in the summary's model order)."""
+    wd = summary["outputs"]["wide_vs_deep"]
+    top = main_fraction(summary["models"])
+    def ids(arch, fitted):
+        return [m["id"] for m in summary["models"] if [m["depth"], m["width"]] == list(arch)
+                and m["train_fraction"] == top and (m["fits"] or not fitted)]
+
+    if wd.get("disagreements") is not None:
+        rows = [(r["model_a"], r["model_b"], r["disagreement"]) for r in wd["disagreements"]]
+    else:  # before issue 24 the cross pairs were every wide seed x every deep seed, in model order
+        rows = [(s["model_a"], s["model_b"], s["disagreement"]) for s in summary["outputs"]["seed_disagreement"]]
+        rows += [(w, d, v) for (w, d), v in zip(((w, d) for w in ids(wd["wide_arch"], False)
+                                                 for d in ids(wd["deep_arch"], False)), wd["cross_disagreements"])]
+    return ({frozenset((a, b)): float(v) for a, b, v in rows}, ids(wd["wide_arch"], True),
+            ids(wd["deep_arch"], True))
 
 
 SEED_METRICS = ("train_accuracy", "test_accuracy", "pc1_max", "block_size", "local_contrast", "pc1_in")
@@ -308,8 +382,10 @@ def seed_value(m, key):
 
 def seed_aggregates(models, level=0.9) -> dict:
     """Across the *fitted* seeds: mean, spread and t interval per architecture with >= 2 of
-    them (``repsim.aggregate_seeds``), and Welch comparisons between them
-    (``repsim.compare_seeds``); each entry lists the seeds left out as not fitted."""
+    them (``repsim.aggregate_seeds``), and comparisons between them: Welch
+    (:func:`exact.welch`: undefined, not p = 0, when neither side varies) and the exact
+    two-sided permutation test over seed labels (:func:`exact.permutation_greater`); each
+    entry lists the seeds left out as not fitted."""
     groups, unfit = {}, {}
     for m in models:
         arch = f"resnet{m['depth']}_w{m['width']}_f{m['train_fraction']:g}"
@@ -324,7 +400,9 @@ def seed_aggregates(models, level=0.9) -> dict:
             entry[key] = {"values": [finite(v) for v in vals],
                           "mean": None if agg is None else finite(float(agg["mean"])),
                           "std": None if agg is None else finite(float(agg["std"])),
-                          "ci": None if agg is None else [finite(float(agg["ci_low"])), finite(float(agg["ci_high"]))]}
+                          # no seed-to-seed spread: a t interval is undefined, not [mean, mean]
+                          "ci": None if agg is None or not float(agg["std"]) > 0 else
+                          [finite(float(agg["ci_low"])), finite(float(agg["ci_high"]))]}
         out["per_architecture"][arch] = entry
     archs = sorted(groups)
     for i, a in enumerate(archs):
@@ -336,9 +414,7 @@ def seed_aggregates(models, level=0.9) -> dict:
                 if not (np.isfinite(va).all() and np.isfinite(vb).all()):
                     row[key] = None
                     continue
-                cmp = repsim.compare_seeds(va, vb, level=level)
-                row[key] = {"difference": finite(float(cmp["difference"])),
-                            "ci": [finite(float(cmp["ci_low"])), finite(float(cmp["ci_high"]))],
-                            "p": finite(float(cmp["p_value"])), "differs": bool(cmp["differs"])}
+                row[key] = exact.welch(va, vb, level)
+                row[key]["permutation"] = exact.permutation_greater(va, vb, two_sided=True)
             out["comparisons"].append(row)
     return out

@@ -23,23 +23,28 @@ def load_data(cfg, progress=True) -> dict:
     ``digits_test_size`` held-out images). cifar10: the five training batches and the
     first ``n_eval`` images of a seeded permutation of the test batch; ``image_size=16``
     average-pools 2x2; channels standardised with the training set's statistics.
+    ``x_out`` / ``y_out``: the first ``n_outputs`` images of the same order (the output
+    analyses; they begin with the ``n_eval`` analysed images).
     """
     from repsim.datasets import CIFAR10_CLASSES, download_cifar10, load_cifar10, load_digits_images
 
+    n_eval, n_out = cfg["n_eval"], cfg.get("n_outputs") or cfg["n_eval"]
     if cfg["dataset"] == "digits":
         xtr, ytr, xte, yte = load_digits_images(cfg["digits_test_size"], seed=cfg["split_seed"])
-        return {"x_train": xtr, "y_train": ytr, "x_eval": xte[: cfg["n_eval"]], "y_eval": yte[: cfg["n_eval"]],
-                "classes": [str(i) for i in range(10)]}
+        return {"x_train": xtr, "y_train": ytr, "x_eval": xte[:n_eval], "y_eval": yte[:n_eval],
+                "x_out": xte[:n_out], "y_out": yte[:n_out], "classes": [str(i) for i in range(10)]}
     data_dir = cfg["data_dir"] or download_cifar10(progress=progress)
     xtr, ytr = load_cifar10(data_dir, train=True)
     xte, yte = load_cifar10(data_dir, train=False)
-    perm = np.random.default_rng(cfg["split_seed"]).permutation(len(yte))[: cfg["n_eval"]]
+    perm = np.random.default_rng(cfg["split_seed"]).permutation(len(yte))[: max(n_eval, n_out)]
     xte, yte = xte[perm], yte[perm]
     xtr, xte = resize(xtr, cfg["image_size"]), resize(xte, cfg["image_size"])
     mean = xtr.mean(axis=(0, 2, 3), keepdims=True)
     std = xtr.std(axis=(0, 2, 3), keepdims=True)
+    xte = ((xte - mean) / std).astype(np.float32)
     return {"x_train": ((xtr - mean) / std).astype(np.float32), "y_train": ytr,
-            "x_eval": ((xte - mean) / std).astype(np.float32), "y_eval": yte, "classes": list(CIFAR10_CLASSES)}
+            "x_eval": xte[:n_eval], "y_eval": yte[:n_eval], "x_out": xte[:n_out], "y_out": yte[:n_out],
+            "classes": list(CIFAR10_CLASSES)}
 
 
 def resize(x, size):
