@@ -937,14 +937,20 @@ def test_compare_seeds_welch_is_scipys_to_1e12_with_the_no_spread_conventions():
     rng = np.random.default_rng(8)
     a, b = rng.normal(0.8, 0.03, size=(4, 5)), rng.normal(0.79, 0.01, size=(6, 5))
     a[:, 3], b[:, 3] = 0.5, 0.5  # no spread, equal means: no test (p = 1)
-    a[:, 4], b[:, 4] = 0.6, 0.5  # no spread, different means: p = 0
-    ds = repsim.compare_seeds(list(a), list(b), correction="none")
+    a[:, 4], b[:, 4] = 0.6, 0.5  # no spread, different means: undefined (was p = 0)
+    with pytest.warns(RuntimeWarning, match="1 entry has no seed spread"):
+        ds = repsim.compare_seeds(list(a), list(b), correction="none")
     ref = sp.ttest_ind(a[:, :3], b[:, :3], equal_var=False)
     np.testing.assert_allclose(ds.t.values[:3], ref.statistic, rtol=1e-12)
     np.testing.assert_allclose(ds.df.values[:3], ref.df, rtol=1e-12)
     np.testing.assert_allclose(ds.p_value.values[:3], ref.pvalue, rtol=1e-12)
-    assert ds.p_value.values[3] == 1.0 and ds.p_value.values[4] == 0.0
+    assert ds.p_value.values[3] == 1.0 and np.isnan(ds.p_value.values[4])
+    assert not ds.differs.values[4] and ds.attrs["n_undefined"] == 1
     assert "p_adjusted" not in ds and ds.attrs["correction"] == "none"
+    # the exact test is defined there: 4 + 6 seeds fully separated; only the observed split
+    # of the 210 reaches the observed difference (unequal sizes: no mirror split)
+    exact = repsim.compare_seeds(list(a), list(b), correction="none", test="permutation")
+    assert exact.p_value.values[4] == pytest.approx(1 / math.comb(10, 4), abs=1e-15)
 
 
 def test_compare_seeds_corrects_a_layer_matrix_by_default():

@@ -92,9 +92,8 @@ def permutation_greater(a, b, two_sided=False) -> dict | None:
 def welch(a, b, level=0.9) -> dict | None:
     """Welch's t test of two groups of seeds (:func:`repsim.compare_seeds`), two-sided.
 
-    With no spread on either side the t statistic is undefined (repsim reports p = 0 for
-    different means there): the result then says ``undefined`` and carries no p-value or
-    interval. None when a group has fewer than 2 finite values.
+    With no spread on either side the t statistic is undefined (repsim's p is NaN there):
+    the result then says ``undefined`` and carries no p-value or interval. None when a group has fewer than 2 finite values.
     """
     a, b = [float(v) for v in a], [float(v) for v in b]
     if len(a) < 2 or len(b) < 2 or not np.isfinite(a + b).all():

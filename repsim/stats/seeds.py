@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -129,8 +130,10 @@ def compare_seeds(
     test : {"welch", "permutation"}, default "welch"
         ``"welch"``: Welch's unequal-variance t test (Welch-Satterthwaite degrees of
         freedom; :func:`scipy.stats.ttest_ind` with ``equal_var=False``). An entry whose
-        seeds are all equal on both sides has no spread to test against: p = 0 when the
-        two means differ, 1 when they are equal (scipy gives NaN there). ``"permutation"``: the seed labels are permuted (all splits when there
+        seeds are all equal on both sides has no spread to test against: p = 1 when the
+        two means are equal (nothing to test), and undefined (NaN, ``differs`` False, a
+        warning counting such entries) when they differ -- a t test cannot weigh a
+        difference against zero spread; the exact ``"permutation"`` test can. ``"permutation"``: the seed labels are permuted (all splits when there
         are at most ``n_permutations`` of them, else that many random ones); two-sided on
         the difference of means. With 3 + 3 seeds there are only 20 splits, so its
         smallest p-value is 0.1: use more seeds or the t test.
@@ -156,7 +159,7 @@ def compare_seeds(
         ``df``, ``p_value`` (per entry, unadjusted), ``p_adjusted`` (unless
         ``correction="none"``), ``differs`` (bool, from ``p_adjusted``); attrs
         ``n_seeds_a``, ``n_seeds_b``, ``test``, ``level``, ``correction``, ``n_tests``
-        (the family's size).
+        (the family's size), ``n_undefined`` (entries whose Welch p is undefined).
 
     Examples
     --------
@@ -191,8 +194,15 @@ def compare_seeds(
     se = np.sqrt(va + vb)
     t, df, p_welch = _welch(av, bv, diff, se)
     half = se * t_quantile(0.5 + level / 2, np.where(np.isfinite(df), df, np.inf))
+    undefined = 0
     if test == "welch":
         p = p_welch
+        undefined = int(np.sum((se == 0) & (diff != 0) & np.isfinite(diff)))
+        if undefined:
+            warnings.warn(
+                f"compare_seeds: {undefined} entr{'y has' if undefined == 1 else 'ies have'} no "
+                "seed spread on either side but different means; Welch's p is undefined there "
+                "(NaN). Use test='permutation' for an exact test.", RuntimeWarning, stacklevel=2)
     else:
         p = _seed_permutation_p(av, bv, n_permutations, seed)
     family = np.isfinite(p) & ~((se == 0) & (diff == 0))
@@ -215,7 +225,7 @@ def compare_seeds(
         v.attrs = {}
     ds.attrs = {"n_seeds_a": ka, "n_seeds_b": kb, "test": test, "level": level,
                 "estimate": "difference", "correction": correction,
-                "n_tests": int(np.sum(family)), "family": "upper triangle with diagonal"
+                "n_tests": int(np.sum(family)), "n_undefined": undefined, "family": "upper triangle with diagonal"
                 if symmetric else "every entry tested"}
     return ds
 
@@ -224,7 +234,7 @@ def _welch(av, bv, diff, se):
     """Welch's t, its Welch-Satterthwaite degrees of freedom and two-sided p-value per
     entry, from :func:`scipy.stats.ttest_ind` (``equal_var=False``) where the seeds
     spread; where they do not (``se == 0``) t is ``diff / 0``, the degrees of freedom
-    undefined, and p 0 for different means, 1 for equal ones."""
+    undefined, and p undefined (NaN) for different means, 1 for equal ones."""
     from scipy import stats
 
     shape = diff.shape
@@ -233,7 +243,7 @@ def _welch(av, bv, diff, se):
     with np.errstate(divide="ignore", invalid="ignore"):
         t = d / s
     df = np.full(d.shape, np.nan)
-    p = np.where(np.isnan(d), np.nan, np.where(d == 0, 1.0, 0.0))
+    p = np.where(d == 0, 1.0, np.nan)
     spread = np.isfinite(s) & (s > 0)
     if spread.any():
         res = stats.ttest_ind(fa[:, spread], fb[:, spread], axis=0, equal_var=False)
