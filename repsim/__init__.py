@@ -65,7 +65,10 @@ __version__ = "0.1.0"
 # public names from modules that import torch or matplotlib: name -> submodule
 # (module names must differ from the public names they hold)
 _LAZY = {
+    "CaptureOptions": "adapters.torch",
     "GramHooks": "adapters.torch",
+    "RunOptions": "adapters.torch",
+    "StatisticsOptions": "adapters.torch",
     "compare_models": "adapters.torch",
     "layer_statistics": "adapters.activations",
     "plot_diagonal_band": "plotting",
@@ -94,6 +97,7 @@ _SUBMODULES = ("datasets", "models")
 # line, in sorted() order
 __all__ = [
     "BlockContrast",
+    "CaptureOptions",
     "DegenerateRepresentationWarning",
     "DominantExamples",
     "FeatureMoments",
@@ -101,6 +105,8 @@ __all__ = [
     "Interval",
     "MinibatchCKA",
     "PrecisionWarning",
+    "RunOptions",
+    "StatisticsOptions",
     "UnderdeterminedCCAWarning",
     "aggregate_seeds",
     "block_contrast",
