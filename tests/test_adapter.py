@@ -644,8 +644,9 @@ def test_checkpoint_with_callables_resumes_in_a_new_process(tmp_path):
         "loader = data if sys.argv[1] == 'run' else iter(())\n"
         "r = repsim.compare_models(net, None, loader, progress=False,\n"
         "    run=repsim.RunOptions(checkpoint=sys.argv[2]),\n"
-        "    capture=repsim.CaptureOptions(transform=functools.partial(repsim.remove_top_pcs, k=1),\n"
-        "                                  pooling=functools.partial(torch.flatten, start_dim=1)))\n"
+        "    capture=repsim.CaptureOptions(\n"
+        "        transform=functools.partial(repsim.remove_top_pcs, k=1),\n"
+        "        pooling=functools.partial(torch.flatten, start_dim=1)))\n"
         "np.save(sys.argv[3], r.values)\n")
     env = dict(__import__("os").environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]),
                OMP_NUM_THREADS="1")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections.abc
 import contextlib
+import inspect
 import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
+from .._accumulator import Accumulator
 from .._io import progress as _progress_display
 from ..streaming import MinibatchCKA
 from ._batches import _batches, _inference, _model_device, _run_forward
@@ -43,10 +45,6 @@ from ._options import (
     resolve_options,
 )
 from ._selection import LayerSpec, select_layers, unwrap_model
-
-# the keywords of compare_models that are not in an option group (for "did you mean")
-_FLAT = ("layers_a", "layers_b", "estimator", "pooling", "device", "progress", "precision",
-         "names", "capture", "statistics", "run")
 
 
 @dataclass
@@ -81,8 +79,11 @@ def _models(model_a, model_b, device, names) -> _Models:
 
 
 def _make_accumulator(estimator, precision, statistics: StatisticsOptions, run: RunOptions,
-                      world: int):
-    """A MinibatchCKA built from the options, or the caller's fresh accumulator."""
+                      world: int) -> Any:
+    """A MinibatchCKA built from the options, or the caller's fresh accumulator (used
+    through ``update_grams``/``update_features``, ``compute`` and ``n_batches``, which
+    :class:`~repsim._accumulator.Accumulator` does not declare)."""
+    acc: Accumulator
     if run.accumulator is None:
         acc = MinibatchCKA(estimator=estimator, precision=precision, kernel=statistics.kernel,
                            sigma=statistics.sigma, threshold=statistics.threshold,
@@ -383,8 +384,8 @@ def compare_models(
         dict(capture=capture, statistics=statistics, run=run), deprecated, pooling, _FLAT)
     if run.epochs > 1 and isinstance(loader, collections.abc.Iterator):
         raise ValueError(
-            f"epochs={run.epochs} needs a loader that can be iterated again (a DataLoader, a "
-            f"list); got a one-shot {type(loader).__name__}"
+            f"RunOptions.epochs={run.epochs} needs a loader that can be iterated again (a "
+            f"DataLoader, a list); got a one-shot {type(loader).__name__}"
         )
     rank, world = _dist_context()
     acc = _make_accumulator(estimator, precision, statistics, run, world)
@@ -402,3 +403,7 @@ def compare_models(
         result = acc.compute()
     result.attrs.update(_provenance(models, sides, run, world))
     return result
+
+
+# compare_models' own keywords, for the "did you mean" of an unknown one
+_FLAT = tuple(inspect.signature(compare_models).parameters)[3:-1]

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from .._accumulator import Accumulator
+
 #: The release that stops accepting the old flat keywords.
 REMOVAL = "0.3"
 
@@ -286,7 +288,7 @@ class RunOptions:
     checkpoint: str | os.PathLike | None = None
     checkpoint_every: int = 50
     engine: str = "auto"
-    accumulator: Any = None
+    accumulator: Accumulator | None = None
 
     def __post_init__(self) -> None:
         _validate(self)

@@ -139,11 +139,11 @@ def standardize_features(x):
     """Standardise every feature to zero mean and unit variance over the examples.
 
     Pass it as ``transform=`` to :class:`repsim.CaptureOptions` (for
-    :func:`repsim.compare_models`) or :class:`repsim.GramHooks`: each layer's ``(n, features)`` matrix is standardised per
-    batch before its gram, so a few dimensions with huge variance (the rogue dimensions of
-    transformer language models, Timkey & van Schijndel 2021) no longer dominate linear
-    CKA. Linear CKA on standardised features is the CKA of the feature correlation
-    structure rather than the covariance.
+    :func:`repsim.compare_models`) or :class:`repsim.GramHooks`: each layer's
+    ``(n, features)`` matrix is standardised per batch before its gram, so a few
+    dimensions with huge variance (the rogue dimensions of transformer language models,
+    Timkey & van Schijndel 2021) no longer dominate linear CKA. Linear CKA on standardised
+    features is the CKA of the feature correlation structure rather than the covariance.
 
     Parameters
     ----------
