@@ -144,8 +144,10 @@ def effects(args):
         for other in ("cls", "last_token", "token_mean"):
             out["agreement"][f"masked_mean~{other}"] = np.round(
                 _pooling_agreement(model, layers[1:], batches, "masked_mean", other), 4).tolist()
-        std = repsim.compare_models(model, None, batches, layers[1:], pooling="masked_mean",
-                                    transform=repsim.standardize_features, progress=False)
+        std = repsim.compare_models(model, None, batches, layers[1:], progress=False,
+                                    capture=repsim.CaptureOptions(
+                                        pooling="masked_mean",
+                                        transform=repsim.standardize_features))
     plain = np.asarray(out["matrices"]["masked_mean"])[1:, 1:]
     out["standardize_max_change"] = round(float(np.abs(std.values - plain).max()), 4)
     out["standardized"] = np.round(std.values, 4).tolist()

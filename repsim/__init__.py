@@ -67,7 +67,10 @@ __version__ = "0.1.0"
 # public names from modules that import torch or matplotlib: name -> submodule
 # (module names must differ from the public names they hold)
 _LAZY = {
+    "CaptureOptions": "adapters.torch",
     "GramHooks": "adapters.torch",
+    "RunOptions": "adapters.torch",
+    "StatisticsOptions": "adapters.torch",
     "compare_models": "adapters.torch",
     "extract": "adapters._extract",
     "layer_statistics": "adapters.activations",
@@ -97,6 +100,7 @@ _SUBMODULES = ("datasets", "models")
 # line, in sorted() order
 __all__ = [
     "BlockContrast",
+    "CaptureOptions",
     "DegenerateRepresentationWarning",
     "DominantExamples",
     "FeatureMoments",
@@ -104,6 +108,8 @@ __all__ = [
     "Interval",
     "MinibatchCKA",
     "PrecisionWarning",
+    "RunOptions",
+    "StatisticsOptions",
     "UnderdeterminedCCAWarning",
     "aggregate_seeds",
     "best_matches",

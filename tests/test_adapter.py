@@ -11,9 +11,29 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
 import repsim  # noqa: E402
-from repsim.adapters.torch import GramHooks, compare_models, select_layers  # noqa: E402
+from repsim.adapters.torch import (  # noqa: E402
+    CaptureOptions,
+    GramHooks,
+    RunOptions,
+    StatisticsOptions,
+    compare_models,
+    select_layers,
+)
 from repsim import _backend as B  # noqa: E402
 from repsim.kernels import column_means  # noqa: E402
+
+
+def grouped(**flat):
+    """compare_models keywords with each option group's fields moved into its group
+    (for the tables of options below; direct calls spell the groups out)."""
+    out = {}
+    for arg, cls in (("capture", CaptureOptions), ("statistics", StatisticsOptions),
+                     ("run", RunOptions)):
+        mine = {k: flat.pop(k) for k in [f.name for f in dataclasses.fields(cls)]
+                if k in flat and k != "pooling"}
+        if mine:
+            out[arg] = cls(**mine)
+    return {**flat, **out}
 
 
 # --------------------------------------------------------------------------- models
@@ -217,7 +237,7 @@ def test_tuple_and_dataclass_outputs():
     with pytest.raises(TypeError, match="pass select="):
         compare_models(net, None, data, ["dc"], progress=False)
     got = compare_models(net, None, data, ["block", "dc"], progress=False,
-                         select={"dc": lambda out: out.hidden})
+                         capture=CaptureOptions(select={"dc": lambda out: out.hidden}))
     lin = net.block.lin
 
     want = reference(data, {"block": lambda x: lin(x).detach(),
@@ -232,7 +252,8 @@ def test_module_called_twice_is_refused_or_indexed():
     with pytest.raises(ValueError, match=r"'lin' ran more than once.*repeated='index'"):
         compare_models(net, None, data, ["lin", "out"], progress=False)
     assert all(not m._forward_hooks for m in net.modules())
-    got = compare_models(net, None, data, ["lin", "out"], repeated="index", progress=False)
+    got = compare_models(net, None, data, ["lin", "out"], progress=False,
+                         capture=CaptureOptions(repeated="index"))
     assert list(got.layer_a.values) == ["lin:0", "lin:1", "out:0"]
     want = reference(data, {
         "lin:0": lambda x: net.lin(x).detach(),
@@ -328,9 +349,9 @@ def test_epochs_seed_and_training_state():
     loader = torch.utils.data.DataLoader(ds, batch_size=8, shuffle=True)
     before = {k: v.clone() for k, v in net.state_dict().items()}
     rng_state = torch.get_rng_state()
-    a = compare_models(net, None, loader, epochs=2, seed=7, progress=False)
-    b = compare_models(net, None, loader, epochs=2, seed=7, progress=False)
-    c = compare_models(net, None, loader, epochs=2, seed=8, progress=False)
+    a = compare_models(net, None, loader, run=RunOptions(epochs=2, seed=7), progress=False)
+    b = compare_models(net, None, loader, run=RunOptions(epochs=2, seed=7), progress=False)
+    c = compare_models(net, None, loader, run=RunOptions(epochs=2, seed=8), progress=False)
     np.testing.assert_array_equal(a.values, b.values)  # same seed, same shuffles
     assert not np.allclose(a.values, c.values)
     assert a.attrs["n_batches"] == 10 and a.attrs["n_examples"] == 80
@@ -351,15 +372,16 @@ def test_bad_input_is_named(cnn):
     with pytest.raises(ValueError, match="estimator must be one of"):
         compare_models(cnn, None, data, estimator="fast", progress=False)
     with pytest.raises(ValueError, match="epochs must be an integer >= 1"):
-        compare_models(cnn, None, data, epochs=0, progress=False)
+        compare_models(cnn, None, data, run=RunOptions(epochs=0), progress=False)
     with pytest.raises(ValueError, match="no batches"):
         compare_models(cnn, None, [], progress=False)
     with pytest.raises(TypeError, match="loader batches must be"):
         compare_models(cnn, None, ["text"], progress=False)
     with pytest.raises(ValueError, match="one-shot generator"):
-        compare_models(cnn, None, (d for d in data), epochs=2, progress=False)
+        compare_models(cnn, None, (d for d in data), run=RunOptions(epochs=2), progress=False)
     with pytest.raises(ValueError, match="no batches in epoch 1"):
-        compare_models(cnn, None, _Epochs([data, []]), epochs=2, progress=False)
+        compare_models(cnn, None, _Epochs([data, []]), run=RunOptions(epochs=2),
+                       progress=False)
 
 
 def test_constant_layer_is_nan_with_warning():
@@ -396,8 +418,9 @@ def interrupt_after(batches, k):
 def test_resume_after_interruption_is_identical(cnn, tmp_path):
     data = images(7, n=8)
     ckpt = tmp_path / "run" / "state.pt"
-    opts = dict(layers_a="**", epochs=2, progress=False, checkpoint=ckpt, checkpoint_every=2)
-    full = compare_models(cnn, None, data, "**", epochs=2, progress=False)
+    opts = dict(layers_a="**", progress=False,
+                run=RunOptions(epochs=2, checkpoint=ckpt, checkpoint_every=2))
+    full = compare_models(cnn, None, data, "**", run=RunOptions(epochs=2), progress=False)
     with pytest.raises(Interrupted):  # dies in epoch 0 at batch 5: batches 0-3 saved
         compare_models(cnn, None, _Epochs([interrupt_after(data, 5)]), **opts)
     assert ckpt.exists()
@@ -433,15 +456,17 @@ class _Epochs:
 def test_groups_give_intervals_and_resume_exactly(cnn, tmp_path):
     data = images(6, n=8)
     plain = compare_models(cnn, None, data, ["features.0", "head.1"], progress=False)
-    ds = compare_models(cnn, None, data, ["features.0", "head.1"], progress=False, groups=3)
+    ds = compare_models(cnn, None, data, ["features.0", "head.1"], progress=False,
+                        statistics=StatisticsOptions(groups=3))
     np.testing.assert_array_equal(ds["cka"].values, plain.values)
     assert set(ds.data_vars) >= {"cka", "stderr", "ci_low", "ci_high"}
     off = ds["stderr"].sel(layer_a="features.0", layer_b="head.1")
     assert float(off) > 0 and ds.attrs["n_groups"] == 3
     # the same groups after an interruption
     ckpt = tmp_path / "g.pt"
-    opts = dict(layers_a=["features.0", "head.1"], progress=False, groups=3, checkpoint=ckpt,
-                checkpoint_every=2)
+    opts = dict(layers_a=["features.0", "head.1"], progress=False,
+                statistics=StatisticsOptions(groups=3),
+                run=RunOptions(checkpoint=ckpt, checkpoint_every=2))
     with pytest.raises(Interrupted):
         compare_models(cnn, None, interrupt_after(data, 3), **opts)
     resumed = compare_models(cnn, None, data, **opts)
@@ -469,7 +494,7 @@ def test_transform_rbf_and_half_precision_match_the_accumulator():
         (dict(kernel="rbf"), repsim.MinibatchCKA(kernel="rbf")),
         (dict(kernel="rbf", sigma=2.0), repsim.MinibatchCKA(kernel="rbf", sigma=2.0)),
     ):
-        got = compare_models(net, None, data, layers, progress=False, **kwargs)
+        got = compare_models(net, None, data, layers, progress=False, **grouped(**kwargs))
         with torch.no_grad():
             for x in data:
                 acc.update({k: f(x) for k, f in fns.items()})
@@ -523,12 +548,13 @@ def test_entry_point_other_than_forward_with_repeated_calls():
     net = Encoder().eval()
     data = [torch.randn(9, 5) for _ in range(3)]
     enc = lambda m, b: m.encode(b)  # noqa: E731
-    got = compare_models(net, None, data, ["inp"], forward=enc, progress=False)  # 3 batches
+    by_encode = CaptureOptions(forward=enc)
+    got = compare_models(net, None, data, ["inp"], capture=by_encode, progress=False)  # 3 batches
     assert got.attrs["n_batches"] == 3
     with pytest.raises(ValueError, match="ran more than once"):
-        compare_models(net, None, data, ["lin"], forward=enc, progress=False)
-    idx = compare_models(net, None, data, ["inp", "lin"], forward=enc, repeated="index",
-                         progress=False)
+        compare_models(net, None, data, ["lin"], capture=by_encode, progress=False)
+    idx = compare_models(net, None, data, ["inp", "lin"], progress=False,
+                         capture=CaptureOptions(forward=enc, repeated="index"))
     assert idx.layer_a.values.tolist() == ["inp:0", "lin:0", "lin:1"]
     with torch.no_grad():
         def acts(x):
@@ -545,8 +571,9 @@ def test_repeated_index_with_other_layers_b():
     torch.manual_seed(4)
     net = Shared().eval()
     data = [torch.randn(8, 5) for _ in range(2)]
-    both = compare_models(net, None, data, ["lin", "out"], repeated="index", progress=False)
-    got = compare_models(net, None, data, ["lin"], ["out"], repeated="index", progress=False)
+    index = CaptureOptions(repeated="index")
+    both = compare_models(net, None, data, ["lin", "out"], capture=index, progress=False)
+    got = compare_models(net, None, data, ["lin"], ["out"], capture=index, progress=False)
     assert got.layer_a.values.tolist() == ["lin:0", "lin:1"]
     assert got.layer_b.values.tolist() == ["out:0"]
     want = both.sel(layer_a=["lin:0", "lin:1"], layer_b=["out:0"])
@@ -558,11 +585,13 @@ def test_unreadable_checkpoint_named_in_repsims_words(cnn, tmp_path, content):
     path = tmp_path / "ck.pt"
     path.write_bytes(content)
     with pytest.raises(ValueError, match="cannot be resumed") as err:
-        compare_models(cnn, None, images(2), ["features.0"], progress=False, checkpoint=path)
+        compare_models(cnn, None, images(2), ["features.0"], progress=False,
+                       run=RunOptions(checkpoint=path))
     assert "weights_only" not in str(err.value) and "ck.pt" in str(err.value)
     torch.save({"not": "ours"}, path)
     with pytest.raises(ValueError, match="does not hold a repsim checkpoint"):
-        compare_models(cnn, None, images(2), ["features.0"], progress=False, checkpoint=path)
+        compare_models(cnn, None, images(2), ["features.0"], progress=False,
+                       run=RunOptions(checkpoint=path))
 
 
 def first_columns(x):
@@ -582,13 +611,13 @@ def test_checkpoint_refuses_another_computation(cnn, tmp_path, change, match):
     path = tmp_path / "ck.pt"
     layers = ["features.0", "features.3"]
     opts = dict(progress=False, checkpoint=path, kernel="rbf", sigma=2.0)
-    compare_models(cnn, None, images(2), layers, **opts)
+    compare_models(cnn, None, images(2), layers, **grouped(**opts))
     change = dict(change)
     if change.pop("weights", False):
         with torch.no_grad():
             cnn.features[0].bias.add_(1e-3)
     with pytest.raises(ValueError, match=f"different comparison.*{match}"):
-        compare_models(cnn, None, images(2), layers, **dict(opts, **change))
+        compare_models(cnn, None, images(2), layers, **grouped(**dict(opts, **change)))
 
 
 def test_checkpointed_callables_must_be_portable(cnn, tmp_path):
@@ -596,10 +625,11 @@ def test_checkpointed_callables_must_be_portable(cnn, tmp_path):
     for kwargs in (dict(transform=lambda x: x), dict(forward=lambda m, b: m(b)),
                    dict(select={"features.0": lambda out: out})):
         with pytest.raises(ValueError, match="could never resume"):
-            compare_models(cnn, None, images(2), ["features.0"], **opts, **kwargs)
+            compare_models(cnn, None, images(2), ["features.0"], **grouped(**opts, **kwargs))
     assert not (tmp_path / "ck.pt").exists()
     # without a checkpoint, lambdas are fine
-    compare_models(cnn, None, images(2), ["features.0"], progress=False, transform=lambda x: x)
+    compare_models(cnn, None, images(2), ["features.0"], progress=False,
+                   capture=CaptureOptions(transform=lambda x: x))
 
 
 def test_checkpoint_with_callables_resumes_in_a_new_process(tmp_path):
@@ -612,8 +642,11 @@ def test_checkpoint_with_callables_resumes_in_a_new_process(tmp_path):
         "g = torch.Generator().manual_seed(1)\n"
         "data = [torch.randn(10, 6, generator=g) for _ in range(3)]\n"
         "loader = data if sys.argv[1] == 'run' else iter(())\n"
-        "r = repsim.compare_models(net, None, loader, progress=False, checkpoint=sys.argv[2],\n"
-        "    transform=functools.partial(repsim.remove_top_pcs, k=1), pooling=functools.partial(torch.flatten, start_dim=1))\n"
+        "r = repsim.compare_models(net, None, loader, progress=False,\n"
+        "    run=repsim.RunOptions(checkpoint=sys.argv[2]),\n"
+        "    capture=repsim.CaptureOptions(\n"
+        "        transform=functools.partial(repsim.remove_top_pcs, k=1),\n"
+        "        pooling=functools.partial(torch.flatten, start_dim=1)))\n"
         "np.save(sys.argv[3], r.values)\n")
     env = dict(__import__("os").environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]),
                OMP_NUM_THREADS="1")
@@ -631,7 +664,7 @@ def test_accumulator_options_pass_through(cnn):
     fns = {"features.0": cnn.features[0], "features.4": cnn.features, "head.1": cnn}
     for opts in (dict(weighting="batches"), dict(kernel="rbf", threshold=0.5),
                  dict(engine="numpy", estimator="biased")):
-        got = compare_models(cnn, None, data, layers, progress=False, **opts)
+        got = compare_models(cnn, None, data, layers, progress=False, **grouped(**opts))
         want = repsim.MinibatchCKA(**opts)
         with torch.no_grad():
             for x in data:
@@ -643,7 +676,8 @@ def test_accumulator_options_pass_through(cnn):
             assert got.attrs["threshold"] == 0.5
             np.testing.assert_allclose(got.attrs["sigma_a"], want.compute().attrs["sigma_a"],
                                        rtol=1e-6)
-    batches = compare_models(cnn, None, data, layers, progress=False, weighting="batches")
+    batches = compare_models(cnn, None, data, layers, progress=False,
+                             statistics=StatisticsOptions(weighting="batches"))
     pairs = compare_models(cnn, None, data, layers, progress=False)
     assert np.abs(batches.values - pairs.values).max() > 1e-6
 
@@ -651,35 +685,48 @@ def test_accumulator_options_pass_through(cnn):
 def test_built_hooks_and_accumulator(cnn):
     data = images(2)
     plain = compare_models(cnn, None, data, ["features.0", "features.3"], pooling="spatial_mean",
-                           progress=False, groups=2)
+                           progress=False, statistics=StatisticsOptions(groups=2))
     # compare_models builds its own hooks with centred=False (MinibatchCKA centres them)
     hooks = GramHooks(cnn, ["features.0", "features.3"], pooling="spatial_mean", centred=False)
     acc = repsim.MinibatchCKA(groups=2)
-    got = compare_models(cnn, None, data, hooks=hooks, accumulator=acc, progress=False)
+    got = compare_models(cnn, None, data, capture=CaptureOptions(hooks=hooks),
+                         run=RunOptions(accumulator=acc), progress=False)
     np.testing.assert_array_equal(got["cka"].values, plain["cka"].values)
     assert acc.n_batches == 2
     # hooks that centre each gram themselves (the default) give the same CKA up to rounding
     centred = GramHooks(cnn, ["features.0", "features.3"], pooling="spatial_mean")
     acc = repsim.MinibatchCKA(groups=2)
-    got = compare_models(cnn, None, data, hooks=centred, accumulator=acc, progress=False)
+    got = compare_models(cnn, None, data, capture=CaptureOptions(hooks=centred),
+                         run=RunOptions(accumulator=acc), progress=False)
     np.testing.assert_allclose(got["cka"].values, plain["cka"].values, rtol=0, atol=1e-6)
     assert acc.n_batches == 2
-    with pytest.raises(ValueError, match="either hooks= or \\['pooling'\\]"):
-        compare_models(cnn, None, data, hooks=hooks, pooling="flatten2", progress=False)
-    with pytest.raises(ValueError, match="either accumulator= or \\['groups'\\]"):
-        compare_models(cnn, None, data, accumulator=repsim.MinibatchCKA(), groups=3,
+    with pytest.raises(ValueError, match="either CaptureOptions.hooks or pooling="):
+        compare_models(cnn, None, data, capture=CaptureOptions(hooks=hooks), pooling="cls",
                        progress=False)
+    with pytest.raises(ValueError, match="CaptureOptions: pass either hooks or \\['pooling'\\]"):
+        CaptureOptions(hooks=hooks, pooling="cls")
+    with pytest.raises(ValueError, match="either CaptureOptions.hooks or layers_a/layers_b"):
+        compare_models(cnn, None, data, ["features.0"], capture=CaptureOptions(hooks=hooks),
+                       progress=False)
+    with pytest.raises(ValueError, match=r"either RunOptions.accumulator or "
+                                         r"\['StatisticsOptions.groups'\]"):
+        compare_models(cnn, None, data, run=RunOptions(accumulator=repsim.MinibatchCKA()),
+                       statistics=StatisticsOptions(groups=3), progress=False)
+    with pytest.raises(ValueError, match=r"either RunOptions.accumulator or \['estimator'\]"):
+        compare_models(cnn, None, data, run=RunOptions(accumulator=repsim.MinibatchCKA()),
+                       estimator="biased", progress=False)
     with pytest.raises(ValueError, match="fresh"):
-        compare_models(cnn, None, data, accumulator=acc, progress=False)
+        compare_models(cnn, None, data, run=RunOptions(accumulator=acc), progress=False)
     other = SmallCNN().eval()
     pair = (GramHooks(cnn, ["features.0"]), GramHooks(other, ["head.1"]))
-    across = compare_models(cnn, other, data, hooks=pair, progress=False)
+    across = compare_models(cnn, other, data, capture=CaptureOptions(hooks=pair), progress=False)
     assert across.sizes == {"layer_a": 1, "layer_b": 1}
 
 
 def test_hook_transform_that_changes_n_is_refused(cnn):
     with pytest.raises(ValueError, match="n=16 for layer .features.0.*got shape \\(4, "):
-        compare_models(cnn, None, images(1), ["features.0"], transform=first_rows,
+        compare_models(cnn, None, images(1), ["features.0"],
+                       capture=CaptureOptions(transform=first_rows),
                        progress=False)
 
 

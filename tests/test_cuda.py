@@ -536,12 +536,12 @@ def test_compare_models_on_device_matches_cpu():
     labelled = [(x, torch.zeros(12, dtype=torch.long)) for x in data]
     want = repsim.compare_models(net, None, data, COMPARED, progress=False)
     want2 = repsim.compare_models(net, other, labelled, COMPARED, COMPARED, progress=False,
-                                  groups=3)
+                                  statistics=repsim.StatisticsOptions(groups=3))
     assert next(net.parameters()).device.type == "cpu"
     got = repsim.compare_models(net, None, data, COMPARED, progress=False, device=DEVICE)
     assert next(net.parameters()).device.type == torch.device(DEVICE).type
     got2 = repsim.compare_models(net, other, labelled, COMPARED, COMPARED, progress=False,
-                                 groups=3, device=DEVICE)
+                                 statistics=repsim.StatisticsOptions(groups=3), device=DEVICE)
     assert next(other.parameters()).device.type == torch.device(DEVICE).type
     assert isinstance(got, xr.DataArray) and isinstance(got.values, np.ndarray)
     assert list(got.layer_a.values) == list(want.layer_a.values)

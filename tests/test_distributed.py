@@ -53,17 +53,20 @@ WORKER = textwrap.dedent(
                             world_size=world)
     try:
         a, b, data = make()
-        within = repsim.compare_models(a, None, data, "**", progress=False, epochs=2)
+        within = repsim.compare_models(a, None, data, "**", progress=False,
+                                       run=repsim.RunOptions(epochs=2))
         across = repsim.compare_models(a, b, data, progress=False)
         np.save(f"{out}/within{rank}.npy", within.values)
         np.save(f"{out}/across{rank}.npy", across.values)
-        grouped = repsim.compare_models(a, None, data, "**", progress=False, epochs=2, groups=4)
+        grouped = repsim.compare_models(a, None, data, "**", progress=False,
+                                        run=repsim.RunOptions(epochs=2),
+                                        statistics=repsim.StatisticsOptions(groups=4))
         np.save(f"{out}/stderr{rank}.npy", grouped["stderr"].values)
         # checkpoints: one file per rank; a finished one returns the same result
-        first = repsim.compare_models(a, b, data, progress=False, checkpoint=f"{out}/ck.pt",
-                                      checkpoint_every=1)
+        first = repsim.compare_models(a, b, data, progress=False, run=repsim.RunOptions(
+            checkpoint=f"{out}/ck.pt", checkpoint_every=1))
         again = repsim.compare_models(a, b, iter(()), progress=False,
-                                      checkpoint=f"{out}/ck.pt")
+                                      run=repsim.RunOptions(checkpoint=f"{out}/ck.pt"))
         np.save(f"{out}/ckpt{rank}.npy", np.stack([first.values, again.values]))
         with open(f"{out}/attrs{rank}.json", "w") as f:
             json.dump({k: int(v) for k, v in within.attrs.items()
@@ -91,7 +94,8 @@ WORKER = textwrap.dedent(
             with open(f"{out}/empty{rank}.txt", "w") as f:
                 f.write(str(e))
         try:
-            repsim.compare_models(a, None, data, kernel="rbf", progress=False)
+            repsim.compare_models(a, None, data, progress=False,
+                                  statistics=repsim.StatisticsOptions(kernel="rbf"))
         except ValueError as e:
             with open(f"{out}/rbf{rank}.txt", "w") as f:
                 f.write(str(e))
@@ -130,7 +134,8 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
     ns: dict = {}
     exec(SETUP, ns)
     a, b, data = ns["make"]()
-    within = repsim.compare_models(a, None, data, "**", progress=False, epochs=2)
+    within = repsim.compare_models(a, None, data, "**", progress=False,
+                                   run=repsim.RunOptions(epochs=2))
     across = repsim.compare_models(a, b, data, progress=False)
     for name, single in (("within", within), ("across", across)):
         r0 = np.load(tmp_path / f"{name}0.npy")
@@ -139,7 +144,9 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
         # equal to the single-process one up to the order of the float64 sums
         np.testing.assert_allclose(r0, single.values, rtol=1e-12, atol=1e-14)
     # per-group sums (for intervals) land in the same groups as in one process
-    grouped = repsim.compare_models(a, None, data, "**", progress=False, epochs=2, groups=4)
+    grouped = repsim.compare_models(a, None, data, "**", progress=False,
+                                    run=repsim.RunOptions(epochs=2),
+                                    statistics=repsim.StatisticsOptions(groups=4))
     for r in range(2):
         np.testing.assert_allclose(np.load(tmp_path / f"stderr{r}.npy"), grouped["stderr"].values,
                                    rtol=1e-9, atol=1e-13)

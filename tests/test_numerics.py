@@ -233,7 +233,8 @@ def test_compare_models_float32_with_a_large_bias(bias):
         model[2].bias.fill_(bias)  # the layer's output: offset ``bias`` against a spread ~0.3
     data = torch.randn(192, 20)
     loader = [(data[i:i + 64],) for i in range(0, 192, 64)]
-    kw = dict(layers_a=["0", "2"], progress=False, forward=lambda m, b: m(b[0]))
+    kw = dict(layers_a=["0", "2"], progress=False,
+              capture=repsim.CaptureOptions(forward=lambda m, b: m(b[0])))
     with warnings.catch_warnings():
         warnings.simplefilter("error", DegenerateRepresentationWarning)
         got = repsim.compare_models(model, None, loader, **kw)

@@ -221,7 +221,8 @@ def test_compare_models_forms_its_grams_in_the_asked_precision():
     np.testing.assert_allclose(got.values, exact.compute().values, rtol=0, atol=cka_bound(16))
     hooks = repsim.GramHooks(net, ["0", "2"])
     with pytest.raises(ValueError, match="hooks must be built with precision='bfloat16'"):
-        repsim.compare_models(net, None, data, hooks=hooks, progress=False, precision="bfloat16")
+        repsim.compare_models(net, None, data, capture=repsim.CaptureOptions(hooks=hooks),
+                              progress=False, precision="bfloat16")
 
 
 def test_uncentred_hooks_give_grams_that_centre_to_the_centred_ones():

@@ -347,6 +347,7 @@ def test_compare_models_with_a_huge_seed_saves(tmp_path):
     pytest.importorskip("h5netcdf")
     net = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
     data = [torch.randn(8, 4, generator=torch.Generator().manual_seed(i)) for i in range(2)]
-    res = repsim.compare_models(net, net, data, seed=2**70, progress=False)
+    res = repsim.compare_models(net, net, data, run=repsim.RunOptions(seed=2**70),
+                                progress=False)
     repsim.save_result(res, tmp_path / "r.nc")
     assert int(repsim.load_result(tmp_path / "r.nc").attrs["seed"]) == 2**70

@@ -403,8 +403,9 @@ def test_word_alignment_across_two_tokenizers(wordpiece, bpe):
     n_words = sum(len(s.split()) for s in sents)
     for pooling in ("word_mean", "word_first", "word_last"):
         sim = repsim.compare_models(bert, gpt2, batches, "encoder.layer.*", "h.*",
-                                    pooling=pooling, forward=batches.forward(bert, gpt2),
-                                    progress=False)
+                                    pooling=pooling, progress=False,
+                                    capture=repsim.CaptureOptions(
+                                        forward=batches.forward(bert, gpt2)))
         assert sim.shape == (2, 2) and np.isfinite(sim.values).all()
         assert sim.attrs["n_examples"] == n_words
 
@@ -438,8 +439,8 @@ def test_token_level_comparison_across_tokenizers_is_refused(wordpiece, bpe, poo
     with pytest.raises(ValueError, match="tokenize the text differently, so token i of one "
                                          "model is not token i of the other"):
         repsim.compare_models(bert, gpt2, batches, "encoder.layer.*", "h.*",
-                              pooling=pooling, forward=batches.forward(bert, gpt2),
-                              progress=False)
+                              pooling=pooling, progress=False,
+                              capture=repsim.CaptureOptions(forward=batches.forward(bert, gpt2)))
 
 
 def test_word_aligned_batches_bad_input(wordpiece, bpe):
@@ -492,8 +493,9 @@ def test_standardize_features_values_and_rogue_dimension():
 def test_standardize_as_transform_in_compare_models(wordpiece, bert):
     batches = [wordpiece(CORPUS[i:i + 6], padding=True, return_tensors="pt")
                for i in range(0, 12, 6)]
-    sim = repsim.compare_models(bert, None, batches, "encoder.layer.*", pooling="masked_mean",
-                                transform=standardize_features, progress=False)
+    sim = repsim.compare_models(bert, None, batches, "encoder.layer.*", progress=False,
+                                capture=repsim.CaptureOptions(pooling="masked_mean",
+                                                              transform=standardize_features))
     np.testing.assert_allclose(np.diag(sim.values), 1.0, atol=1e-9)
 
 

@@ -247,7 +247,7 @@ def test_warnings_from_cka_matrix_point_at_the_caller(rng):
 
 
 def test_callable_options_come_from_the_table():
-    """``transform`` (MinibatchCKA, GramHooks) and ``forward`` (compare_models) are one
+    """``transform`` (MinibatchCKA, GramHooks) and ``forward`` (CaptureOptions) are one
     rule each in V.PARAMS: a callable or None, else a TypeError naming the argument and
     the expected signature."""
     from repsim import _validation as V
@@ -265,6 +265,6 @@ def test_callable_options_come_from_the_table():
         repsim.MinibatchCKA(transform=3)
     net = torch.nn.Sequential(torch.nn.Linear(3, 2))
     with pytest.raises(TypeError, match=r"forward must be a callable \(model, batch\)"):
-        repsim.compare_models(net, None, [torch.ones(4, 3)], forward="f", progress=False)
+        repsim.CaptureOptions(forward="f")
     with pytest.raises(TypeError, match=r"transform must be a callable \(n, features\)"):
         repsim.GramHooks(net, ["0"], transform=3)

@@ -181,8 +181,9 @@ print("trained vs init, matching blocks:", np.round(np.diag(cross.values), 3))
 # A few features with very large variance can dominate linear CKA (Timkey & van
 # Schijndel 2021). ``transform=repsim.standardize_features`` gives every feature unit
 # variance (per batch) before the gram:
-std = repsim.compare_models(model, None, batches, layers[1:], pooling="masked_mean",
-                            transform=repsim.standardize_features, progress=False)
+std = repsim.compare_models(model, None, batches, layers[1:], progress=False,
+                            capture=repsim.CaptureOptions(
+                                pooling="masked_mean", transform=repsim.standardize_features))
 plain = sims["masked_mean"].values[1:, 1:]
 print("largest change from standardising:", f"{np.abs(std.values - plain).max():.3f}")
 

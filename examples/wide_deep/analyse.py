@@ -57,9 +57,12 @@ def within_model_cka(model, names, x, cfg, seed, device, *, transform=None, pass
     """
     passes = passes or cfg["passes"]
     return repsim.compare_models(
-        model, None, eval_loader(x, cfg["cka_batch_size"]), layers_a=list(names), epochs=passes,
-        estimator="unbiased", device=device, progress=False, seed=seed, transform=transform,
-        names=(name, name), groups=n_groups(len(x), cfg, passes), level=cfg["level"],
+        model, None, eval_loader(x, cfg["cka_batch_size"]), layers_a=list(names),
+        estimator="unbiased", device=device, progress=False, names=(name, name),
+        capture=repsim.CaptureOptions(transform=transform),
+        statistics=repsim.StatisticsOptions(groups=n_groups(len(x), cfg, passes),
+                                            level=cfg["level"]),
+        run=repsim.RunOptions(epochs=passes, seed=seed),
     )
 
 
@@ -67,9 +70,10 @@ def cross_model_cka(model_a, model_b, names_a, names_b, x, cfg, seed, device, na
     """Minibatch CKA between every layer of ``model_a`` and every layer of ``model_b``."""
     return repsim.compare_models(
         model_a, model_b, eval_loader(x, cfg["cka_batch_size"]), layers_a=list(names_a),
-        layers_b=list(names_b), epochs=cfg["cross_passes"], estimator="unbiased", device=device,
-        progress=False, seed=seed, names=names, groups=n_groups(len(x), cfg, cfg["cross_passes"]),
-        level=cfg["level"],
+        layers_b=list(names_b), estimator="unbiased", device=device, progress=False, names=names,
+        statistics=repsim.StatisticsOptions(groups=n_groups(len(x), cfg, cfg["cross_passes"]),
+                                            level=cfg["level"]),
+        run=repsim.RunOptions(epochs=cfg["cross_passes"], seed=seed),
     )
 
 

@@ -1,26 +1,30 @@
 """The driver of the PyTorch adapter: :func:`compare_models`.
 
-Running the batches (the forward of one batch, :func:`_run_forward`, and the one
-generator of epoch, shard and resume decisions, :func:`_batches`) lives in ``_batches``;
-here :func:`compare_models` resolves its arguments and wires hooks, accumulator,
-checkpoints, progress and the all-reduce together. The accumulator is used through its base's interface only
-(``update_grams``, ``compute``, ``state_dict``/``load_state_dict``, ``sync``).
+:func:`compare_models` reads its options (grouped in ``_options``), and hands each step to
+one helper: :func:`_make_accumulator` (the accumulator the batches go into),
+:func:`_models` (the models compared, on their device), :func:`_build_sides` (the hooks
+and which layers go to each side), :func:`_open_checkpoint` (what identifies the run, where
+it resumes), :func:`_stream` (every batch through the hooks into the accumulator) and
+:func:`_provenance` (the result's attrs). Running one batch and the epoch, shard and
+resume decisions live in ``_batches``. The accumulator is used through its base's
+interface only (``update_grams``/``update_features``, ``compute``, ``state_dict``/
+``load_state_dict``, ``sync``).
 """
 
 from __future__ import annotations
 
 import collections.abc
 import contextlib
-import numbers
+import inspect
 import os
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
 
-from .. import _validation as V
+from .._accumulator import Accumulator
 from .._io import progress as _progress_display
 from ..streaming import MinibatchCKA
 from ._batches import _batches, _inference, _model_device, _run_forward
@@ -33,20 +37,74 @@ from ._checkpoint import (
 )
 from ._distributed import _dist_context, _presharded, all_reduce_accumulator
 from ._hooks import GramHooks
+from ._options import (
+    CaptureOptions,
+    RunOptions,
+    StatisticsOptions,
+    changed,
+    resolve_options,
+)
 from ._selection import LayerSpec, select_layers, unwrap_model
 
 
-_HOOK_DEFAULTS = dict(layers_a=None, layers_b=None, select=None, pooling="flatten",
-                      repeated="error", transform=None)
-_ACC_DEFAULTS = dict(estimator="unbiased", kernel="linear", sigma=None, threshold=1.0,
-                     engine="auto", groups=None, weighting="pairs", precision="float32")
+@dataclass
+class _Models:
+    """The models compared (unwrapped), whether they are one, their device and names."""
+
+    a: nn.Module
+    b: nn.Module
+    within: bool
+    device: torch.device
+    names: tuple[str, str]
+
+    @property
+    def distinct(self) -> list[nn.Module]:
+        return [self.a] if self.within else [self.a, self.b]
 
 
-def _refuse_with(what, given, defaults):
-    clash = sorted(k for k, v in given.items() if v is not defaults[k] and v != defaults[k])
-    if clash:
-        raise ValueError(f"pass either {what} or {clash}, not both (set them on the "
-                         f"{what.split('=')[0]} object)")
+def _models(model_a, model_b, device, names) -> _Models:
+    """Unwrap the models, move them to ``device`` (``.to`` acts in place), name them."""
+    inner_a = unwrap_model(model_a)
+    within = model_b is None or model_b is model_a or unwrap_model(model_b) is inner_a
+    inner_b = inner_a if within else unwrap_model(model_b)
+    dev = _model_device(inner_a, device)
+    if device is not None:
+        inner_a.to(dev)
+        inner_b.to(dev)
+    labels = tuple(names) if names is not None else (type(inner_a).__name__,
+                                                     type(inner_b).__name__)
+    if len(labels) != 2:
+        raise ValueError(f"names must be two strings (model_a, model_b); got {names!r}")
+    return _Models(inner_a, inner_b, within, dev, (labels[0], labels[1]))
+
+
+def _make_accumulator(estimator, precision, statistics: StatisticsOptions, run: RunOptions,
+                      world: int) -> Any:
+    """A MinibatchCKA built from the options, or the caller's fresh accumulator (used
+    through ``update_grams``/``update_features``, ``compute`` and ``n_batches``, which
+    :class:`~repsim._accumulator.Accumulator` does not declare)."""
+    acc: Accumulator
+    if run.accumulator is None:
+        acc = MinibatchCKA(estimator=estimator, precision=precision, kernel=statistics.kernel,
+                           sigma=statistics.sigma, threshold=statistics.threshold,
+                           engine=run.engine, groups=statistics.groups,
+                           weighting=statistics.weighting)  # checks estimator and precision
+    else:
+        clash = [k for k, v, default in (("estimator", estimator, "unbiased"),
+                                         ("precision", precision, "float32")) if v != default]
+        clash += [f"StatisticsOptions.{k}" for k in changed(statistics, ignore=("level",))]
+        if clash:
+            raise ValueError(f"pass either RunOptions.accumulator or {clash}, not both (set "
+                             "them on the accumulator)")
+        if run.accumulator.started:
+            raise ValueError("accumulator must be fresh (no batches yet); call reset() first")
+        acc = run.accumulator
+    if world > 1 and getattr(acc, "kernel", None) == "rbf" and getattr(acc, "sigma", 1) is None:
+        raise ValueError(
+            "kernel='rbf' under torch.distributed needs an explicit sigma (each process "
+            "would calibrate the bandwidth on a different batch)"
+        )
+    return acc
 
 
 @dataclass
@@ -58,6 +116,10 @@ class _Sides:
     names_a: list
     names_b: list
     symmetric: bool
+
+    @property
+    def managers(self) -> list[GramHooks]:
+        return [self.hooks_a] + ([self.hooks_b] if self.hooks_b is not None else [])
 
     def grams(self):
         """(grams_a, grams_b) of the last forward pass(es); grams_b None if symmetric."""
@@ -72,25 +134,136 @@ class _Sides:
                 {k: v for k, v in ga.items() if base(k) in self.names_b})
 
 
-def _build_sides(inner_a, inner_b, within, hooks, layers_a, layers_b, hook_opts):
-    if hooks is not None:
-        pair = hooks if isinstance(hooks, tuple) else (hooks,)
-        if not all(isinstance(h, GramHooks) for h in pair) or len(pair) != (1 if within else 2):
-            raise TypeError("hooks must be a GramHooks (one model) or a pair of GramHooks "
-                            f"(model_a's, model_b's); got {hooks!r}")
-        if pair[0].model is not inner_a or (not within and pair[1].model is not inner_b):
-            raise ValueError("hooks must be built on the models compared (model_a's first)")
-        if within:
-            return _Sides(pair[0], None, pair[0].names, pair[0].names, True)
-        return _Sides(pair[0], pair[1], pair[0].names, pair[1].names, False)
-    if within:
-        names_a = select_layers(inner_a, layers_a)
-        names_b = names_a if layers_b is None else select_layers(inner_a, layers_b)
+def _built_sides(models: _Models, hooks, layers_a, layers_b, features, precision) -> _Sides:
+    """The sides of hooks built by the caller, checked against the models and accumulator."""
+    pair = hooks if isinstance(hooks, tuple) else (hooks,)
+    if layers_a is not None or layers_b is not None:
+        raise ValueError("pass either CaptureOptions.hooks or layers_a/layers_b, not both "
+                         "(the hooks hold their layers)")
+    if len(pair) != (1 if models.within else 2):
+        raise TypeError("CaptureOptions.hooks must be a GramHooks for one model or a pair of "
+                        f"GramHooks (model_a's, model_b's) for two; got {hooks!r}")
+    if pair[0].model is not models.a or (not models.within and pair[1].model is not models.b):
+        raise ValueError("hooks must be built on the models compared (model_a's first)")
+    if any(h.features != features for h in pair):
+        raise ValueError(f"hooks must be built with features={features} for this accumulator")
+    if any(h.precision != precision for h in pair):
+        raise ValueError(f"hooks must be built with precision={precision!r}, the accumulator's")
+    if models.within:
+        return _Sides(pair[0], None, pair[0].names, pair[0].names, True)
+    return _Sides(pair[0], pair[1], pair[0].names, pair[1].names, False)
+
+
+def _build_sides(models: _Models, capture: CaptureOptions, layers_a, layers_b, acc) -> _Sides:
+    """Hooks for the selected layers, built so that the accumulator gets what it consumes."""
+    features = acc.CONSUMES == "features"
+    precision = getattr(acc, "precision", "float32")
+    if capture.hooks is not None:
+        return _built_sides(models, capture.hooks, layers_a, layers_b, features, precision)
+    # MinibatchCKA centres every gram it is given in float64: the hooks leave it uncentred
+    opts = dict(select=capture.select, pooling=capture.pooling, repeated=capture.repeated,
+                transform=capture.transform, features=features, precision=precision,
+                centred=not isinstance(acc, MinibatchCKA))
+    if models.within:
+        names_a = select_layers(models.a, layers_a)
+        names_b = names_a if layers_b is None else select_layers(models.a, layers_b)
         union = list(OrderedDict.fromkeys(names_a + names_b))
-        return _Sides(GramHooks(inner_a, union, **hook_opts), None, names_a, names_b,
+        return _Sides(GramHooks(models.a, union, **opts), None, names_a, names_b,
                       names_b == names_a)
-    ha, hb = GramHooks(inner_a, layers_a, **hook_opts), GramHooks(inner_b, layers_b, **hook_opts)
+    ha, hb = GramHooks(models.a, layers_a, **opts), GramHooks(models.b, layers_b, **opts)
     return _Sides(ha, hb, ha.names, hb.names, False)
+
+
+@dataclass
+class _Checkpoint:
+    """Where a run saves its state (``path`` None: nowhere) and where it starts."""
+
+    path: str | None = None
+    config: dict = field(default_factory=dict)
+    start: tuple[int, int, int] = (0, 0, 0)
+
+    def save(self, acc, epoch: int, batch: int, seen: int) -> None:
+        if self.path is not None:
+            save_checkpoint(self.path, acc, self.config, epoch, batch, seen)
+
+
+def _open_checkpoint(run: RunOptions, models: _Models, sides: _Sides, forward, acc, rank,
+                     world) -> _Checkpoint:
+    """The run's checkpoint: its identity, and the state of an earlier run restored."""
+    if run.checkpoint is None:
+        return _Checkpoint()
+    path = rank_path(run.checkpoint, rank, world)
+    config = checkpoint_config(
+        dict(model_a=models.names[0], model_b=models.names[1], layers_a=list(sides.names_a),
+             layers_b=list(sides.names_b), symmetric=sides.symmetric, epochs=run.epochs,
+             seed=run.seed, rank=rank, world_size=world),
+        sides.managers, models.distinct, forward)
+    start = load_checkpoint(path, acc, config, models.device) if os.path.exists(path) \
+        else (0, 0, 0)
+    return _Checkpoint(path, config, start)
+
+
+def _stream(loader, acc, sides: _Sides, models: _Models, capture: CaptureOptions,
+            run: RunOptions, ckpt: _Checkpoint, show: bool, rank: int, world: int) -> None:
+    """Run this process's batches of every epoch through the hooks into ``acc``, with
+    progress, group assignment and checkpoints; torch's RNG state is restored after."""
+    try:
+        total = run.epochs * len(loader)
+    except TypeError:
+        total = None
+    start = ckpt.start
+    initial = 0 if total is None else min(total, start[0] * (total // run.epochs) + start[1])
+    bar = _progress_display(total=total, initial=initial, desc="compare_models", unit="batch",
+                            enabled=bool(show) and rank == 0)
+    sharded = world > 1 and not _presharded(loader)
+    update = acc.update_features if acc.CONSUMES == "features" else acc.update_grams
+    groups = getattr(acc, "groups", None)
+    dev = models.device
+    cuda = [dev.index if dev.index is not None else torch.cuda.current_device()] \
+        if dev.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=cuda), contextlib.ExitStack() as stack:
+            stack.enter_context(_inference(models.distinct, capture.eval_mode))
+            for hk in sides.managers:
+                stack.enter_context(hk)
+            for step in _batches(loader, epochs=run.epochs, seed=run.seed, start=start,
+                                 sharded=sharded, rank=rank, world=world):
+                if step.index is None:  # end of an epoch
+                    ckpt.save(acc, step.epoch + 1, 0, step.seen)
+                    continue
+                if step.mine:
+                    if groups:  # same group as in a single process
+                        acc.set_group((step.seen * world + rank if not sharded and world > 1
+                                       else step.seen) % groups)
+                    for hk, model in zip(sides.managers, (models.a, models.b)):
+                        hk.start_pass()
+                        _run_forward(model, step.batch, dev, capture.forward)
+                    update(*sides.grams())
+                bar.update(1)
+                if (step.index + 1) % run.checkpoint_every == 0:
+                    ckpt.save(acc, step.epoch, step.index + 1, step.seen + 1)
+    finally:
+        bar.close()
+
+
+def _provenance(models: _Models, sides: _Sides, run: RunOptions, world: int) -> dict:
+    """The attrs compare_models adds to the accumulator's result."""
+    import repsim
+
+    h = sides.hooks_a
+    return {
+        "model_a": models.names[0],
+        "model_b": models.names[1],
+        "within_model": int(models.within),
+        "epochs": run.epochs,
+        "seed": run.seed,
+        "pooling": h.pooling if isinstance(h.pooling, str) else option_identity(
+            "pooling", h.pooling, False),
+        "repeated": h.repeated,
+        "world_size": world,
+        "repsim_version": repsim.__version__,
+        "torch_version": torch.__version__,
+    }
 
 
 def compare_models(
@@ -100,30 +273,16 @@ def compare_models(
     layers_a: LayerSpec = None,
     layers_b: LayerSpec = None,
     *,
-    epochs: int = 1,
     estimator: str = "unbiased",
+    pooling: str | Callable[[torch.Tensor], torch.Tensor] | None = None,
     device: str | torch.device | None = None,
     progress: bool = True,
-    seed: int = 0,
-    kernel: str = "linear",
-    sigma: float | dict[str, float] | None = None,
-    select: Callable[[Any], Any] | dict[str, Callable[[Any], Any]] | None = None,
-    pooling: str | Callable[[torch.Tensor], torch.Tensor] = "flatten",
-    repeated: str = "error",
-    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    forward: Callable[[nn.Module, Any], Any] | None = None,
-    eval_mode: bool = True,
-    names: tuple[str, str] | None = None,
-    checkpoint: str | os.PathLike | None = None,
-    checkpoint_every: int = 50,
-    groups: int | None = None,
-    level: float = 0.9,
-    threshold: float = 1.0,
-    engine: str = "auto",
-    weighting: str = "pairs",
     precision: str = "float32",
-    hooks: GramHooks | tuple[GramHooks, GramHooks] | None = None,
-    accumulator: MinibatchCKA | None = None,
+    names: tuple[str, str] | None = None,
+    capture: CaptureOptions | None = None,
+    statistics: StatisticsOptions | None = None,
+    run: RunOptions | None = None,
+    **deprecated: Any,
 ) -> Any:
     """Minibatch CKA between every layer of one model and every layer of another.
 
@@ -135,93 +294,45 @@ def compare_models(
 
     Parameters
     ----------
-    model_a : torch.nn.Module
-        First model (DataParallel / DDP / ``torch.compile`` wrappers are unwrapped).
-    model_b : torch.nn.Module or None
-        Second model; None or ``model_a`` itself gives the within-model comparison (one
+    model_a, model_b : torch.nn.Module
+        The models (DataParallel / DDP / ``torch.compile`` wrappers are unwrapped);
+        ``model_b`` None or ``model_a`` itself gives the within-model comparison (one
         forward per batch, symmetric result).
     loader : iterable
         Batches of inputs: tensors, ``(input, target, ...)`` sequences (the first element
         is the input) or dicts of keyword arguments for the model, e.g. a
-        :class:`torch.utils.data.DataLoader`. Every batch needs ``n >= 4`` examples for
-        the unbiased estimator.
+        :class:`torch.utils.data.DataLoader`; ``n >= 4`` examples each (unbiased).
     layers_a, layers_b : None, str, type or list, optional
-        Layers to compare, by exact name, glob pattern or module type (see
-        :func:`select_layers`). Default: every leaf module. Within one model, ``layers_b``
-        defaults to ``layers_a``.
-    epochs : int, default 1
-        Passes over ``loader`` (Nguyen et al. use 10 with random augmentation).
+        Layers by exact name, glob pattern or module type (:func:`select_layers`).
+        Default: every leaf module; within one model ``layers_b`` defaults to ``layers_a``.
     estimator : {"unbiased", "biased"}, default "unbiased"
         HSIC estimator per batch.
+    pooling : str or callable, optional
+        How each layer's output becomes ``(n, features)``, for both models (see
+        :class:`GramHooks`); the same as ``CaptureOptions.pooling``. Default "flatten".
     device : str or torch.device, optional
         Where the forward passes and grams run; the models are moved there (``.to`` acts in
         place). Default: the device of ``model_a``'s parameters.
     progress : bool, default True
-        Show progress (on rank 0 only under torch.distributed): a tqdm bar on a terminal
-        or in Jupyter (when tqdm is installed), one line when the run ends in a
-        non-interactive log; False shows nothing.
-    seed : int, default 0
-        torch's global RNG is seeded from ``(seed, epoch)`` at the start of every epoch, so
-        a shuffling DataLoader repeats its order (and a resumed run continues exactly);
-        the caller's RNG state is restored afterwards.
-    kernel : {"linear", "rbf"}, default "linear"
-    sigma : float or dict name -> float, optional
-        RBF bandwidth; default: median heuristic calibrated on the first batch. Under
-        torch.distributed an RBF comparison needs an explicit ``sigma`` (each process would
-        calibrate on a different batch).
-    threshold, engine, weighting
-        Passed to :class:`repsim.MinibatchCKA`: the median-heuristic fraction, the
-        centring engine, and how ragged batches are weighted (``"pairs"``, the official
-        code's sums, or ``"batches"``, Nguyen et al. eq. 3).
+        A tqdm bar (on rank 0 only under torch.distributed) on a terminal or in Jupyter,
+        one line at the end in a non-interactive log; False shows nothing.
     precision : {"float32", "bfloat16", "tf32"}, default "float32"
-        How the hooks form each gram's product (as in :func:`repsim.cka`; the reduced
-        modes pay off only on hardware with the units for them,
+        How the hooks form each gram's product (as in :func:`repsim.cka`; see
         :func:`repsim.precision_support`); recorded in the result's attrs.
-    select, pooling, repeated, transform
-        How a layer's output becomes the ``(n, features)`` matrix of its gram; see
-        :class:`GramHooks`. ``select`` and ``pooling`` apply to both models.
-    forward : callable, optional
-        ``forward(model, batch) -> output`` for batch layouts other than the above, or
-        for an entry point other than ``forward`` (``lambda m, b: m.encode(b)``); the
-        hooks start a new pass before every batch either way.
-    hooks : GramHooks or (GramHooks, GramHooks), optional
-        Hooks built beforehand (``GramHooks(model_a, layers, pooling=...)``; a pair for
-        two models) instead of ``layers_a``, ``layers_b``, ``select``, ``pooling``,
-        ``repeated`` and ``transform``, which must then be left at their defaults. Within
-        one model the result is symmetric over the hooks' layers.
-    accumulator : repsim.MinibatchCKA or repsim.FeatureMoments, optional
-        A fresh accumulator to fill (any accumulator on :mod:`repsim._accumulator`'s base
-        with ``update_grams`` and ``compute``) instead of ``estimator``, ``kernel``,
-        ``sigma``, ``threshold``, ``engine``, ``groups``, ``weighting`` and ``precision``,
-        which must then be left at their defaults. One that declares ``CONSUMES = "features"``
-        (:class:`repsim.FeatureMoments`) gets each layer's pooled activations through
-        ``update_features`` instead of grams; the result is its ``compute()`` (linear
-        CKA) and the filled accumulator gives the other measures.
-    eval_mode : bool, default True
-        Put the models in eval mode for the comparison (every module's training flag is
-        restored afterwards). Forward passes always run under ``torch.inference_mode``.
     names : (str, str), optional
         Model names for the result; default: the model classes' names.
-    checkpoint : str or os.PathLike, optional
-        File to save the accumulator state in every ``checkpoint_every`` batches (written
-        atomically). If it exists when the call starts, the comparison resumes from it;
-        a checkpoint from a finished run returns its result at once. The same comparison
-        is required -- layers, options, bandwidths, the identity of every callable
-        (``select``, ``pooling``, ``transform``, ``forward``: by qualified name and
-        ``functools.partial`` contents, so a new process can resume; lambdas and local
-        functions are refused up front) and a fingerprint of each model's parameters and
-        buffers -- otherwise a ValueError lists what differs. Under torch.distributed
-        each process uses ``<stem>.rank<r>of<w><ext>``.
-    checkpoint_every : int, default 50
-        Batches between checkpoints.
-    groups : int, optional
-        Also keep the sums of ``groups`` (>= 2) disjoint sets of batches -- batch ``t`` of
-        the whole run, counted across epochs (and across processes, as a single process
-        would count them), goes to group ``t % groups`` -- and return a standard error
-        and a ``level`` interval for every entry (delete-a-group jackknife, see
-        :meth:`repsim.MinibatchCKA.compute`).
-    level : float, default 0.9
-        Confidence level of the intervals when ``groups`` is given.
+    capture : CaptureOptions, optional
+        What the hooks capture and how the models run: ``select``, ``pooling``,
+        ``repeated``, ``transform``, ``forward``, ``eval_mode``, or prebuilt ``hooks``.
+    statistics : StatisticsOptions, optional
+        What is estimated: ``kernel``, ``sigma``, ``threshold``, ``weighting``, and
+        ``groups`` and ``level`` for jackknife intervals.
+    run : RunOptions, optional
+        How the loader runs: ``epochs``, ``seed``, ``checkpoint``, ``checkpoint_every``,
+        ``engine``, or a ready ``accumulator``.
+    **deprecated
+        Those groups' fields as flat keywords (``epochs=2``), as in repsim 0.1: accepted
+        until repsim 0.3 with a DeprecationWarning naming the group to use.
 
     Returns
     -------
@@ -232,42 +343,26 @@ def compare_models(
         ``n_batches``, ``epochs``, ``seed``, ``pooling``, ``world_size``, ``repsim_version``
         and ``torch_version``. Constant layers give NaN with a warning naming them.
     xarray.Dataset
-        With ``groups``: variables ``cka``, ``stderr``, ``ci_low``, ``ci_high`` with those
-        dims and attrs (plus ``method``, ``level``, ``n_groups``), and the leave-one-group-out
-        matrices ``jackknife`` (dims ``group, layer_a, layer_b``) for
-        :func:`repsim.jackknife_interval`.
+        With ``StatisticsOptions.groups``: variables ``cka``, ``stderr``, ``ci_low``,
+        ``ci_high`` (attrs plus ``method``, ``level``, ``n_groups``) and the leave-one-group-
+        out matrices ``jackknife`` (dims ``group, layer_a, layer_b``).
 
     Raises
     ------
     ValueError
-        For unknown layers or options, batches of fewer than 4 examples (unbiased), NaN or
-        Inf activations (naming the layer), a module called twice with
-        ``repeated="error"``, a checkpoint from a different comparison or one that cannot
-        be read (empty, truncated, another file), or unportable callables with
-        ``checkpoint=``.
+        For unknown layers or options (naming the group and field), batches of fewer than 4
+        examples (unbiased), NaN or Inf activations (naming the layer), a module called
+        twice with ``repeated="error"``, or a checkpoint of another comparison.
 
     Notes
     -----
-    Similarities are not differentiable: forward passes run under
-    ``torch.inference_mode`` and the grams are formed from detached outputs.
-
-    **Distributed.** Under an initialised :mod:`torch.distributed` process group (gloo on
-    CPU, NCCL on GPU), process ``r`` of ``w`` runs the batches ``r, r + w, r + 2w, ...``
-    of ``loader`` -- or every batch it yields, when the loader already shards through a
-    :class:`~torch.utils.data.distributed.DistributedSampler` -- and the sum states are
-    all-reduced before the result is computed, so every process returns the same result,
-    equal (to rounding) to the single-process one. Launch with torchrun::
-
-        torchrun --standalone --nproc_per_node=4 compare.py
-
-    where ``compare.py`` calls ``torch.distributed.init_process_group("nccl")`` (or
-    ``"gloo"`` on CPU), sets ``torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))`` on
-    GPUs, and then ``repsim.compare_models(..., device="cuda")``.
-
-    **Cost.** Per batch of ``n`` over ``L`` layers of widths ``p_l``: the grams,
-    ``sum_l 2 n^2 p_l`` flops, formed in the hooks; centring, ``O(L n^2)``; the pairing,
-    one ``(L_a, n^2) x (n^2, L_b)`` float64 product. Memory per batch: ``L n^2`` numbers
-    instead of ``n sum_l p_l`` activations.
+    Forward passes run under ``torch.inference_mode``; similarities are not differentiable.
+    **Distributed**: under an initialised process group, process ``r`` of ``w`` runs batches
+    ``r, r + w, ...`` (or what its DistributedSampler yields) and the sum states are
+    all-reduced, so every process returns the single-process result (to rounding); see
+    the user guide's "Distributed comparisons". **Cost** per batch of ``n`` over ``L``
+    layers of widths ``p_l``: grams ``sum_l 2 n^2 p_l`` flops in the hooks, centring
+    ``O(L n^2)``, one ``(L_a, n^2) x (n^2, L_b)`` float64 product; memory ``L n^2``.
 
     Examples
     --------
@@ -280,143 +375,35 @@ def compare_models(
     Frozen({'layer_a': 3, 'layer_b': 3})
     >>> round(float(sim.sel(layer_a="0", layer_b="0")), 6)
     1.0
+    >>> twice = repsim.compare_models(net, None, data, progress=False,
+    ...                               run=repsim.RunOptions(epochs=2, seed=1))
+    >>> twice.attrs["epochs"]
+    2
     """
-    epochs = V.check_int(epochs, "epochs", 1)
-    checkpoint_every = V.check_int(checkpoint_every, "checkpoint_every", 1)
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise ValueError(f"seed must be an integer >= 0; got {seed!r}")
-    V.check_params(forward=forward)
-    if epochs > 1 and isinstance(loader, collections.abc.Iterator):
+    capture, statistics, run = resolve_options(
+        dict(capture=capture, statistics=statistics, run=run), deprecated, pooling, _FLAT)
+    if run.epochs > 1 and isinstance(loader, collections.abc.Iterator):
         raise ValueError(
-            f"epochs={epochs} needs a loader that can be iterated again (a DataLoader, a "
-            f"list); got a one-shot {type(loader).__name__}"
+            f"RunOptions.epochs={run.epochs} needs a loader that can be iterated again (a "
+            f"DataLoader, a list); got a one-shot {type(loader).__name__}"
         )
-    acc_opts = dict(estimator=estimator, kernel=kernel, sigma=sigma, threshold=threshold,
-                    engine=engine, groups=groups, weighting=weighting, precision=precision)
-    if accumulator is None:
-        acc = MinibatchCKA(**acc_opts)  # checks its options against V.PARAMS
-    else:
-        _refuse_with("accumulator=", acc_opts, _ACC_DEFAULTS)
-        feed = "update_features" if getattr(accumulator, "CONSUMES", None) == "features" \
-            else "update_grams"
-        if not (hasattr(accumulator, feed) and hasattr(accumulator, "sync")
-                and hasattr(accumulator, "CONSUMES")):
-            raise TypeError("accumulator must be a repsim accumulator with update_grams "
-                            "(a MinibatchCKA) or consuming features with update_features (a "
-                            f"FeatureMoments); got {type(accumulator).__name__}")
-        if accumulator.started:
-            raise ValueError("accumulator must be fresh (no batches yet); call reset() first")
-        acc = accumulator
-    groups = getattr(acc, "groups", None)
-    features = acc.CONSUMES == "features"
-    hook_opts = dict(select=select, pooling=pooling, repeated=repeated, transform=transform)
-    if hooks is not None:
-        _refuse_with("hooks=", dict(layers_a=layers_a, layers_b=layers_b, **hook_opts),
-                     _HOOK_DEFAULTS)
-        if any(h.features != features for h in (hooks if isinstance(hooks, tuple) else (hooks,))
-               if isinstance(h, GramHooks)):
-            raise ValueError(f"hooks must be built with features={features} for a "
-                             f"{type(acc).__name__} accumulator")
-    hook_opts["features"] = features
-    hook_opts["precision"] = getattr(acc, "precision", "float32")
-    if hooks is not None and any(h.precision != hook_opts["precision"] for h in
-                                 (hooks if isinstance(hooks, tuple) else (hooks,))
-                                 if isinstance(h, GramHooks)):
-        raise ValueError(f"hooks must be built with precision={hook_opts['precision']!r}, "
-                         "the accumulator's")
-    # MinibatchCKA centres every gram it is given in float64: the hooks leave it uncentred
-    hook_opts["centred"] = not isinstance(acc, MinibatchCKA)
-
-    inner_a = unwrap_model(model_a)
-    within = model_b is None or model_b is model_a or unwrap_model(model_b) is inner_a
-    inner_b = inner_a if within else unwrap_model(model_b)
-    dev = _model_device(inner_a, device)
-    if device is not None:
-        inner_a.to(dev)
-        inner_b.to(dev)
     rank, world = _dist_context()
-    if world > 1 and getattr(acc, "kernel", None) == "rbf" and getattr(acc, "sigma", 1) is None:
-        raise ValueError(
-            "kernel='rbf' under torch.distributed needs an explicit sigma (each process "
-            "would calibrate the bandwidth on a different batch)"
-        )
-    sides = _build_sides(inner_a, inner_b, within, hooks, layers_a, layers_b, hook_opts)
-    model_names = tuple(names) if names is not None else (
-        type(inner_a).__name__, type(inner_b).__name__)
-    if len(model_names) != 2:
-        raise ValueError(f"names must be two strings (model_a, model_b); got {names!r}")
-    h = sides.hooks_a
-    pooling_text = h.pooling if isinstance(h.pooling, str) else option_identity(
-        "pooling", h.pooling, False)
-
-    ckpt = None if checkpoint is None else rank_path(checkpoint, rank, world)
-    start = (0, 0, 0)
-    if ckpt is not None:
-        config = checkpoint_config(
-            dict(model_a=model_names[0], model_b=model_names[1], layers_a=list(sides.names_a),
-                 layers_b=list(sides.names_b), symmetric=sides.symmetric, epochs=epochs,
-                 seed=int(seed), rank=rank, world_size=world),
-            [sides.hooks_a] if sides.hooks_b is None else [sides.hooks_a, sides.hooks_b],
-            [inner_a] if within else [inner_a, inner_b], forward)
-        if os.path.exists(ckpt):
-            start = load_checkpoint(ckpt, acc, config, dev)
-
-    try:
-        total = epochs * len(loader)
-    except TypeError:
-        total = None
-    initial = 0 if total is None else min(total, start[0] * (total // epochs) + start[1])
-    bar = _progress_display(total=total, initial=initial, desc="compare_models", unit="batch",
-                            enabled=bool(progress) and rank == 0)
-    sharded = world > 1 and not _presharded(loader)
-    managers = [sides.hooks_a] + ([sides.hooks_b] if sides.hooks_b is not None else [])
-    cuda = [dev.index if dev.index is not None else torch.cuda.current_device()] \
-        if dev.type == "cuda" else []
-    try:
-        with torch.random.fork_rng(devices=cuda), contextlib.ExitStack() as stack:
-            stack.enter_context(_inference([inner_a] if within else [inner_a, inner_b],
-                                           eval_mode))
-            for hk in managers:
-                stack.enter_context(hk)
-            for step in _batches(loader, epochs=epochs, seed=seed, start=start,
-                                 sharded=sharded, rank=rank, world=world):
-                if step.index is None:  # end of an epoch
-                    if ckpt is not None:
-                        save_checkpoint(ckpt, acc, config, step.epoch + 1, 0, step.seen)
-                    continue
-                if step.mine:
-                    if groups:  # same group as in a single process
-                        acc.set_group((step.seen * world + rank if not sharded and world > 1
-                                       else step.seen) % groups)
-                    for hk, model in zip(managers, (inner_a, inner_b)):
-                        hk.start_pass()
-                        _run_forward(model, step.batch, dev, forward)
-                    (acc.update_features if features else acc.update_grams)(*sides.grams())
-                bar.update(1)
-                if ckpt is not None and (step.index + 1) % checkpoint_every == 0:
-                    save_checkpoint(ckpt, acc, config, step.epoch, step.index + 1, step.seen + 1)
-    finally:
-        bar.close()
-
+    acc = _make_accumulator(estimator, precision, statistics, run, world)
+    models = _models(model_a, model_b, device, names)
+    sides = _build_sides(models, capture, layers_a, layers_b, acc)
+    ckpt = _open_checkpoint(run, models, sides, capture.forward, acc, rank, world)
+    _stream(loader, acc, sides, models, capture, run, ckpt, progress, rank, world)
     if world > 1:
-        all_reduce_accumulator(acc, dev)
+        all_reduce_accumulator(acc, models.device)
     elif not acc.n_batches:
         raise ValueError("loader yielded no batches")
-
-    result = acc.compute(uncertainty=True, level=level) if groups else acc.compute()
-    import repsim
-
-    result.attrs.update({
-        "model_a": model_names[0],
-        "model_b": model_names[1],
-        "within_model": int(within),
-        "epochs": epochs,
-        "seed": int(seed),
-        "pooling": pooling_text,
-        "repeated": h.repeated,
-        "world_size": world,
-        "repsim_version": repsim.__version__,
-        "torch_version": torch.__version__,
-    })
+    if getattr(acc, "groups", None):
+        result = acc.compute(uncertainty=True, level=statistics.level)
+    else:
+        result = acc.compute()
+    result.attrs.update(_provenance(models, sides, run, world))
     return result
 
+
+# compare_models' own keywords, for the "did you mean" of an unknown one
+_FLAT = tuple(inspect.signature(compare_models).parameters)[3:-1]

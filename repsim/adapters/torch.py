@@ -13,7 +13,9 @@ It gathers the adapter's public names from modules of one responsibility each:
 (:class:`GramHooks`), ``pooling`` (the mask-aware pooling policies), ``_distributed``
 (sharding, :func:`all_reduce_accumulator`), ``_checkpoint`` (what identifies a
 comparison, the file), ``_batches`` (the forward of one batch in ``_run_forward``, the
-epoch/shard/resume generator ``_batches``) and ``_compare`` (:func:`compare_models`).
+epoch/shard/resume generator ``_batches``), ``_options`` (the option groups
+:class:`CaptureOptions`, :class:`StatisticsOptions`, :class:`RunOptions`) and ``_compare``
+(:func:`compare_models`).
 
 References
 ----------
@@ -25,8 +27,10 @@ Uncovering how neural network representations vary with width and depth", ICLR
 from __future__ import annotations
 
 from ._compare import compare_models
+from ._options import CaptureOptions, RunOptions, StatisticsOptions
 from ._distributed import all_reduce_accumulator  # noqa: F401  (documented helper)
 from ._hooks import POOLINGS, REPEATS, GramHooks  # noqa: F401
 from ._selection import select_layers, unwrap_model  # noqa: F401
 
-__all__ = ["GramHooks", "compare_models", "select_layers"]
+__all__ = ["CaptureOptions", "GramHooks", "RunOptions", "StatisticsOptions", "compare_models",
+           "select_layers"]

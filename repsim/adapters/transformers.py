@@ -138,12 +138,12 @@ def hidden_state_layers(model):
 def standardize_features(x):
     """Standardise every feature to zero mean and unit variance over the examples.
 
-    Pass it as ``transform=`` to :func:`repsim.compare_models` or
-    :class:`repsim.GramHooks`: each layer's ``(n, features)`` matrix is standardised per
-    batch before its gram, so a few dimensions with huge variance (the rogue dimensions of
-    transformer language models, Timkey & van Schijndel 2021) no longer dominate linear
-    CKA. Linear CKA on standardised features is the CKA of the feature correlation
-    structure rather than the covariance.
+    Pass it as ``transform=`` to :class:`repsim.CaptureOptions` (for
+    :func:`repsim.compare_models`) or :class:`repsim.GramHooks`: each layer's
+    ``(n, features)`` matrix is standardised per batch before its gram, so a few
+    dimensions with huge variance (the rogue dimensions of transformer language models,
+    Timkey & van Schijndel 2021) no longer dominate linear CKA. Linear CKA on standardised
+    features is the CKA of the feature correlation structure rather than the covariance.
 
     Parameters
     ----------
@@ -255,7 +255,8 @@ class WordAlignedBatches:
             yield {"a": a, "b": b}
 
     def forward(self, model_a, model_b):
-        """A ``forward=`` for :func:`repsim.compare_models`: each model gets its own encoding.
+        """A ``CaptureOptions(forward=...)`` for :func:`repsim.compare_models`: each model
+        gets its own encoding.
 
         Parameters
         ----------
@@ -315,7 +316,8 @@ def word_aligned_batches(tokenizer_a, tokenizer_b, sentences, *, batch_size=32,
     WordAlignedBatches
         An iterable of batches (re-iterable, ``len()`` is the number of batches). With two
         tokenizers each batch is ``{"a": kwargs_a, "b": kwargs_b}``; pass
-        ``forward=batches.forward(model_a, model_b)`` to :func:`repsim.compare_models`.
+        ``capture=CaptureOptions(forward=batches.forward(model_a, model_b))`` to
+        :func:`repsim.compare_models`.
         The entries ``repsim_word_ids`` (and ``repsim_cross_tokenizer``) are read and
         removed by the adapter's hooks; the models never see them.
 
@@ -331,8 +333,8 @@ def word_aligned_batches(tokenizer_a, tokenizer_b, sentences, *, batch_size=32,
     >>> batches = word_aligned_batches(tok_bert, tok_gpt2, sentences, batch_size=16)
     ... # doctest: +SKIP
     >>> sim = repsim.compare_models(bert, gpt2, batches, "encoder.layer.*", "h.*",
-    ...                             pooling="word_mean",
-    ...                             forward=batches.forward(bert, gpt2))  # doctest: +SKIP
+    ...     pooling="word_mean",
+    ...     capture=repsim.CaptureOptions(forward=batches.forward(bert, gpt2)))  # doctest: +SKIP
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1; got {batch_size!r}")
