@@ -114,7 +114,7 @@ def jackknife_interval(
     Parameters
     ----------
     results : xarray.Dataset or sequence of Datasets
-        From ``MinibatchCKA.compute(uncertainty=True)`` or ``compare_models(groups=G)``.
+        From ``MinibatchCKA.compute(uncertainty=True)`` or ``compare_models(statistics=repsim.StatisticsOptions(groups=G))``.
     statistic : callable
         ``statistic(m_1, ..., m_r) -> float or array`` of numpy ``(L_a, L_b)`` matrices
         (NaN entries for constant layers: use ``nanmean`` and friends).
@@ -160,7 +160,7 @@ def jackknife_interval(
         if not isinstance(r, xr.Dataset) or "jackknife" not in r:
             raise ValueError(
                 f"result {i} has no leave-one-group-out matrices ('jackknife'); compute it with "
-                "MinibatchCKA(groups=G).compute(uncertainty=True) or compare_models(groups=G)"
+                "MinibatchCKA(groups=G).compute(uncertainty=True) or compare_models(statistics=repsim.StatisticsOptions(groups=G))"
             )
     groups = {int(r.sizes["group"]) for r in results}
     if len(groups) != 1:
