@@ -64,13 +64,24 @@ def _transforms(m):
     return out
 
 
+def _param(m, case, *values):
+    """One test case; expected to fail (not strictly: it runs, and an XPASS shows the fix
+    has landed) where ``(measure, case)`` is in :data:`_FIXED_ON_MOMENTS_BRANCH`."""
+    marks = ()
+    if (m.name, case) in _FIXED_ON_MOMENTS_BRANCH:
+        marks = pytest.mark.xfail(reason="fixed on the branch moments", strict=False)
+    return pytest.param(m, *values, id="-".join([m.name, *map(str, values)]), marks=marks)
+
+
 def _cases():
-    for m in MEASURES:
-        for t in _transforms(m):
-            marks = ()
-            if (m.name, t) in _FIXED_ON_MOMENTS_BRANCH:
-                marks = pytest.mark.xfail(reason="fixed on the branch moments", strict=False)
-            yield pytest.param(m, t, id=f"{m.name}-{t}", marks=marks)
+    return [_param(m, t, t) for m in MEASURES for t in _transforms(m)]
+
+
+def _each(case, measures=None):
+    return [_param(m, case) for m in (MEASURES if measures is None else measures)]
+
+
+_TRANSLATION = [m for m in MEASURES if _declares(m, "translation")]
 
 
 # --------------------------------------------------------------------------- data
@@ -138,7 +149,7 @@ def _assert_same(m, got, ref, label):
 # --------------------------------------------------------------------------- properties
 
 
-@pytest.mark.parametrize(("m", "transform"), list(_cases()))
+@pytest.mark.parametrize(("m", "transform"), _cases())
 @SETTINGS
 @given(data=base_data(), seed=st.integers(0, 2**32 - 1),
        log10_offset=st.floats(0.0, 4.0), log10_sx=st.floats(-90.0, 80.0),
@@ -164,8 +175,7 @@ def _fixed_data():
     return x, y
 
 
-@pytest.mark.parametrize("m", [m for m in MEASURES if _declares(m, "translation")],
-                         ids=lambda m: m.name)
+@pytest.mark.parametrize("m", _each("constant columns", _TRANSLATION))
 @SETTINGS
 @given(data=base_data(constant_columns=False), seed=st.integers(0, 2**32 - 1),
        log10_offset=st.floats(0.0, 4.0), log10_scale=st.floats(-90.0, 80.0))
@@ -176,9 +186,6 @@ def test_constant_columns_change_no_translation_invariant_measure(m, data, seed,
     is scale invariant, scale)."""
     x, y = data
     rng = np.random.default_rng(seed)
-    key = (m.name, "constant columns")
-    if key in _FIXED_ON_MOMENTS_BRANCH:
-        pytest.xfail("fixed on the branch moments")
     ref = _call(m, x, y)
     c = rng.uniform(-1, 1, 2) * 10.0**log10_offset * float(np.std(x))
     hx = np.concatenate([x[:, :2], np.broadcast_to(c, (len(x), 2)), x[:, 2:]], axis=1)
@@ -188,8 +195,8 @@ def test_constant_columns_change_no_translation_invariant_measure(m, data, seed,
     _assert_same(m, _call(m, hx, y), ref, "constant columns")
 
 
-@pytest.mark.parametrize("m", MEASURES, ids=lambda m: m.name)
 @pytest.mark.parametrize("side", ["x", "y"])
+@pytest.mark.parametrize("m", _each("constant layer"))
 @SETTINGS
 @given(seed=st.integers(0, 2**32 - 1), log10_offset=st.floats(-3.0, 4.0),
        log10_scale=st.floats(-90.0, 80.0))
@@ -207,8 +214,6 @@ def test_a_constant_layer_is_nan_with_a_warning_naming_it(m, side, seed, log10_o
     row = rng.choice([-1.0, 1.0], x.shape[1]) * rng.uniform(0.5, 1.0, x.shape[1])
     const = np.broadcast_to(row * 10.0**log10_offset, x.shape).copy()
     hostile = const * 10.0**log10_scale if _declares(m, "isotropic_scaling") else const
-    if (m.name, f"constant layer {side}") in _FIXED_ON_MOMENTS_BRANCH:
-        pytest.xfail("fixed on the branch moments")
     other = y[:, : x.shape[1]].copy()
     value, warned = _call(m, *((hostile, other) if side == "x" else (other, hostile)))
     if (_declares(m, "translation") and m.symmetric) or math.isnan(value):
@@ -286,15 +291,12 @@ def test_mutual_knn_reference(data):
     assert abs(float(m(x, y)) - _ref_mutual_knn(x, y, k)) <= TOL
 
 
-@pytest.mark.parametrize("m", [m for m in MEASURES if _declares(m, "translation")],
-                         ids=lambda m: m.name)
+@pytest.mark.parametrize("m", _each("offset 1e7 std", _TRANSLATION))
 def test_the_issues_offset_of_1e7_standard_deviations(m):
     """Issue 26's case, ``1e4 + 1e-3 x`` at n = 200 (an offset of 1e7 standard deviations,
     where ``n eps`` times the uncentred sum of squares exceeds the centred one: a
     "constant" test on uncentred data calls it constant). ``1e7 + x`` for a measure that
     is not scale invariant."""
-    if (m.name, "offset 1e7 std") in _FIXED_ON_MOMENTS_BRANCH:
-        pytest.xfail("fixed on the branch moments")
     rng = np.random.default_rng(7)
     x = rng.standard_normal((200, 8))
     y = 0.8 * x[:, :6] + 0.6 * rng.standard_normal((200, 6))
