@@ -13,6 +13,7 @@ from typing import Any
 
 from . import _backend as B
 from . import _validation as V
+from .kernels import _ldexp
 
 
 class Rep:
@@ -22,12 +23,15 @@ class Rep:
     ----------
     xp : namespace
     data : array, shape (n, p), float64 -- centred if ``centre``
-    basis_data : array, shape (n, p) -- ``data`` with unit-norm columns if
-        ``unit_columns`` (zero columns stay zero), else ``data``; the SVD is of this
+    basis_data : array, shape (n, p) -- ``data`` times the power of two that brings its
+        largest entry into ``[0.5, 1)`` (exact; no canonical correlation or rank depends on
+        it, and no square of data at ``1e-200`` or ``1e200`` under- or overflows), with
+        unit-norm columns if ``unit_columns`` (zero columns stay zero); the SVD is of this
     u, s, vh : thin SVD of ``basis_data``
     rank : int -- numerical rank (see :func:`numerical_rank`)
     dtype : the input's float dtype (float16/bfloat16 -> float32, ints -> float64)
     eps : machine epsilon of ``dtype``; floor : the centring's rounding (see :func:`prepared`)
+        in the units of ``basis_data``
     shape : the input's shape
     """
 
@@ -47,11 +51,21 @@ class Rep:
     def __init__(self, x, name="x", *, centre=True, rtol=None, xp=None, unit_columns=False):
         prepared(self, x, name, centre=centre, xp=xp)
         xp = self.xp
+        # CCA is invariant to scale: the SVD is of data brought to max |entry| in [0.5, 1)
+        # by a power of two (exact), so that no square underflows (data at 1e-200) or
+        # overflows; the floor is scaled with it
         data = self.data
+        amax = float(xp.max(xp.abs(data))) if self.n * self.p else 0.0
+        if amax > 0:
+            e = math.frexp(amax)[1]
+            data = _ldexp(data, -e)
+            self.floor = _ldexp(self.floor, -e)
         if unit_columns:
             # CCA is invariant to scaling a column, so equalise them first: the rank rule
             # then sees a 1e-3 column next to a 1e3 one as the direction it is
-            norms = xp.sqrt(xp.sum(data * data, axis=0))
+            top = xp.max(xp.abs(data), axis=0)
+            safe = xp.where(top > 0, top, xp.ones_like(top))
+            norms = top * xp.sqrt(xp.sum((data / safe[None, :]) ** 2, axis=0))
             ok = norms > self.floor
             data = xp.where(ok[None, :], data / xp.where(ok, norms, xp.ones_like(norms))[None, :],
                             xp.zeros_like(data))
@@ -101,7 +115,9 @@ def prepared(rep, x, name, *, centre=True, xp=None):
         mean = xp.mean(x, axis=0)
         rep.data = x - mean
         eps64 = float(xp.finfo(acc).eps)
-        rep.floor = rep.n * eps64 * math.sqrt(rep.n) * float(xp.sqrt(xp.sum(mean * mean)))
+        top = float(xp.max(xp.abs(mean))) if rep.p else 0.0  # ||mean|| without overflow
+        norm = top * float(xp.sqrt(xp.sum((mean / top) ** 2))) if top > 0 else 0.0
+        rep.floor = rep.n * eps64 * math.sqrt(rep.n) * norm
     else:
         rep.data = x
         rep.floor = 0.0

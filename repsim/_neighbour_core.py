@@ -6,9 +6,14 @@ under 500 lines; :mod:`repsim.neighbours` re-exports :func:`neighbours`.
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
+
 from . import _backend as B
 from . import _moments as M
 from . import _validation as V
+from .kernels import _ldexp
 
 V.register_params("neighbours", metric=V.Options("cosine", "euclidean"))
 
@@ -81,11 +86,19 @@ def neighbours(x, k, metric="cosine", name="x"):
     # the last sorted key that must differ from the first for the set (and, at k = n - 1,
     # the order) to be the data's: the (k+1)-th nearest, or the k-th when there is none
     last = min(k, n - 2)
+    shift = 0
     if metric == "cosine":
         base = _unit_rows(x, xp, name)
         unit = base
     else:
+        # centred, then scaled by a power of two (exact; neighbourhoods do not change) so
+        # that max |base| is in [0.5, 1): squared distances of data at 1e-200 or 1e200
+        # would under- or overflow float64 (all "tied", or inf); reported in x's units
         base = M.centre_columns(x, xp)
+        amax = B.item(xp.max(xp.abs(base))) if n * p else 0.0
+        if amax > 0:
+            shift = math.frexp(amax)[1]
+        base = _ldexp(base, -shift)
         unit = None
         sq = xp.sum(base * base, axis=1)
     rows = max(1, BLOCK_BYTES // (8 * n))
@@ -119,7 +132,11 @@ def neighbours(x, k, metric="cosine", name="x"):
         if count and first_tied < 0:
             first_tied = start + int(B.item(xp.argmax(xp.astype(flat, xp.int8))))
         tied += count
-        val = -val if metric == "cosine" else val + sq[start:stop, None]
+        if metric == "cosine":
+            val = -val
+        else:  # in x's units (inf or 0 where they leave float64; no measure reads them)
+            with np.errstate(over="ignore", under="ignore"):
+                val = _ldexp(val + sq[start:stop, None], 2 * shift)
         idx_parts.append(order)
         val_parts.append(val)
     return Neighbours(xp.astype(xp.concat(idx_parts), xp.int64), xp.concat(val_parts), unit,

@@ -155,6 +155,10 @@ def centred_gram_stack(
         undefined) where ``centred <= tolerance``. Both are sums over batches too. For the
         RBF kernel a layer is constant when its features are (then both are 0), or when
         its RBF gram rounds to a constant in float64 (a bandwidth far above the spread).
+        With ``normalise`` (the value of one batch) a constant layer needs no bandwidth:
+        its ``sigmas_used`` entry is NaN; without it (the sums of
+        :class:`repsim.MinibatchCKA`, whose bandwidth is fixed on the first batch) the
+        median heuristic refuses a constant layer.
     """
     V.check_params(kernel=kernel, estimator=estimator, engine=engine, threshold=threshold,
                    precision=precision)
@@ -197,8 +201,14 @@ def centred_gram_stack(
         if kernel == "rbf":
             linear_stats.append((xp.sum(xp.linalg.diagonal(k), dtype=acc), xp.sum(k, dtype=acc)))
             fixed = None if sigmas is None or sigmas[i] is None else math.ldexp(float(sigmas[i]), -e)
-            k, sigma = rbf_from_linear(k, xp, sigma=fixed, threshold=threshold, engine=engine, name=label)
-            sigma = math.ldexp(sigma, e)
+            if fixed is None and normalise and _constant_linear(linear_stats[-1], n, eps[-1]):
+                # one batch's CKA of a constant layer: no bandwidth to pick (every distance
+                # is 0), the layer is reported constant below and its sigma is NaN
+                k, sigma = rbf_from_linear(k, xp, sigma=1.0, engine=engine, name=label)[0], math.nan
+            else:
+                k, sigma = rbf_from_linear(k, xp, sigma=fixed, threshold=threshold, engine=engine,
+                                           name=label)
+                sigma = math.ldexp(sigma, e)
         sigmas_used.append(sigma)
         if _centring.stacks_centring(packed):  # all layers share packed's device
             stacked.append(k)
@@ -218,8 +228,7 @@ def centred_gram_stack(
     eps64 = float(np.finfo(B.accumulation_dtype(np)).eps)
     for i, ((tr, total), e) in enumerate(zip(stats, eps)):
         if kernel == "rbf":
-            c_lin, t_lin = degeneracy_terms(B.item(linear_stats[i][0]), B.item(linear_stats[i][1]), n, e)
-            if c_lin <= t_lin:
+            if _constant_linear(linear_stats[i], n, e):
                 centred[i] = tolerance[i] = 0.0
                 continue
             e = eps64  # the RBF gram is formed in float64
@@ -227,6 +236,12 @@ def centred_gram_stack(
         if kernel == "linear" and not normalise and not grams:
             _check_pairing_range(centred[i], n, f"{side}[{names[i]!r}]")
     return packed, sigmas_used, centred, tolerance
+
+
+def _constant_linear(stats, n, eps):
+    """Whether a linear gram with these ``(trace, total)`` is a constant layer's."""
+    c_lin, t_lin = degeneracy_terms(B.item(stats[0]), B.item(stats[1]), n, eps)
+    return c_lin <= t_lin
 
 
 def _check_pairing_range(centred, n, label):

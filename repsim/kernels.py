@@ -182,7 +182,7 @@ def scaled_centred_gram(x, xp, name="x", bounds=None, centred=True, precision="f
         return _product(xp.astype(xc64, x.dtype), xp, precision), 0, 0.0
     e = math.frexp(amax)[1]
     k = _product(xp.astype(_ldexp(xc64, -e), x.dtype), xp, precision)
-    dmax = math.ldexp(B.item(xp.max(xp.linalg.diagonal(xp.astype(k, acc)))), 2 * e)
+    dmax = _ldexp(B.item(xp.max(xp.linalg.diagonal(xp.astype(k, acc)))), 2 * e)  # inf past float64
     return k, e, dmax
 
 

@@ -39,14 +39,9 @@ from . import _backend as B
 from . import _moments as M
 from . import _validation as V
 from ._registry import Measure, declare
-from .kernels import centre_into
+from .cka import _centred_scaled
+from .kernels import _ldexp, centre_into
 
-
-
-def _constant(xc, x, xp):
-    eps = float(xp.finfo(xp.float64).eps)
-    tr = B.item(xp.sum(xc * xc))
-    return not tr > x.shape[0] * eps * B.item(xp.sum(x * x))
 
 
 def _squared_distances(xc, xp):
@@ -153,7 +148,11 @@ def dcor(x, y, estimator="unbiased"):
     -----
     Invariant to translation, orthogonal maps and isotropic scaling; 0 (population)
     exactly for independent variables. Distances are formed from the column-centred
-    float64 gram (``d² = k_ii + k_jj - 2 k_ij``, rounding negatives clipped). Cost
+    float64 gram (``d² = k_ii + k_jj - 2 k_ij``, rounding negatives clipped) of data
+    scaled by a power of two (exact) where its squares would under- or overflow, so any
+    offset and any scale whose float64 value is finite give the same value; a side is
+    constant when its centred data are, up to rounding (the rules of CKA's feature path:
+    :func:`repsim.kernels.degeneracy_terms` on the centred data). Cost
     ``O(n^2 (p + q))``; as a minibatch U-statistic it streams like minibatch CKA.
 
     References
@@ -175,14 +174,29 @@ def dcor(x, y, estimator="unbiased"):
     packed = xp.empty((2, n * n), dtype=xp.float64, device=B.device(x))
     bad = []
     for i, (a, name) in enumerate(((x, "x"), (y, "y"))):
-        ac = M.centre_columns(a, xp)
-        if _constant(ac, a, xp):
+        # centred in float64 and scaled by a power of two (exact; dcor is scale invariant)
+        # before any product, as on CKA's feature path: the sums of squared U-centred
+        # distances below stay in float64's range at any scale, and "constant" is decided
+        # on the centred data
+        ac, constant = _centred_scaled(a, xp, name)
+        if constant:
             bad.append(name)
         centre_into(xp.sqrt(_squared_distances(ac, xp)), unbiased, packed[i], xp)
     if bad:
         return M.as_result(M.undefined(bad, "dcor"), xp)
     ab = xp.sum(packed[0] * packed[1])
     return M.as_result(ab / xp.sqrt(xp.sum(packed[0] ** 2) * xp.sum(packed[1] ** 2)), xp)
+
+
+def _unit_scale(x, xp):
+    """``x`` times the power of two that brings ``max |x|`` into ``[0.5, 1)``: exact, so
+    equal distances stay exactly equal (the rank comparisons' ties), and every RDM kind
+    and comparison is invariant to it -- while the squared distances and the Pearson
+    sums of products of data at ``1e-90`` or ``1e80`` would under- or overflow float64.
+    Differences ``x_i - x_j`` need no centring first: an offset costs them only the
+    rounding of the data itself."""
+    amax = B.item(xp.max(xp.abs(x))) if x.shape[0] * x.shape[1] else 0.0
+    return _ldexp(x, -math.frexp(amax)[1]) if amax > 0 else x
 
 
 def _upper(d, xp):
@@ -285,8 +299,8 @@ def rsa(x, y, rdm="euclidean", compare="pearson"):
     """
     V.check_params("rsa", rdm=rdm, compare=compare)
     xp, x, y = M.prepare_pair(x, y, min_n=3, what="rsa")
-    u = _upper(distance_matrix(x, rdm, "x"), xp)
-    v = _upper(distance_matrix(y, rdm, "y"), xp)
+    u = _upper(distance_matrix(_unit_scale(x, xp), rdm, "x"), xp)
+    v = _upper(distance_matrix(_unit_scale(y, xp), rdm, "y"), xp)
     flat = [name for name, w in (("x", u), ("y", v)) if B.item(xp.max(w) - xp.min(w)) == 0]
     if flat:
         return M.as_result(M.undefined(flat, f"rsa (constant {rdm} RDM)"), xp)
@@ -316,7 +330,7 @@ def _rsa_prepare(x, name, *, rdm, compare, **_):
         raise ValueError(f"rsa needs at least 3 examples; got n={int(x.shape[0])} for {name}")
     x = xp.astype(x, xp.float64)
     V.check_finite_array(x, xp, name)
-    u = _upper(distance_matrix(x, rdm, name), xp)
+    u = _upper(distance_matrix(_unit_scale(x, xp), rdm, name), xp)
     flat = B.item(xp.max(u) - xp.min(u)) == 0
     if compare == "kendall":
         return u, B.to_numpy(u), flat, x
