@@ -7,7 +7,7 @@ under 500 lines; :mod:`repsim.neighbours` re-exports :func:`neighbours`.
 from __future__ import annotations
 
 from . import _backend as B
-from . import _moments as M
+from . import _moment_formulas as M
 from . import _validation as V
 
 V.register_params("neighbours", metric=V.Options("cosine", "euclidean"))
