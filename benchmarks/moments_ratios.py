@@ -12,8 +12,10 @@ The workload of issue 14: ``L`` layers of ``d`` features (a chain ``h_{l+1} = ta
 
 - **repsim**: :class:`repsim.FeatureMoments` fed batch by batch (one float64 product per
   batch over all layers), then ``compute(measure)`` for every pair, per measure.
-- **per pair**: the full-data function (``repsim.cka``, ``repsim.nbs``, ...) on the whole
-  ``(n, d)`` arrays of each pair. Every pair of the workload costs the same, so it is timed
+- **per pair**: the full-data function (``repsim.cka``, ``repsim.nbs``, ...) with the
+  measure's presets on the whole ``(n, d)`` arrays of each pair. The measures are every
+  registered measure with an exact streaming form (``repsim.measure_names()``, read from
+  the registry: nothing is listed here). Every pair of the workload costs the same, so it is timed
   on ``--baseline-pairs`` pairs (default: all pairs with ``--quick``, 12 otherwise) and
   scaled to all ``L (L + 1) / 2`` pairs (symmetric measures) or ``L²`` (asymmetric);
   the output says which.
@@ -36,20 +38,27 @@ import time
 import numpy as np
 
 import repsim
+from repsim._registry import moment_params
 
-MEASURES = {
-    # name: (compute() parameters, full-data function of (x, y), symmetric)
-    "cka": ({}, lambda x, y: repsim.cka(x, y, method="features"), True),
-    "cka_unbiased": ({"estimator": "unbiased"},
-                     lambda x, y: repsim.cka(x, y, estimator="unbiased"), True),
-    "cca": ({}, lambda x, y: repsim.cca(x, y), True),
-    "svcca": ({"keep": 0.99}, lambda x, y: repsim.svcca(x, y, keep=0.99), True),
-    "pwcca": ({}, lambda x, y: repsim.pwcca(x, y), False),
-    "shape_distance": ({"alpha": 1.0}, lambda x, y: repsim.shape_distance(x, y), True),
-    "nbs": ({}, lambda x, y: repsim.nbs(x, y), True),
-    "ridge_r2": ({"ridge": 0.1}, lambda x, y: repsim.ridge_r2(x, y, 0.1), False),
-    "gulp": ({"ridge": 0.01}, lambda x, y: repsim.gulp(x, y, 0.01), True),
-}
+def streamed_measures():
+    """Every registered measure with an exact streaming form, from the registry: name ->
+    (the measure, a callable ``(x, y)`` with its presets; whether it is symmetric). A
+    measure whose presets have no streaming form (``cka_rbf``) is left out, as
+    ``FeatureMoments.compute`` refuses it."""
+    out = {}
+    for name in repsim.measure_names():
+        m = repsim.measure(name)
+        if m.family.moments is None:
+            continue
+        try:
+            moment_params(name, {})
+        except ValueError:
+            continue
+        out[name] = (m, m.is_symmetric(m.bind({})))
+    return out
+
+
+MEASURES = streamed_measures()
 
 
 def make_layers(layers, d, n, seed):
@@ -126,11 +135,11 @@ def main():
     print(f"{'measure':<15}{'compute s':>11}{'pairs':>7}{'timed':>7}{'per-pair s':>12}"
           f"{'all pairs s':>13}{'ratio':>9}{'max diff':>14}")
     for name in measures:
-        params, fn, symmetric = MEASURES[name]
+        fn, symmetric = MEASURES[name]
         pairs = all_pairs_sym if symmetric else all_pairs
         synced(args.device)
         t0 = time.perf_counter()
-        result = acc.compute(name.replace("_unbiased", ""), **params).values
+        result = acc.compute(fn.family.name, **fn.options).values
         synced(args.device)
         compute = time.perf_counter() - t0
         timed = [pairs[i] for i in sorted(rng.choice(len(pairs), min(k, len(pairs)),

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, TypeVar
 
@@ -76,6 +77,8 @@ class State:
         Dimension names resolved by the accumulator's ``_dims(layout)`` (``()`` for a
         scalar).
     dtype : {"float64", "int64"}
+        float64 sums are finite and int64 ones are counts (never negative):
+        :meth:`Accumulator.load_state_dict` refuses any other value.
     reduction : {"sum"}
         How states of disjoint batches combine (merge, all-reduce).
     when : str, optional
@@ -175,13 +178,16 @@ def differences(mine: dict, theirs: dict, where: str) -> list[str]:
 
 def check_layer_names(layout: dict[str, Any]) -> None:
     """Refuse an incoming layout whose ``names_a``/``names_b`` are not non-empty lists of
-    layer names or whose ``symmetric`` is not a bool (the layouts of the layer accumulators)."""
+    distinct layer names or whose ``symmetric`` is not a bool (the layer accumulators)."""
     for side in ("a", "b"):
         names = layout[f"names_{side}"]
         if not (isinstance(names, (list, tuple)) and names
                 and all(isinstance(n, str) for n in names)):
             raise ValueError(f"state['names_{side}'] must be a non-empty list of layer "
                              f"names; got {names!r}")
+        if len(set(names)) != len(names):
+            dup = sorted({n for n in names if list(names).count(n) > 1})
+            raise ValueError(f"state['names_{side}'] names a layer twice: {dup}")
     if not isinstance(layout["symmetric"], bool):
         raise ValueError(f"state['symmetric'] must be a bool; got {layout['symmetric']!r}")
 
@@ -200,6 +206,9 @@ class Accumulator:
     #: (``update_grams``, each layer's ``(n, n)`` gram) or ``"features"``
     #: (``update_features``, each layer's pooled ``(n, d)`` activations).
     CONSUMES: ClassVar[str] = "grams"
+    #: Layout names that processes may hold differently before :meth:`sync`, which agrees
+    #: on them in :meth:`_pre_sync` (a shift); the other layout must match.
+    AGREED: ClassVar[tuple[str, ...]] = ()
 
     _values: dict[str, Any]
 
@@ -219,10 +228,12 @@ class Accumulator:
         shift. Default: ``other`` itself."""
         return other
 
-    def _pre_sync(self, all_reduce: Callable[[Any], Any], device: Any) -> None:
-        """Hook run by :meth:`sync` on every process before anything else, with the same
-        collective: agree on what the processes must share before their states are
-        compared and summed (e.g. a common shift). Default: nothing."""
+    def _pre_sync(self, all_reduce: Callable[[Any], Any], world: int) -> None:
+        """Hook run by :meth:`sync` on every process once all are known to hold states of
+        the same options and layout (up to :attr:`AGREED`), with the collective and the
+        number of processes ``world``, before the states are summed: agree on the
+        :attr:`AGREED` layout (e.g. a common shift) and re-express the states on it.
+        Default: nothing."""
 
     def _invalidate(self) -> None:
         """Hook: drop caches derived from the layout (called by :meth:`reset` and
@@ -369,6 +380,12 @@ class Accumulator:
                         f"state[{s.name!r}] must have shape {want} and dtype {s.dtype} for "
                         f"this layout; got shape {tuple(value.shape)} and dtype {value.dtype}"
                     )
+                low = B.item(xp.min(value)) if s.dtype == "int64" and math.prod(value.shape) else 0
+                if low < 0:
+                    raise ValueError(f"state[{s.name!r}] counts must be >= 0; got {low}")
+                if s.dtype == "float64" and not B.item(xp.all(xp.isfinite(value))):
+                    raise ValueError(f"state[{s.name!r}] holds NaN or Inf: the sums are "
+                                     "corrupt (an accumulator never stores them)")
         values = {s.name: B.namespace(state[s.name]).asarray(state[s.name], copy=True)
                   for s in declared}
         for key in self.LAYOUT:
@@ -378,10 +395,10 @@ class Accumulator:
         self._invalidate()
 
     def _fingerprint(self) -> int:
-        """A 16-bit digest of the options and layout: its squares summed over up to 1,000
-        processes stay exact in float64."""
-        text = repr((type(self).__name__, sorted(self._options().items()),
-                     sorted(self._layout().items())))
+        """A 16-bit digest of the options and layout (less :attr:`AGREED`): its squares
+        summed over up to 1,000 processes stay exact in float64."""
+        layout = {k: v for k, v in self._layout().items() if k not in self.AGREED}
+        text = repr((type(self).__name__, sorted(self._options().items()), sorted(layout.items())))
         return int.from_bytes(hashlib.sha256(text.encode()).digest()[:2], "big")
 
     def sync(self: _A, all_reduce: Callable[[Any], Any], *, device: Any = None) -> _A:
@@ -394,7 +411,8 @@ class Accumulator:
             ``torch.distributed.all_reduce`` (whose default op is a sum). It is called
             once on a small check vector (how many processes take part, how many have
             states, a digest of each one's options and layers, so that every process
-            raises the same error instead of hanging), then once per declared state.
+            raises the same error instead of hanging), then by :meth:`_pre_sync` (if the
+            subclass agrees on part of its layout), then once per declared state.
         device : optional
             Where the check vector lives on a process that has no state yet (NCCL needs a
             CUDA device); default: the states' device, else the CPU.
@@ -409,7 +427,6 @@ class Accumulator:
         ValueError
             If some process has no batches, or the processes' options or layers differ.
         """
-        self._pre_sync(all_reduce, device)
         if self._values:
             ref = next(iter(self._values.values()))
             xp, dev = B.namespace(ref), B.device(ref)
@@ -428,11 +445,12 @@ class Accumulator:
                 "sum; use fewer processes or more batches"
             )
         if world * squares != total * total:  # equal digests <=> zero variance (exact)
+            mine = {k: v for k, v in self._layout().items() if k not in self.AGREED}
             raise ValueError(
                 "processes accumulated different layers or options; every process must "
-                f"hook the same layers with the same options (this one: "
-                f"{self._layout()})"
+                f"hook the same layers with the same options (this one: {mine})"
             )
+        self._pre_sync(all_reduce, int(world))
         for s in self._declared():
             all_reduce(self._values[s.name])
         return self

@@ -3,7 +3,7 @@ of each side, the canonical correlations of two bases, their summaries and warni
 SVCCA's direction count, and google/svcca's PWCCA convention.
 
 Private: :mod:`repsim.cca_family` (the measures and their registry declarations) and
-:mod:`repsim._moment_measures` (the streaming forms) use them.
+:mod:`repsim._moment_formulas` (the streaming forms) use them.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from . import _backend as B
-from . import _moments as M
+from . import _moment_formulas as M
 from . import _validation as V
 from .kernels import _ldexp
 

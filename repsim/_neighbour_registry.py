@@ -8,7 +8,7 @@ step are the ones :func:`repsim.neighbour_matrix` and the pair functions use.
 from __future__ import annotations
 
 from . import _backend as B
-from . import _moments as M
+from . import _moment_formulas as M
 from . import _validation as V
 from ._registry import Measure, declare
 from .neighbours import (

@@ -332,6 +332,34 @@ def moment_family(measure: str) -> tuple[Family, dict[str, Any]]:
     return m.family, dict(m.options)
 
 
+def moment_params(measure: str, params: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """``(function name, parameters)`` of ``FeatureMoments.compute(measure, **params)``:
+    ``measure`` resolved by :func:`moment_family` (a preset outside the streaming form,
+    such as ``cka_rbf``'s kernel, is refused), the streaming parameters (``moments`` and
+    ``moment_options``) defaulted from the signature and checked by the constraints."""
+    family, preset = moment_family(measure)
+    defaults = family.defaults()
+    allowed = {k: defaults[k] for k in family.moments or ()}
+    allowed.update({k: d for k, (d, _) in family.moment_options.items()})
+    fixed = {k: v for k, v in preset.items() if k not in allowed and v != defaults.get(k)}
+    if fixed:
+        raise ValueError(f"measure={measure!r} has no exact streaming form (its options "
+                         f"{fixed} are not moments); use the full-data function")
+    given = {**{k: v for k, v in preset.items() if k in allowed}, **params}
+    unknown = sorted(set(given) - set(allowed))
+    if unknown:
+        raise TypeError(f"measure={measure!r} takes the parameters {sorted(allowed)}; "
+                        f"got unknown {unknown}{did_you_mean(unknown[0], allowed)}")
+    p = {**allowed, **given}
+    for key in given:
+        extra = family.moment_options.get(key)
+        p[key] = extra[1](p[key], key) if extra else family.check(key, p[key])
+    keep = p.get("keep")
+    if isinstance(keep, (tuple, list)) and len(keep) != 2:
+        raise ValueError(f"keep must be one value or a pair (keep_x, keep_y); got {keep!r}")
+    return family.name, p
+
+
 def pair_value(function: str, x, y, **options):
     """``pair(prepare(x), prepare(y))`` of a declared function: the body of a measure
     defined by its declaration alone (:mod:`repsim.overlap`)."""

@@ -43,7 +43,7 @@ computational measures of semantic change", EMNLP (second-order cosine similarit
 from __future__ import annotations
 
 from . import _backend as B
-from . import _moments as M
+from . import _moment_formulas as M
 from . import _validation as V
 from .results import similarity_array
 

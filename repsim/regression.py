@@ -10,13 +10,11 @@ a survey of functional and representational measures" (linear regression R²).
 
 from __future__ import annotations
 
-
 from . import _backend as B
-from . import _moments as M
+from . import _moment_formulas as M
 from . import _validation as V
 from ._registry import Measure, declare
 from ._rules import check_ridge as _check_ridge
-
 
 
 def _folds(n, folds):
@@ -32,15 +30,14 @@ def _folds(n, folds):
     return bounds
 
 
-def _r2_one(x, y, xp, ridge, bounds):
+def _r2_one(a, b, ridge, bounds):
+    """R² of predicting layer ``b`` from layer ``a`` (:class:`~repsim._moment_formulas.Layer`):
+    in-sample from their moments, or out-of-fold from per-fold sums of the centred data."""
+    xp = B.namespace(a.xc)
     if bounds is None:
-        m = M.moments(x, y)
-        return M.r2_from_moments(m, ridge)
-    # shift by the full-data mean (stability of the raw sums; the value does not move)
-    xs = M.reduce_features(M.centre_columns(x, xp), xp)
-    ys = M.centre_columns(y, xp)
-    sums = [M.raw_sums(xs[a:b], ys[a:b], xp) for a, b in bounds]
-    return M.cv_r2_from_sums(sums, ridge)
+        return M.r2_from_moments(M.pair_layers(a, b)[0], ridge)
+    sums = [M.raw_sums(a.xc[lo:hi], b.xc[lo:hi], xp) for lo, hi in bounds]
+    return M.cv_r2_from_sums(sums, ridge, a.e)
 
 
 def ridge_r2(x, y, ridge=0.0, *, direction="x_to_y", folds=None):
@@ -96,16 +93,14 @@ def ridge_r2(x, y, ridge=0.0, *, direction="x_to_y", folds=None):
     """
     ridge = _check_ridge(ridge)
     V.check_params("ridge_r2", direction=direction)
-    xp, x, y = M.prepare_pair(x, y, min_n=3 if folds else 2, what="ridge_r2")
-    bounds = _folds(int(x.shape[0]), folds)
-    m = M.moments(x, y)
-    bad = M.constant_sides(m, x, y)
-    pairs = {"x_to_y": [(x, y, "y")], "y_to_x": [(y, x, "x")]}
+    xp, a, b = M.prepare_layers(x, y, min_n=3 if folds else 2, what="ridge_r2")
+    bounds = _folds(a.n, folds)
+    pairs = {"x_to_y": [(a, b, "y")], "y_to_x": [(b, a, "x")]}
     pairs["mean"] = pairs["x_to_y"] + pairs["y_to_x"]
-    targets = [t for _, _, t in pairs[direction]]
-    if any(t in bad for t in targets):
-        return M.as_result(M.undefined([t for t in targets if t in bad], "ridge_r2"), xp)
-    values = [_r2_one(a, b, xp, ridge, bounds) for a, b, _ in pairs[direction]]
+    bad = [t for _, q, t in pairs[direction] if q.constant]
+    if bad:
+        return M.as_result(M.undefined(bad, "ridge_r2"), xp)
+    values = [_r2_one(p, q, ridge, bounds) for p, q, _ in pairs[direction]]
     return M.as_result(sum(values) / len(values), xp)
 
 
@@ -154,30 +149,21 @@ def gulp(x, y, ridge=0.01, *, squared=False):
     ridge = _check_ridge(ridge)
     if not isinstance(squared, bool):
         raise ValueError(f"squared must be True or False; got {squared!r}")
-    xp, x, y = M.prepare_pair(x, y, what="gulp")
-    m = M.moments(x, y)
-    return _gulp_value(m, M.constant_sides(m, x, y), ridge, squared, xp)
-
-
-def _gulp_value(m, bad, ridge, squared, xp):
-    """GULP from the pair's moments (NaN with a warning naming constant sides)."""
-    if bad:
-        return M.as_result(M.undefined(bad, "gulp"), xp)
-    d2 = M.gulp_from_moments(m, ridge)
-    if squared:
-        return M.as_result(d2, xp)
-    return M.as_result(xp.sqrt(xp.clip(d2, 0.0, None)), xp)
-
-
-
+    xp, a, b = M.prepare_layers(x, y, what="gulp")
+    return _gulp_pair(a, b, ridge=ridge, squared=squared)
 
 
 # --------------------------------------------------------------------------- registry
 
 
 def _gulp_pair(a, b, *, ridge, squared, **_):
+    """GULP of two prepared layers (NaN with a warning naming constant sides)."""
+    xp = B.namespace(a.xc)
     m, bad = M.pair_layers(a, b)
-    return _gulp_value(m, bad, ridge, squared, B.namespace(a.xc))
+    if bad:
+        return M.as_result(M.undefined(bad, "gulp"), xp)
+    d2 = M.gulp_from_moments(m, ridge)
+    return M.as_result(d2 if squared else xp.sqrt(xp.clip(d2, 0.0, None)), xp)
 
 
 _RIDGE = V.Satisfies(_check_ridge)

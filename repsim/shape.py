@@ -13,11 +13,10 @@ tensor product of semifinite w*-algebras", Trans. AMS 135.
 from __future__ import annotations
 
 from . import _backend as B
-from . import _moments as M
+from . import _moment_formulas as M
 from . import _validation as V
 from ._registry import Measure, declare
 from ._rules import check_alpha as _check_alpha
-
 
 
 def shape_distance(x, y, alpha=1.0, score="angular"):
@@ -82,12 +81,8 @@ def shape_distance(x, y, alpha=1.0, score="angular"):
     """
     alpha = _check_alpha(alpha)
     V.check_params("shape_distance", score=score)
-    xp, x, y = M.prepare_pair(x, y, what="shape_distance")
-    m = M.moments(x, y)
-    bad = M.constant_sides(m, x, y)
-    if bad:
-        return M.as_result(M.undefined(bad, "shape_distance"), xp)
-    return M.as_result(M.shape_distance_from_moments(m, alpha, score), xp)
+    xp, a, b = M.prepare_layers(x, y, what="shape_distance")
+    return _shape_pair(a, b, alpha=alpha, score=score)
 
 
 def nbs(x, y):
@@ -125,12 +120,8 @@ def nbs(x, y):
     >>> round(float(repsim.nbs(x, -2 * x)), 6)
     1.0
     """
-    xp, x, y = M.prepare_pair(x, y, what="nbs")
-    m = M.moments(x, y)
-    bad = M.constant_sides(m, x, y)
-    if bad:
-        return M.as_result(M.undefined(bad, "nbs"), xp)
-    return M.as_result(M.nbs_from_moments(m), xp)
+    xp, a, b = M.prepare_layers(x, y, what="nbs")
+    return _nbs_pair(a, b)
 
 
 # --------------------------------------------------------------------------- registry

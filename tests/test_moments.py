@@ -16,7 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import repsim
-from repsim import _moment_measures as MM
+from repsim import _moment_formulas as F
+from repsim import moments as MM
 from repsim._registry import families
 
 #: the functions with an exact streaming form -> symmetric, from the measure registry
@@ -153,7 +154,7 @@ def test_unbiased_terms_are_invariant_to_the_shift(rng):
     def terms(shift):
         xs = x - shift
         z = MM.augment(xs, widths, np)
-        return MM.linear_cka_terms(z.sum(0), z.T @ z, 60, widths, "unbiased")
+        return F.linear_cka_terms(z.sum(0), z.T @ z, 60, widths, "unbiased")
 
     ref = terms(np.zeros(x.shape[1]))
     for shift in (x.mean(0), x[0], x.std(0) * rng.standard_normal(x.shape[1])):
@@ -345,9 +346,12 @@ def test_bad_input_names_the_argument_layer_and_shape(rng):
         empty_fold.compute("ridge_r2", out_of_fold=True)
 
 
-def test_sync_reexpresses_on_a_common_shift_then_sums(rng):
-    """A hand-written 2-process all-reduce (the partner holds the other half)."""
+def test_sync_reexpresses_on_a_common_shift_and_scale_then_sums(rng):
+    """A hand-written 2-process all-reduce (the partner holds the other half, at another
+    scale: its layers' exponents differ from this process's)."""
     acts = layers(rng, offset=10.0)
+    acts["c"] = acts["c"][:101]
+    acts["c"] = np.concatenate([acts["c"], 2.0**4 * layers(rng, offset=10.0)["c"][101:]])
     whole = feed(repsim.FeatureMoments(), acts)
     mine = feed(repsim.FeatureMoments(), acts, bounds=[0, 37, 38, 101])
     partner = feed(repsim.FeatureMoments(), acts, bounds=[101, 180, 213])
@@ -356,24 +360,24 @@ def test_sync_reexpresses_on_a_common_shift_then_sums(rng):
 
     def all_reduce(x):
         calls.append(tuple(x.shape))
-        if len(calls) == 1:  # width check
-            x += np.array([1.0, 1.0, 20.0, 400.0])
-        elif len(calls) == 2:  # shifts
-            x += np.asarray(own_shift)
-        elif len(calls) == 3:  # the base's check: the partner has the common shift now
+        if len(calls) == 1:  # the base's check (the shift and scale are not compared)
             x += np.array([1.0, 1.0, fp, fp * fp])
+        elif len(calls) == 2:  # shifts and exponents
+            x += np.asarray(own_shift + own_exps, dtype=float)
         else:
-            x += partner._values[names[len(calls) - 4]]
+            x += partner._values[names[len(calls) - 3]]
 
     names = [s.name for s in partner._declared()]
-    own_shift = partner.shift
-    common = tuple((a + b) / 2 for a, b in zip(mine.shift, partner.shift))
-    partner._values = MM.reshift(partner.widths, partner._values, partner.shift, common)
-    partner.shift = common
-    fp = float(partner._fingerprint())
+    own_shift, own_exps = partner.shift, partner.exponents
+    assert own_exps[2] == mine.exponents[2] + 4
+    common = (tuple((a + b) / 2 for a, b in zip(mine.shift, partner.shift)),
+              tuple(int(round((a + b) / 2)) for a, b in zip(mine.exponents, own_exps)))
+    partner._values = MM.reexpress(partner.widths, partner._values, (own_shift, own_exps),
+                                   common)
+    partner.shift, partner.exponents = common
     mine.sync(all_reduce)
-    assert calls[:3] == [(4,), (20,), (4,)]
-    assert mine.shift == common
+    assert calls[:2] == [(4,), (24,)]
+    assert (mine.shift, mine.exponents) == common
     for measure, params, _, distance in FULL:
         assert_matches(mine.compute(measure, **params), whole.compute(measure, **params).values,
                        distance)
@@ -446,7 +450,7 @@ def test_two_gloo_processes_all_reduce_to_the_full_data_values(tmp_path, rng):
     for got, ref, distance in zip(r0, want, (False, False, True)):
         assert_matches(type("R", (), {"values": got}), ref, distance)
     for r in range(2):
-        assert "different widths" in (tmp_path / f"differ{r}.txt").read_text()
+        assert "different layers" in (tmp_path / f"differ{r}.txt").read_text()
 
 
 def test_compare_models_feeds_features_to_the_accumulator(rng, tmp_path):

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import repsim
-from repsim import _moments as M
+from repsim import _moment_formulas as M
 
 TOL = 1e-9
 
