@@ -30,20 +30,6 @@ import repsim
 from repsim import _registry as R
 from repsim.neighbours import neighbours
 
-#: ``(measure, transform)`` cases that fail on this branch and are fixed on the branch
-#: ``moments`` (the moment measures of ``repsim/_moments.py``: scatter products that
-#: under/overflow at 1e-90/1e80, a "constant" test against the uncentred sum of squares
-#: that a 1e7-std offset fails); the lead removes this set after merging it.
-_FIXED_ON_MOMENTS_BRANCH: set[tuple[str, str]] = {
-    ("procrustes_angular", "scale"), ("procrustes_angular", "offset+scale"),
-    ("shape_cca_angular", "scale"), ("shape_cca_angular", "offset+scale"),
-    ("nbs", "scale"), ("nbs", "offset+scale"),
-    ("procrustes_angular", "offset 1e7 std"), ("procrustes_euclidean", "offset 1e7 std"),
-    ("shape_cca_angular", "offset 1e7 std"), ("shape_half_angular", "offset 1e7 std"),
-    ("nbs", "offset 1e7 std"), ("linear_r2", "offset 1e7 std"),
-    ("ridge_r2", "offset 1e7 std"), ("gulp", "offset 1e7 std"),
-}
-
 TOL = 1e-6
 SETTINGS = settings(max_examples=25, deadline=None)
 MEASURES = R.all_measures()
@@ -64,21 +50,17 @@ def _transforms(m):
     return out
 
 
-def _param(m, case, *values):
-    """One test case; expected to fail (not strictly: it runs, and an XPASS shows the fix
-    has landed) where ``(measure, case)`` is in :data:`_FIXED_ON_MOMENTS_BRANCH`."""
-    marks = ()
-    if (m.name, case) in _FIXED_ON_MOMENTS_BRANCH:
-        marks = pytest.mark.xfail(reason="fixed on the branch moments", strict=False)
-    return pytest.param(m, *values, id="-".join([m.name, *map(str, values)]), marks=marks)
+def _param(m, *values):
+    """One test case, named by its measure and transform."""
+    return pytest.param(m, *values, id="-".join([m.name, *map(str, values)]))
 
 
 def _cases():
-    return [_param(m, t, t) for m in MEASURES for t in _transforms(m)]
+    return [_param(m, t) for m in MEASURES for t in _transforms(m)]
 
 
 def _each(case, measures=None):
-    return [_param(m, case) for m in (MEASURES if measures is None else measures)]
+    return [_param(m) for m in (MEASURES if measures is None else measures)]
 
 
 _TRANSLATION = [m for m in MEASURES if _declares(m, "translation")]

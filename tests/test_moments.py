@@ -461,8 +461,8 @@ def test_compare_models_feeds_features_to_the_accumulator(rng, tmp_path):
     net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(inplace=True), nn.Linear(8, 4))
     data = [torch.randn(n, 6) + 3.0 for n in (16, 16, 9)]
     acc = repsim.FeatureMoments()
-    result = repsim.compare_models(net, None, data, ["0", "1", "2"], accumulator=acc,
-                                   progress=False)
+    result = repsim.compare_models(net, None, data, ["0", "1", "2"],
+                                   run=repsim.RunOptions(accumulator=acc), progress=False)
     with torch.no_grad():
         h0 = torch.cat([net[0](x) for x in data])
         acts = {"0": h0.numpy(), "1": torch.relu(h0).numpy(), "2": net(torch.cat(data)).numpy()}
@@ -473,14 +473,18 @@ def test_compare_models_feeds_features_to_the_accumulator(rng, tmp_path):
                                rtol=1e-6)
     # checkpoints go through the base's state_dict (the shift is part of the layout)
     ck = str(tmp_path / "ck.pt")
-    first = repsim.compare_models(net, None, data, ["0", "2"], progress=False, checkpoint=ck,
-                                  accumulator=repsim.FeatureMoments())
+    first = repsim.compare_models(net, None, data, ["0", "2"], progress=False,
+                                  run=repsim.RunOptions(checkpoint=ck,
+                                                        accumulator=repsim.FeatureMoments()))
     again = repsim.compare_models(net, None, iter(()), ["0", "2"], progress=False,
-                                  checkpoint=ck, accumulator=repsim.FeatureMoments())
+                                  run=repsim.RunOptions(checkpoint=ck,
+                                                        accumulator=repsim.FeatureMoments()))
     np.testing.assert_array_equal(first.values, again.values)
     with pytest.raises(ValueError, match="features=True"):
-        repsim.compare_models(net, None, data, accumulator=repsim.FeatureMoments(),
-                              hooks=repsim.GramHooks(net, ["0"]), progress=False)
+        repsim.compare_models(net, None, data,
+                              run=repsim.RunOptions(accumulator=repsim.FeatureMoments()),
+                              capture=repsim.CaptureOptions(hooks=repsim.GramHooks(net, ["0"])),
+                              progress=False)
 
 
 def test_pairs_are_symmetric_where_the_measure_is(rng):
