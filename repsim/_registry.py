@@ -314,16 +314,18 @@ def names(kind: str = "canonical") -> dict[str, str] | list[str]:
 
 def moment_family(measure: str) -> tuple[Family, dict[str, Any]]:
     """The function declaration and preset options behind ``FeatureMoments.compute``'s
-    ``measure``: a function name with a streaming form (``"cka"``, ``"shape_distance"``)
-    or any name of one of its measures (``"procrustes_angular"``)."""
+    ``measure``: any name of a measure with a streaming form (``"procrustes_angular"``,
+    ``"ridge_r2"`` with its preset ridge), else a function name with one (``"cka"``,
+    ``"shape_distance"``: the function's defaults). A measure's name wins where it is also
+    a function's, so ``compute(name)`` equals ``repsim.compare(x, y, name)``."""
     load()
     streaming = {k: f for k, f in _FAMILIES.items() if f.moments is not None}
-    if measure in streaming:
-        return streaming[measure], {}
-    try:
+    try:  # a measure's name wins over a function's: "ridge_r2" is the measure (ridge 0.1)
         m = resolve(measure)
     except (ValueError, TypeError):
         m = None
+    if (m is None or m.family.moments is None) and measure in streaming:
+        return streaming[measure], {}
     if m is None or m.family.moments is None:
         choices = sorted(streaming)
         raise ValueError(f"measure must be one of {', '.join(repr(c) for c in choices)} (or a "

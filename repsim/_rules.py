@@ -14,8 +14,8 @@ import numpy as np
 from . import _validation as V
 
 
-def mask_degenerate(values, deg_a, deg_b, names_a, names_b):
-    """NaN the rows/columns of constant layers and warn once naming them."""
+def mask_degenerate(values, deg_a, deg_b, names_a, names_b, measure="CKA"):
+    """NaN the rows/columns of constant layers and warn once naming them (and ``measure``)."""
     deg_a = np.asarray(deg_a, dtype=bool)
     deg_b = np.asarray(deg_b, dtype=bool)
     if deg_a.any() or deg_b.any():
@@ -24,7 +24,7 @@ def mask_degenerate(values, deg_a, deg_b, names_a, names_b):
         values[:, deg_b] = np.nan
         bad = [n for n, d in zip(names_a, deg_a) if d]
         bad += [n for n, d in zip(names_b, deg_b) if d and n not in bad]
-        V.warn_degenerate(bad)
+        V.warn_degenerate(bad, measure)
     return values
 
 

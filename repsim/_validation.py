@@ -282,14 +282,14 @@ def check_level(level, name="level"):
     return float(level)
 
 
-def warn_degenerate(names):
-    """Warn that the named layers are constant and their similarities are NaN."""
+def warn_degenerate(names, measure="CKA"):
+    """Warn that the named layers are constant and their ``measure`` values are NaN."""
     names = list(names)
     if names:
         shown = ", ".join(repr(n) for n in names[:10])
         more = f" and {len(names) - 10} more" if len(names) > 10 else ""
         warnings.warn(
-            f"CKA is undefined (set to NaN) for constant representation(s) {shown}{more}: "
+            f"{measure} is undefined (set to NaN) for constant representation(s) {shown}{more}: "
             "zero variance after centring",
             DegenerateRepresentationWarning,
             stacklevel=user_stacklevel(),

@@ -3,8 +3,7 @@
 **The line between the two moment modules.** Here: the accumulator, its states and layout
 (shift and per-layer scale exponents, fixed by the first batch) and the algebra only that
 layout needs (a batch's rows ``z``, adding their product, re-expressing sums on another
-shift and scale). Every value comes from the pure formulas of
-:mod:`repsim._moment_formulas`, which the full-data functions call too.
+shift and scale). Values come from :mod:`repsim._moment_formulas`, like the full-data ones.
 
 Per batch, ``Z = [X_1', ..., X_L', a_1, ..., a_L]`` with ``X_l' = (X_l - s_l) 2**-e_l``
 and ``a_l = ||x_l'||²`` row-wise (``n x (D + L)``, ``D = Σ d_l``); one float64 product
@@ -388,7 +387,8 @@ class FeatureMoments(Accumulator):
                 values = terms[np.ix_(ia, ib)] / np.sqrt(np.outer(diag[ia], diag[ib]))
         else:
             values = self._pairwise(measure, p, n, s1, s2, ia, ib, deg)
-        values = mask_degenerate(values, deg[ia], deg[ib], self.names_a, self.names_b)
+        named = "CKA" if measure == "cka" else measure
+        values = mask_degenerate(values, deg[ia], deg[ib], self.names_a, self.names_b, named)
         attrs = {"measure": measure, "n_examples": n, "n_batches": self.n_batches,
                  "symmetric": bool(self.symmetric), "folds": self.folds or 1,
                  **{k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in p.items()}}

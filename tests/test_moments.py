@@ -532,3 +532,35 @@ def test_the_batch_product_is_added_by_row_blocks_exactly(rng):
     acc = np.ones((37, 37))
     MM.add_cross_product(acc, z, np, max_block_bytes=8 * 37 * 5)  # blocks of 5 rows
     np.testing.assert_allclose(acc, 1.0 + z.T @ z, rtol=0, atol=1e-14)
+
+
+def test_compute_by_a_measure_name_equals_compare_with_its_preset():
+    # before: compute("ridge_r2") took the function's default (ridge 0, i.e. linear R^2)
+    # while repsim.compare(x, y, "ridge_r2") took the measure's preset (ridge 0.1)
+    from repsim._registry import all_measures
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((150, 7))
+    y = x @ rng.standard_normal((7, 5)) + 0.8 * rng.standard_normal((150, 5))
+    acc = repsim.FeatureMoments()
+    acc.update({"x": x}, {"y": y})
+    streaming = [m for m in all_measures() if m.family.moments is not None
+                 and not any(k not in m.family.moments and k not in m.family.moment_options
+                             and v != m.family.defaults().get(k) for k, v in m.options.items())]
+    assert len(streaming) >= 8
+    for m in streaming:
+        got = float(acc.compute(m.name).values[0, 0])
+        assert got == pytest.approx(float(repsim.compare(x, y, m.name)), rel=1e-10, abs=1e-12), m.name
+    ridge = repsim.measure("ridge_r2").options["ridge"]
+    assert ridge > 0 and float(acc.compute("ridge_r2").values[0, 0]) == pytest.approx(
+        float(repsim.ridge_r2(x, y, ridge=ridge)), rel=1e-12)
+
+
+def test_a_constant_layer_warning_names_the_measure_computed():
+    # before: compute("nbs") on a constant layer warned "CKA is undefined"
+    rng = np.random.default_rng(2)
+    acc = repsim.FeatureMoments()
+    acc.update({"flat": np.full((30, 3), 2.5), "x": rng.standard_normal((30, 4))})
+    with pytest.warns(repsim.DegenerateRepresentationWarning, match=r"^nbs is undefined .*'flat'"):
+        values = acc.compute("nbs").values
+    assert np.isnan(values[0]).all() and values[1, 1] == pytest.approx(1.0, abs=1e-12)
