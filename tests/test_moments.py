@@ -61,7 +61,8 @@ FULL = [  # (measure, params, the full-data function, is it a distance near 0 on
     ("shape_distance", {"alpha": 0.4, "score": "euclidean"},
      lambda x, y: repsim.shape_distance(x, y, 0.4, "euclidean"), True),
     ("nbs", {}, lambda x, y: repsim.nbs(x, y), False),
-    ("ridge_r2", {}, lambda x, y: repsim.ridge_r2(x, y), False),
+    # the measure's name: its preset ridge (the function's default is 0, "linear_r2")
+    ("ridge_r2", {}, lambda x, y: repsim.compare(x, y, "ridge_r2"), False),
     ("ridge_r2", {"ridge": 0.3, "direction": "y_to_x"},
      lambda x, y: repsim.ridge_r2(x, y, 0.3, direction="y_to_x"), False),
     ("ridge_r2", {"ridge": 0.1, "direction": "mean"},
@@ -236,7 +237,7 @@ def test_k_fold_r2_from_per_fold_sums_equals_ridge_r2_folds(rng):
             x, y, ridge, direction=direction, folds=3))
         np.testing.assert_allclose(result.values, want, rtol=1e-9)
     # in-sample values come from the summed folds
-    np.testing.assert_allclose(acc.compute("ridge_r2").values,
+    np.testing.assert_allclose(acc.compute("linear_r2").values,
                                expected(acts, acts, lambda x, y: repsim.ridge_r2(x, y)),
                                rtol=1e-9)
     # default fold assignment: batch t -> fold t mod k
