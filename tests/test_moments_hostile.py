@@ -76,7 +76,7 @@ def _cases(x, y, s):
          ("shape_distance", {"alpha": 0.5}), _shape_ref(x, y, 0.5, s)),
         ("euclidean", lambda a, b: repsim.shape_distance(a, b, score="euclidean"),
          ("shape_distance", {"score": "euclidean"}), euclid),  # in the data's units
-        ("r2", lambda a, b: repsim.ridge_r2(a, b), ("ridge_r2", {}), _r2_ref(x, y, 0.0)),
+        ("r2", lambda a, b: repsim.ridge_r2(a, b), ("linear_r2", {}), _r2_ref(x, y, 0.0)),
         # a ridge acts on the covariance: on (s x, s y) it is ridge / s² on (x, y)
         ("ridge_r2", lambda a, b: repsim.ridge_r2(a, b, 0.1), ("ridge_r2", {"ridge": 0.1}),
          _r2_ref(x, y, 0.1 / s ** 2)),

@@ -77,9 +77,10 @@ def bootstrap(
     ``O(m p q)`` beats holding ``n x n`` grams.) RBF bandwidths are fixed at their
     full-data values (median heuristic on all examples, or ``sigma``). The choice is made
     by the measure function (after unwrapping :func:`functools.partial` and measure
-    objects), not by its name: a function whose registry declaration has a packed-gram
-    form (:class:`repsim._registry.GramForm`). Any other callable (the CCA family, say)
-    is recomputed on each subsample.
+    objects, ``repsim.measure("cka_linear")``), not by its name: a measure whose
+    declaration says it is the CKA of packed centred grams (:func:`repsim.cka`'s family;
+    see the contributor guide). Any other callable (the CCA family, say) is recomputed on
+    each subsample.
 
     Parameters
     ----------
