@@ -42,8 +42,9 @@ GROUPS = [
     ("Statistics", "Uncertainty for similarity estimates: bootstrap, permutation null, "
      "aggregation over seeds.",
      ("stats", "statistics")),
-    ("Results and plotting", "Saving and loading labelled results; heatmaps and grids.",
-     ("results", "plotting")),
+    ("Results and plotting", "Saving and loading labelled results; heatmaps, grids and maps "
+     "of models.",
+     ("results", "plotting", "plot_models")),
     ("Warnings", "Warning classes repsim emits, for filtering with the :mod:`warnings` module.",
      ("validation",)),
 ]
