@@ -37,7 +37,7 @@ def _pair_matrix(result: xr.DataArray, a: str, b: str) -> xr.DataArray:
 
 def plot_compare_many(result: xr.DataArray, *, triangle: bool = False, cmap: Any = DEFAULT_CMAP,
                       vmin: float | None = None, vmax: float | None = None,
-                      panel_size: float = 2.4, max_ticks: int = 6, suptitle: str | None = None):
+                      panel_size: float = 2.4, max_ticks: int = 8, suptitle: str | None = None):
     """A grid of layer x layer heatmaps, one per model pair, sharing one colour bar.
 
     Parameters
@@ -54,7 +54,7 @@ def plot_compare_many(result: xr.DataArray, *, triangle: bool = False, cmap: Any
         of the values for a distance or metric.
     panel_size : float, default 2.4
         Width and height of each panel in inches.
-    max_ticks : int, default 6
+    max_ticks : int, default 8
     suptitle : str, optional
         Default: the measure's name.
 
@@ -63,7 +63,10 @@ def plot_compare_many(result: xr.DataArray, *, triangle: bool = False, cmap: Any
     fig : matplotlib.figure.Figure
     axes : numpy.ndarray of Axes, shape (M, M)
         ``axes[i, j]`` shows model i (rows, ``layer_a``) against model j (columns,
-        ``layer_b``); its heatmap is ``axes[i, j].images[0]``.
+        ``layer_b``); its heatmap is ``axes[i, j].images[0]``. Model names label the
+        rows (y labels of the first panel of each row) and columns (titles of the first
+        panel of each column); layer names tick the first panel of each row and the last
+        of each column.
 
     Examples
     --------
@@ -94,15 +97,25 @@ def plot_compare_many(result: xr.DataArray, *, triangle: bool = False, cmap: Any
         {f"{a} vs {b}": sim for (a, b), sim in panels.items()}, ncols=len(models), cmap=cmap,
         vmin=vmin, vmax=vmax, panel_size=panel_size, max_ticks=max_ticks,
         colorbar_label=measure or "similarity", suptitle=suptitle or measure or None)
+    shown = [[not (triangle and j < i) for j in range(len(models))] for i in range(len(models))]
     for i, a in enumerate(models):
         for j, b in enumerate(models):
             ax = axes[i, j]
-            if triangle and j < i:
+            if not shown[i][j]:
                 ax.clear()
                 ax.set_axis_off()
                 continue
-            ax.set_ylabel(a)
-            ax.set_xlabel(b)
+            # models label the grid's rows and columns; layer names only at its edges
+            first_in_row = shown[i].index(True) == j
+            first_in_col = next(r for r in range(len(models)) if shown[r][j]) == i
+            last_in_col = max(r for r in range(len(models)) if shown[r][j]) == i
+            ax.set_title(b if first_in_col else "", fontsize="medium")
+            ax.set_ylabel(a if first_in_row else "")
+            ax.set_xlabel("")
+            if not first_in_row:
+                ax.tick_params(labelleft=False)
+            if not last_in_col:
+                ax.tick_params(labelbottom=False)
     return fig, axes
 
 
