@@ -311,6 +311,8 @@ def model_distances(result: xr.DataArray) -> xr.DataArray:
 def model_map(result: xr.DataArray, *, n_components: int = 2, seed: int = 0) -> xr.DataArray:
     """Place the models in the plane: metric MDS of their distance matrix.
 
+    Needs scikit-learn (``pip install "repsim-cka[study]"``), imported on first call.
+
     Parameters
     ----------
     result : xarray.DataArray
