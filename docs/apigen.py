@@ -58,6 +58,10 @@ SUBMODULE_GROUPS = [
      "and ``repsim.datasets`` (``from repsim.datasets import load_cifar10``).",
      ("datasets.download_cifar10", "datasets.load_cifar10", "datasets.load_digits_images",
       "models.cifar_resnet")),
+    ("Similarity during training",
+     "Optional integrations (``pip install \"repsim-cka[integrations]\"``): minibatch CKA as "
+     "a torchmetrics metric, and a Lightning callback that logs layer-wise CKA.",
+     ("integrations.torchmetrics.MinibatchCKAMetric", "integrations.lightning.CKACallback")),
     ("Writing files",
      "The one atomic file write that ``save_result``, the adapter's checkpoints and the "
      "dataset download use, and the attribute conversion ``save_result`` applies, for "
