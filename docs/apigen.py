@@ -42,8 +42,9 @@ GROUPS = [
     ("Statistics", "Uncertainty for similarity estimates: bootstrap, permutation null, "
      "aggregation over seeds.",
      ("stats", "statistics")),
-    ("Results and plotting", "Saving and loading labelled results; heatmaps and grids.",
-     ("results", "plotting")),
+    ("Results and plotting", "Saving and loading labelled results; heatmaps, grids and maps "
+     "of models.",
+     ("results", "plotting", "plot_models")),
     ("Warnings", "Warning classes repsim emits, for filtering with the :mod:`warnings` module.",
      ("validation",)),
 ]
@@ -57,6 +58,10 @@ SUBMODULE_GROUPS = [
      "and ``repsim.datasets`` (``from repsim.datasets import load_cifar10``).",
      ("datasets.download_cifar10", "datasets.load_cifar10", "datasets.load_digits_images",
       "models.cifar_resnet")),
+    ("Similarity during training",
+     "Optional integrations (``pip install \"repsim-cka[integrations]\"``): minibatch CKA as "
+     "a torchmetrics metric, and a Lightning callback that logs layer-wise CKA.",
+     ("integrations.torchmetrics.MinibatchCKAMetric", "integrations.lightning.CKACallback")),
     ("Writing files",
      "The one atomic file write that ``save_result``, the adapter's checkpoints and the "
      "dataset download use, and the attribute conversion ``save_result`` applies, for "

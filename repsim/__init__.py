@@ -51,7 +51,7 @@ from .results import load_result, save_result
 from .shape import nbs, shape_distance
 from .similarity import compare, measure, measure_names, similarity_matrix
 from .store import open_activations
-from .store_compare import best_matches, compare_many
+from .store_compare import best_matches, compare_many, model_distances, model_map, seed_groups
 from .stats import (
     Interval,
     aggregate_seeds,
@@ -74,7 +74,9 @@ _LAZY = {
     "compare_models": "adapters.torch",
     "extract": "adapters._extract",
     "layer_statistics": "adapters.activations",
+    "plot_compare_many": "_plot_models",
     "plot_diagonal_band": "plotting",
+    "plot_model_map": "_plot_models",
     "plot_similarity": "plotting",
     "plot_similarity_grid": "plotting",
     "plot_similarity_intervals": "plotting",
@@ -147,6 +149,8 @@ __all__ = [
     "measure_names",
     "measures",
     "median_sigma",
+    "model_distances",
+    "model_map",
     "mutual_knn",
     "nbs",
     "neighbour_matrix",
@@ -154,7 +158,9 @@ __all__ = [
     "pc1_runs",
     "pc_variance_fraction",
     "permutation_test",
+    "plot_compare_many",
     "plot_diagonal_band",
+    "plot_model_map",
     "plot_similarity",
     "plot_similarity_grid",
     "plot_similarity_intervals",
@@ -166,6 +172,7 @@ __all__ = [
     "rsa",
     "save_result",
     "second_order_cosine",
+    "seed_groups",
     "segment_layers",
     "select_layers",
     "shape_distance",

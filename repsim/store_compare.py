@@ -5,7 +5,9 @@ temporary store) or reads each store once, checks that all of them hold the same
 (:func:`repsim.store.match_examples` against the first), and fills a
 ``(model_a, model_b, layer_a, layer_b)`` array with :func:`repsim.similarity_matrix`;
 :func:`best_matches` summarises it as the best-matching layer of every layer (the max over
-layer pairs of Huh et al.'s platonic-representation study).
+layer pairs of Huh et al.'s platonic-representation study), :func:`seed_groups` as means and
+spreads over the pairs of models of two groups (:func:`repsim.aggregate_seeds`), and
+:func:`model_map` as a map of the models (metric MDS of the model x model distances).
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ from . import _registry as R
 from . import store as S
 from .similarity import similarity_matrix
 
-__all__ = ["best_matches", "compare_many"]
+__all__ = ["best_matches", "compare_many", "model_distances", "model_map", "seed_groups"]
+
+#: measure kinds whose smaller values mean more alike
+DISTANCE_KINDS = ("distance", "metric")
 
 
 def _as_store(name: str, entry: Any, data, layers, tmp: str, extract_options: dict):
@@ -164,12 +169,12 @@ def best_matches(result: xr.DataArray) -> xr.Dataset:
     -------
     xarray.Dataset
         ``score`` (model_a, model_b, layer_a): the best value over ``layer_b`` (the max of a
-        similarity, the min of a distance, as the measure's ``kind`` says); ``layer_b``:
+        similarity, the min of a distance or metric, as the measure's ``kind`` says); ``layer_b``:
         its position (-1 where a row is all NaN); ``model_score`` (model_a, model_b): the
         mean of ``score`` over model_a's layers (the model x model matrix).
     """
     vals = np.asarray(result.values)
-    distance = result.attrs.get("kind") == "distance"
+    distance = result.attrs.get("kind") in DISTANCE_KINDS
     filled = np.where(np.isnan(vals), np.inf if distance else -np.inf, vals)
     pos = filled.argmin(-1) if distance else filled.argmax(-1)
     score = np.take_along_axis(vals, pos[..., None], -1)[..., 0]
@@ -185,3 +190,170 @@ def _mean_over_layers(score: np.ndarray) -> np.ndarray:
     count = np.isfinite(score).sum(-1)
     total = np.where(np.isfinite(score), score, 0.0).sum(-1)
     return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def seed_groups(result: xr.DataArray, seeds: dict[str, Any], *, level: float = 0.9) -> xr.Dataset:
+    """Means and spreads over the model pairs of every two groups (e.g. training seeds).
+
+    Every pair of distinct models ``(a, b)`` with ``a`` in group ``g`` and ``b`` in group
+    ``h`` is one sample of the comparison ``g`` vs ``h``; the samples are summarised by
+    :func:`repsim.aggregate_seeds`. Within a group the pairs are its ordered pairs of
+    distinct models (a model against itself is never a sample).
+
+    Parameters
+    ----------
+    result : xarray.DataArray
+        With dims ``model_a`` and ``model_b`` (and any others, kept): the result of
+        :func:`compare_many`, or a model x model matrix such as
+        ``best_matches(result)["model_score"]``.
+    seeds : dict model name -> group
+        The group of every model in ``result``.
+    level : float, default 0.9
+        Level of the t interval (as in :func:`repsim.aggregate_seeds`).
+
+    Returns
+    -------
+    xarray.Dataset
+        The variables of :func:`repsim.aggregate_seeds` (``mean``, ``std``, ``stderr``,
+        ``ci_low``, ``ci_high``, ``min``, ``max``) with dims ``(group_a, group_b, ...)``,
+        and ``n_pairs`` (group_a, group_b); NaN where a group pair has no sample (a
+        one-model group against itself) and spreads NaN where it has one. The pairs share
+        models, and for a symmetric measure ``(a, b)`` and ``(b, a)`` are the same
+        comparison transposed, so they are not independent: ``std`` describes the spread,
+        the interval is narrower than one over independent seeds would be.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr, repsim
+    >>> sim = xr.DataArray(np.array([[1.0, 0.9, 0.5], [0.9, 1.0, 0.7], [0.5, 0.7, 1.0]]),
+    ...                    dims=("model_a", "model_b"),
+    ...                    coords={"model_a": ["a0", "a1", "b0"], "model_b": ["a0", "a1", "b0"]})
+    >>> out = repsim.seed_groups(sim, {"a0": "A", "a1": "A", "b0": "B"})
+    >>> out["mean"].sel(group_a="A", group_b="B").item(), int(out["n_pairs"].sel(group_a="A", group_b="B"))
+    (0.6, 2)
+    """
+    from .stats import aggregate_seeds
+
+    if not isinstance(result, xr.DataArray) or not {"model_a", "model_b"} <= set(result.dims):
+        raise TypeError("result must be a DataArray with dims model_a and model_b "
+                        "(from compare_many or best_matches(...)['model_score'])")
+    models_a = [str(v) for v in result["model_a"].values]
+    models_b = [str(v) for v in result["model_b"].values]
+    missing = [m for m in dict.fromkeys(models_a + models_b) if m not in seeds]
+    if missing:
+        raise ValueError(f"seeds has no group for the model(s) {missing}")
+    groups = list(dict.fromkeys(str(seeds[m]) for m in models_a + models_b))
+    rest = result.transpose("model_a", "model_b", ...).reset_coords(drop=True)
+    rest_dims = rest.dims[2:]
+    values = np.asarray(rest.values, dtype=np.float64)
+    shape = values.shape[2:]
+    names = ("mean", "std", "stderr", "ci_low", "ci_high", "min", "max")
+    out = {k: np.full((len(groups),) * 2 + shape, np.nan) for k in names}
+    n_pairs = np.zeros((len(groups),) * 2, dtype=np.int64)
+    for gi, g in enumerate(groups):
+        for hi, h in enumerate(groups):
+            samples = [values[i, j] for i, a in enumerate(models_a) for j, b in enumerate(models_b)
+                       if a != b and str(seeds[a]) == g and str(seeds[b]) == h]
+            n_pairs[gi, hi] = len(samples)
+            if not samples:
+                continue
+            stacked = xr.DataArray(np.stack(samples), dims=("seed",) + rest_dims)
+            agg = aggregate_seeds(stacked, level=level)
+            for k in names:
+                out[k][gi, hi] = agg[k].values
+    dims = ("group_a", "group_b") + rest_dims
+    coords: dict[str, Any] = {"group_a": groups, "group_b": groups}
+    coords.update({d: result[d].values for d in rest_dims if d in result.coords})
+    data = {k: (dims, v) for k, v in out.items()}
+    data["n_pairs"] = (("group_a", "group_b"), n_pairs)
+    attrs = {k: v for k, v in result.attrs.items() if k in ("measure", "n", "kind")}
+    return xr.Dataset(data, coords=coords, attrs={**attrs, "level": level, "estimate": "mean"})
+
+
+def model_distances(result: xr.DataArray) -> xr.DataArray:
+    """The model x model distance matrix of a comparison of many models.
+
+    Parameters
+    ----------
+    result : xarray.DataArray
+        The 4-d result of :func:`compare_many` (reduced by :func:`best_matches` to its
+        ``model_score``) or a 2-d ``(model_a, model_b)`` matrix with the measure's ``kind``
+        in its attrs.
+
+    Returns
+    -------
+    xarray.DataArray, shape (M, M)
+        dims ``("model_a", "model_b")``: ``1 - s`` of a similarity ``s`` (the values of a
+        distance or metric), made symmetric (the mean of the matrix and its transpose),
+        with zeros on the diagonal.
+    """
+    if not isinstance(result, xr.DataArray):
+        raise TypeError(f"result must be a DataArray from compare_many; got {type(result).__name__}")
+    if result.ndim == 4:
+        result = best_matches(result)["model_score"].assign_attrs(result.attrs)
+    if result.dims != ("model_a", "model_b") or result.shape[0] != result.shape[1]:
+        raise ValueError(f"result must be a compare_many result or a square (model_a, "
+                         f"model_b) matrix; got dims {result.dims} and shape {result.shape}")
+    values = np.asarray(result.values, dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise ValueError("the model x model matrix has NaN or infinite entries (a model "
+                         "without a layer, a constant layer?); cannot place the models")
+    distance = values if result.attrs.get("kind") in DISTANCE_KINDS else 1.0 - values
+    distance = (distance + distance.T) / 2
+    np.fill_diagonal(distance, 0.0)
+    return xr.DataArray(distance, dims=("model_a", "model_b"),
+                        coords={"model_a": result["model_a"].values,
+                                "model_b": result["model_b"].values},
+                        attrs={**result.attrs, "distance": "1 - similarity"
+                               if result.attrs.get("kind") not in DISTANCE_KINDS else "measure"})
+
+
+def model_map(result: xr.DataArray, *, n_components: int = 2, seed: int = 0) -> xr.DataArray:
+    """Place the models in the plane: metric MDS of their distance matrix.
+
+    Needs scikit-learn (``pip install "repsim-cka[study]"``), imported on first call.
+
+    Parameters
+    ----------
+    result : xarray.DataArray
+        As for :func:`model_distances` (a :func:`compare_many` result, or a model x model
+        matrix).
+    n_components : int, default 2
+    seed : int, default 0
+        Random state of :class:`sklearn.manifold.MDS` (its SMACOF iterations).
+
+    Returns
+    -------
+    xarray.DataArray, shape (M, n_components)
+        dims ``("model", "component")``; attrs ``stress``: Kruskal's stress-1,
+        ``sqrt(sum (d_ij - D_ij)^2 / sum D_ij^2)`` of the map's distances ``d`` against the
+        model distances ``D`` (0: reproduced exactly), and the distances' attrs.
+
+    References
+    ----------
+    Kruskal (1964), "Multidimensional scaling by optimizing goodness of fit to a nonmetric
+    hypothesis", Psychometrika 29. scikit-learn's :class:`sklearn.manifold.MDS` (SMACOF,
+    initialised by classical MDS where available).
+    """
+    import inspect
+
+    from sklearn.manifold import MDS
+
+    dist = model_distances(result)
+    params = inspect.signature(MDS).parameters
+    if "metric_mds" in params:  # scikit-learn >= 1.8
+        mds = MDS(n_components=n_components, metric="precomputed", metric_mds=True,
+                  init="classical_mds", random_state=seed)
+    else:
+        mds = MDS(n_components=n_components, dissimilarity="precomputed", metric=True,
+                  n_init=4, random_state=seed)
+    target = dist.values
+    coords = mds.fit_transform(target) if len(target) > 1 else np.zeros((1, n_components))
+    diff = coords[:, None, :] - coords[None, :, :]
+    mapped = np.sqrt((diff ** 2).sum(-1))
+    denom = (target ** 2).sum()
+    stress = float(np.sqrt(((mapped - target) ** 2).sum() / denom)) if denom > 0 else 0.0
+    return xr.DataArray(coords, dims=("model", "component"),
+                        coords={"model": dist["model_a"].values,
+                                "component": np.arange(n_components)},
+                        attrs={**dist.attrs, "stress": stress})

@@ -261,6 +261,7 @@ def test_user_guide_examples_print_what_the_page_says(page):
 
 
 GUIDE_PAGES = ["getting_started", "choosing", "hooks", "distributed", "performance", "study",
+               "training",
                "faq"]
 
 
