@@ -2,12 +2,15 @@
 
 :func:`extract` runs the batches through :class:`repsim.GramHooks` built with
 ``features=True`` (so every pooling, the transformers support and ``select`` work as in
-:func:`repsim.compare_models`), and appends each batch's pooled activations to a Zarr store
-through xarray (or collects them for a ``.npz`` file). The write of batch ``k`` runs on a
-background thread while batch ``k + 1`` computes; after each write the store's
+:func:`repsim.compare_models`), and writes each batch's pooled activations into a Zarr
+store created through xarray (or collects them for a ``.npz`` / safetensors file). The
+write of batch ``k`` -- the conversion to the storage dtype included -- runs on a
+background thread while the next batches compute; after each write the store's
 ``examples_done`` / ``batches_done`` attributes are committed, so a killed run resumes
-there: arrays longer than ``examples_done`` (a write cut short) are cut back, and the
-batches already stored are skipped without a forward pass.
+there: arrays longer than ``examples_done`` are cut back, and the batches already stored
+are skipped without a forward pass. Under :mod:`torch.distributed` every process runs the
+same loop over its own batches and writes its rows into the one store
+(:mod:`repsim.adapters._extract_io` places them).
 """
 
 from __future__ import annotations
@@ -159,7 +162,8 @@ def _plan(out: str, fmt: str, identity: dict, given, overwrite: bool, world: int
         if arr.shape[0] != done:
             arr.resize((done,) + tuple(arr.shape[1:]))
     if given is not None and done:
-        stored = np.asarray(group[S.IDS][:done])
+        stored_ids: Any = group[S.IDS]
+        stored = np.asarray(stored_ids[:done])
         if stored.tolist() != given[:done].tolist():
             raise ValueError(f"out={out!r} holds ids that differ from ids[:{done}]; pass "
                              "overwrite=True to start again")
@@ -192,7 +196,8 @@ def extract(model: nn.Module, data: Iterable[Any], *, layers: LayerSpec, out: st
         Which modules to capture (:func:`repsim.select_layers`).
     out : str or os.PathLike
         A Zarr store (a folder, conventionally ``*.zarr``), written as batches run and
-        resumable; or a ``.npz`` file, written once at the end (small cases).
+        resumable; or a ``.npz`` or ``.safetensors`` file, written once at the end (small
+        cases; ids and attributes in reserved members or the safetensors metadata).
     pooling, select, repeated
         How a module's output becomes ``(rows, features)``; see :class:`repsim.GramHooks`.
     ids : sequence, optional
@@ -200,8 +205,9 @@ def extract(model: nn.Module, data: Iterable[Any], *, layers: LayerSpec, out: st
         ``"example_id"`` entries, else the running index ``0, 1, ...``.
     dtype : {"float32", "float16", "bfloat16", "float64"}, default "float32"
         Storage dtype, recorded in the attributes. ``"float16"`` halves the store; values
-        beyond its range are refused. ``"bfloat16"`` is refused where zarr cannot store it
-        (zarr 3.1 cannot).
+        beyond its range are refused. ``"bfloat16"`` is written to safetensors files
+        (read back as float32) and refused where zarr cannot store it (zarr 3.1 cannot)
+        and for ``.npz``.
     forward : callable, optional
         ``forward(model, batch)`` for other batch layouts or entry points.
     device : str or torch.device, optional
@@ -219,12 +225,42 @@ def extract(model: nn.Module, data: Iterable[Any], *, layers: LayerSpec, out: st
     Returns
     -------
     xarray.Dataset
-        :func:`repsim.open_activations` of ``out``: one variable per captured layer, dims
+        :func:`repsim.open_activations` of ``out`` (on every process): one variable per captured layer, dims
         ``("example", "<layer>_feature")``, coordinate ``example_id``; attrs ``layers``
         (as captured), ``hooked_modules``, ``model_fingerprint`` (:func:`fingerprint`),
         ``pooling``, ``dtype``, ``example_id_source`` (``"given"``, ``"dataset"`` or
         ``"index"``), ``repsim_version``, ``examples_done``, ``batches_done``,
         ``complete``.
+
+    Notes
+    -----
+    **torch.distributed.** Inside an initialised default process group every process calls
+    :func:`extract` with the same arguments (the same ``out``, on a file system all of them
+    share, with POSIX locks) and the store holds every process's examples once:
+
+    * *Which batches.* An iterable every process iterates whole: rank ``r`` runs batches
+      ``r, r + w, r + 2w, ...`` (``w`` processes), as :func:`repsim.compare_models` does.
+      A ``DataLoader`` with a ``DistributedSampler``: each process runs its own batches.
+    * *Order.* After each step (every process's next batch) one ``all_gather`` of each
+      rank's rows gives every process every offset: examples are stored by step, then
+      rank, then row. For an iterable every process iterates this is the data's order --
+      the store equals, value and id for value and id, the one a single process writes.
+      For a ``DistributedSampler`` it is its shards interleaved batch by batch (rank 0's
+      first batch, rank 1's first, ..., rank 0's second, ...); let the dataset give the
+      ids (``"example_id"`` in dict batches), and note that without ``drop_last=True`` the
+      sampler repeats examples to even out the shards (their ids then repeat, which
+      comparisons refuse). ``ids=`` numbers the stored order.
+    * *Who writes what.* The first process with a batch (rank 0) creates the store with
+      its first batch, the others wait at a barrier; each process then writes its own
+      rows; rows in a chunk another process also writes go under an exclusive lock on
+      a hidden file beside the store (removed at the end). The arrays grow ahead of the
+      writes, by rank 0 between two barriers.
+    * *Resume.* Rank 0 commits ``steps_done`` (with ``examples_done``, ``batches_done``)
+      once every process reported those steps written; run the same command with the same
+      number of processes and every process skips the committed steps. A store left by
+      another number of processes is refused. An error on one process is raised on every
+      process at the next step (instead of a hang).
+    * ``.npz`` / safetensors outputs have one writer and are refused.
 
     Examples
     --------
@@ -268,9 +304,10 @@ def extract(model: nn.Module, data: Iterable[Any], *, layers: LayerSpec, out: st
     sharded = world > 1 and not _presharded(data)
     attrs = {S.FORMAT_KEY: S.FORMAT, "layers": [], "repsim_version": __version__, **identity,
              "complete": False, **({"world_size": world} if world > 1 else {})}
-    bar = _progress(total=len(data) if hasattr(data, "__len__") and not (world > 1 and not
-                    sharded) else None, initial=plan.batches, desc="extract",
-                    enabled=progress and rank == 0, unit="batch")
+    known = hasattr(data, "__len__") and (world == 1 or sharded)
+    bar = _progress(total=len(data) if known else None,  # type: ignore[arg-type]
+                    initial=plan.batches, desc="extract", enabled=progress and rank == 0,
+                    unit="batch")
     captured: list | None = None
     with torch.random.fork_rng(devices=[]), ThreadPoolExecutor(1) as pool, bar, hooks, \
             _inference([inner], eval_mode):
