@@ -215,6 +215,39 @@ def test_safetensors_output_keeps_ids_attrs_and_layer_order(tmp_path):
                        progress=False)
 
 
+def test_writes_run_off_the_main_thread_two_batches_behind(tmp_path, monkeypatch):
+    """The conversion and the write of a batch run on the writer thread, and the forward
+    passes go on while a write is slow: two batches are computed past a blocked write."""
+    import threading
+
+    from repsim.adapters import _extract_io as io
+
+    model, data = net(), batches(6)
+    forwards, seen, threads = [], [], set()
+    model.register_forward_hook(lambda *_: forwards.append(1))
+    real_write, real_host = io.Regions.write, io.host_arrays
+
+    def slow_write(self, start, layers, ids):
+        if start == 8:  # batch 1: held until the main thread ran batches 2 and 3
+            for _ in range(1000):
+                if len(forwards) >= 4:
+                    break
+                threading.Event().wait(0.01)
+            seen.append(len(forwards))
+        return real_write(self, start, layers, ids)
+
+    def host(*args):
+        threads.add(threading.current_thread() is threading.main_thread())
+        return real_host(*args)
+
+    monkeypatch.setattr(io.Regions, "write", slow_write)
+    monkeypatch.setattr(io, "host_arrays", host)
+    ds = repsim.extract(model, data, layers=LAYERS, out=tmp_path / "a.zarr", progress=False)
+    assert seen == [4]  # batches 0..3 ran while batch 1's write was held
+    assert threads == {True, False}  # the first batch creates the store; then the writer
+    np.testing.assert_array_equal(ds["2"].values, hooked(model, data)["2"])
+
+
 # ------------------------------------------------------------------------------ resume
 
 SCRIPT = """
