@@ -29,7 +29,8 @@ from ._io import atomic_write
 from ._readers import InputError, Source, display, q
 
 __all__ = ["ALIGNS", "IDS", "IdSource", "is_zarr", "match_examples", "open_activations",
-           "open_source", "resolve_inputs", "write_npz"]
+           "open_source", "resolve_inputs", "write_npz",
+           "write_safetensors"]
 
 #: the example dimension and the identity coordinate of every store
 EXAMPLE, IDS = "example", "example_id"
@@ -80,6 +81,48 @@ def write_npz(path: str | os.PathLike, layers: dict[str, np.ndarray], ids: np.nd
     atomic_write(path, write)
 
 
+#: safetensors dtype codes of the storage dtypes (bfloat16 through ml_dtypes)
+_ST_CODES = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",
+             "int64": "I64", "int32": "I32"}
+
+
+def write_safetensors(path: str | os.PathLike, layers: dict[str, np.ndarray], ids: np.ndarray,
+                      attrs: dict[str, Any]) -> None:
+    """Write a small store as one safetensors file, atomically.
+
+    The layers' tensors in ``layers``' order, and in ``__metadata__`` (string values, as
+    the format requires): ``layer_order`` (a JSON list, the order the ``repsim`` command
+    and :func:`open_activations` read), ``example_id`` (a JSON list of the ids) and
+    ``repsim_attrs`` (the attributes, JSON). The safetensors library reads it as usual.
+    """
+    header: dict[str, Any] = {"__metadata__": {
+        "layer_order": json.dumps(list(layers)), IDS: json.dumps(np.asarray(ids).tolist()),
+        "repsim_attrs": json.dumps(attrs)}}
+    offset = 0
+    for name, arr in layers.items():
+        if name == "__metadata__":
+            raise ValueError("layer name '__metadata__' is reserved in a safetensors file")
+        code = _ST_CODES.get(np.dtype(arr.dtype).name)
+        if code is None:
+            raise ValueError(f"layer {name!r} has dtype {arr.dtype}, which safetensors "
+                             "output does not take")
+        header[name] = {"dtype": code, "shape": list(arr.shape),
+                        "data_offsets": [offset, offset + arr.nbytes]}
+        offset += arr.nbytes
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # the data start 8-byte aligned
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(len(text).to_bytes(8, "little"))
+            f.write(text)
+            for arr in layers.values():
+                f.write(np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<"),
+                                                         copy=False).tobytes())
+
+    atomic_write(path, write)
+
+
 def _json_bytes(obj) -> np.ndarray:
     return np.frombuffer(json.dumps(obj).encode("utf-8"), dtype=np.uint8)
 
@@ -115,6 +158,19 @@ class IdSource(Source):
         if isinstance(order, list) and sorted(order) == sorted(self._layers):
             self._layers = {k: self._layers[k] for k in order}
             self.order = "layer order as captured (the store's attributes)"
+
+    def _safetensors(self):
+        super()._safetensors()  # the header is checked there; its metadata are read here
+        with open(self.path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            meta = json.loads(f.read(size).decode("utf-8")).get("__metadata__") or {}
+        try:
+            if IDS in meta:
+                self.example_ids = np.asarray(json.loads(meta[IDS]))
+            if "repsim_attrs" in meta:
+                self.store_attrs = json.loads(meta["repsim_attrs"])
+        except (TypeError, ValueError) as err:
+            raise InputError(f"{self.label}: malformed repsim metadata ({err})") from None
 
 
 class ZarrSource:

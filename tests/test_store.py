@@ -3,6 +3,7 @@
 Values are checked against the hooked activations themselves (exact equality) and against
 an independent float64 linear CKA written here."""
 
+import json
 import os
 import signal
 import subprocess
@@ -157,6 +158,94 @@ def test_npz_output_and_ids_from_the_data(tmp_path):
     with pytest.raises(ValueError, match="ids holds 20 ids"):
         repsim.extract(model, data, layers=LAYERS, out=tmp_path / "b.zarr", ids=range(20),
                        progress=False)
+
+
+def test_safetensors_output_keeps_ids_attrs_and_layer_order(tmp_path):
+    st = pytest.importorskip("safetensors.numpy")
+    import ml_dtypes
+
+    model, data = net(), batches(3)
+    ids = [f"img{i:03d}" for i in range(24)][::-1]
+    ds = repsim.extract(model, data, layers=LAYERS, out=tmp_path / "a.safetensors", ids=ids,
+                        progress=False)
+    expect = hooked(model, data)
+    assert list(ds.data_vars) == LAYERS and ds.attrs["layers"] == LAYERS  # not sorted
+    assert ds["example_id"].values.tolist() == ids
+    assert ds.attrs["example_id_source"] == "given" and ds.attrs["complete"]
+    for k in LAYERS:
+        np.testing.assert_array_equal(ds[k].values, expect[k])
+    # the safetensors library reads it: the tensors, and the metadata as JSON strings
+    tensors = st.load_file(str(tmp_path / "a.safetensors"))
+    np.testing.assert_array_equal(tensors["0"], expect["0"])
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "a.safetensors"), "np") as f:
+        meta = f.metadata()
+    assert json.loads(meta["layer_order"]) == LAYERS and json.loads(meta["example_id"]) == ids
+    assert json.loads(meta["repsim_attrs"])["model_fingerprint"] == ds.attrs["model_fingerprint"]
+    # ids are checked against a store of the same examples in another order
+    z = repsim.extract(net(3), data, layers=LAYERS, out=tmp_path / "b.zarr", progress=False)
+    with pytest.raises(ValueError, match="different examples.*layers_b 24, 0 in common"):
+        repsim.similarity_matrix(ds, z, progress=False)
+    z2 = repsim.extract(net(3), data, layers=LAYERS, out=tmp_path / "c.zarr", ids=ids,
+                        progress=False)
+    sim = repsim.similarity_matrix(repsim.open_activations(tmp_path / "a.safetensors"), z2,
+                                   progress=False)
+    ref = np.array([[ref_cka(expect[i], hooked(net(3), data)[j]) for j in LAYERS]
+                    for i in LAYERS])
+    np.testing.assert_allclose(sim.values, ref, rtol=0, atol=1e-6)
+    flipped = repsim.extract(net(3), [torch.cat(data).flip(0)], layers=LAYERS,
+                             out=tmp_path / "f.safetensors", ids=ids[::-1], progress=False)
+    with pytest.raises(ValueError, match="same examples in a different order"):
+        repsim.similarity_matrix(ds, flipped, progress=False)
+    aligned = repsim.similarity_matrix(ds, flipped, align="ids", progress=False)
+    np.testing.assert_allclose(aligned.values, sim.values, rtol=0, atol=1e-12)
+    # the command reads the ids too
+    out = str(tmp_path / "r.nc")
+    assert cli_main([str(tmp_path / "a.safetensors"), str(tmp_path / "f.safetensors"),
+                     "--out", out, "--no-progress"]) == 2
+    # bfloat16 storage, which zarr cannot hold: read back as float32 of the rounded values
+    bf = repsim.extract(model, data, layers=LAYERS, out=tmp_path / "h.safetensors",
+                        dtype="bfloat16", progress=False)
+    assert bf.attrs["dtype"] == "bfloat16"
+    np.testing.assert_array_equal(
+        bf["2"].values, expect["2"].astype(ml_dtypes.bfloat16).astype(np.float32))
+    with pytest.raises(ValueError, match="exists"):
+        repsim.extract(model, data, layers=LAYERS, out=tmp_path / "a.safetensors",
+                       progress=False)
+
+
+def test_writes_run_off_the_main_thread_two_batches_behind(tmp_path, monkeypatch):
+    """The conversion and the write of a batch run on the writer thread, and the forward
+    passes go on while a write is slow: two batches are computed past a blocked write."""
+    import threading
+
+    from repsim.adapters import _extract_io as io
+
+    model, data = net(), batches(6)
+    forwards, seen, threads = [], [], set()
+    model.register_forward_hook(lambda *_: forwards.append(1))
+    real_write, real_host = io.Regions.write, io.host_arrays
+
+    def slow_write(self, start, layers, ids):
+        if start == 8:  # batch 1: held until the main thread ran batches 2 and 3
+            for _ in range(1000):
+                if len(forwards) >= 4:
+                    break
+                threading.Event().wait(0.01)
+            seen.append(len(forwards))
+        return real_write(self, start, layers, ids)
+
+    def host(*args):
+        threads.add(threading.current_thread() is threading.main_thread())
+        return real_host(*args)
+
+    monkeypatch.setattr(io.Regions, "write", slow_write)
+    monkeypatch.setattr(io, "host_arrays", host)
+    ds = repsim.extract(model, data, layers=LAYERS, out=tmp_path / "a.zarr", progress=False)
+    assert seen == [4]  # batches 0..3 ran while batch 1's write was held
+    assert threads == {True, False}  # the first batch creates the store; then the writer
+    np.testing.assert_array_equal(ds["2"].values, hooked(model, data)["2"])
 
 
 # ------------------------------------------------------------------------------ resume

@@ -2,12 +2,15 @@
 
 :func:`extract` runs the batches through :class:`repsim.GramHooks` built with
 ``features=True`` (so every pooling, the transformers support and ``select`` work as in
-:func:`repsim.compare_models`), and appends each batch's pooled activations to a Zarr store
-through xarray (or collects them for a ``.npz`` file). The write of batch ``k`` runs on a
-background thread while batch ``k + 1`` computes; after each write the store's
+:func:`repsim.compare_models`), and writes each batch's pooled activations into a Zarr
+store created through xarray (or collects them for a ``.npz`` / safetensors file). The
+write of batch ``k`` -- the conversion to the storage dtype included -- runs on a
+background thread while the next batches compute; after each write the store's
 ``examples_done`` / ``batches_done`` attributes are committed, so a killed run resumes
-there: arrays longer than ``examples_done`` (a write cut short) are cut back, and the
-batches already stored are skipped without a forward pass.
+there: arrays longer than ``examples_done`` are cut back, and the batches already stored
+are skipped without a forward pass. Under :mod:`torch.distributed` every process runs the
+same loop over its own batches and writes its rows into the one store
+(:mod:`repsim.adapters._extract_io` places them).
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from .. import _validation as V
 from .. import store as S
 from .._io import progress as _progress
 from ._batches import _inference, _model_device, _run_forward
+from ._distributed import _comm_device, _dist_context, _presharded
+from ._extract_io import FAILED, HAS_IDS, ROWS, Comm, Writer, own_steps, planned, to_host
 from ._hooks import GramHooks
 from ._selection import LayerSpec, unwrap_model
 
@@ -54,22 +59,25 @@ def fingerprint(model: nn.Module) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def _storage_dtype(dtype: str, npz: bool):
+def _storage_dtype(dtype: str, fmt: str):
     V.check_params("extract", dtype=dtype)
     if dtype != "bfloat16":
         return np.dtype(dtype)
     import ml_dtypes
-    import zarr
 
-    try:
-        zarr.create_array(store={}, shape=(1,), dtype=ml_dtypes.bfloat16)
-    except (ValueError, TypeError) as err:
-        raise ValueError(f"dtype='bfloat16': zarr {zarr.__version__} cannot store it "
-                         f"({err}); store dtype='float16' (its CKA error is in the store "
-                         "guide) or 'float32'") from None
-    if npz:
+    if fmt == "npz":
         raise ValueError("dtype='bfloat16' cannot be written to a .npz file (numpy has no "
-                         "bfloat16); write a Zarr store or choose 'float16'")
+                         "bfloat16); write a .safetensors file or choose 'float16'")
+    if fmt == "zarr":
+        import zarr
+
+        try:
+            zarr.create_array(store={}, shape=(1,), dtype=ml_dtypes.bfloat16)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"dtype='bfloat16': zarr {zarr.__version__} cannot store it "
+                             f"({err}); store dtype='float16' (its CKA error is in the "
+                             "store guide) or 'float32', or write a .safetensors file") \
+                from None
     return np.dtype(ml_dtypes.bfloat16)
 
 
@@ -91,34 +99,38 @@ def _batch_ids(batch, index: int, source: str):
     return batch, None
 
 
-def _stored(arr: torch.Tensor, dtype, name: str) -> np.ndarray:
-    with np.errstate(over="ignore"):  # overflow is refused below, naming the layer
-        out = arr.detach().to("cpu").numpy().astype(dtype)
-    if dtype.itemsize < 4 and not np.isfinite(out).all() and np.isfinite(arr.cpu().numpy()).all():
-        big = float(arr.abs().max())
-        raise ValueError(f"layer {name!r} holds values up to {big:.4g}, beyond "
-                         f"{dtype.name}'s range ({float(np.finfo(dtype).max):.4g}); store "
-                         "dtype='float32'")
-    return out
-
-
 @dataclass
-class _State:
-    """How far the writes got: examples and batches committed, the captured layers."""
+class _Plan:
+    """Where a run starts: the steps, examples and batches already in the store, the
+    arrays' length, whether it is finished, and where its ids come from."""
 
-    done: int
-    batches: int
-    layers: list | None = None
+    steps: int = 0
+    examples: int = 0
+    batches: int = 0
+    length: int = 0
+    complete: bool = False
+    source: str = "index"
 
 
-def _resume_state(out: str, identity: dict, overwrite: bool):
-    """(examples done, batches done, complete) of the store at ``out``; (0, 0, False) to
-    start afresh. Refuses a folder that is not a store, or a store of another run."""
+def _file_format(out: str) -> str:
+    low = out.lower()
+    return "npz" if low.endswith(".npz") else \
+        "safetensors" if low.endswith(".safetensors") else "zarr"
+
+
+def _plan(out: str, fmt: str, identity: dict, given, overwrite: bool, world: int) -> _Plan:
+    """The run's start (rank 0 reads it; every rank gets it). Refuses a folder that is not
+    a store, a store of another run or of another number of processes."""
+    plan = _Plan(source=identity["example_id_source"])
+    if fmt != "zarr":
+        if os.path.exists(out) and not overwrite:
+            raise ValueError(f"out={out!r} exists; pass overwrite=True to replace it")
+        return plan
     if not os.path.exists(out):
-        return 0, 0, False
+        return plan
     if overwrite:
         shutil.rmtree(out) if os.path.isdir(out) else os.remove(out)
-        return 0, 0, False
+        return plan
     import zarr
 
     if not S.is_zarr(out):
@@ -129,18 +141,35 @@ def _resume_state(out: str, identity: dict, overwrite: bool):
     if attrs.get(S.FORMAT_KEY) != S.FORMAT:
         raise ValueError(f"out={out!r} is a Zarr store that repsim.extract did not write; "
                          "pass overwrite=True to replace it")
+    if attrs.get("example_id_source") == "dataset" and given is None:
+        plan.source = identity["example_id_source"] = "dataset"  # ids from the data
     for key in IDENTITY:
         if key in attrs and attrs[key] != identity[key]:
             raise ValueError(f"out={out!r} holds another extraction ({key} is "
                              f"{attrs[key]!r}, this run's is {identity[key]!r}); pass "
                              "overwrite=True to replace it, or another out")
+    if attrs.get("complete", False):
+        plan.complete = True
+        return plan
+    if attrs.get("world_size", 1) != world:
+        raise ValueError(f"out={out!r} holds an unfinished extraction by "
+                         f"{attrs.get('world_size', 1)} process(es); resume it with as many "
+                         "(its order of examples depends on them), or pass overwrite=True")
     if "examples_done" not in attrs:  # the first write did not finish
-        return 0, 0, False
+        return plan
     done = int(attrs["examples_done"])
     for _, arr in group.arrays():  # cut back a write that was cut short
         if arr.shape[0] != done:
             arr.resize((done,) + tuple(arr.shape[1:]))
-    return done, int(attrs["batches_done"]), bool(attrs.get("complete", False))
+    if given is not None and done:
+        stored_ids: Any = group[S.IDS]
+        stored = np.asarray(stored_ids[:done])
+        if stored.tolist() != given[:done].tolist():
+            raise ValueError(f"out={out!r} holds ids that differ from ids[:{done}]; pass "
+                             "overwrite=True to start again")
+    plan.examples, plan.batches, plan.length = done, int(attrs["batches_done"]), done
+    plan.steps = int(attrs.get("steps_done", plan.batches))
+    return plan
 
 
 def extract(model: nn.Module, data: Iterable[Any], *, layers: LayerSpec, out: str | os.PathLike,
@@ -167,7 +196,8 @@ def extract(model: nn.Module, data: Iterable[Any], *, layers: LayerSpec, out: st
         Which modules to capture (:func:`repsim.select_layers`).
     out : str or os.PathLike
         A Zarr store (a folder, conventionally ``*.zarr``), written as batches run and
-        resumable; or a ``.npz`` file, written once at the end (small cases).
+        resumable; or a ``.npz`` or ``.safetensors`` file, written once at the end (small
+        cases; ids and attributes in reserved members or the safetensors metadata).
     pooling, select, repeated
         How a module's output becomes ``(rows, features)``; see :class:`repsim.GramHooks`.
     ids : sequence, optional
@@ -175,8 +205,9 @@ def extract(model: nn.Module, data: Iterable[Any], *, layers: LayerSpec, out: st
         ``"example_id"`` entries, else the running index ``0, 1, ...``.
     dtype : {"float32", "float16", "bfloat16", "float64"}, default "float32"
         Storage dtype, recorded in the attributes. ``"float16"`` halves the store; values
-        beyond its range are refused. ``"bfloat16"`` is refused where zarr cannot store it
-        (zarr 3.1 cannot).
+        beyond its range are refused. ``"bfloat16"`` is written to safetensors files
+        (read back as float32) and refused where zarr cannot store it (zarr 3.1 cannot)
+        and for ``.npz``.
     forward : callable, optional
         ``forward(model, batch)`` for other batch layouts or entry points.
     device : str or torch.device, optional
@@ -194,12 +225,42 @@ def extract(model: nn.Module, data: Iterable[Any], *, layers: LayerSpec, out: st
     Returns
     -------
     xarray.Dataset
-        :func:`repsim.open_activations` of ``out``: one variable per captured layer, dims
+        :func:`repsim.open_activations` of ``out`` (on every process): one variable per captured layer, dims
         ``("example", "<layer>_feature")``, coordinate ``example_id``; attrs ``layers``
         (as captured), ``hooked_modules``, ``model_fingerprint`` (:func:`fingerprint`),
         ``pooling``, ``dtype``, ``example_id_source`` (``"given"``, ``"dataset"`` or
         ``"index"``), ``repsim_version``, ``examples_done``, ``batches_done``,
         ``complete``.
+
+    Notes
+    -----
+    **torch.distributed.** Inside an initialised default process group every process calls
+    :func:`extract` with the same arguments (the same ``out``, on a file system all of them
+    share, with POSIX locks) and the store holds every process's examples once:
+
+    * *Which batches.* An iterable every process iterates whole: rank ``r`` runs batches
+      ``r, r + w, r + 2w, ...`` (``w`` processes), as :func:`repsim.compare_models` does.
+      A ``DataLoader`` with a ``DistributedSampler``: each process runs its own batches.
+    * *Order.* After each step (every process's next batch) one ``all_gather`` of each
+      rank's rows gives every process every offset: examples are stored by step, then
+      rank, then row. For an iterable every process iterates this is the data's order --
+      the store equals, value and id for value and id, the one a single process writes.
+      For a ``DistributedSampler`` it is its shards interleaved batch by batch (rank 0's
+      first batch, rank 1's first, ..., rank 0's second, ...); let the dataset give the
+      ids (``"example_id"`` in dict batches), and note that without ``drop_last=True`` the
+      sampler repeats examples to even out the shards (their ids then repeat, which
+      comparisons refuse). ``ids=`` numbers the stored order.
+    * *Who writes what.* The first process with a batch (rank 0) creates the store with
+      its first batch, the others wait at a barrier; each process then writes its own
+      rows; rows in a chunk another process also writes go under an exclusive lock on
+      a hidden file beside the store (removed at the end). The arrays grow ahead of the
+      writes, by rank 0 between two barriers.
+    * *Resume.* Rank 0 commits ``steps_done`` (with ``examples_done``, ``batches_done``)
+      once every process reported those steps written; run the same command with the same
+      number of processes and every process skips the committed steps. A store left by
+      another number of processes is refused. An error on one process is raised on every
+      process at the next step (instead of a hang).
+    * ``.npz`` / safetensors outputs have one writer and are refused.
 
     Examples
     --------
@@ -214,8 +275,12 @@ def extract(model: nn.Module, data: Iterable[Any], *, layers: LayerSpec, out: st
     from .. import __version__
 
     out = os.fspath(out)
-    npz = out.lower().endswith(".npz")
-    store_dtype = _storage_dtype(dtype, npz)
+    fmt = _file_format(out)
+    rank, world = _dist_context()
+    if world > 1 and fmt != "zarr":
+        raise ValueError(f"out={out!r}: under torch.distributed every process writes into "
+                         "one Zarr store; a .npz or .safetensors file has one writer")
+    store_dtype = _storage_dtype(dtype, fmt)
     inner = unwrap_model(model)
     hooks = GramHooks(inner, layers, select=select, pooling=pooling, repeated=repeated,
                       features=True)
@@ -228,121 +293,106 @@ def extract(model: nn.Module, data: Iterable[Any], *, layers: LayerSpec, out: st
                                                                    repr(pooling)),
         "dtype": dtype, "example_id_source": "given" if given is not None else "index",
     }
-    if npz:
-        if os.path.exists(out) and not overwrite:
-            raise ValueError(f"out={out!r} exists; pass overwrite=True to replace it")
-        done, skip, complete = 0, 0, False
-    else:
-        if S.is_zarr(out) and not overwrite:  # a store of ids from the data says so
-            import zarr
-
-            stored = zarr.open_group(out, mode="r").attrs.get("example_id_source")
-            if stored == "dataset" and given is None:
-                identity["example_id_source"] = "dataset"
-        done, skip, complete = _resume_state(out, identity, overwrite)
-    if complete:
-        return S.open_activations(out)
-    if given is not None and done:
-        stored_ids = np.asarray(xr.open_zarr(out, consolidated=False)[S.IDS].values)
-        if stored_ids.tolist() != given[:done].tolist():
-            raise ValueError(f"out={out!r} holds ids that differ from ids[:{done}]; pass "
-                             "overwrite=True to start again")
     where = _model_device(inner, device)
+    comm = Comm(rank, world, _comm_device(where) if world > 1 else where)
+    plan = _agreed(comm, lambda: _plan(out, fmt, identity, given, overwrite, world))
+    if plan.complete:
+        return S.open_activations(out)
+    identity["example_id_source"] = source = plan.source
     if device is not None:
         inner.to(where)
-    collected: dict[str, list] = {}
-    collected_ids: list = []
-    state = _State(done, skip)
-    total = len(data) if hasattr(data, "__len__") else None  # type: ignore[arg-type]
-
-    def write(acts: dict[str, np.ndarray], batch_ids: np.ndarray, first: bool) -> None:
-        import zarr
-
-        rows = len(batch_ids)
-        if npz:
-            for k, v in acts.items():
-                collected.setdefault(k, []).append(v)
-            collected_ids.append(batch_ids)
-        else:
-            ds = xr.Dataset({k: ((S.EXAMPLE, S.feature_dim(k)), v) for k, v in acts.items()},
-                            coords={S.IDS: (S.EXAMPLE, batch_ids)})
-            # xarray writes a Dataset's attrs over the group's: every write carries all of
-            # them, with the progress of the writes before it (committed once it is done)
-            ds.attrs = {S.FORMAT_KEY: S.FORMAT, "layers": list(acts),
-                        "repsim_version": __version__, **identity,
-                        "examples_done": state.done, "batches_done": state.batches,
-                        "complete": False}
-            if first:
-                size = chunk or rows
-                encoding: dict[str, Any] = {k: {"chunks": (size, v.shape[1])}
-                                            for k, v in acts.items()}
-                encoding[S.IDS] = {"chunks": (size,)}
-                ds.to_zarr(out, mode="w", consolidated=False, encoding=encoding)
-            else:
-                ds.to_zarr(out, append_dim=S.EXAMPLE, consolidated=False)
-            group = zarr.open_group(out, mode="r+")
-            group.attrs.update({"examples_done": state.done + rows,
-                                "batches_done": state.batches + 1})
-        state.done += rows
-        state.batches += 1
-
-    bar = _progress(total=total, initial=skip, desc="extract", enabled=progress, unit="batch")
-    pending = None
+    sharded = world > 1 and not _presharded(data)
+    attrs = {S.FORMAT_KEY: S.FORMAT, "layers": [], "repsim_version": __version__, **identity,
+             "complete": False, **({"world_size": world} if world > 1 else {})}
+    known = hasattr(data, "__len__") and (world == 1 or sharded)
+    bar = _progress(total=len(data) if known else None,  # type: ignore[arg-type]
+                    initial=plan.batches, desc="extract", enabled=progress and rank == 0,
+                    unit="batch")
+    captured: list | None = None
     with torch.random.fork_rng(devices=[]), ThreadPoolExecutor(1) as pool, bar, hooks, \
             _inference([inner], eval_mode):
         torch.manual_seed(seed)
-        for index, batch in enumerate(data):
-            if index < skip:
-                continue
-            batch, batch_ids = _batch_ids(batch, index, identity["example_id_source"])
-            if batch_ids is not None:
-                identity["example_id_source"] = "dataset"
-            hooks.start_pass()
-            _run_forward(inner, batch, where, forward)
-            acts = hooks.activations
-            rows = {k: int(v.shape[0]) for k, v in acts.items()}
-            n = next(iter(rows.values()))
-            if any(r != n for r in rows.values()):
-                raise ValueError(f"batch {index}: layers give different numbers of rows "
-                                 f"{rows}; a store needs one row per example in every layer")
-            if state.layers is None:
-                state.layers = list(acts)
-            elif list(acts) != state.layers:
-                raise ValueError(f"batch {index} captured layers {list(acts)}, the first "
-                                 f"{state.layers}")
-            arrays = {k: _stored(v.reshape(n, -1), store_dtype, k) for k, v in acts.items()}
-            if pending is not None:
-                pending.result()  # the previous write is committed before this one starts
-            start = state.done
-            if given is not None:
-                batch_ids = given[start:start + n]
-                if len(batch_ids) != n:
-                    raise ValueError(f"ids holds {len(given)} ids; the data have more "
-                                     f"examples (at least {start + n})")
-            elif batch_ids is None:
-                batch_ids = np.arange(start, start + n, dtype=np.int64)
-            elif len(batch_ids) != n:
-                raise ValueError(f"batch {index} carries {len(batch_ids)} ids for {n} rows")
-            if batch_ids.dtype.kind in "US":
-                batch_ids = batch_ids.astype(object)
-            pending = pool.submit(write, arrays, batch_ids, start == 0)
-            bar.update(1)
-        if pending is not None:
-            pending.result()
-    n_done = state.done
-    if n_done == 0:
-        raise ValueError("data yielded no batches")
-    if given is not None and len(given) != n_done:
-        raise ValueError(f"ids holds {len(given)} ids for {n_done} examples")
-    final = {"examples_done": n_done, "batches_done": state.batches, "complete": True}
-    if npz:
-        ids_all = np.concatenate(collected_ids)
-        attrs = {S.FORMAT_KEY: S.FORMAT, "layers": state.layers,
-                 "repsim_version": __version__, **identity, **final}
-        S.write_npz(out, {k: np.concatenate(v) for k, v in collected.items()},
-                    ids_all, attrs)
-    else:
-        import zarr
-
-        zarr.open_group(out, mode="r+").attrs.update(final)
+        writer = Writer(out, fmt, plan, comm, attrs, chunk, store_dtype, given, pool)
+        steps = own_steps(data, rank, world, sharded, plan.steps)
+        count = planned(data, rank, world, sharded)
+        index = plan.steps  # this process's batches so far
+        while True:
+            n, batch_ids, tensors, event, failure = -1, None, None, None, None
+            try:
+                failure = writer.reap()
+                batch = next(steps)
+                if batch is not None and failure is None:
+                    batch, batch_ids = _batch_ids(batch, index, source)
+                    hooks.start_pass()
+                    _run_forward(inner, batch, where, forward)
+                    acts = hooks.activations
+                    n = _rows(acts, index)
+                    if captured is None:
+                        captured = list(acts)
+                    elif list(acts) != captured:
+                        raise ValueError(f"batch {index} captured layers {list(acts)}, the "
+                                         f"first {captured}")
+                    if batch_ids is not None and len(batch_ids) != n:
+                        raise ValueError(f"batch {index} carries {len(batch_ids)} ids for "
+                                         f"{n} rows")
+                    tensors, event = to_host(acts, n)
+                    index += 1
+            except Exception as err:  # every process learns of it at the gather
+                if world == 1:
+                    raise
+                failure = err
+            info = comm.gather([n, int(batch_ids is not None), writer.written(),
+                                int(failure is not None), count])
+            if failure is not None:
+                raise failure
+            if info[:, FAILED].any():
+                raise RuntimeError("repsim.extract failed on rank "
+                                   f"{int(np.argmax(info[:, FAILED]))}; see its error")
+            rows = info[:, ROWS]
+            if (rows < 0).all():
+                break
+            source = _agreed_source(info, source, writer.step == 0)
+            writer.attrs["example_id_source"] = source
+            bar.update(writer.place(info, tensors, event, batch_ids))
+        writer.finish()
     return S.open_activations(out)
+
+
+def _rows(acts: dict, index: int) -> int:
+    """The rows every layer of a batch gives (one per example)."""
+    rows = {k: int(v.shape[0]) for k, v in acts.items()}
+    n = next(iter(rows.values()))
+    if any(r != n for r in rows.values()):
+        raise ValueError(f"batch {index}: layers give different numbers of rows {rows}; a "
+                         "store needs one row per example in every layer")
+    return n
+
+
+def _agreed(comm: Comm, make: Callable[[], _Plan]) -> _Plan:
+    """Rank 0's ``make()`` on every rank; its ValueError raised on every rank."""
+    result: _Plan | str | None = None
+    if comm.rank == 0:
+        try:
+            result = make()
+        except ValueError as err:
+            if comm.world == 1:
+                raise
+            result = str(err)
+    result = comm.broadcast(result)
+    if isinstance(result, str):
+        raise ValueError(result)
+    assert result is not None
+    return result
+
+
+def _agreed_source(info: np.ndarray, source: str, first: bool) -> str:
+    """Where the ids come from, after the first step: ``"dataset"`` when the batches
+    carry them -- on every process with a batch, or on none."""
+    carried = info[info[:, ROWS] >= 0, HAS_IDS]
+    if not first or not carried.any():
+        return source
+    if not carried.all():
+        raise ValueError(f"the first batches of ranks {np.flatnonzero(info[:, HAS_IDS]).tolist()}"
+                         f" carry {S.IDS!r} and the others' do not; every batch must carry its "
+                         "ids, or none")
+    return "dataset"

@@ -1,0 +1,417 @@
+"""Where :func:`repsim.extract`'s batches go: host copies, the processes' agreement, and
+region writes into one Zarr store.
+
+* :func:`to_host` starts each layer's copy to host memory without waiting (pinned and
+  non-blocking from a CUDA device; the hooked activations are already copies), and
+  :func:`host_arrays` -- run on the writer thread -- waits for it and converts to the
+  storage dtype, so the main thread only launches work.
+* :class:`Comm` is what the processes agree on: one ``all_gather`` of a few integers per
+  step (each rank's rows, whether its batch carried ids, the steps it has written, whether
+  it failed), a barrier, a broadcast of the run's plan. Outside ``torch.distributed`` it is
+  the identity, and the same loop runs.
+* :class:`Regions` writes row ranges of every array of the store. The arrays are grown
+  ahead of the writes (to a capacity, so metadata is rewritten rarely) by one process while
+  the others wait at a barrier; rows in a chunk that another process's range shares are
+  written under an exclusive POSIX lock (a read-modify-write of that chunk), whole chunks
+  without one.
+* :func:`own_steps` yields this process's batch of every step (None once it has none).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from .. import store as S
+
+#: columns of the per-step gather: rows (-1: no batch), ids carried, steps written, failed,
+#: batches this process will run in all (-1: unknown)
+ROWS, HAS_IDS, WRITTEN, FAILED, PLANNED = range(5)
+
+
+# ------------------------------------------------------------------------- host copies
+
+def to_host(acts: dict[str, torch.Tensor], n: int):
+    """Each layer as ``(n, features)`` on its way to host memory, and the CUDA event that
+    marks the copies' end (None when nothing is on a GPU)."""
+    out, event = {}, None
+    for name, value in acts.items():
+        value = value.detach().reshape(n, -1)
+        if value.is_cuda:
+            value = value.to("cpu", non_blocking=True)  # into pinned memory, not waited on
+            event = event or torch.cuda.Event()
+        out[name] = value
+    if event is not None:
+        event.record()
+    return out, event
+
+
+def host_arrays(tensors: dict[str, torch.Tensor], event, dtype: np.dtype) -> dict[str, Any]:
+    """The layers as numpy arrays of the storage ``dtype`` (after the copies' ``event``);
+    values beyond a 16-bit dtype's range are refused, naming the layer."""
+    if event is not None:
+        event.synchronize()
+    out = {}
+    for name, t in tensors.items():
+        if t.dtype not in (torch.float32, torch.float64):
+            t = t.float()
+        full = t.numpy()
+        with np.errstate(over="ignore"):  # overflow is refused below, naming the layer
+            arr = full.astype(dtype, copy=False)
+        if dtype.itemsize < 4 and not np.isfinite(arr).all() and np.isfinite(full).all():
+            raise ValueError(f"layer {name!r} holds values up to {float(np.abs(full).max()):.4g}, "
+                             f"beyond {dtype.name}'s range ({float(np.finfo(dtype).max):.4g}); "
+                             "store dtype='float32'")
+        out[name] = arr
+    return out
+
+
+# ------------------------------------------------------------------------ the processes
+
+class Comm:
+    """The collectives of one run (``world == 1``: none; every call returns at once)."""
+
+    def __init__(self, rank: int, world: int, device: torch.device):
+        self.rank, self.world, self.device = rank, world, device
+
+    def gather(self, row: list[int]) -> np.ndarray:
+        """Every rank's ``row``, shape (world, len(row)), in rank order."""
+        if self.world == 1:
+            return np.asarray([row], dtype=np.int64)
+        dist = torch.distributed
+        t = torch.tensor(row, dtype=torch.int64, device=self.device)
+        parts = [torch.empty_like(t) for _ in range(self.world)]
+        dist.all_gather(parts, t)
+        return torch.stack(parts).cpu().numpy()
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+    def broadcast(self, obj):
+        """Rank 0's ``obj`` on every rank."""
+        if self.world == 1:
+            return obj
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+def own_steps(data, rank: int, world: int, sharded: bool, start: int) -> Iterator[Any]:
+    """This process's batch of each step from ``start`` on, then None for ever.
+
+    ``sharded`` (an iterable every rank iterates whole): step ``k`` of rank ``r`` is batch
+    ``k * world + r``. Otherwise (a loader with a ``DistributedSampler``, or one process)
+    step ``k`` is this process's ``k``-th batch."""
+    for index, batch in enumerate(data):
+        step, mine = (index // world, index % world == rank) if sharded else (index, True)
+        if mine and step >= start:
+            yield batch
+    while True:
+        yield None
+
+
+def planned(data, rank: int, world: int, sharded: bool) -> int:
+    """How many batches this process will run, or -1 where ``data`` has no length."""
+    try:
+        total = len(data)
+    except TypeError:
+        return -1
+    return max(0, -(-(total - rank) // world)) if sharded else total
+
+
+# --------------------------------------------------------------------- region writes
+
+class _Lock:
+    """An exclusive ``flock`` on a file beside the store, shared by the processes."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    @contextlib.contextmanager
+    def held(self):
+        import fcntl  # POSIX; torch.distributed extraction needs a shared POSIX file system
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+
+def lock_path(out: str) -> str:
+    """The lock file of store ``out`` (hidden, beside it; removed when the store is done)."""
+    path = os.path.abspath(out).rstrip(os.sep)
+    return os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.repsim-lock")
+
+
+class Regions:
+    """Row ranges of every array of the store at ``out`` (layers and ``example_id``).
+
+    ``shared=True`` (several processes write): rows in a chunk that a range does not cover
+    whole are written under the lock, so two processes never rewrite one chunk at once.
+    """
+
+    def __init__(self, out: str, shared: bool):
+        self.out = out
+        self.lock = _Lock(lock_path(out)) if shared else None
+        self.arrays: dict[str, Any] = {}
+        self.length = 0
+
+    def open(self) -> None:
+        """(Re)read the arrays' metadata: after the store was created or grown."""
+        import zarr
+
+        group = zarr.open_group(self.out, mode="r+")
+        self.arrays = {name: arr for name, arr in group.arrays()}
+        self.length = int(self.arrays[S.IDS].shape[0])
+
+    def resize(self, length: int) -> None:
+        """Every array to ``length`` rows (metadata only: chunks past it are deleted)."""
+        for arr in self.arrays.values():
+            arr.resize((length,) + tuple(arr.shape[1:]))
+        self.length = length
+
+    def write(self, start: int, layers: dict[str, np.ndarray], ids: np.ndarray) -> None:
+        """Rows ``start : start + len(ids)`` of every layer and of ``example_id``."""
+        values = dict(layers)
+        values[S.IDS] = ids
+        stop = start + len(ids)
+        chunk = int(self.arrays[S.IDS].chunks[0])
+        lo = min(stop, -(-start // chunk) * chunk)  # whole chunks: [lo, hi)
+        hi = max(lo, stop // chunk * chunk)
+        if self.lock is None or (lo == start and hi == stop):
+            self._put(values, start, start, stop)
+            return
+        if lo > start:
+            with self.lock.held():
+                self._put(values, start, start, lo)
+        self._put(values, start, lo, hi)
+        if stop > hi:
+            with self.lock.held():
+                self._put(values, start, hi, stop)
+
+    def _put(self, values, start, a, b) -> None:
+        if b > a:
+            for name, v in values.items():
+                self.arrays[name][a:b] = v[a - start:b - start]
+
+
+def grown(needed: int, capacity: int) -> int:
+    """The next capacity of the arrays: at least ``needed``, at least twice the last."""
+    return max(needed, 2 * capacity)
+
+
+# ---------------------------------------------------------------------------- the writer
+
+class Writer:
+    """Places each step's batches in the store and writes them on one background thread.
+
+    After every step's gather all processes know every rank's rows, so the examples are
+    ordered by (step, rank, row) and rank ``r``'s batch starts after all rows of earlier
+    steps and of lower ranks in its step. The first rank with a batch (rank 0 whenever
+    rank 0 has one) creates the store through xarray with its batch as rows ``0 : n``;
+    the others wait at a barrier. The arrays grow ahead of the writes (``grown``): every
+    process drains its writes, rank 0 resizes between two barriers. Progress is committed
+    to the store's attributes as ``examples_done`` / ``batches_done`` (and ``steps_done``
+    under torch.distributed) once every process has written those steps: one process
+    commits after each of its writes; several commit, through rank 0, the steps every
+    rank's last gather reported written. ``.npz`` / safetensors outputs (one process)
+    collect the batches in order instead.
+    """
+
+    def __init__(self, out: str, fmt: str, plan, comm: Comm, attrs: dict, chunk: int | None,
+                 dtype: np.dtype, given: np.ndarray | None, pool, depth: int = 2):
+        self.out, self.fmt, self.comm, self.attrs = out, fmt, comm, attrs
+        self.chunk, self.dtype, self.given, self.pool, self.depth = chunk, dtype, given, pool, \
+            depth
+        self.total, self.batches, self.step = plan.examples, plan.batches, plan.steps
+        self.capacity, self.created = plan.length, plan.steps > 0
+        self.history = {plan.steps: (plan.examples, plan.batches)}
+        self.committed = plan.steps
+        self.estimate = 0
+        self.regions = Regions(out, shared=comm.world > 1) if fmt == "zarr" else None
+        if self.created and self.regions is not None:
+            self.regions.open()
+        self.collected: dict[str, list] = {}
+        self.collected_ids: list = []
+        self.pending: Any = []  # (step, future), oldest first
+
+    # -- the main thread ------------------------------------------------------------------
+
+    def written(self) -> int:
+        """Steps this process has written whole (the gather's WRITTEN column)."""
+        return self.pending[0][0] if self.pending else self.step
+
+    def reap(self, block_until: int | None = None) -> BaseException | None:
+        """Forget finished writes (waiting until at most ``block_until`` are pending); the
+        first error among them."""
+        failure = None
+        while self.pending and (self.pending[0][1].done() or (
+                block_until is not None and len(self.pending) > block_until)):
+            err = self.pending.pop(0)[1].exception()
+            failure = failure or err
+        return failure
+
+    def place(self, info: np.ndarray, tensors, event, own_ids) -> int:
+        """Step ``self.step``'s batches (``info`` from the gather; this rank's ``tensors``
+        and the ids its batch carried): offsets, ids, the store created or grown, this
+        rank's write queued. Returns the number of batches in the step."""
+        rank, rows = self.comm.rank, info[:, ROWS]
+        sizes = np.maximum(rows, 0)
+        start, new_total = self.total + int(sizes[:rank].sum()), self.total + int(sizes.sum())
+        if self.given is not None and new_total > len(self.given):
+            raise ValueError(f"ids holds {len(self.given)} ids; the data have more examples "
+                             f"(at least {new_total})")
+        if not self.estimate:
+            per = info[:, PLANNED]
+            self.estimate = int(per.sum()) * int(rows.max()) if (per >= 0).all() \
+                else 64 * (new_total - self.total)
+        n = int(rows[rank])
+        ids = None
+        if n >= 0:
+            ids = self.given[start:start + n] if self.given is not None else own_ids \
+                if own_ids is not None else np.arange(start, start + n, dtype=np.int64)
+            if ids.dtype.kind in "US":
+                ids = ids.astype(object)
+        count = int((rows >= 0).sum())
+        batches = self.batches + count
+        commit = (new_total, batches, self.step + 1) if self.comm.world == 1 else None
+        if self.regions is not None and not self.created:
+            creator = int(np.argmax(rows >= 0))
+            self.capacity = max(new_total, self.estimate)
+            if rank == creator:
+                self._create(host_arrays(tensors, event, self.dtype), ids, commit)
+            self.comm.barrier()
+            if rank != creator:
+                self.regions.open()
+                if n >= 0:
+                    self._submit(tensors, event, start, ids, commit)
+            self.created = True
+        else:
+            if self.regions is not None and new_total > self.capacity:
+                self._grow(max(grown(new_total, self.capacity), self.estimate))
+            if n >= 0:
+                self._submit(tensors, event, start, ids, commit)
+        self.total, self.batches, self.step = new_total, batches, self.step + 1
+        self.history[self.step] = (self.total, self.batches)
+        if self.comm.world > 1 and rank == 0:
+            self._commit_agreed(int(info[:, WRITTEN].min()))
+        return count
+
+    def finish(self) -> None:
+        """Wait for every write, agree that all succeeded, and mark the store complete (cut
+        to its examples), or write the file."""
+        failure = self.reap(block_until=0)
+        info = self.comm.gather([0, 0, 0, failure is not None, 0])
+        if failure is not None:
+            raise failure
+        if info[:, FAILED].any():
+            raise RuntimeError(f"repsim.extract failed on rank {int(np.argmax(info[:, FAILED]))}; "
+                               "see its error")
+        if self.total == 0 and self.batches == 0:
+            raise ValueError("data yielded no batches")
+        if self.given is not None and len(self.given) != self.total:
+            raise ValueError(f"ids holds {len(self.given)} ids for {self.total} examples")
+        final = {"examples_done": self.total, "batches_done": self.batches, "complete": True}
+        if self.regions is None:
+            self._write_file(final)
+            return
+        if self.comm.rank == 0:
+            import zarr
+
+            self.regions.resize(self.total)
+            group = zarr.open_group(self.out, mode="r+")
+            attrs = dict(group.attrs)
+            keys = [S.FORMAT_KEY, "layers", "repsim_version"] + [
+                k for k in attrs if k not in (S.FORMAT_KEY, "layers", "repsim_version",
+                                              "world_size", "steps_done", *final)]
+            group.attrs.put({**{k: attrs[k] for k in keys}, **final})
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(lock_path(self.out))
+        self.comm.barrier()
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _submit(self, tensors, event, start, ids, commit) -> None:
+        self.reap(block_until=self.depth - 1)  # errors surface at the next reap/gather
+        self.pending.append((self.step, self.pool.submit(self._task, tensors, event, start,
+                                                         ids, commit)))
+
+    def _task(self, tensors, event, start, ids, commit) -> None:
+        arrays = host_arrays(tensors, event, self.dtype)
+        if self.regions is None:
+            for k, v in arrays.items():
+                self.collected.setdefault(k, []).append(v)
+            self.collected_ids.append(ids)
+        else:
+            self.regions.write(start, arrays, ids)
+            if commit is not None:
+                self._commit(*commit)
+
+    def _create(self, arrays, ids, commit) -> None:
+        import xarray as xr
+
+        ds = xr.Dataset({k: ((S.EXAMPLE, S.feature_dim(k)), v) for k, v in arrays.items()},
+                        coords={S.IDS: (S.EXAMPLE, ids)})
+        self.attrs["layers"] = list(arrays)
+        ds.attrs = dict(self.attrs)
+        size = self.chunk or max(len(ids), 1)
+        encoding: dict[str, Any] = {k: {"chunks": (size, v.shape[1])} for k, v in arrays.items()}
+        encoding[S.IDS] = {"chunks": (size,)}
+        ds.to_zarr(self.out, mode="w", consolidated=False, encoding=encoding)
+        assert self.regions is not None
+        self.regions.open()
+        self.regions.resize(self.capacity)
+        if commit is not None:
+            self._commit(*commit)
+
+    def _grow(self, capacity: int) -> None:
+        """Every process drains its writes; rank 0 resizes the arrays between barriers."""
+        failure = self.reap(block_until=0)
+        assert self.regions is not None
+        self.comm.barrier()
+        if self.comm.rank == 0:
+            self.regions.resize(capacity)
+        self.comm.barrier()
+        self.regions.open()
+        self.capacity = capacity
+        if failure is not None:  # reported by the next gather
+            self.pending.append((self.step, _failed(failure)))
+
+    def _commit(self, examples: int, batches: int, steps: int) -> None:
+        import zarr
+
+        update = {"examples_done": examples, "batches_done": batches}
+        if self.comm.world > 1:
+            update["steps_done"] = steps
+        zarr.open_group(self.out, mode="r+").attrs.update(update)
+
+    def _commit_agreed(self, steps: int) -> None:
+        """Rank 0 queues the commit of ``steps`` (written by every rank) after its writes."""
+        if steps > self.committed and steps in self.history:
+            examples, batches = self.history[steps]
+            self.pending.append((self.step, self.pool.submit(self._commit, examples, batches,
+                                                             steps)))
+            self.committed = steps
+        for old in [s for s in self.history if s < self.committed]:
+            del self.history[old]
+
+    def _write_file(self, final: dict) -> None:
+        layers = {k: np.concatenate(v) for k, v in self.collected.items()}
+        ids = np.concatenate(self.collected_ids)
+        attrs = {**self.attrs, "layers": list(layers), **final}
+        (S.write_npz if self.fmt == "npz" else S.write_safetensors)(self.out, layers, ids, attrs)
+
+
+def _failed(err: BaseException):
+    from concurrent.futures import Future
+
+    f: Future = Future()
+    f.set_exception(err)
+    return f
