@@ -165,6 +165,17 @@ def test_streaming_peak_memory_stays_under_four_times_the_largest_layer(tmp_path
     np.testing.assert_allclose(streamed.values, whole.values, rtol=0, atol=TOL)
 
 
+def test_float32_store_streams_float32_products(tmp_path):
+    layers = {k: v.astype(np.float32) for k, v in layers_of(150, seed=3).items()}
+    ds = write_store(tmp_path / "f32.zarr", layers, chunk=40)
+    sim = repsim.similarity_matrix(ds, batch_size=40, progress=False)
+    whole = repsim.similarity_matrix(ds, progress=False)
+    np.testing.assert_allclose(sim.values, whole.values, rtol=0, atol=1e-6)
+    exact = np.array([[ref_cka(layers[a].astype(np.float64), layers[b].astype(np.float64))
+                       for b in layers] for a in layers])
+    np.testing.assert_allclose(sim.values, exact, rtol=0, atol=1e-5)
+
+
 def test_constant_layer_and_refusals(store, tmp_path):
     rng = np.random.default_rng(1)
     layers = {"x": rng.standard_normal((30, 4)) + 3, "const": np.full((30, 3), 7.0)}
@@ -195,6 +206,24 @@ def test_compare_many_streamed_equals_in_memory(store, shuffled):
     np.testing.assert_allclose(sim.values, ref.values, rtol=0, atol=TOL, equal_nan=True)
     assert (sim.layer_name_a.values == ref.layer_name_a.values).all()
     assert sim.attrs["examples_dropped"] == [0, 7, 0] and sim.attrs["n"] == 203
+
+
+def test_per_rank_stores_put_together_compare_as_one(tmp_path):
+    """The last step of the docs' torchrun recipe: one store per rank (DistributedSampler
+    order, padded with a repeat), concatenated, deduplicated by id, streamed."""
+    full = layers_of(101)
+    parts = []
+    for rank in range(2):
+        idx = list(range(rank, 101, 2))
+        idx += idx[:51 - len(idx)]  # the sampler pads to an even split
+        parts.append(write_store(tmp_path / f"rank{rank}.zarr",
+                                 {k: v[idx] for k, v in full.items()}, 16, np.array(idx)))
+    ds = xr.concat(parts, dim="example", combine_attrs="override")
+    _, first = np.unique(ds["example_id"].values, return_index=True)
+    ds = ds.isel(example=first)
+    np.testing.assert_array_equal(ds["example_id"].values, np.arange(101))
+    sim = repsim.similarity_matrix(ds, batch_size=30, progress=False)
+    np.testing.assert_allclose(sim.values, repsim.cka_matrix(full).values, rtol=0, atol=TOL)
 
 
 # ----------------------------------------------------------------------------- stream_store
