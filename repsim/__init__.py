@@ -52,6 +52,7 @@ from .shape import nbs, shape_distance
 from .similarity import compare, measure, measure_names, similarity_matrix
 from .store import open_activations
 from .store_compare import best_matches, compare_many, model_distances, model_map, seed_groups
+from .store_stream import stream_store
 from .stats import (
     Interval,
     aggregate_seeds,
@@ -178,6 +179,7 @@ __all__ = [
     "shape_distance",
     "similarity_matrix",
     "standardize_features",
+    "stream_store",
     "svcca",
     "ucentre_gram",
     "word_aligned_batches",

@@ -15,12 +15,14 @@ import warnings
 from typing import Any
 
 import numpy as np
+import xarray as xr
 
 from . import _backend as B
 from . import _registry as R
 from . import _validation as V
 from ._io import progress as _progress
 from .results import similarity_array
+from . import store_stream as SS
 from .store import resolve_inputs
 
 __all__ = ["compare", "measure", "measure_names", "similarity_matrix"]
@@ -150,7 +152,8 @@ def _netcdf_value(value):
 
 
 def similarity_matrix(layers_a, layers_b=None, *, measure: str = "cka_linear",
-                      progress: bool = True, align: str = "strict", **options):
+                      progress: bool = True, align: str = "strict",
+                      batch_size: int | None = None, client: Any = None, **options):
     """A registered measure between every pair of layers, as a labelled matrix.
 
     Each layer is prepared once (its centred gram, k-NN lists, RDM, SVD basis or
@@ -178,6 +181,20 @@ def similarity_matrix(layers_a, layers_b=None, *, measure: str = "cka_linear",
         order of ids, naming the first mismatch and the counts; ``"ids"`` compares the ids
         both hold, in ``layers_a``'s order, and records ``examples_dropped_a`` /
         ``examples_dropped_b`` in the attrs (:func:`repsim.store.match_examples`).
+    batch_size : int, optional
+        Stream stores in blocks of ``batch_size`` examples instead of reading each layer
+        whole (default with ``client``: the store's chunk along ``example``). The linear
+        CKA measures (biased and unbiased: every measure of :func:`repsim.cka` with its
+        linear kernel and ``precision="float32"``) have this form: the full-data value,
+        the same as in memory, from pairs of example blocks
+        (:mod:`repsim._block_cka`); other measures are refused. Memory: two blocks of
+        one layer, ``(L_a + L_b) batch_size^2`` and ``2 (L_a + L_b) n`` floats; time:
+        every block is read about ``k + 1`` times for ``k`` blocks.
+    client : distributed.Client, optional
+        Run that streaming on a dask cluster (block pairs as tasks, their sum states
+        tree-merged; :mod:`repsim.store_stream`). Default: the active client, if there is
+        one and the measure streams; measures without the form then read each layer.
+        ``False``: this process, whatever client is active.
     **options
         Options of the measure's function, over its presets (see :func:`compare`).
 
@@ -187,7 +204,8 @@ def similarity_matrix(layers_a, layers_b=None, *, measure: str = "cka_linear",
         dims ``("layer_a", "layer_b")``, named after the measure; attrs ``measure``
         (canonical name), ``function``, ``similarity_repository`` (its id, ``"none"``
         when the repository has no such measure), ``options`` and each option by name,
-        ``symmetric``, ``n``, ``repsim_version``. Which estimator a default means (the
+        ``symmetric``, ``n``, ``repsim_version`` (streamed: ``batch_size``, ``blocks``,
+        ``scheduler``). Which estimator a default means (the
         biased full-data CKA here, the unbiased minibatch one in
         :class:`repsim.MinibatchCKA`) is in ``estimator`` where the measure has one.
 
@@ -208,22 +226,23 @@ def similarity_matrix(layers_a, layers_b=None, *, measure: str = "cka_linear",
     m = R.resolve(measure)
     opts = m.bind(options)
     V.Flag()(progress, "progress")
-    layers_a, layers_b, id_attrs = resolve_inputs(layers_a, layers_b, align)
-    names_a, arrays_a = _layers(layers_a, "layers_a")
     same = layers_b is None
-    names_b, arrays_b = (names_a, arrays_a) if same else _layers(layers_b, "layers_b")
-    n = _check_examples(names_a, arrays_a, [] if same else names_b, [] if same else arrays_b)
-    family = m.family
     symmetric = same and m.is_symmetric(opts)
+    stores = any(isinstance(x, xr.Dataset) for x in (layers_a, layers_b))
+    client = SS.stream_client(m, opts, stores, batch_size, client)
+    stream: dict[str, Any] = {}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        if family.matrix is not None:
-            values = np.asarray(family.matrix(dict(zip(names_a, arrays_a)),
-                                              None if same else dict(zip(names_b, arrays_b)),
-                                              **opts), dtype=np.float64)
+        if client is not False:
+            a, b, id_attrs = SS.sides(layers_a, layers_b, align)
+            sim, stream = SS.block_cka(a, b, estimator=opts["estimator"],
+                                       batch_size=batch_size, client=client,
+                                       progress=progress)
+            values, names_a, n = sim.values, a.names, a.n
+            names_b = names_a if b is None else b.names
         else:
-            values = _pairwise(family, opts, names_a, arrays_a, names_b, arrays_b, same,
-                               symmetric, progress, m.name)
+            values, names_a, names_b, n, id_attrs = _in_memory(
+                m, opts, layers_a, layers_b, align, symmetric, progress)
     seen = set()
     for w in caught:  # one warning per message, however many pairs raised it
         if str(w.message) not in seen:
@@ -234,10 +253,29 @@ def similarity_matrix(layers_a, layers_b=None, *, measure: str = "cka_linear",
         "similarity_repository": m.repository_id or "none",
         "options": ", ".join(f"{k}={v!r}" for k, v in opts.items()),
         "symmetric": bool(symmetric), "n": n, "repsim_version": __version__, **id_attrs,
+        **stream,
     }
     for key, value in opts.items():
         attrs.setdefault(key, _netcdf_value(value))
     return similarity_array(values, names_a, names_b, attrs, name=m.name)
+
+
+def _in_memory(m, opts, layers_a, layers_b, align, symmetric, progress):
+    """Every layer read whole (a store's once), then the measure's matrix or pair path."""
+    layers_a, layers_b, id_attrs = resolve_inputs(layers_a, layers_b, align)
+    names_a, arrays_a = _layers(layers_a, "layers_a")
+    same = layers_b is None
+    names_b, arrays_b = (names_a, arrays_a) if same else _layers(layers_b, "layers_b")
+    n = _check_examples(names_a, arrays_a, [] if same else names_b, [] if same else arrays_b)
+    family = m.family
+    if family.matrix is not None:
+        values = np.asarray(family.matrix(dict(zip(names_a, arrays_a)),
+                                          None if same else dict(zip(names_b, arrays_b)),
+                                          **opts), dtype=np.float64)
+    else:
+        values = _pairwise(family, opts, names_a, arrays_a, names_b, arrays_b, same,
+                           symmetric, progress, m.name)
+    return values, names_a, names_b, n, id_attrs
 
 
 def _pairwise(family, opts, names_a, arrays_a, names_b, arrays_b, same, symmetric, progress,

@@ -29,7 +29,7 @@ from ._io import atomic_write
 from ._readers import InputError, Source, display, q
 
 __all__ = ["ALIGNS", "IDS", "IdSource", "is_zarr", "match_examples", "open_activations",
-           "open_source", "resolve_inputs", "write_npz",
+           "open_source", "resolve_inputs", "store_indices", "write_npz",
            "write_safetensors"]
 
 #: the example dimension and the identity coordinate of every store
@@ -394,12 +394,44 @@ def _load(ds: xr.Dataset, index: np.ndarray | None) -> dict[str, np.ndarray]:
     return out
 
 
+def store_indices(layers_a, layers_b, align: str = "strict"):
+    """Which rows of each side :func:`repsim.similarity_matrix` compares.
+
+    Returns
+    -------
+    stores : (bool, bool)
+        Whether each side is an :class:`xarray.Dataset` (``False`` for ``layers_b`` None).
+    index_a, index_b : numpy.ndarray of int64 or None
+        Rows of each store to compare, in order (None: all, as they are); set where both
+        sides have ``example_id`` (matched by :func:`match_examples`).
+    attrs : dict
+        ``align`` and the examples dropped from each side where ids were checked; empty
+        otherwise.
+    """
+    if align not in ALIGNS:
+        raise ValueError(f"align must be one of {ALIGNS}; got {align!r}")
+    stores = (isinstance(layers_a, xr.Dataset), isinstance(layers_b, xr.Dataset))
+    if not any(stores):
+        if align != "strict":
+            raise ValueError("align='ids' needs example ids on both sides: pass Datasets "
+                             "from repsim.open_activations")
+        return stores, None, None, {}
+    ids = [_ids_of(x) if s else None for x, s in zip((layers_a, layers_b), stores)]
+    if layers_b is not None and ids[0] is not None and ids[1] is not None:
+        return (stores, *match_examples(ids[0], ids[1], align=align,
+                                        labels=("layers_a", "layers_b")))
+    if align != "strict":
+        raise ValueError("align='ids' needs example ids on both sides (an example_id "
+                         "coordinate in layers_a and layers_b)")
+    return stores, None, None, {}
+
+
 def resolve_inputs(layers_a, layers_b, align: str = "strict"):
     """:func:`repsim.similarity_matrix`'s inputs as layers, with example identity checked.
 
     An :class:`xarray.Dataset` (from :func:`open_activations`) becomes a dict of its layers
-    in the Dataset's order, each read once, only the rows compared. Where both sides have
-    ``example_id`` they are matched by :func:`match_examples`; anything else passes through.
+    in the Dataset's order, each read once, only the rows compared (:func:`store_indices`);
+    anything else passes through.
 
     Returns
     -------
@@ -407,23 +439,7 @@ def resolve_inputs(layers_a, layers_b, align: str = "strict"):
         ``attrs`` (for the result): ``align`` and the examples dropped from each side where
         ids were checked; empty otherwise.
     """
-    if align not in ALIGNS:
-        raise ValueError(f"align must be one of {ALIGNS}; got {align!r}")
-    stores = [isinstance(x, xr.Dataset) for x in (layers_a, layers_b)]
-    if not any(stores):
-        if align != "strict":
-            raise ValueError("align='ids' needs example ids on both sides: pass Datasets "
-                             "from repsim.open_activations")
-        return layers_a, layers_b, {}
-    ids = [_ids_of(x) if s else None for x, s in zip((layers_a, layers_b), stores)]
-    index_a = index_b = None
-    attrs: dict[str, Any] = {}
-    if layers_b is not None and ids[0] is not None and ids[1] is not None:
-        index_a, index_b, attrs = match_examples(ids[0], ids[1], align=align,
-                                                 labels=("layers_a", "layers_b"))
-    elif align != "strict":
-        raise ValueError("align='ids' needs example ids on both sides (an example_id "
-                         "coordinate in layers_a and layers_b)")
+    stores, index_a, index_b, attrs = store_indices(layers_a, layers_b, align)
     a = _load(layers_a, index_a) if stores[0] else layers_a
     b = None if layers_b is None else _load(layers_b, index_b) if stores[1] else layers_b
     return a, b, attrs

@@ -21,6 +21,7 @@ import xarray as xr
 
 from . import _registry as R
 from . import store as S
+from . import store_stream as SS
 from .similarity import similarity_matrix
 
 __all__ = ["best_matches", "compare_many", "model_distances", "model_map", "seed_groups"]
@@ -49,7 +50,8 @@ def _as_store(name: str, entry: Any, data, layers, tmp: str, extract_options: di
 
 def compare_many(models: dict[str, Any], *, measure: str = "cka_linear", layers: Any = None,
                  data: Any = None, align: str = "strict", progress: bool = False,
-                 extract_options: dict | None = None, **options) -> xr.DataArray:
+                 extract_options: dict | None = None, batch_size: int | None = None,
+                 client: Any = None, **options) -> xr.DataArray:
     """A measure between every pair of models, layer by layer.
 
     Parameters
@@ -70,6 +72,13 @@ def compare_many(models: dict[str, Any], *, measure: str = "cka_linear", layers:
     progress : bool, default False
     extract_options : dict, optional
         More arguments of :func:`repsim.extract` (``pooling``, ``forward``, ...).
+    batch_size : int, optional
+        Stream the stores in blocks of examples (the linear CKA measures only, as in
+        :func:`repsim.similarity_matrix`): one symmetric pass over the layers of all
+        models together, every store read block by block instead of whole.
+    client : distributed.Client, optional
+        Run that pass on a dask cluster (default: the active client, for measures that
+        stream; ``False``: this process).
     **options
         Options of the measure (see :func:`repsim.similarity_matrix`).
 
@@ -105,20 +114,30 @@ def compare_many(models: dict[str, Any], *, measure: str = "cka_linear", layers:
         stores = [_as_store(n, e, data, layers, tmp, dict(extract_options or {}))
                   for n, e in models.items()]
         indices, dropped = _match_all(names, [S._ids_of(ds) for ds in stores], align)
-        loaded = [S._load(ds, idx) for ds, idx in zip(stores, indices)]  # each read once
-    depth = max(len(d) for d in loaded)
+        opts = m.bind(options)
+        client = SS.stream_client(m, opts, True, batch_size, client)
+        if client is not False:  # one pass over every model's layers at once
+            sides = [SS.side_of(ds, idx, f"models[{k!r}]")
+                     for k, ds, idx in zip(names, stores, indices)]
+            joint, _ = SS.block_cka(SS.joined(sides, "models"), None,
+                                    estimator=opts["estimator"], batch_size=batch_size,
+                                    client=client, progress=progress)
+            layer_lists = [s.names for s in sides]
+        else:
+            loaded = [S._load(ds, idx) for ds, idx in zip(stores, indices)]  # each read once
+            layer_lists = [list(d) for d in loaded]
+    depth = max(len(d) for d in layer_lists)
     values = np.full((len(names),) * 2 + (depth,) * 2, np.nan)
-    n: int | None = None
-    symmetric = m.is_symmetric(m.bind(options))
-    for i, a in enumerate(loaded):
-        for j, b in enumerate(loaded):
-            if j < i and symmetric:  # m(b_l, a_k) = m(a_k, b_l)
-                values[i, j] = values[j, i].T
-                continue
-            sim = similarity_matrix(a, b, measure=measure, progress=progress, **options)
-            values[i, j, :len(a), :len(b)] = sim.values
-            n = sim.attrs["n"]
-    layer_names = np.array([list(d) + [""] * (depth - len(d)) for d in loaded], dtype=object)
+    if client is not False:
+        ends = np.cumsum([0] + [len(d) for d in layer_lists])
+        for i, j in np.ndindex(len(names), len(names)):
+            values[i, j, :ends[i + 1] - ends[i], :ends[j + 1] - ends[j]] = \
+                joint.values[ends[i]:ends[i + 1], ends[j]:ends[j + 1]]
+        n = joint.attrs["n"]
+    else:
+        n = _pairs_of_models(loaded, values, m.is_symmetric(opts), measure, progress, options)
+    layer_names = np.array([list(d) + [""] * (depth - len(d)) for d in layer_lists],
+                           dtype=object)
     return xr.DataArray(
         values, dims=("model_a", "model_b", "layer_a", "layer_b"),
         coords={"model_a": names, "model_b": names, "layer_a": np.arange(depth),
@@ -129,6 +148,21 @@ def compare_many(models: dict[str, Any], *, measure: str = "cka_linear", layers:
         attrs={"measure": m.name, "n": n, "align": align, "examples_dropped": dropped,
                "kind": m.kind},
     )
+
+
+def _pairs_of_models(loaded, values, symmetric, measure, progress, options):
+    """Fill ``values[i, j]`` with the measure between model i's and model j's layers (in
+    memory); returns ``n``."""
+    n = None
+    for i, a in enumerate(loaded):
+        for j, b in enumerate(loaded):
+            if j < i and symmetric:  # m(b_l, a_k) = m(a_k, b_l)
+                values[i, j] = values[j, i].T
+                continue
+            sim = similarity_matrix(a, b, measure=measure, progress=progress, **options)
+            values[i, j, :len(a), :len(b)] = sim.values
+            n = sim.attrs["n"]
+    return n
 
 
 def _match_all(names: list[str], ids: list[np.ndarray | None], align: str):
