@@ -72,13 +72,14 @@ def plain(model, batches, device) -> float:
     return time.perf_counter() - t0
 
 
-def extracted(model, batches, device, names, pooling, dtype, folder) -> tuple[float, int]:
-    out = os.path.join(folder, f"acts_{pooling}.zarr")
+def extracted(model, batches, device, names, variant, dtype, folder) -> tuple[float, int]:
+    pooling, compression = variant
+    out = os.path.join(folder, f"acts_{pooling}_{compression}.zarr")
     shutil.rmtree(out, ignore_errors=True)
     sync(device)
     t0 = time.perf_counter()
     repsim.extract(model, batches, layers=names, out=out, pooling=pooling, dtype=dtype,
-                   progress=False)
+                   compression=compression, progress=False)
     sync(device)
     elapsed = time.perf_counter() - t0
     size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(out) for f in fs)
@@ -92,6 +93,8 @@ def main(argv=None) -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--pooling", nargs="+", default=["flatten", "spatial_mean"])
+    p.add_argument("--compression", nargs="+", default=["lz4"],
+                   help="extract(compression=...): lz4 (default), zstd, none")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--data-dir", default=None)
@@ -111,26 +114,27 @@ def main(argv=None) -> None:
     print(f"ResNet-56, {len(names)} residual blocks, {args.n} images in {len(batches)} "
           f"batches of {args.batch_size}, {args.device}, dtype {args.dtype}, "
           f"torch threads {torch.get_num_threads()}")
-    times: dict[str, list[float]] = {"forward": [], **{k: [] for k in args.pooling}}
-    sizes: dict[str, int] = {}
+    variants = [(p_, c) for p_ in args.pooling for c in args.compression]
+    times: dict = {"forward": [], **{v: [] for v in variants}}
+    sizes: dict = {}
     with tempfile.TemporaryDirectory(dir=args.tmp) as folder:
         plain(model, batches[:2], device)  # warm-up: kernels, allocator, thread pools
-        for pooling in args.pooling:
-            extracted(model, batches[:2], device, names, pooling, args.dtype, folder)
+        for v in variants:
+            extracted(model, batches[:2], device, names, v, args.dtype, folder)
         for _ in range(args.repeats):
             times["forward"].append(plain(model, batches, device))
-            for pooling in args.pooling:
-                elapsed, sizes[pooling] = extracted(model, batches, device, names, pooling,
-                                                    args.dtype, folder)
-                times[pooling].append(elapsed)
+            for v in variants:
+                elapsed, sizes[v] = extracted(model, batches, device, names, v, args.dtype,
+                                              folder)
+                times[v].append(elapsed)
     best_f, med_f = min(times["forward"]), statistics.median(times["forward"])
     print(f"{'':24s}{'best s':>10s}{'median s':>10s}{'best/fwd':>10s}{'med/fwd':>10s}"
           f"{'stored':>12s}")
     print(f"{'forward passes':24s}{best_f:10.3f}{med_f:10.3f}{1:10.2f}{1:10.2f}{'':>12s}")
-    for pooling in args.pooling:
-        best, med = min(times[pooling]), statistics.median(times[pooling])
-        print(f"{'extract ' + pooling:24s}{best:10.3f}{med:10.3f}{best / best_f:10.2f}"
-              f"{med / med_f:10.2f}{sizes[pooling] / 2**20:10.1f} MiB")
+    for v in variants:
+        best, med = min(times[v]), statistics.median(times[v])
+        print(f"{'extract ' + ' '.join(v):24s}{best:10.3f}{med:10.3f}{best / best_f:10.2f}"
+              f"{med / med_f:10.2f}{sizes[v] / 2**20:10.1f} MiB")
 
 
 if __name__ == "__main__":

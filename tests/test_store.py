@@ -458,3 +458,27 @@ def test_compare_many_checks_example_ids(two_stores, tmp_path):
     direct = repsim.similarity_matrix(a, b, align="ids", progress=False)
     np.testing.assert_allclose(sim.sel(model_a="a", model_b="b").values, direct.values,
                                rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("compression", ["lz4", "zstd", "none"])
+def test_compression_is_applied_recorded_and_lossless(tmp_path, compression):
+    zarr = pytest.importorskip("zarr")
+    model, data = net(), batches()
+    ds = repsim.extract(model, data, layers=LAYERS, out=tmp_path / "s.zarr",
+                        compression=compression, progress=False)
+    want = hooked(model, data)
+    for name in LAYERS:
+        np.testing.assert_array_equal(ds[name].values, want[name])
+    assert ds.attrs["compression"] == compression
+    codecs = zarr.open_group(str(tmp_path / "s.zarr"), mode="r")[LAYERS[0]].compressors
+    names = [type(c).__name__ for c in codecs]
+    assert names == {"lz4": ["BloscCodec"], "zstd": ["ZstdCodec"], "none": []}[compression]
+    if compression == "lz4":
+        assert codecs[0].cname.value == "lz4" and codecs[0].shuffle.value == "bitshuffle"
+    other = "zstd" if compression != "zstd" else "lz4"
+    with pytest.raises(ValueError, match="compression"):
+        repsim.extract(model, data, layers=LAYERS, out=tmp_path / "s.zarr", compression=other,
+                       progress=False)
+    with pytest.raises(ValueError, match="compression must be one of"):
+        repsim.extract(model, data, layers=LAYERS, out=tmp_path / "t.zarr", compression="gzip",
+                       progress=False)

@@ -209,6 +209,14 @@ def grown(needed: int, capacity: int) -> int:
 
 # ---------------------------------------------------------------------------- the writer
 
+def _codec(name: str) -> Any:
+    """The Zarr compressors of ``extract(compression=name)``."""
+    from zarr.codecs import BloscCodec, ZstdCodec
+
+    return {"lz4": (BloscCodec(cname="lz4", clevel=1, shuffle="bitshuffle"),),
+            "zstd": (ZstdCodec(level=0),), "none": None}[name]
+
+
 class Writer:
     """Places each step's batches in the store and writes them on one background thread.
 
@@ -362,7 +370,9 @@ class Writer:
         self.attrs["layers"] = list(arrays)
         ds.attrs = dict(self.attrs)
         size = self.chunk or max(len(ids), 1)
-        encoding: dict[str, Any] = {k: {"chunks": (size, v.shape[1])} for k, v in arrays.items()}
+        codec = _codec(self.attrs.get("compression", "zstd"))
+        encoding: dict[str, Any] = {k: {"chunks": (size, v.shape[1]), "compressors": codec}
+                                    for k, v in arrays.items()}
         encoding[S.IDS] = {"chunks": (size,)}
         ds.to_zarr(self.out, mode="w", consolidated=False, encoding=encoding)
         assert self.regions is not None
