@@ -14,6 +14,9 @@ it times
 * ``command``: ``repsim a.npz --measure ... --out r.nc`` as a subprocess (interpreter
   start, imports, reading, checking, computing, writing the netCDF result), and
   ``repsim.cli.main`` in this process (the same without start-up and imports),
+* ``script``: the same work written as a Python script (``np.load``, ``cka_matrix``,
+  ``save_result``) in a fresh interpreter: the like-for-like comparison of the command's
+  start-up (imports of torch and xarray/dask, first-touch memory, numba's cache),
 
 checks that the command's result equals ``cka_matrix`` (to 1e-12) and prints the ratios.
 Runs are interleaved; the minimum over ``--repeats`` is kept, of the wall time and of the
@@ -63,7 +66,7 @@ def main(argv=None):
                              "with repsim.cka_matrix); see benchmarks/allpairs_ratios.py")
         bound = spec.bind({})
         cka_options = {k: bound[k] for k in ("kernel", "estimator")}
-        best = {k: float("inf") for k in ("library", "cka_matrix", "command", "main")}
+        best = {k: float("inf") for k in ("library", "cka_matrix", "command", "main", "script")}
         cpu = dict(best)
 
         def timed(key, fn, child=False):
@@ -83,9 +86,17 @@ def main(argv=None):
 
         command = [sys.executable, "-m", "repsim.cli", path, "--measure", measure, "--out", out,
                    "--no-progress", "--no-summary"]
+        # the same work as a Python script in a fresh interpreter: what the command replaces
+        script = [sys.executable, "-c", (
+            "import sys, numpy as np, repsim\n"
+            "with np.load(sys.argv[1]) as f:\n"
+            "    layers = {k: f[k] for k in f.files}\n"
+            f"repsim.save_result(repsim.cka_matrix(layers, **{cka_options!r}), sys.argv[2])\n"),
+            path, out + ".script.nc"]
         for _ in range(args.repeats):
             ref = timed("library", library)
             timed("command", lambda: subprocess.run(command, check=True, env=env), child=True)
+            timed("script", lambda: subprocess.run(script, check=True, env=env), child=True)
             assert timed("main", lambda: cli.main(command[3:])) == 0
             diff = float(np.max(np.abs(repsim.load_result(out).values - ref.values)))
             assert diff <= 1e-12, diff
@@ -93,7 +104,9 @@ def main(argv=None):
             print(f"{spec.name:20s} {what:4s} np.load + cka_matrix {t['library']:6.2f} s "
                   f"(cka_matrix {t['cka_matrix']:.2f} s) | command (subprocess) "
                   f"{t['command']:6.2f} s = {t['command'] / t['library']:.2f}x | "
-                  f"cli.main {t['main']:6.2f} s = {t['main'] / t['library']:.2f}x")
+                  f"cli.main {t['main']:6.2f} s = {t['main'] / t['library']:.2f}x | "
+                  f"script (subprocess) {t['script']:6.2f} s: command/script = "
+                  f"{t['command'] / t['script']:.2f}x")
         print(f"{spec.name:20s} max |command - cka_matrix| = {diff:.1e}; "
               f"load {os.getloadavg()[0]:.2f}")
 
