@@ -418,7 +418,8 @@ def test_compare_many_reads_or_captures_each_model_once(tmp_path, monkeypatch):
     data = batches(3)
     repsim.extract(net(5), data, layers=LAYERS, out=tmp_path / "m5.zarr", progress=False)
     repsim.extract(net(6), data, layers=["0", "2"], out=tmp_path / "m6.npz", progress=False)
-    live = {"m0": net(0), "m1": net(1)}
+    repsim.extract(net(7), data, layers=LAYERS, out=tmp_path / "m7.zarr", progress=False)
+    live = {"m0": net(0), "m1": net(1), "m2": net(2)}  # six models: three live, three stored
     forwards = {k: 0 for k in live}
     for k, model in live.items():
         model.register_forward_hook(lambda *_, k=k: forwards.__setitem__(k, forwards[k] + 1))
@@ -427,14 +428,16 @@ def test_compare_many_reads_or_captures_each_model_once(tmp_path, monkeypatch):
     monkeypatch.setattr(S, "_load", lambda ds, idx: loads.append(ds) or real_load(ds, idx))
     monkeypatch.setattr(S, "open_activations", lambda p: opens.append(str(p)) or real_open(p))
     models = {**live, "m5": str(tmp_path / "m5.zarr"),
-              "m6": real_open(tmp_path / "m6.npz")}
+              "m6": real_open(tmp_path / "m6.npz"), "m7": str(tmp_path / "m7.zarr")}
     sim = repsim.compare_many(models, layers=LAYERS, data=data)
-    assert forwards == {"m0": 3, "m1": 3}  # one pass over the 3 batches each
+    assert forwards == {"m0": 3, "m1": 3, "m2": 3}  # one pass over the 3 batches each
     assert opens.count(str(tmp_path / "m5.zarr")) == 1
-    assert len(loads) == 4  # every model's layers read once, whatever the pairs
-    assert sim.dims == ("model_a", "model_b", "layer_a", "layer_b") and sim.shape == (4, 4, 3, 3)
-    acts = {"m0": hooked(net(0), data), "m1": hooked(net(1), data), "m5": hooked(net(5), data),
-            "m6": hooked(net(6), data, ["0", "2"])}
+    assert opens.count(str(tmp_path / "m7.zarr")) == 1
+    assert len(loads) == 6  # every model's layers read once, whatever the 36 pairs
+    assert sim.dims == ("model_a", "model_b", "layer_a", "layer_b") and sim.shape == (6, 6, 3, 3)
+    acts = {"m0": hooked(net(0), data), "m1": hooked(net(1), data), "m2": hooked(net(2), data),
+            "m5": hooked(net(5), data), "m6": hooked(net(6), data, ["0", "2"]),
+            "m7": hooked(net(7), data)}
     for a in acts:
         for b in acts:
             want = repsim.similarity_matrix(acts[a], acts[b], progress=False).values
