@@ -485,3 +485,16 @@ def test_compression_is_applied_recorded_and_lossless(tmp_path, compression):
     with pytest.raises(ValueError, match="compression must be one of"):
         repsim.extract(model, data, layers=LAYERS, out=tmp_path / "t.zarr", compression="gzip",
                        progress=False)
+
+
+def test_the_statistics_take_a_store_as_its_layers(tmp_path):
+    ds = repsim.extract(net(), batches(), layers=LAYERS, out=tmp_path / "s.zarr", progress=False)
+    whole = repsim.permutation_test(ds, n_permutations=30, seed=3, progress=False)
+    layers = {k: ds[k].values for k in LAYERS}
+    plain = repsim.permutation_test(layers, n_permutations=30, seed=3, progress=False)
+    assert whole.cka.dims == ("layer_a", "layer_b")
+    assert whole.layer_a.values.tolist() == LAYERS  # captured order, not alphabetical
+    np.testing.assert_array_equal(whole.cka.values, plain.cka.values)
+    np.testing.assert_array_equal(whole.p_value.values, plain.p_value.values)
+    with pytest.raises(TypeError, match="xarray.Dataset"):
+        repsim.permutation_test(ds.drop_attrs(), n_permutations=30, progress=False)

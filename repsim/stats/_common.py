@@ -176,10 +176,14 @@ def as_data(a, name: str):
     along its first dimension); arrays of other array-API libraries become host numpy
     arrays (:func:`repsim._backend.asarray`); a pandas DataFrame or Series becomes its float64 values
     (rows are examples); dicts and sequences of layers are converted layer by layer. An
-    xarray Dataset (which variable is the representation?) and a nested list of numbers
-    (one representation, or one layer per element?) are refused with a message.
+    xarray Dataset of activations (:func:`repsim.open_activations`: its ``layers``
+    attribute names its variables, in captured order) is its layers; any other Dataset
+    (which variable is the representation?) and a nested list of numbers (one
+    representation, or one layer per element?) are refused with a message.
     """
     if isinstance(a, xr.Dataset):
+        if list(a.attrs.get("layers", ())) == list(a.data_vars) and len(a.data_vars):
+            return as_data({k: a[k] for k in a.attrs["layers"]}, name)
         raise TypeError(
             f"{name} is an xarray.Dataset; pass its representation as a DataArray "
             f"(ds['name']), or its layers as dict(ds.data_vars)"
