@@ -11,15 +11,7 @@ from scipy import stats as sst
 
 import repsim
 
-matplotlib = pytest.importorskip("matplotlib")
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def _close():
-    yield
-    plt.close("all")
+pytest.importorskip("matplotlib")
 
 
 def stores(depths=(3, 3, 2, 3), n=40, seed=0):
