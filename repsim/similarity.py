@@ -183,13 +183,16 @@ def similarity_matrix(layers_a, layers_b=None, *, measure: str = "cka_linear",
         ``examples_dropped_b`` in the attrs (:func:`repsim.store.match_examples`).
     batch_size : int, optional
         Stream stores in blocks of ``batch_size`` examples instead of reading each layer
-        whole (default with ``client``: the store's chunk along ``example``). The linear
-        CKA measures (biased and unbiased: every measure of :func:`repsim.cka` with its
-        linear kernel and ``precision="float32"``) have this form: the full-data value,
-        the same as in memory, from pairs of example blocks
-        (:mod:`repsim._block_cka`); other measures are refused. Memory: two blocks of
-        one layer, ``(L_a + L_b) batch_size^2`` and ``2 (L_a + L_b) n`` floats; time:
-        every block is read about ``k + 1`` times for ``k`` blocks.
+        whole (default with ``client``: the store's chunk along ``example``); the
+        full-data value, the same as in memory up to rounding. The linear CKA measures
+        (biased and unbiased, linear kernel, ``precision="float32"``) stream from pairs of
+        example blocks (:mod:`repsim._block_cka`; memory: two blocks of one layer,
+        ``(L_a + L_b) batch_size^2`` and ``2 (L_a + L_b) n`` floats; every block is read
+        about ``k + 1`` times for ``k`` blocks); the measures with a form from feature
+        moments (CCA, SVCCA, PWCCA, the shape metrics, ridge R², GULP, NBS) through
+        :class:`repsim.FeatureMoments` (each block read once; memory: about
+        ``(sum of widths)^2`` float64, checked before the first block); other measures
+        (RBF CKA, the RDM and neighbour measures) are refused.
     client : distributed.Client, optional
         Run that streaming on a dask cluster (block pairs as tasks, their sum states
         tree-merged; :mod:`repsim.store_stream`). Default: the active client, if there is
@@ -205,7 +208,7 @@ def similarity_matrix(layers_a, layers_b=None, *, measure: str = "cka_linear",
         (canonical name), ``function``, ``similarity_repository`` (its id, ``"none"``
         when the repository has no such measure), ``options`` and each option by name,
         ``symmetric``, ``n``, ``repsim_version`` (streamed: ``batch_size``, ``blocks``,
-        ``scheduler``). Which estimator a default means (the
+        ``scheduler``, ``streamed``). Which estimator a default means (the
         biased full-data CKA here, the unbiased minibatch one in
         :class:`repsim.MinibatchCKA`) is in ``estimator`` where the measure has one.
 
@@ -229,15 +232,19 @@ def similarity_matrix(layers_a, layers_b=None, *, measure: str = "cka_linear",
     same = layers_b is None
     symmetric = same and m.is_symmetric(opts)
     stores = any(isinstance(x, xr.Dataset) for x in (layers_a, layers_b))
-    client = SS.stream_client(m, opts, stores, batch_size, client)
+    client, form = SS.stream_client(m, opts, stores, batch_size, client, options)
     stream: dict[str, Any] = {}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if client is not False:
             a, b, id_attrs = SS.sides(layers_a, layers_b, align)
-            sim, stream = SS.block_cka(a, b, estimator=opts["estimator"],
-                                       batch_size=batch_size, client=client,
-                                       progress=progress)
+            if form == "blocks":
+                sim, stream = SS.block_cka(a, b, estimator=opts["estimator"],
+                                           batch_size=batch_size, client=client,
+                                           progress=progress)
+            else:
+                sim, stream = SS.moment_matrix(a, b, m.name, options, batch_size=batch_size,
+                                               client=client, progress=progress)
             values, names_a, n = sim.values, a.names, a.n
             names_b = names_a if b is None else b.names
         else:

@@ -73,9 +73,10 @@ def compare_many(models: dict[str, Any], *, measure: str = "cka_linear", layers:
     extract_options : dict, optional
         More arguments of :func:`repsim.extract` (``pooling``, ``forward``, ...).
     batch_size : int, optional
-        Stream the stores in blocks of examples (the linear CKA measures only, as in
-        :func:`repsim.similarity_matrix`): one symmetric pass over the layers of all
-        models together, every store read block by block instead of whole.
+        Stream the stores in blocks of examples (linear CKA from gram blocks, the
+        measures with a form from feature moments through them, as in
+        :func:`repsim.similarity_matrix`; others refused): one symmetric pass over the
+        layers of all models together, every store read block by block instead of whole.
     client : distributed.Client, optional
         Run that pass on a dask cluster (default: the active client, for measures that
         stream; ``False``: this process).
@@ -115,13 +116,19 @@ def compare_many(models: dict[str, Any], *, measure: str = "cka_linear", layers:
                   for n, e in models.items()]
         indices, dropped = _match_all(names, [S._ids_of(ds) for ds in stores], align)
         opts = m.bind(options)
-        client = SS.stream_client(m, opts, True, batch_size, client)
+        client, form = SS.stream_client(m, opts, True, batch_size, client, options)
         if client is not False:  # one pass over every model's layers at once
             sides = [SS.side_of(ds, idx, f"models[{k!r}]")
                      for k, ds, idx in zip(names, stores, indices)]
-            joint, _ = SS.block_cka(SS.joined(sides, "models"), None,
-                                    estimator=opts["estimator"], batch_size=batch_size,
-                                    client=client, progress=progress)
+            joint_side = SS.joined(sides, "models")
+            if form == "blocks":
+                joint, _ = SS.block_cka(joint_side, None, estimator=opts["estimator"],
+                                        batch_size=batch_size, client=client,
+                                        progress=progress)
+            else:
+                joint, _ = SS.moment_matrix(joint_side, None, m.name, options,
+                                            batch_size=batch_size, client=client,
+                                            progress=progress)
             layer_lists = [s.names for s in sides]
         else:
             loaded = [S._load(ds, idx) for ds, idx in zip(stores, indices)]  # each read once
@@ -133,7 +140,7 @@ def compare_many(models: dict[str, Any], *, measure: str = "cka_linear", layers:
         for i, j in np.ndindex(len(names), len(names)):
             values[i, j, :ends[i + 1] - ends[i], :ends[j + 1] - ends[j]] = \
                 joint.values[ends[i]:ends[i + 1], ends[j]:ends[j + 1]]
-        n = joint.attrs["n"]
+        n = joint_side.n
     else:
         n = _pairs_of_models(loaded, values, m.is_symmetric(opts), measure, progress, options)
     layer_names = np.array([list(d) + [""] * (depth - len(d)) for d in layer_lists],

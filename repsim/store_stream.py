@@ -7,9 +7,12 @@ hold a layer whole:
   :class:`repsim.MinibatchCKA`, :class:`repsim.FeatureMoments` -- one block of
   ``batch_size`` examples at a time;
 * :func:`block_cka` gives full-data linear CKA, the value :func:`repsim.cka_matrix` gives
-  on the loaded layers, from pairs of example blocks (:mod:`repsim._block_cka`); it is
-  what :func:`repsim.similarity_matrix` and :func:`repsim.compare_many` run on stores
-  with ``batch_size=`` or ``client=``.
+  on the loaded layers, from pairs of example blocks (:mod:`repsim._block_cka`);
+* :func:`moment_matrix` gives every other measure with a form from feature moments (the
+  CCA family, shape metrics, ridge R², GULP, NBS) through :class:`repsim.FeatureMoments`.
+
+:func:`repsim.similarity_matrix` and :func:`repsim.compare_many` run the two on stores
+given ``batch_size=`` or ``client=``.
 
 On a cluster (``client=``, or the active ``dask.distributed`` client) both are a
 map-reduce: each block (or block pair) updates its own copy of the accumulator on a
@@ -28,12 +31,13 @@ import numpy as np
 import xarray as xr
 
 from . import _backend as B
+from . import _registry as R
 from . import _validation as V
 from . import store as S
 from ._block_cka import BlockCKA
 from ._io import progress as _progress
 
-__all__ = ["block_cka", "example_blocks", "resolve_client", "stream_store"]
+__all__ = ["block_cka", "example_blocks", "moment_matrix", "resolve_client", "stream_store"]
 
 
 class Side(NamedTuple):
@@ -157,7 +161,7 @@ def block_refusal(m: Any, opts: dict) -> str:
     blocks of examples; "" when it has one: a packed centred-gram form (the registry's
     ``gram``) with the linear kernel and grams in the data's own dtype."""
     if m.family.gram is None:
-        return "only the linear CKA measures have a form in blocks of examples"
+        return "no form from gram blocks (linear CKA only)"
     if opts.get("kernel") != "linear":
         return ("the RBF kernel's default bandwidth is a median over all n^2 distances; "
                 "use the linear kernel")
@@ -166,12 +170,17 @@ def block_refusal(m: Any, opts: dict) -> str:
     return ""
 
 
-def stream_client(m: Any, opts: dict, stores: bool, batch_size: Any, client: Any) -> Any:
-    """The client to stream with (None: this process), or False: read layers whole.
+def stream_client(m: Any, opts: dict, stores: bool, batch_size: Any, client: Any,
+                  options: dict | None = None) -> tuple[Any, str]:
+    """``(client, form)``: the client to stream with (None: this process, False: read
+    layers whole) and the measure's form in blocks of examples, ``"blocks"`` (linear CKA
+    from block pairs, :func:`block_cka`) or ``"moments"`` (:func:`moment_matrix`).
 
-    Stores stream when ``batch_size`` or ``client`` is given (a measure without the form
+    Stores stream when ``batch_size`` or ``client`` is given (a measure without a form
     is then refused, as are inputs that are not stores) or a dask.distributed client is
-    active (measures without the form then read their layers whole, as without one)."""
+    active (measures without a form then read their layers whole, as without one).
+    ``options`` are the caller's own options of the measure (its presets come from the
+    registry)."""
     asked = batch_size is not None or client not in (None, False)
     if batch_size is not None:
         V.check_int(batch_size, "batch_size", 1)
@@ -179,16 +188,31 @@ def stream_client(m: Any, opts: dict, stores: bool, batch_size: Any, client: Any
         if asked:
             raise ValueError("batch_size and client stream stores (xarray.Datasets from "
                              "repsim.open_activations); these layers are in memory already")
-        return False
+        return False, ""
     client = resolve_client(client)
     if not asked and client is None:
-        return False
-    why = block_refusal(m, opts)
+        return False, ""
+    why, form = block_refusal(m, opts), "blocks"
+    if why:
+        why_moments = moment_refusal(m, options or {})
+        why, form = (f"{why}; {why_moments}", "") if why_moments else ("", "moments")
     if why and asked:
         raise ValueError(f"measure {m.name!r} cannot be streamed in blocks of examples "
                          f"({why}); without batch_size and client each layer is read "
                          "whole, once")
-    return False if why else client
+    return (False, "") if why else (client, form)
+
+
+def moment_refusal(m: Any, options: dict) -> str:
+    """Why measure ``m`` with the caller's ``options`` has no exact form from feature
+    moments (:meth:`repsim.FeatureMoments.compute`); "" when it has one."""
+    if m.family.moments is None:
+        return f"{m.function} has no form from feature moments"
+    try:
+        R.moment_params(m.name, options)
+    except (TypeError, ValueError) as err:
+        return str(err)
+    return ""
 
 
 # ---------------------------------------------------------------------- stream_store
@@ -274,17 +298,25 @@ def stream_store(acc: Any, store_a: xr.Dataset, store_b: xr.Dataset | None = Non
         raise TypeError("acc must be an accumulator with update() and merge() (MinibatchCKA, "
                         f"FeatureMoments); got {type(acc).__name__}")
     a, b, _ = sides(store_a, store_b, align, "store_a", "store_b")
-    batch = default_batch_size(a) if batch_size is None else V.check_int(batch_size,
-                                                                         "batch_size", 1)
+    if batch_size is not None:
+        V.check_int(batch_size, "batch_size", 1)
+    return feed(acc, a, b, batch_size=batch_size, client=resolve_client(client),
+                progress=progress)
+
+
+def feed(acc: Any, a: Side, b: Side | None, *, batch_size: int | None, client: Any,
+         progress: bool) -> Any:
+    """:func:`stream_store` on :class:`Side` s: ``acc`` updated block by block, in order
+    here (``client`` None) or as a map-reduce on the cluster; returns ``acc``."""
+    batch = default_batch_size(a) if batch_size is None else batch_size
     bounds = example_blocks(a.n, batch, smallest=4)
-    client = resolve_client(client)
 
     def local(rows):
         acc.update({k: read(v) for k, v in a.blocks(rows).items()},
                    None if b is None else {k: read(v) for k, v in b.blocks(rows).items()})
 
     if client is None:
-        for rows in _progress(bounds, total=len(bounds), desc="stream_store: batches",
+        for rows in _progress(bounds, total=len(bounds), desc="stream: batches",
                               enabled=progress, unit="batch"):
             local(rows)
         return acc
@@ -295,6 +327,33 @@ def stream_store(acc: Any, store_a: xr.Dataset, store_b: xr.Dataset | None = Non
                 for t, rows in enumerate(bounds[1:])]
         acc.merge(map_reduce(client, _batch_task, template, args))
     return acc
+
+
+def moment_matrix(a: Side, b: Side | None, measure: str, options: dict, *,
+                  batch_size: int | None = None, client: Any = None, progress: bool = False):
+    """A measure with a form from feature moments (the CCA family, shape metrics, ridge
+    R², GULP, NBS, linear CKA) for every layer pair of two stores, streamed.
+
+    Each block of examples updates one :class:`repsim.FeatureMoments` (memory: about
+    ``(sum of widths)^2`` float64 moments, checked at the first block), in order here or
+    as a map-reduce on the cluster; the full-data value comes from the summed moments
+    (:meth:`repsim.FeatureMoments.compute`), equal to the measure on the loaded layers up
+    to rounding.
+
+    Returns
+    -------
+    values : xarray.DataArray, shape (L_a, L_b)
+    info : dict
+        ``batch_size``, ``blocks``, ``scheduler`` and ``streamed`` ("feature moments").
+    """
+    from .moments import FeatureMoments
+
+    batch = default_batch_size(a) if batch_size is None else batch_size
+    acc = feed(FeatureMoments(), a, b, batch_size=batch, client=client, progress=progress)
+    info = {"batch_size": batch, "blocks": len(example_blocks(a.n, batch, smallest=4)),
+            "scheduler": "local" if client is None else "dask.distributed",
+            "streamed": "feature moments"}
+    return acc.compute(measure, **options), info
 
 
 def sides(store_a, store_b, align, label_a="layers_a", label_b="layers_b"):
@@ -354,7 +413,7 @@ def block_cka(a: Side, b: Side | None, *, estimator: str, batch_size: int | None
         From :meth:`repsim._block_cka.BlockCKA.compute`.
     info : dict
         ``batch_size``, ``blocks``, ``scheduler`` (``"local"`` or
-        ``"dask.distributed"``), for the result's attrs.
+        ``"dask.distributed"``), ``streamed`` ("gram block pairs"), for the result's attrs.
     """
     n = a.n
     batch = default_batch_size(a) if batch_size is None else batch_size
@@ -380,7 +439,8 @@ def block_cka(a: Side, b: Side | None, *, estimator: str, batch_size: int | None
                 for ri, rj in pairs]
         acc = map_reduce(client, _pair_task, acc, args)
     info = {"batch_size": batch, "blocks": len(bounds),
-            "scheduler": "local" if client is None else "dask.distributed"}
+            "scheduler": "local" if client is None else "dask.distributed",
+            "streamed": "gram block pairs"}
     return acc.compute(estimator), info
 
 

@@ -184,7 +184,7 @@ def test_constant_layer_and_refusals(store, tmp_path):
     with pytest.warns(repsim.DegenerateRepresentationWarning, match="const"):
         sim = repsim.similarity_matrix(ds, batch_size=8, progress=False)
     assert np.isnan(sim.sel(layer_a="const")).all() and sim.sel(layer_a="x", layer_b="x") == 1
-    for measure, why in (("procrustes", "only the linear CKA"), ("cka_rbf", "RBF")):
+    for measure, why in (("rsa", "no form from feature moments"), ("cka_rbf", "RBF")):
         with pytest.raises(ValueError, match=why):
             repsim.similarity_matrix(store, measure=measure, batch_size=32, progress=False)
     with pytest.raises(ValueError, match="precision"):
@@ -300,7 +300,7 @@ def test_two_worker_cluster_equals_one_process(client, store, shuffled):
     np.testing.assert_allclose(sim.values, repsim.cka_matrix(
         {k: small[k].values for k in small.data_vars}).values, rtol=0, atol=TOL)
     # ... and a measure that does not stream reads its layers whole, as without one
-    assert "scheduler" not in repsim.similarity_matrix(small, measure="procrustes",
+    assert "scheduler" not in repsim.similarity_matrix(small, measure="rsa",
                                                        progress=False).attrs
     models = {"a": store[["fc", "conv"]], "b": shuffled}
     many = [repsim.compare_many(models, align="ids", client=c, batch_size=101)
