@@ -28,7 +28,10 @@ makes, and the package ``examples/wide_deep/`` holds the longer pieces.
 7. **outputs** -- per-example disagreement and per-class McNemar tests for an
    accuracy-matched wide and deep pair, seeds as units (:func:`repsim.compare_seeds`).
 8. **report** -- the claims with their pre-declared criteria, met or not, with numbers
-   (``report.md``, ``summary.json``, ``figures/``); :func:`repsim.aggregate_seeds`.
+   (``report.md``, ``summary.json``, ``figures/``: every heatmap, and the paper's depth
+   series, width series and training fraction x capacity grid); :func:`repsim.aggregate_seeds`.
+   A recipe check (a sub-grid's own ``weight_decay`` or ``min_steps``) is compared with its
+   standard twin and counted in no seed statistic.
 
 Usage
 -----
