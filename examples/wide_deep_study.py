@@ -28,7 +28,10 @@ makes, and the package ``examples/wide_deep/`` holds the longer pieces.
 7. **outputs** -- per-example disagreement and per-class McNemar tests for an
    accuracy-matched wide and deep pair, seeds as units (:func:`repsim.compare_seeds`).
 8. **report** -- the claims with their pre-declared criteria, met or not, with numbers
-   (``report.md``, ``summary.json``, ``figures/``); :func:`repsim.aggregate_seeds`.
+   (``report.md``, ``summary.json``, ``figures/``: every heatmap, and the paper's depth
+   series, width series and training fraction x capacity grid); :func:`repsim.aggregate_seeds`.
+   A recipe check (a sub-grid's own ``weight_decay`` or ``min_steps``) is compared with its
+   standard twin and counted in no seed statistic.
 
 Usage
 -----
@@ -73,7 +76,7 @@ from wide_deep.analyse import (  # noqa: E402
     block_options, cross_one, cross_pairs, extract_one, outputs_one, write_extracts,
 )
 from wide_deep.claims import findings, headline, verdicts_by_threshold  # noqa: E402
-from wide_deep.config import build_config, deviations, model_specs, parse_args  # noqa: E402
+from wide_deep.config import build_config, deviations, model_specs, parse_args, standard  # noqa: E402
 from wide_deep.report import console_lines, make_figures, write_report  # noqa: E402
 from wide_deep.summaries import (  # noqa: E402
     arch_pair_summary, block_window, model_summary, output_summary, seed_aggregates, seed_pair_summary,
@@ -214,18 +217,22 @@ def main(argv=None) -> int:
                 for s in specs}
 
     entries = {s["id"]: model_summary(s, metas[s["id"]], extracts[s["id"]], cfg) for s in specs}
+    for s in specs:  # a recipe check (its own weight decay or steps) is marked: never a seed
+        if s.get("recipe"):
+            entries[s["id"]]["recipe"] = dict(s["recipe"])
     outputs = {s["id"]: outputs_one(s, models[s["id"]], data, cfg, out, device) for s in specs}
 
     # --- 6. cross-model CKA: seeds of one architecture, architectures, and every model
-    #        with a block against each other architecture
-    block_ids = {i for i, e in entries.items() if e["block"] is not None and e["fits"]}
+    #        with a block against each other architecture (recipe checks take no part)
+    seeds = standard(entries.values())
+    block_ids = {e["id"] for e in seeds if e["block"] is not None and e["fits"]}
     crosses = {(a["id"], b["id"], kind): cross_one(a, b, kind, models, cfg, data, out, device, log)
-               for a, b, kind in cross_pairs(specs, block_ids)}
+               for a, b, kind in cross_pairs(standard(specs), block_ids)}
 
     # --- 7. summaries: per model, seeds, architectures (block-free ones at the blocks'
     #        relative depth: the controls), outputs with models as units
     by_id = {s["id"]: s for s in specs}
-    window = block_window(entries.values())
+    window = block_window(seeds)
     any_extract = next(iter(extracts.values()))
     summary = {
         "schema": SCHEMA, "dataset": cfg["dataset"], "data": data_text(cfg, data),
@@ -238,7 +245,7 @@ def main(argv=None) -> int:
                        for (a, b, kind), res in crosses.items() if kind == "seeds"],
         "cross_architecture": [arch_pair_summary(a, b, res, entries, cfg["edge_layers"], window)
                                for (a, b, kind), res in crosses.items() if kind == "architectures"],
-        "outputs": output_summary(list(entries.values()), {i: o["logits"].values for i, o in outputs.items()},
+        "outputs": output_summary(seeds, {i: o["logits"].values for i, o in outputs.items()},
                                   data["y_out"], data["classes"], cfg["level"]),
         "train_seconds": round(sum(m["train_seconds"] for m in metas.values()), 1),
     }

@@ -14,7 +14,10 @@ p-value 2 + 3 models can give). The criteria of issue 12, reworded by issue 24:
   fitted seeds) rising along the series. ``emerges`` when only the last point has a block
   (the block appears; growth needs two points with one); ``not reached`` when no point has
   a block and the series' largest model has fewer parameters than the smallest model with
-  a block (the series stops below the capacity where the block appears);
+  a block (the series stops below the capacity where the block appears). A depth series
+  with >= 4 depths with a fitted seed is tested for growth (:mod:`wide_deep.growth`:
+  Kendall's tau over the depths, exact permutation p): met (grows), emerges between X
+  and Y, not reached, not met;
 - ``c2_less_data``: the block at lower capacity with less data (same architecture and seed
   on more data, both fitted);
 - ``c3_pc1_inside``: PC1's share higher inside than outside in each seed with a block;
@@ -32,6 +35,8 @@ p-value 2 + 3 models can give). The criteria of issue 12, reworded by issue 24:
   percentile of random 1% removals.
 
 Verdicts: met, not met, not testable, emerges, not reached, incomplete, underpowered.
+Recipe checks (a sub-grid's own weight decay or steps) are no seeds: every claim, count and
+headline here leaves them out (:mod:`wide_deep.recipe` compares them with their twins).
 One-sided exact tests use ``alpha = (1 - level) / 2`` (0.05 at the default level 0.9).
 """
 
@@ -44,6 +49,9 @@ import numpy as np
 
 from . import exact
 from .analyse import main_fraction
+from .config import standard
+from .growth import MIN_DEPTHS, depth_curve
+from .recipe import pc1_removal_dissolves
 from .summaries import disagreements_from_summary
 
 VERDICTS = ("met", "not met", "not testable", "emerges", "not reached", "incomplete", "underpowered")
@@ -100,6 +108,7 @@ def headline(summary, cfg) -> list[dict]:
     """The continuous statistics over seeds, deepest vs smallest architecture: the rule's
     local contrast (exact one-sided permutation test, seeds as units) and PC1 max (Welch,
     two-sided, and the exact test), over every trained seed and over the fitted ones."""
+    summary = seeds_only(summary)
     deepest, smallest, top = extremes(summary)
     if deepest == smallest:
         return []
@@ -136,6 +145,11 @@ def headline_lines(rows) -> list[str]:
     return lines
 
 
+def seeds_only(summary):
+    """A shallow copy of ``summary`` without its recipe checks (they are no seeds)."""
+    return dict(summary, models=standard(summary["models"]))
+
+
 def with_fit_threshold(summary, threshold):
     """A copy of ``summary`` whose models' ``fits`` is recomputed at ``threshold`` (None:
     every model counts as fitted)."""
@@ -147,6 +161,7 @@ def with_fit_threshold(summary, threshold):
 def verdicts_by_threshold(summary, cfg, thresholds=(0.98, 0.99)) -> list[dict]:
     """Every claim's verdict at each fit threshold in ``thresholds`` (and the run's own),
     and with every trained seed included whatever its fit."""
+    summary = seeds_only(summary)
     rows = []
     for t in sorted({*thresholds, cfg["fit_threshold"]}) + [None]:
         fs = findings(with_fit_threshold(summary, t), dict(cfg, fit_threshold=0.0 if t is None else t))
@@ -235,6 +250,11 @@ def _c1_claims(summary, cfg, main):
                 trained.setdefault(_arch(m)[other], set()).add(_arch(m)[dim])
         verdicts = [_series_verdict(g, block_params, dim) if max(trained[k]) == g[-1][0] or
                     _series_verdict(g, block_params, dim) == "met" else None for k, g in tested]
+        # a depth curve (>= 4 depths with a fitted seed) is tested for growth
+        curves = [depth_curve([m for m in main if _arch(m)[other] == k], block_params, _alpha(cfg))
+                  if dim == 0 and len(g) >= MIN_DEPTHS else None for k, g in tested]
+        verdicts = [v if c is None else c["verdict"] for v, c in zip(verdicts, curves)]
+        unfit_end = [max(trained[k]) for (k, g), c in zip(tested, curves) if c and max(trained[k]) != g[-1][0]]
         tested = [g for _, g in tested]
         met = None if not verdicts or None in verdicts else next(
             (v for v in ("not met", "not reached", "emerges") if v in verdicts), "met")
@@ -244,23 +264,35 @@ def _c1_claims(summary, cfg, main):
                          for g in tested) or f"no two {label}s at one {'width' if dim == 0 else 'depth'}"
         if tested and met is None:
             text += f"; the series' largest trained {label} has no fitted seed"
-        if met == "emerges":
+        criterion = _C1
+        if any(curves):
+            text += "; " + "; ".join(c["text"] for c in curves if c) + "".join(
+                f" (ResNet-{d}, the deepest trained, has no fitted seed and is left out)" for d in unfit_end)
+            criterion += _C1_CURVE.format(n=MIN_DEPTHS, alpha=_alpha(cfg))
+        elif met == "emerges":
             text += (". The block appears between the last two points and is absent before: this shows its "
                      f"emergence with {label}, not growth (growth needs two {label}s with a block)")
-        if met == "not reached" and block_params is not None:
+        if met == "not reached" and block_params is not None and not any(curves):
             text += (f". No point of the series has a block, and its largest model stays below the smallest model "
                      f"with a block ({block_params / 1e6:.2f} M parameters): the series stops before the capacity "
                      "where the block appears, so this neither confirms nor refutes the claim")
-        out.append(_claim(key, f"C1: the block grows with {label}.",
-                          f"relative block size (0 without a block; mean over fitted seeds) rising with {label}; "
-                          "'emerges' when only the last point has a block; 'not reached' when no point has one and "
-                          "the largest model has fewer parameters than the smallest model with a block",
-                          met, text + "."))
+        out.append(_claim(key, f"C1: the block grows with {label}.", criterion.format(label=label), met,
+                          text + ".", **({"curve": [c for c in curves if c]} if any(curves) else {})))
     return out
+
+
+_C1 = ("relative block size (0 without a block; mean over fitted seeds) rising with {label}; 'emerges' when only the "
+       "last point has a block; 'not reached' when no point has one and the largest model has fewer parameters than "
+       "the smallest model with a block")
+_C1_CURVE = ("; a depth curve of >= {n} depths with a fitted seed: Kendall's tau of that size against depth (depths "
+             "as units), exact one-sided permutation p <= {alpha:g} and a larger block at the deepest than at the "
+             "shallowest depth with one ('emerges between X and Y' when the blocks lie above every block-free depth "
+             "without that)")
 
 
 def findings(summary, cfg) -> list[dict]:
     """Every claim with its criterion, verdict (one of :data:`VERDICTS`) and numbers."""
+    summary = seeds_only(summary)
     models = summary["models"]
     fitted = [m for m in models if m["fits"]]
     top = main_fraction(models)
@@ -295,12 +327,7 @@ def findings(summary, cfg) -> list[dict]:
                           f"{m['id']}: {m['block']['pc1_in']:.3f} inside vs {m['block']['pc1_out']:.3f} outside, "
                           f"mean |cos| of the block layers' PC1 scores {_fmt(m['block']['pc1_abs_cos_in'])}"
                           for m in rows) if rows else "no fitted model has a block"))
-    ok = []
-    for m in with_block:
-        b = m["block"]
-        drop_in = b["inside"] - b["inside_after_pc1_removal"]
-        rel = (b["local_contrast"] - b["local_contrast_after_pc1_removal"]) / b["local_contrast"]
-        ok.append(drop_in >= 0.1 and rel >= 0.5)
+    ok = [bool(pc1_removal_dissolves(m["block"])) for m in with_block]
     out.append(_claim(
         "c3_pc1_removal", "C3: removing PC1 dissolves the block.",
         "inside CKA falls by >= 0.1 and local contrast by >= 50% in each model with a block",

@@ -11,7 +11,10 @@ from pathlib import Path
 #: Every key a config file may hold. ``grids`` is a list of sub-grids; the study's models
 #: are the union of their products depths x widths x seeds x train_fractions. A sub-grid
 #: may hold its own ``epochs`` (e.g. a larger training fraction trained to fit); it is
-#: stored with those models' weights and declared in the report.
+#: stored with those models' weights and declared in the report. A sub-grid may also hold
+#: its own ``weight_decay`` or ``min_steps`` (:data:`RECIPE_KEYS`): a *recipe check*, whose
+#: models carry the override in their id (``_wd0p0002``, ``_st5000``) and are compared with
+#: their standard twin, never counted as seeds.
 DEFAULT_CONFIG = {
     "dataset": "digits",
     "data_dir": None,
@@ -113,6 +116,8 @@ ANALYSIS_KEYS = ("n_eval", "cka_batch_size", "passes", "layers", "dominant_fract
                  "control_passes", "cross_passes", "interval_groups", "level", "block_penalty",
                  "block_min_inside", "block_min_contrast", "block_min_size", "block_min_share",
                  "block_neighbours")
+#: Training settings a sub-grid may override as a recipe check, with each one's id suffix.
+RECIPE_KEYS = {"weight_decay": "wd", "min_steps": "st"}
 FLAG_KEYS = ("dataset", "epochs", "batch_size", "lr", "image_size", "n_eval", "n_outputs", "passes", "cross_passes",
              "min_steps", "cka_batch_size", "threads", "device", "layers")
 
@@ -268,16 +273,59 @@ def check_config(cfg) -> None:
         epochs = grid.get("epochs", 1)
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
             raise SystemExit(f"grids[{i}] epochs must be an integer >= 1; got {epochs!r}")
-        unknown = set(grid) - {"depths", "widths", "seeds", "train_fractions", "epochs"}
+        _check_recipe(cfg, grid, i)
+        unknown = set(grid) - {"depths", "widths", "seeds", "train_fractions", "epochs", *RECIPE_KEYS}
         if unknown:
             raise SystemExit(f"grids[{i}] has unknown keys {sorted(unknown)}")
     model_specs(cfg)  # refuses one model with two training budgets
 
 
+def _check_recipe(cfg, grid, i) -> None:
+    """A sub-grid's recipe overrides: ``weight_decay`` a number in [0, 1], ``min_steps`` an
+    integer >= 1, each different from the config's own value (else it is no check)."""
+    if "weight_decay" in grid:
+        v = grid["weight_decay"]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0.0 <= v <= 1.0:
+            raise SystemExit(f"grids[{i}] weight_decay must be a number in [0.0, 1.0]; got {v!r}")
+    if "min_steps" in grid:
+        v = grid["min_steps"]
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise SystemExit(f"grids[{i}] min_steps must be an integer >= 1; got {v!r}")
+    for key in RECIPE_KEYS:
+        if key in grid and grid[key] == cfg[key]:
+            raise SystemExit(f"grids[{i}] {key} {grid[key]!r} is the config's own {key}: a recipe check must differ "
+                             "from the standard recipe (drop the key, or change it)")
+
+
+def _token(value) -> str:
+    return f"{value:.4g}".replace(".", "p")
+
+
 def model_id(spec) -> str:
-    """``resnet{depth}_w{width}_s{seed}_f{fraction}``, e.g. ``resnet20_w1_s0_f0p25``."""
-    frac = f"{spec['train_fraction']:.4g}".replace(".", "p")
-    return f"resnet{spec['depth']}_w{spec['width']}_s{spec['seed']}_f{frac}"
+    """``resnet{depth}_w{width}_s{seed}_f{fraction}``, e.g. ``resnet20_w1_s0_f0p25``; a
+    recipe check adds its overrides, e.g. ``resnet110_w1_s0_f0p0625_wd0p0002`` or
+    ``..._st5000`` (a model without one keeps exactly the id it always had)."""
+    out = f"resnet{spec['depth']}_w{spec['width']}_s{spec['seed']}_f{_token(spec['train_fraction'])}"
+    recipe = spec.get("recipe") or {}
+    return out + "".join(f"_{tag}{_token(recipe[key])}" for key, tag in RECIPE_KEYS.items() if key in recipe)
+
+
+def is_recipe_check(model) -> bool:
+    """Whether a spec or a summary's model entry is a recipe check (not a seed)."""
+    return bool(model.get("recipe"))
+
+
+def standard(models) -> list:
+    """The models (specs or summary entries) without recipe checks, in their order: the
+    seeds every aggregate, claim and cross-model pair counts."""
+    return [m for m in models if not is_recipe_check(m)]
+
+
+def recipe_text(recipe) -> str:
+    """``{"weight_decay": 2e-4}`` -> ``weight decay 0.0002``; ``{"min_steps": 5000}`` ->
+    ``at least 5,000 steps``."""
+    words = {"weight_decay": lambda v: f"weight decay {v:g}", "min_steps": lambda v: f"at least {v:,} steps"}
+    return ", ".join(words[k](recipe[k]) for k in RECIPE_KEYS if k in recipe)
 
 
 def model_specs(cfg) -> list[dict]:
@@ -289,6 +337,9 @@ def model_specs(cfg) -> list[dict]:
                 for s in grid.get("seeds", [0]):
                     for f in grid.get("train_fractions", [1.0]):
                         spec = {"depth": int(d), "width": int(w), "seed": int(s), "train_fraction": float(f)}
+                        recipe = {k: grid[k] for k in RECIPE_KEYS if k in grid}
+                        if recipe:
+                            spec["recipe"] = recipe
                         spec["id"] = model_id(spec)
                         if "epochs" in grid:
                             spec["epochs"] = int(grid["epochs"])
@@ -296,25 +347,31 @@ def model_specs(cfg) -> list[dict]:
                             raise SystemExit(f"{spec['id']} is in two sub-grids with different epochs")
                         seen[spec["id"]] = spec
     return sorted(seen.values(), key=lambda s: (s["depth"] * s["width"] ** 2, s["depth"], s["width"],
-                                                 -s["train_fraction"], s["seed"]))
+                                                 -s["train_fraction"], s["seed"], s["id"]))
 
 
 def train_settings(cfg, spec=None) -> dict:
     """The settings a trained model depends on (stored with its weights); a sub-grid's own
-    ``epochs`` replaces the config's for its models."""
+    ``epochs`` replaces the config's for its models, and a recipe check's overrides
+    (``weight_decay``, ``min_steps``) the config's for its own."""
     settings = {k: cfg[k] for k in TRAIN_KEYS}
     if spec is not None and "epochs" in spec:
         settings["epochs"] = spec["epochs"]
+    if spec is not None and spec.get("recipe"):
+        settings.update(spec["recipe"])
     return settings
 
 
 def analysis_settings(cfg, *specs) -> dict:
     """The settings an extract or cross result of the models ``specs`` depends on (with the
-    training settings, and any sub-grid's own epochs of those models)."""
+    training settings, and any sub-grid's own epochs and recipe overrides of those models)."""
     settings = {"train": train_settings(cfg), "analysis": {k: cfg[k] for k in ANALYSIS_KEYS}}
     own = {s["id"]: s["epochs"] for s in specs if "epochs" in s}
     if own:
         settings["epochs"] = own
+    recipes = {s["id"]: s["recipe"] for s in specs if s.get("recipe")}
+    if recipes:
+        settings["recipe"] = recipes
     return settings
 
 
@@ -346,6 +403,12 @@ def deviations(cfg) -> str:
         if "epochs" in grid:
             out.append(f"{grid['epochs']} epochs for depth {'/'.join(map(str, grid['depths']))} on training fraction "
                        f"{'/'.join(f'{f:g}' for f in grid.get('train_fractions', [1.0]))}")
+        recipe = {k: grid[k] for k in RECIPE_KEYS if k in grid}
+        if recipe:
+            out.append(f"recipe check: {recipe_text(recipe)} for depth {'/'.join(map(str, grid['depths']))} width "
+                       f"{'/'.join(map(str, grid.get('widths', [1])))} seed {'/'.join(map(str, grid.get('seeds', [0])))}"
+                       f" on training fraction {'/'.join(f'{f:g}' for f in grid.get('train_fractions', [1.0]))} "
+                       "(compared with its standard twin; not a seed)")
     if cfg["layers"] != "all":
         out.append(f"layers {cfg['layers']!r} instead of every conv/BN/ReLU output")
     if cfg["passes"] != 10:

@@ -6,7 +6,6 @@ Wording rules: a block is called PC1-dominated only when PC1's mean share inside
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -14,35 +13,10 @@ import numpy as np
 import repsim
 
 from .claims import _fmt, _iv, _p, headline_lines
+from .config import recipe_text, standard
+from .figures import _heat, _plt, _save, series_figures
+from .recipe import recipe_section
 from .summaries import SEED_METRICS
-
-
-def _plt():
-    import matplotlib
-
-    if not os.environ.get("MPLBACKEND"):
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _heat(ax, values, title, block=None):
-    im = ax.imshow(values, origin="lower", cmap="magma", vmin=0.0, vmax=1.0, interpolation="nearest")
-    if block is not None:
-        f, l = block["first"] - 0.5, block["last"] + 0.5
-        ax.plot([f, l, l, f, f], [f, f, l, l, f], color="cyan", lw=0.8)
-    ax.set_title(title, fontsize=7)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    return im
-
-
-def _save(fig, path: Path, plt) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, format="png")
-    plt.close(fig)
-    return f"figures/{path.name}"
 
 
 def make_figures(extracts, crosses, summary, out: Path) -> dict:
@@ -51,10 +25,13 @@ def make_figures(extracts, crosses, summary, out: Path) -> dict:
     fig_dir = out / "figures"
     figs = {}
     models = summary["models"]
-    archs = sorted({(m["depth"], m["width"], m["train_fraction"]) for m in models},
-                   key=lambda a: (-a[2], a[0] * a[1] ** 2, a[0]))
+
+    def row(m):  # a recipe check is a row of its own, never a seed of its twin's row
+        return m["depth"], m["width"], m["train_fraction"], recipe_text(m.get("recipe") or {})
+
+    archs = sorted({row(m) for m in models}, key=lambda a: (-a[2], a[0] * a[1] ** 2, a[0], a[3]))
     seeds = sorted({m["seed"] for m in models})
-    by = {(m["depth"], m["width"], m["train_fraction"], m["seed"]): m for m in models}
+    by = {(*row(m), m["seed"]): m for m in models}
 
     # 1. every model's heatmap: rows architectures, columns seeds; cyan square: the declared block
     fig, axes = plt.subplots(len(archs), len(seeds), figsize=(2.1 * len(seeds) + 0.8, 2.2 * len(archs)),
@@ -68,11 +45,14 @@ def make_figures(extracts, crosses, summary, out: Path) -> dict:
                 continue
             fit = "" if m["fits"] else " NOT FIT"
             im = _heat(axes[i, j], extracts[m["id"]]["cka"].values,
-                       f"ResNet-{a[0]}x{a[1]}, {a[2]:g} data, seed {s}\ntrain acc {m['train_accuracy']:.3f}{fit}, "
+                       f"ResNet-{a[0]}x{a[1]}, {a[2]:g} data{', ' + a[3] if a[3] else ''}, seed {s}\n"
+                       f"train acc {m['train_accuracy']:.3f}{fit}, "
                        f"PC1 max {_fmt(m['pc1_max'], '.2f')}", m["block"])
     fig.colorbar(im, ax=axes, shrink=0.8, label="minibatch CKA")
     fig.suptitle(f"Layer x layer CKA ({summary['layers']} layers, held-out data); cyan: declared block", fontsize=9)
     figs["heatmaps"] = _save(fig, fig_dir / "heatmaps.png", plt)
+    # the paper's figure analogues: depth and width series, data fraction x capacity, C1's curve
+    figs.update(series_figures(extracts, summary, fig_dir))
 
     # 2. PC1 share per layer, every model; shaded: declared block
     fig, axes = plt.subplots(len(archs), 1, figsize=(6, 1.8 * len(archs)), squeeze=False, constrained_layout=True)
@@ -88,7 +68,7 @@ def make_figures(extracts, crosses, summary, out: Path) -> dict:
                 ax.axvspan(m["block"]["first"], m["block"]["last"], color=line.get_color(), alpha=0.15)
         ax.set_ylim(0, 1)
         ax.set_ylabel("PC1 share", fontsize=7)
-        ax.set_title(f"ResNet-{a[0]}x{a[1]}, {a[2]:g} data", fontsize=8)
+        ax.set_title(f"ResNet-{a[0]}x{a[1]}, {a[2]:g} data" + (f", {a[3]}" if a[3] else ""), fontsize=8)
         ax.legend(fontsize=6, loc="upper left")
     axes[-1, 0].set_xlabel("layer")
     figs["pc1"] = _save(fig, fig_dir / "pc1_share.png", plt)
@@ -98,7 +78,7 @@ def make_figures(extracts, crosses, summary, out: Path) -> dict:
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.2), constrained_layout=True)
     colours = {}
     markers = "osD^v<>p"
-    for m in models:
+    for m in standard(models):  # seeds only: a recipe check is in the heatmaps and its own table
         key = (m["width"], m["train_fraction"])
         colours.setdefault(key, f"C{len(colours)}")
         size = 0.0 if m["block"] is None else m["block"]["relative_size"]
@@ -180,6 +160,16 @@ CAPTIONS = {
     "pc_removal": "CKA before and after removing the first principal component, and without the dominant examples",
     "cross": "Cross-model CKA: seeds of one architecture and different architectures",
     "per_class": "Per-class accuracy difference of the accuracy-matched wide and deep pair (first seeds)",
+    "depth_series": "Depth series (the paper's figure 1 analogue): layer x layer CKA at width 1 on the main training "
+                    "fraction, one model per depth (the lowest fitted seed), left to right by depth; cyan: declared "
+                    "block",
+    "width_series": "Width series: layer x layer CKA at one depth on the main training fraction, one model per width "
+                    "(the lowest fitted seed); cyan: declared block",
+    "fraction_grid": "Training fraction x capacity: rows are training fractions (largest first), columns the "
+                     "architectures trained on at least two of them (lowest fitted seed); cyan: declared block",
+    "depth_curve": "Does the block grow with depth (C1)? Local contrast of the declared block (or of the sharpest run "
+                   "without one) and PC1 max against depth at width 1 on the main training fraction; dots: every "
+                   "seed (open: not fitted), line: mean over fitted seeds; dashed: declared minimum contrast",
 }
 
 
@@ -309,6 +299,7 @@ def write_report(summary, figs, cfg, out: Path) -> str:
                  f"{_fmt(sens['found_share'], '.2f')} / {_fmt(sens['same_block_share'], '.2f')} | {runs} | "
                  f"{m['stage_rule']['n_blocks']} (largest {m['stage_rule']['largest_size']}) |")
     L.append("")
+    L += recipe_section(summary)
     aggs = summary["seed_aggregates"]
     if aggs["per_architecture"]:
         L.append("## Over seeds\n")

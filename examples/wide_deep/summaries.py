@@ -16,6 +16,7 @@ import repsim
 
 from . import exact
 from .analyse import block_options, declared_block, jackknife_view, main_fraction
+from .config import standard
 
 
 def finite(v, digits=4):
@@ -385,9 +386,9 @@ def seed_aggregates(models, level=0.9) -> dict:
     them (``repsim.aggregate_seeds``), and comparisons between them: Welch
     (:func:`exact.welch`: undefined, not p = 0, when neither side varies) and the exact
     two-sided permutation test over seed labels (:func:`exact.permutation_greater`); each
-    entry lists the seeds left out as not fitted."""
+    entry lists the seeds left out as not fitted. Recipe checks are no seeds: left out."""
     groups, unfit = {}, {}
-    for m in models:
+    for m in standard(models):
         arch = f"resnet{m['depth']}_w{m['width']}_f{m['train_fraction']:g}"
         (groups if m["fits"] else unfit).setdefault(arch, []).append(m)
     groups = {k: v for k, v in groups.items() if len(v) >= 2}

@@ -168,6 +168,8 @@ def train_one(spec, data, cfg, out: Path, log=None):
 
     The record ``models/<id>.nc`` (:func:`save_checkpoint`) is written once training
     completes; a model whose record holds the same training settings is never retrained.
+    The settings are :func:`train_settings` of ``spec`` (a sub-grid's epochs, a recipe
+    check's weight decay and minimum steps).
     ``log(text)`` receives one line when training ends.
     """
     import torch
@@ -195,8 +197,9 @@ def train_one(spec, data, cfg, out: Path, log=None):
     bs = min(cfg["batch_size"], len(idx))
     steps_per_epoch = math.ceil(len(idx) / bs)
     epochs = settings["epochs"]
-    if cfg["min_steps"] and steps_per_epoch * epochs < cfg["min_steps"]:
-        epochs = math.ceil(cfg["min_steps"] / steps_per_epoch)
+    min_steps = settings["min_steps"]  # the config's, or a recipe check's own
+    if min_steps and steps_per_epoch * epochs < min_steps:
+        epochs = math.ceil(min_steps / steps_per_epoch)
     total = steps_per_epoch * epochs
     warm = max(1, int(round(cfg["warmup_fraction"] * total)))
 
@@ -206,7 +209,7 @@ def train_one(spec, data, cfg, out: Path, log=None):
         return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
     opt = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
-                          nesterov=cfg["nesterov"], weight_decay=cfg["weight_decay"])
+                          nesterov=cfg["nesterov"], weight_decay=settings["weight_decay"])
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     gen = torch.Generator().manual_seed(10_000 + spec["seed"])
     flip = cfg["augment"] and cfg["dataset"] != "digits"
@@ -234,7 +237,7 @@ def train_one(spec, data, cfg, out: Path, log=None):
         model = model.to(memory_format=torch.contiguous_format)
     model.eval()
     meta = {
-        **{k: spec[k] for k in ("id", "depth", "width", "seed", "train_fraction")},
+        **{k: spec[k] for k in ("id", "depth", "width", "seed", "train_fraction", "recipe") if k in spec},
         "n_train": int(len(idx)), "epochs": epochs, "steps": total, "train_seconds": round(seconds, 2),
         "train_accuracy": accuracy(model, data["x_train"][idx], data["y_train"][idx], device),
         "test_accuracy": accuracy(model, data["x_eval"], data["y_eval"], device),
