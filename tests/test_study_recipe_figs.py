@@ -460,3 +460,17 @@ def test_smoke_report_labels_recipe_checks_and_draws_the_series(smoke_pair):
     assert {"depth_series", "width_series", "fraction_grid", "depth_curve"} <= set(summary["figures"])
     for fig in summary["figures"].values():
         assert (checked / fig).stat().st_size > 1000 and fig in report
+
+
+def test_seed_claims_compare_architectures_with_three_seeds():
+    """The v2 run's depth curve adds one-seed models deeper than ResNet-110: the seed claims
+    (headline, block in the deepest) still compare ResNet-110's five seeds with ResNet-20's,
+    and fall back to every architecture when none has three seeds."""
+    models = [_m(20, s) for s in range(5)] + [_m(110, s, contrast=0.3) for s in range(5)]
+    models += [_m(d, 0) for d in (74, 92, 164)] + [_m(56, s, fraction=0.015625) for s in range(3)]
+    deepest, smallest, top = claims.extremes(_summary(models))
+    assert (deepest, smallest, top) == ((110, 1), (20, 1), 0.0625)
+    heads = claims.headline(_summary(models), _cfg(fit_threshold=0.98))
+    assert heads and all(len(h["values_deep"]) == 5 and h["deep"] == "ResNet-110" for h in heads)
+    few = [_m(20, 0), _m(56, 0), _m(164, 0)]
+    assert claims.extremes(_summary(few))[:2] == ((164, 1), (20, 1))
