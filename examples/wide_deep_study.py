@@ -152,6 +152,10 @@ def from_summary(folder: Path) -> int:
     summary) decides; ``calibrated_on`` is taken from the config file its command names
     when the summary predates it."""
     summary = json.loads((folder / "summary.json").read_text())
+    if any("fits" not in m for m in summary.get("models", [])):  # layout before issue 12
+        raise SystemExit(f"{folder / 'summary.json'} predates the study's claims (issue 12: no fit "
+                         "status per model, the previous block rule); its report stays as its run "
+                         "wrote it -- rerun the run's command to analyse it with this code")
     cfg = dict(summary["config"])
     if "calibrated_on" not in cfg:
         words = summary.get("command", "").split()

@@ -334,3 +334,15 @@ def test_from_summary_rewrites_the_committed_cpu_report_without_models(tmp_path,
     # idempotent: a second rewrite gives the same summary
     assert study.main(["--from-summary", str(run)]) == 0
     assert json.loads((run / "summary.json").read_text()) == summary
+
+
+@pytest.mark.parametrize("run", ["cifar10", "cifar10_gpu"])
+def test_from_summary_refuses_runs_that_predate_the_claims(tmp_path, run):
+    """The two runs before issue 12 have no fit status per model and the previous block
+    rule: --from-summary refuses them with the reason and leaves their reports untouched."""
+    folder = tmp_path / run
+    shutil.copytree(ROOT / "docs" / "study" / run, folder)
+    before = (folder / "report.md").read_text()
+    with pytest.raises(SystemExit, match="predates the study's claims"):
+        study.main(["--from-summary", str(folder)])
+    assert (folder / "report.md").read_text() == before
