@@ -14,6 +14,8 @@ import numpy as np
 import repsim
 
 from .claims import _fmt, _iv, _p, headline_lines
+from .mechanism_report import CAPTION as DOMINANT_CAPTION
+from .mechanism_report import mechanism_lines
 from .summaries import SEED_METRICS
 
 
@@ -180,6 +182,7 @@ CAPTIONS = {
     "pc_removal": "CKA before and after removing the first principal component, and without the dominant examples",
     "cross": "Cross-model CKA: seeds of one architecture and different architectures",
     "per_class": "Per-class accuracy difference of the accuracy-matched wide and deep pair (first seeds)",
+    "dominant_images": DOMINANT_CAPTION,
 }
 
 
@@ -360,6 +363,7 @@ def write_report(summary, figs, cfg, out: Path) -> str:
                  "description of two models, not a test of two architectures; C5 above tests the architectures "
                  "with models as units)")
     L.append("")
+    L += mechanism_lines(summary)
     L.append("## Figures\n")
     for key, path in figs.items():
         L.append(f"![{CAPTIONS[key]}]({path})\n\n*{CAPTIONS[key]}.*\n")
