@@ -113,26 +113,40 @@ def _minus_top_pcs(z, k):
     return c - c @ vt[:k].T @ vt[:k]
 
 
-@pytest.mark.parametrize("k", [1, 3, 5])
-def test_cka_after_top_k_pc_removal_against_an_svd_by_hand(k):
+def test_cka_after_top_k_pc_removal_against_an_svd_by_hand():
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(6, 10), torch.nn.Tanh(), torch.nn.Linear(10, 8))
     x = np.random.default_rng(2).standard_normal((40, 6)).astype(np.float32)
     # one batch of all 40 images per pass: the minibatch estimate is the full-sample one
     cfg = {"cka_batch_size": 40, "passes": 2, "interval_groups": 2, "level": 0.9}
-    res = analyse.within_model_cka(net, ["0", "1", "2"], x, cfg, seed=0, device="cpu",
-                                   transform=functools.partial(mechanism.remove_pcs, k=k))
+    names = ["0", "1", "2"]
+    got = mechanism.pc_removed_cka(net, names, x, cfg, seed=0, device="cpu", ks=[1, 3, 5])
+    assert sorted(got) == [0, 1, 3, 5]
     with torch.no_grad():
-        h0 = net[0](torch.from_numpy(x)).double()
-        outs = [h0.numpy(), torch.tanh(h0).numpy(), net[2](torch.tanh(h0).float()).double().numpy()]
-    feats = [_minus_top_pcs(o, k) for o in outs]
-    want = np.array([[_unbiased_cka(a, b) for b in feats] for a in feats])
-    np.testing.assert_allclose(res["cka"].values, want, atol=1e-5)
+        h0 = net[0](torch.from_numpy(x))
+        outs = [h0.double().numpy(), torch.tanh(h0).double().numpy(), net[2](torch.tanh(h0)).double().numpy()]
+    for k in (0, 1, 3, 5):
+        feats = [_minus_top_pcs(o, k) for o in outs]
+        want = np.array([[_unbiased_cka(a, b) for b in feats] for a in feats])
+        np.testing.assert_allclose(got[k]["cka"].values, want, atol=1e-6)
+        assert got[k]["jackknife"].sizes["group"] == 2
+        # and the library's per-batch transform through compare_models gives the same matrix
+        ref = analyse.within_model_cka(net, names, x, cfg, seed=0, device="cpu",
+                                       transform=functools.partial(repsim.remove_top_pcs, k=k))
+        np.testing.assert_allclose(got[k]["cka"].values, ref["cka"].values, atol=2e-5)
 
 
-def test_remove_pcs_caps_k_at_the_batch_rows():
-    x = np.random.default_rng(3).standard_normal((4, 20))
-    np.testing.assert_allclose(mechanism.remove_pcs(x, 5), repsim.remove_top_pcs(x, k=4))
+def test_pc_removed_cka_batches_pair_every_k_and_drop_short_tails():
+    torch.manual_seed(1)
+    net = torch.nn.Sequential(torch.nn.Linear(5, 12), torch.nn.ReLU(), torch.nn.Linear(12, 7))
+    x = np.random.default_rng(4).standard_normal((43, 5)).astype(np.float32)  # batches 20, 20, 3 (dropped)
+    cfg = {"cka_batch_size": 20, "passes": 3, "interval_groups": 4, "level": 0.9}
+    got = mechanism.pc_removed_cka(net, ["0", "1", "2"], x, cfg, seed=3, device="cpu", ks=[2])
+    assert got[0].attrs["n_batches"] == got[2].attrs["n_batches"] == 6 and got[0].attrs["n_examples"] == 120
+    # the same seed gives the same batches: a rerun is identical
+    again = mechanism.pc_removed_cka(net, ["0", "1", "2"], x, cfg, seed=3, device="cpu", ks=[2])
+    np.testing.assert_array_equal(got[2]["cka"].values, again[2]["cka"].values)
+    assert net.training
 
 
 def test_jaccard_chance_against_enumeration():
@@ -200,34 +214,36 @@ def test_mechanism_summary_on_planted_inputs():
     def run(key, m):
         return {key: (dims, m), f"{key}_jackknife": ((f"{key}_group",) + dims, _jack(m))}
 
-    ext = xr.Dataset({**run("cka", plain), **run("cka_no_pc1", by_k[1])}, coords={"layer": names})
+    ext = xr.Dataset({**run("cka", plain)}, coords={"layer": names})
     acc = np.linspace(0.3, 0.9, L)
     acc[f:l + 1] = 0.8  # flat inside the span
     ratio = np.full(L, 1.0)
     ratio[f:l + 1] = 0.1
     ratio[8] = 0.0  # stage3.block0 (inside the span) is a projection block: left out
     projection = np.array([i % 4 == 0 and i > 0 for i in range(L)], dtype=np.int8)
-    mech = xr.Dataset({**run("cka_no_pc2", by_k[2]), **run("cka_no_pc3", by_k[3]),
+    mech = xr.Dataset({**run("cka_pc0", plain), **run("cka_pc1", by_k[1]), **run("cka_pc2", by_k[2]),
+                       **run("cka_pc3", by_k[3]),
                        "probe_accuracy": ("layer", acc), "branch_ratio": ("residual_block", ratio),
                        "bn2_gamma": ("residual_block", ratio * 2), "projection": ("residual_block", projection),
                        "output_layer": ("residual_block", np.arange(L)),
                        "control_random_contrast": ("removal", np.zeros(0))},
                       coords={"layer": names, "residual_block": names},
-                      attrs={"pc_ks": [2, 3], "probe_n_score": 100, "probe_n_fit": 100, "probe_ridge": 10.0,
+                      attrs={"pc_ks": [1, 2, 3], "probe_n_score": 100, "probe_n_fit": 100, "probe_ridge": 10.0,
                              "control_first": -1})
     block, _ = analyse.declared_block(plain, cfg)
     assert block == (f, l)
     entry = {"block": {"first": f, "last": l}}
     got = mechanism.mechanism_summary(entry, ext, mech, cfg)
     assert got["span"] == {"first": f, "last": l, "kind": "block"}
-    for row, k in zip(got["pc_removal"], (1, 2, 3)):
+    assert got["pc_removal"][0]["k"] == 0 and got["pc_removal"][0]["contrast_change"] is None
+    for row, k in zip(got["pc_removal"][1:], (1, 2, 3)):
         c = repsim.block_contrast(by_k[k], f, l, neighbours=3)
         assert row["k"] == k and row["inside"] == pytest.approx(c.inside, abs=1e-4)
         assert row["local_contrast"] == pytest.approx(c.contrast, abs=1e-4)
         assert row["passes"] == (c.inside >= 0.9 and c.contrast >= 0.2)
         want = c.contrast - repsim.block_contrast(plain, f, l, neighbours=3).contrast
         assert row["contrast_change"]["estimate"] == pytest.approx(want, abs=1e-4)
-    assert [r["passes"] for r in got["pc_removal"]] == [True, False, False] and got["dissolves_at_k"] == 2
+    assert [r["passes"] for r in got["pc_removal"]] == [True, True, False, False] and got["dissolves_at_k"] == 2
     res = got["residual"]
     assert res["branch_ratio_in"] == pytest.approx(0.1) and res["branch_ratio_out"] == pytest.approx(1.0)
     # the span's stages are 2 and 3: outside the span there, identity blocks 5 and 10, 11

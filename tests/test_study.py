@@ -122,13 +122,14 @@ def test_log_is_one_line_per_model_and_stage_without_escape_codes(tmp_path, caps
 def test_smoke_runs_the_mechanism_stage_and_reports_it(smoke_run, tmp_path):
     out = smoke_run
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["mechanism"]["settings"]["pc_ks"] == [2, 3, 4, 5]
+    assert summary["mechanism"]["settings"]["pc_ks"] == [1, 2, 3, 4, 5]
     for m in summary["models"]:
         e = m["mechanism"]
         ds = repsim.load_result(out / "mechanism" / f"{m['id']}.nc")
-        assert {"cka_no_pc5", "cka_no_pc5_jackknife", "probe_accuracy", "branch_ratio", "bn2_gamma"} <= set(ds)
+        assert {"cka_pc0", "cka_pc5", "cka_pc5_jackknife", "probe_accuracy", "branch_ratio", "bn2_gamma"} <= set(ds)
         assert ds.sizes["residual_block"] == 3 * (m["depth"] - 2) // 6 and ds.sizes["layer"] == m["n_layers"]
-        assert [r["k"] for r in e["pc_removal"]] == [1, 2, 3, 4, 5] and len(e["probe"]["accuracy"]) == m["n_layers"]
+        assert [r["k"] for r in e["pc_removal"]] == [0, 1, 2, 3, 4, 5]
+        assert len(e["probe"]["accuracy"]) == m["n_layers"]
         assert e["span"]["kind"] == ("window" if m["block"] is None else "block")
         if m["block"] is None:  # the dominant-example control at the blocks' relative depth
             assert e["dominant_control"]["n_random"] == summary["config"]["random_removals"]

@@ -5,12 +5,13 @@ per model, ``mechanism/<id>.nc``, cached under the run's analysis settings and t
 own :data:`SETTINGS` (the extract's cache and the training settings are not touched):
 
 1. **top-k PC removal** -- within-model minibatch CKA with the top ``k`` principal
-   components of every layer removed per batch (:func:`repsim.remove_top_pcs`), ``k`` in
-   ``SETTINGS["pc_ks"]`` (k = 1 is the extract's ``cka_no_pc1``: the same seed, batches
-   and passes); the inside CKA and local contrast (:func:`repsim.block_contrast`) of the
-   plain matrix's declared block at each ``k``, and the rule (:func:`repsim.find_block`)
-   rerun on each matrix. The batches are those of the plain run, so the jackknife pairs
-   them.
+   components of every layer removed per batch (the grams of :func:`repsim.remove_top_pcs`,
+   :func:`pc_removed_cka`), ``k`` in ``SETTINGS["pc_ks"]``, and the plain CKA (``k = 0``)
+   of the same batches; the inside CKA and local contrast (:func:`repsim.block_contrast`)
+   of the declared block (found on the extract's plain matrix) at each ``k``, its change
+   from ``k = 0`` with a paired jackknife interval, and the rule
+   (:func:`repsim.find_block`) rerun on each matrix. One forward and one
+   eigendecomposition per layer and batch serve every ``k``.
 2. **branch / stream norms** -- at each residual block's sum ``F(x) + s(x)`` (``F``: the
    branch, conv-BN-ReLU-conv-BN, ending at ``bn2``; ``s``: the shortcut, identity or
    projection), the per-image ratio ``||F(x)|| / ||s(x)||`` (every unit of the map),
@@ -35,7 +36,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -47,12 +47,13 @@ from .analyse import (
     block_options, cached, declared_block, jackknife_view, layer_names, run_variables, save, window,
     within_model_cka,
 )
+from .analyse import n_groups as analyse_n_groups
 from .config import analysis_settings
 from .summaries import finite, interval
 
 #: This stage's own settings (part of its cache key; no config key reads them).
 SETTINGS = {
-    "pc_ks": [2, 3, 4, 5],  # computed here; k = 1 is the extract's cka_no_pc1
+    "pc_ks": [1, 2, 3, 4, 5],  # top-k PCs removed per batch (k = 0, the plain CKA, beside them)
     "probe_ridge": 10.0,  # ridge penalty on standardised features (sum-of-squares loss)
     "probe_train_share": 0.5,  # share of the held-out images the probe is fitted on
     "probe_seed": 0,  # the seeded split into probe-fit and probe-score images
@@ -60,10 +61,67 @@ SETTINGS = {
 }
 
 
-def remove_pcs(x, k):
-    """Per-batch transform: remove the top ``min(k, rows)`` principal components of a
-    layer's batch (:func:`repsim.remove_top_pcs`; a batch has at least 4 rows)."""
-    return repsim.remove_top_pcs(x, k=min(k, int(x.shape[0])))
+def pc_removed_cka(model, names, x, cfg, seed, device, ks, batch_size=None):
+    """Minibatch CKA of every pair of ``names`` after removing each layer's top ``k``
+    principal components per batch, for every ``k`` in ``ks`` at once.
+
+    One forward per batch: each layer's output ``(n, features)`` is centred, its gram
+    ``G = x_c x_cᵀ`` formed (float32, as the plain CKA forms it; then float64) and its top
+    ``max(ks)`` eigenpairs taken once (``G = U Λ Uᵀ``, :func:`scipy.linalg.eigh`), and the
+    gram after removing the top ``k`` components is ``G - U_k Λ_k U_kᵀ`` -- the gram of
+    :func:`repsim.remove_top_pcs` ``(x, k=k)`` (``x_c (I - V_k V_kᵀ)``, with ``x_c = U S
+    Vᵀ``), for every ``k`` from one decomposition (``k`` is capped at the batch's rows). The grams go to one :class:`repsim.MinibatchCKA` (unbiased, jackknife
+    groups as :func:`analyse.n_groups`) per ``k``; ``k = 0`` is the plain CKA of the same
+    batches, so changes are paired. ``passes`` shuffled passes (a seeded permutation per
+    pass, a tail of fewer than 4 images dropped).
+
+    Returns
+    -------
+    dict
+        ``{k: Dataset}`` with ``cka``, ``stderr`` and ``jackknife`` (as
+        :meth:`repsim.MinibatchCKA.compute` with ``uncertainty=True``).
+    """
+    import torch
+    from scipy.linalg import eigh
+
+    n, bs = len(x), batch_size or cfg["cka_batch_size"]
+    groups = analyse_n_groups(n, cfg, cfg["passes"])
+    accs = {k: repsim.MinibatchCKA(estimator="unbiased", groups=groups) for k in sorted({0, *ks})}
+    captured = {}
+
+    def hook(name):
+        def fn(module, inputs, output):
+            captured[name] = output.detach().flatten(1).float()
+        return fn
+
+    handles = [model.get_submodule(name).register_forward_hook(hook(name)) for name in names]
+    rng = np.random.default_rng(seed)
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            for _ in range(cfg["passes"]):
+                perm = rng.permutation(n)
+                for i in range(0, n, bs):
+                    idx = perm[i:i + bs]
+                    if len(idx) < 4:
+                        continue
+                    model(torch.from_numpy(np.ascontiguousarray(x[idx])).to(device))
+                    decomposed, top = {}, min(max(ks), len(idx))
+                    for name in names:
+                        z = captured.pop(name)
+                        z = z - z.mean(0)
+                        g = (z @ z.T).cpu().numpy().astype(np.float64)
+                        w, u = eigh(g, subset_by_index=[len(idx) - top, len(idx) - 1])
+                        decomposed[name] = (g, np.clip(w[::-1], 0, None), u[:, ::-1])
+                    for k, acc in accs.items():
+                        acc.update_grams({name: g if k == 0 else g - (u[:, :k] * w[:k]) @ u[:, :k].T
+                                          for name, (g, w, u) in decomposed.items()})
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return {k: acc.compute(uncertainty=True, level=cfg["level"]) for k, acc in accs.items()}
 
 
 def forward_measures(model, names, x, device, batch=250):
@@ -226,10 +284,9 @@ def mechanism_one(spec, model, meta, data, cfg, out: Path, device, log=None, *, 
         return ds
     t0 = time.perf_counter()
     x, y = data["x_eval"], np.asarray(data["y_eval"])
-    seed = 7 + spec["seed"]  # the extract's CKA seed: the same batches, paired jackknife
-    runs = {f"cka_no_pc{k}": within_model_cka(model, names, x, cfg, seed, device,
-                                              transform=partial(remove_pcs, k=k), name=spec["id"])
-            for k in SETTINGS["pc_ks"]}
+    seed = 7 + spec["seed"]
+    runs = {f"cka_pc{k}": res for k, res in pc_removed_cka(model, names, x, cfg, seed, device,
+                                                             SETTINGS["pc_ks"]).items()}
     fm = forward_measures(model, names, x, device, SETTINGS["forward_batch"])
     fit_idx, score_idx = probe_split(len(x), SETTINGS["probe_train_share"], SETTINGS["probe_seed"])
     probes = np.array([ridge_probe(fm["pooled"][n][fit_idx], y[fit_idx], fm["pooled"][n][score_idx], y[score_idx],
@@ -283,13 +340,13 @@ def mechanism_summary(entry, ext, mech, cfg, window_=None) -> dict:
     span = span_of(names, None if b is None else (b["first"], b["last"]), window_)
     nb = cfg["block_neighbours"]
     opts = block_options(cfg, len(names))
-    ks = [1] + [int(k) for k in np.atleast_1d(mech.attrs["pc_ks"])]
+    ks = [0] + [int(k) for k in np.atleast_1d(mech.attrs["pc_ks"])]
     out = {"span": None if span is None else {"first": span[0], "last": span[1], "kind": span[2]},
            "pc_removal": [], "dissolves_at_k": None}
-    plain = jackknife_view(ext)
+    plain = jackknife_view(mech, "cka_pc0")  # the same batches as every k: paired changes
     for k in ks:
-        key, src = f"cka_no_pc{k}", ext if k == 1 else mech
-        sim = src[key].values
+        key = f"cka_pc{k}"
+        sim = mech[key].values
         found, _ = declared_block(sim, cfg)
         row = {"k": k, "rule_block": None if found is None else list(found)}
         if span is not None:
@@ -298,9 +355,9 @@ def mechanism_summary(entry, ext, mech, cfg, window_=None) -> dict:
             c = con(sim)
             row.update(inside=finite(c.inside), local_contrast=finite(c.contrast),
                        passes=bool(c.inside >= opts["min_inside"] and c.contrast >= opts["min_contrast"]),
-                       contrast_change=interval([plain, jackknife_view(src, key)],
-                                                lambda a, r: con(r).contrast - con(a).contrast))
-            if span[2] == "block" and not row["passes"] and out["dissolves_at_k"] is None:
+                       contrast_change=None if k == 0 else interval(
+                           [plain, jackknife_view(mech, key)], lambda a, r: con(r).contrast - con(a).contrast))
+            if span[2] == "block" and k and not row["passes"] and out["dissolves_at_k"] is None:
                 out["dissolves_at_k"] = k
         out["pc_removal"].append(row)
     # identity-shortcut blocks only: at a projection block s(x) is not the stream itself

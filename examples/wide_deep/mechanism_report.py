@@ -74,8 +74,8 @@ def mechanism_lines(summary) -> list[str]:
          "The span is each model's declared block; in a model without one, the layers at the blocks' relative "
          f"depth (window {summary.get('control_window')}, at least two layers): a block-free control. Counts are "
          "over fitted models; with this few seeds they describe models, not architectures.\n",
-         "| model | span | local contrast (inside) after removing the top k PCs, k = "
-         + ", ".join(map(str, ks)) + " | dissolves at k | branch / stream norm: in / out (out, same stage) "
+         "| model | span | local contrast (inside) after removing the top k PCs per batch, k = "
+         + ", ".join(map(str, ks)) + " (0: none, the same batches) | dissolves at k | branch / stream norm: in / out (out, same stage) "
          "| bn2 mean abs gamma: in / out (same stage) | probe accuracy: first → last of span (gain; 2 SE) |",
          "|---|---|---|---|---|---|---|"]
     for m in models:
@@ -93,7 +93,7 @@ def mechanism_lines(summary) -> list[str]:
                  f"{res} | {gam} | {probe} |")
     L.append("")
     L.append(f"- **Top-k PC removal.** Per batch, every layer's top k principal components removed "
-             f"(`repsim.remove_top_pcs`; k = 1 is the extract's run), the same batches as the plain CKA; the block "
+             f"(the grams of `repsim.remove_top_pcs`), every k on the same batches as k = 0; the block "
              f"dissolves at k when its own layers fall below the declared thresholds (inside "
              f"{cfg['block_min_inside']}, local contrast {cfg['block_min_contrast']}). "
              + ("; ".join(_dissolve_text(m, ks[-1]) for m in blocks) or "No fitted model has a block.")
@@ -150,7 +150,7 @@ def mechanism_lines(summary) -> list[str]:
 def _dissolve_text(m, last_k) -> str:
     e = m["mechanism"]
     verdict = f"dissolves at k = {e['dissolves_at_k']}" if e["dissolves_at_k"] else f"stands through k = {last_k}"
-    return (f"{m['id']}: {verdict} (local contrast {_fmt(m['block']['local_contrast'])} plain, "
+    return (f"{m['id']}: {verdict} (local contrast, k = 0 → {e['pc_removal'][-1]['k']}: "
             + " → ".join(_fmt(r.get("local_contrast")) for r in e["pc_removal"]) + ")")
 
 
