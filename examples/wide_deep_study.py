@@ -27,7 +27,13 @@ makes, and the package ``examples/wide_deep/`` holds the longer pieces.
    architectures.
 7. **outputs** -- per-example disagreement and per-class McNemar tests for an
    accuracy-matched wide and deep pair, seeds as units (:func:`repsim.compare_seeds`).
-8. **report** -- the claims with their pre-declared criteria, met or not, with numbers
+8. **mechanism** -- from the stored models (``examples/wide_deep/mechanism.py``): CKA with
+   the top k = 1..5 PCs removed per batch (:func:`repsim.remove_top_pcs`) and the block's
+   contrast at each k; the residual branch/stream norm ratio and the last BN's gamma per
+   residual block; per-layer ridge probes on mean-pooled outputs; the dominant images and
+   their overlap across seeds; the dominant-example control at the blocks' relative depth
+   in block-free models.
+9. **report** -- the claims with their pre-declared criteria, met or not, with numbers
    (``report.md``, ``summary.json``, ``figures/``: every heatmap, and the paper's depth
    series, width series and training fraction x capacity grid); :func:`repsim.aggregate_seeds`.
    A recipe check (a sub-grid's own ``weight_decay`` or ``min_steps``) is compared with its
@@ -77,6 +83,9 @@ from wide_deep.analyse import (  # noqa: E402
 )
 from wide_deep.claims import findings, headline, verdicts_by_threshold  # noqa: E402
 from wide_deep.config import build_config, deviations, model_specs, parse_args, standard  # noqa: E402
+from wide_deep.mechanism import SETTINGS as MECHANISM_SETTINGS  # noqa: E402
+from wide_deep.mechanism import dominant_overlap, mechanism_one, mechanism_summary  # noqa: E402
+from wide_deep.mechanism_report import dominant_figure  # noqa: E402
 from wide_deep.report import console_lines, make_figures, write_report  # noqa: E402
 from wide_deep.summaries import (  # noqa: E402
     arch_pair_summary, block_window, model_summary, output_summary, seed_aggregates, seed_pair_summary,
@@ -233,10 +242,19 @@ def main(argv=None) -> int:
     crosses = {(a["id"], b["id"], kind): cross_one(a, b, kind, models, cfg, data, out, device, log)
                for a, b, kind in cross_pairs(standard(specs), block_ids)}
 
-    # --- 7. summaries: per model, seeds, architectures (block-free ones at the blocks'
+    # --- 7. mechanism, from the stored models: top-k PC removal, branch/stream norms and
+    #        BN gammas, linear probes; in block-free models the dominant-example control
+    #        at the blocks' relative depth (``window``, also the controls' window below)
+    window = block_window(seeds)
+    mechs = {s["id"]: mechanism_one(s, models[s["id"]], metas[s["id"]], data, cfg, out, device, log,
+                                    extract=extracts[s["id"]], window_=window) for s in specs}
+    for s in specs:
+        entries[s["id"]]["mechanism"] = mechanism_summary(entries[s["id"]], extracts[s["id"]], mechs[s["id"]], cfg,
+                                                          window)
+
+    # --- 8. summaries: per model, seeds, architectures (block-free ones at the blocks'
     #        relative depth: the controls), outputs with models as units
     by_id = {s["id"]: s for s in specs}
-    window = block_window(seeds)
     any_extract = next(iter(extracts.values()))
     summary = {
         "schema": SCHEMA, "dataset": cfg["dataset"], "data": data_text(cfg, data),
@@ -252,17 +270,22 @@ def main(argv=None) -> int:
         "outputs": output_summary(seeds, {i: o["logits"].values for i, o in outputs.items()},
                                   data["y_out"], data["classes"], cfg["level"]),
         "train_seconds": round(sum(m["train_seconds"] for m in metas.values()), 1),
+        "mechanism": {"settings": MECHANISM_SETTINGS,
+                      "dominant_overlap": dominant_overlap(seeds, extracts)},
     }
     summary["seed_aggregates"] = seed_aggregates(summary["models"], cfg["level"])
-    timed = [ds.attrs.get("seconds") for ds in extracts.values()] + [r.attrs.get("seconds") for r in crosses.values()]
+    timed = [ds.attrs.get("seconds") for ds in [*extracts.values(), *mechs.values(), *crosses.values()]]
     summary["analysis_seconds"] = round(float(sum(timed)), 1)
     write_extracts(out / "extracts", extracts, crosses, outputs)
 
-    # --- 8. the claims (continuous statistics first), the figures and the report
+    # --- 9. the claims (continuous statistics first), the figures and the report
     summary["headline"] = headline(summary, cfg)
     summary["findings"] = findings(summary, cfg)
     summary["verdicts_by_fit_threshold"] = verdicts_by_threshold(summary, cfg)
     figs = make_figures(extracts, crosses, summary, out)
+    dominant = dominant_figure(summary["models"], extracts, data, out)
+    if dominant is not None:
+        figs["dominant_images"] = dominant
     summary["wall_seconds"] = round(time.perf_counter() - t_start, 1)
     summary["figures"] = figs
     write_text(out / "summary.json", _json(summary))

@@ -111,10 +111,40 @@ def test_log_is_one_line_per_model_and_stage_without_escape_codes(tmp_path, caps
     for spec in _specs():
         assert sum(f"train {spec['id']}:" in line for line in lines) == 1
         assert sum(f"extract {spec['id']}:" in line for line in lines) == 1
+        assert sum(f"mechanism {spec['id']}:" in line for line in lines) == 1
     # a rerun loads everything: again one line per model and stage
     assert _run(out) == 0
     again = capsys.readouterr().out.splitlines()
     assert sum("loaded" in line for line in again) == 5
+    assert not any("] mechanism " in line for line in again)  # cached
+
+
+def test_smoke_runs_the_mechanism_stage_and_reports_it(smoke_run, tmp_path):
+    out = smoke_run
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["mechanism"]["settings"]["pc_ks"] == [1, 2, 3, 4, 5]
+    for m in summary["models"]:
+        e = m["mechanism"]
+        ds = repsim.load_result(out / "mechanism" / f"{m['id']}.nc")
+        assert {"cka_pc0", "cka_pc5", "cka_pc5_jackknife", "probe_accuracy", "branch_ratio", "bn2_gamma"} <= set(ds)
+        assert ds.sizes["residual_block"] == 3 * (m["depth"] - 2) // 6 and ds.sizes["layer"] == m["n_layers"]
+        assert [r["k"] for r in e["pc_removal"]] == [0, 1, 2, 3, 4, 5]
+        assert len(e["probe"]["accuracy"]) == m["n_layers"]
+        assert e["span"]["kind"] == ("window" if m["block"] is None else "block")
+        if m["block"] is None:  # the dominant-example control at the blocks' relative depth
+            assert e["dominant_control"]["n_random"] == summary["config"]["random_removals"]
+    pairs = summary["mechanism"]["dominant_overlap"]
+    assert [(p["model_a"], p["model_b"]) for p in pairs] == [("resnet14_w1_s0_f1", "resnet14_w1_s1_f1")]
+    report = (out / "report.md").read_text()
+    section = report[report.index("## Mechanism"):report.index("## Figures")]
+    assert "Top-k PC removal" in section and "Linear probes" in section and "Dominant images across seeds" in section
+    assert "figures/dominant_images.png" in report and (out / "figures" / "dominant_images.png").stat().st_size > 1000
+    # --from-summary writes the same section from the summary alone
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("models", "extract", "mechanism", "cross", "outputs"))
+    assert study.main(["--from-summary", str(copy)]) == 0
+    again = (copy / "report.md").read_text()
+    assert again[again.index("## Mechanism"):again.index("## Figures")] == section
 
 
 def test_netcdf_has_provenance_and_the_block_definition(smoke_run):
@@ -331,6 +361,7 @@ def test_from_summary_rewrites_the_committed_cpu_report_without_models(tmp_path,
     assert "exact one-sided permutation p = 0.05 (20 splits" in report and "Welch two-sided p = 0.03" in report
     assert "2,500 steps on 3,120 images" in report and "p = 0\n" not in report and ", p = 0;" not in report
     assert "near in-sample" in report
+    assert "## Mechanism" not in report  # a summary before the mechanism stage has no section
     # idempotent: a second rewrite gives the same summary
     assert study.main(["--from-summary", str(run)]) == 0
     assert json.loads((run / "summary.json").read_text()) == summary

@@ -7,6 +7,10 @@ API only. Modules:
 - :mod:`wide_deep.config`: defaults, config files and flags, up-front validation, the grid;
 - :mod:`wide_deep.train`: data, the training loop, one atomic checkpoint record per model;
 - :mod:`wide_deep.analyse`: per-model and cross-model measurements and their summaries;
+- :mod:`wide_deep.mechanism`: what the block is made of, from the stored models (top-k PC
+  removal, residual branch/stream norms, linear probes, dominant images, the dominant-
+  example control in block-free models); :mod:`wide_deep.mechanism_report` its figure and
+  report section;
 - :mod:`wide_deep.exact`: exact small-sample tests (Fisher, permutation over seed labels,
   C5 with models as units) that report the smallest p-value their design allows;
 - :mod:`wide_deep.claims`: the paper's claims C1-C5 and the follow-up, tested on the

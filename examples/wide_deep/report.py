@@ -16,6 +16,8 @@ from .claims import _fmt, _iv, _p, headline_lines
 from .config import recipe_text, standard
 from .figures import _heat, _plt, _save, series_figures
 from .recipe import recipe_section
+from .mechanism_report import CAPTION as DOMINANT_CAPTION
+from .mechanism_report import mechanism_lines
 from .summaries import SEED_METRICS
 
 
@@ -170,6 +172,7 @@ CAPTIONS = {
     "depth_curve": "Does the block grow with depth (C1)? Local contrast of the declared block (or of the sharpest run "
                    "without one) and PC1 max against depth at width 1 on the main training fraction; dots: every "
                    "seed (open: not fitted), line: mean over fitted seeds; dashed: declared minimum contrast",
+    "dominant_images": DOMINANT_CAPTION,
 }
 
 
@@ -351,6 +354,7 @@ def write_report(summary, figs, cfg, out: Path) -> str:
                  "description of two models, not a test of two architectures; C5 above tests the architectures "
                  "with models as units)")
     L.append("")
+    L += mechanism_lines(summary)
     L.append("## Figures\n")
     for key, path in figs.items():
         L.append(f"![{CAPTIONS[key]}]({path})\n\n*{CAPTIONS[key]}.*\n")
