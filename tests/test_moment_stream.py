@@ -18,7 +18,7 @@ pytest.importorskip("dask")
 xr = pytest.importorskip("xarray")
 
 import repsim  # noqa: E402
-from repsim.store import FORMAT, FORMAT_KEY  # noqa: E402
+from test_store_stream import write_store  # noqa: E402  (a store as repsim.extract writes it)
 
 MOMENT_MEASURES = ("cca", "svcca", "pwcca", "procrustes_angular", "ridge_r2")
 
@@ -32,15 +32,6 @@ def layers_of(n, seed=0, offset=1e3):
             "relu": np.maximum(x @ rng.standard_normal((6, 8)), 0) - offset,
             "fc": x[:, :4] + 0.5 * rng.standard_normal((n, 4)),
             "noise": rng.standard_normal((n, 5)) * 1e2}
-
-
-def write_store(path, layers, chunk, ids=None):
-    n = len(next(iter(layers.values())))
-    ds = xr.Dataset({k: (("example", f"{k}_feature"), v) for k, v in layers.items()},
-                    coords={"example_id": ("example", np.arange(n) if ids is None else ids)},
-                    attrs={FORMAT_KEY: FORMAT, "complete": True, "layers": list(layers)})
-    ds.chunk({"example": chunk}).to_zarr(path, consolidated=False)
-    return repsim.open_activations(path)
 
 
 def ref_mean_cca(x, y):
