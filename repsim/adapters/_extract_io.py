@@ -300,6 +300,7 @@ class Writer:
         ds.to_zarr(self.out, mode="w", consolidated=False, encoding=encoding)
         assert self.regions is not None
         self.regions.open()
+        self.regions.written(0, len(ids))
         self.regions.resize(self.capacity)
         if commit is not None:
             self._commit(*commit)

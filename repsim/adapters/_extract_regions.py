@@ -162,6 +162,11 @@ class Regions:
             if stop > hi:
                 with self.lock.held():
                     self._put(values, start, hi, stop)
+        self.written(start, stop)
+
+    def written(self, start: int, stop: int) -> None:
+        """Rows ``start : stop`` of every array are written: their chunk files may leave
+        the page cache once on disk."""
         if self.cache.enabled:
             self.cache.written([p for arr in self.arrays.values()
                                 for p in chunk_files(self.out, arr, start, stop)])
