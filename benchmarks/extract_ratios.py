@@ -111,9 +111,10 @@ class Workload:
         shutil.rmtree(out, ignore_errors=True)
         sync(self.device)
         t0 = time.perf_counter()
+        codec = {} if compression == "default" else {"compression": compression}
         self.repsim.extract(self.model, self.batches if batches is None else batches,
                             layers=self.names, out=out, pooling=pooling,
-                            dtype=self.args.dtype, compression=compression, progress=False)
+                            dtype=self.args.dtype, progress=False, **codec)
         sync(self.device)
         elapsed = time.perf_counter() - t0
         size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(out) for f in fs)
@@ -146,8 +147,9 @@ def main(argv=None) -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--pooling", nargs="+", default=["flatten", "spatial_mean"])
-    p.add_argument("--compression", nargs="+", default=["lz4"],
-                   help="extract(compression=...): lz4 (default), zstd, none")
+    p.add_argument("--compression", nargs="+", default=["default"],
+                   help="extract(compression=...): none, lz4, zstd, or default (each tree's "
+                        "own default)")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--data-dir", default=None)
@@ -155,6 +157,9 @@ def main(argv=None) -> None:
     p.add_argument("--tree", action="append", default=[],
                    help="another source tree (e.g. a `git worktree` of main) timed alongside "
                         "this one, in the same interleaved rounds; repeatable")
+    p.add_argument("--forward-in", choices=["each", "first"], default="each",
+                   help="time the forward passes in each tree's process, or in the first "
+                        "only (the other trees' ratios then use the first's)")
     p.add_argument("--quick", action="store_true", help="256 images, one repeat")
     p.add_argument("--serve", default=None, help=argparse.SUPPRESS)  # a worker's tree
     args = p.parse_args(argv)
@@ -189,8 +194,9 @@ def main(argv=None) -> None:
         times: dict = {}
         sizes: dict = {}
         for r in range(args.repeats):
-            for tree, w in zip(trees, workers):
-                times.setdefault((tree, "forward"), []).append(ask(w, "forward")["time"])
+            for i, (tree, w) in enumerate(zip(trees, workers)):
+                if i == 0 or args.forward_in == "each":
+                    times.setdefault((tree, "forward"), []).append(ask(w, "forward")["time"])
                 for v in variants:
                     got = ask(w, "extract " + " ".join(v))
                     times.setdefault((tree, v), []).append(got["time"])
@@ -203,10 +209,11 @@ def main(argv=None) -> None:
     print(f"{'':40s}{'best s':>9s}{'median s':>9s}{'best/fwd':>9s}{'med/fwd':>9s}"
           f"{'stored':>13s}")
     for tree in trees:
-        fwd = times[tree, "forward"]
+        fwd = times.get((tree, "forward"), times[here, "forward"])
         best_f, med_f = min(fwd), statistics.median(fwd)
         tag = "this tree" if tree == here else os.path.basename(tree)
-        print(f"{tag + ': forward passes':40s}{best_f:9.3f}{med_f:9.3f}{1:9.2f}{1:9.2f}")
+        label = tag + (": forward passes" if (tree, "forward") in times else ": (first's forward)")
+        print(f"{label:40s}{best_f:9.3f}{med_f:9.3f}{1:9.2f}{1:9.2f}")
         for v in variants:
             best, med = min(times[tree, v]), statistics.median(times[tree, v])
             print(f"{tag + ': extract ' + ' '.join(v):40s}{best:9.3f}{med:9.3f}"
