@@ -9,11 +9,9 @@ region writes into one Zarr store.
   step (each rank's rows, whether its batch carried ids, the steps it has written, whether
   it failed), a barrier, a broadcast of the run's plan. Outside ``torch.distributed`` it is
   the identity, and the same loop runs.
-* :class:`Regions` writes row ranges of every array of the store. The arrays are grown
-  ahead of the writes (to a capacity, so metadata is rewritten rarely) by one process while
-  the others wait at a barrier; rows in a chunk that another process's range shares are
-  written under an exclusive POSIX lock (a read-modify-write of that chunk), whole chunks
-  without one.
+* The arrays are grown ahead of the writes (to a capacity, so metadata is rewritten rarely)
+  by one process while the others wait at a barrier; :mod:`._extract_regions` writes each
+  batch's rows into them.
 * :func:`own_steps` yields this process's batch of every step (None once it has none).
 """
 
@@ -27,6 +25,7 @@ import numpy as np
 import torch
 
 from .. import store as S
+from ._extract_regions import Regions, lock_path
 
 #: columns of the per-step gather: rows (-1: no batch), ids carried, steps written, failed,
 #: batches this process will run in all (-1: unknown)
@@ -122,84 +121,6 @@ def planned(data, rank: int, world: int, sharded: bool) -> int:
     except TypeError:
         return -1
     return max(0, -(-(total - rank) // world)) if sharded else total
-
-
-# --------------------------------------------------------------------- region writes
-
-class _Lock:
-    """An exclusive ``flock`` on a file beside the store, shared by the processes."""
-
-    def __init__(self, path: str):
-        self.path = path
-
-    @contextlib.contextmanager
-    def held(self):
-        import fcntl  # POSIX; torch.distributed extraction needs a shared POSIX file system
-
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # releases the lock
-
-
-def lock_path(out: str) -> str:
-    """The lock file of store ``out`` (hidden, beside it; removed when the store is done)."""
-    path = os.path.abspath(out).rstrip(os.sep)
-    return os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.repsim-lock")
-
-
-class Regions:
-    """Row ranges of every array of the store at ``out`` (layers and ``example_id``).
-
-    ``shared=True`` (several processes write): rows in a chunk that a range does not cover
-    whole are written under the lock, so two processes never rewrite one chunk at once.
-    """
-
-    def __init__(self, out: str, shared: bool):
-        self.out = out
-        self.lock = _Lock(lock_path(out)) if shared else None
-        self.arrays: dict[str, Any] = {}
-        self.length = 0
-
-    def open(self) -> None:
-        """(Re)read the arrays' metadata: after the store was created or grown."""
-        import zarr
-
-        group = zarr.open_group(self.out, mode="r+")
-        self.arrays = {name: arr for name, arr in group.arrays()}
-        self.length = int(self.arrays[S.IDS].shape[0])
-
-    def resize(self, length: int) -> None:
-        """Every array to ``length`` rows (metadata only: chunks past it are deleted)."""
-        for arr in self.arrays.values():
-            arr.resize((length,) + tuple(arr.shape[1:]))
-        self.length = length
-
-    def write(self, start: int, layers: dict[str, np.ndarray], ids: np.ndarray) -> None:
-        """Rows ``start : start + len(ids)`` of every layer and of ``example_id``."""
-        values = dict(layers)
-        values[S.IDS] = ids
-        stop = start + len(ids)
-        chunk = int(self.arrays[S.IDS].chunks[0])
-        lo = min(stop, -(-start // chunk) * chunk)  # whole chunks: [lo, hi)
-        hi = max(lo, stop // chunk * chunk)
-        if self.lock is None or (lo == start and hi == stop):
-            self._put(values, start, start, stop)
-            return
-        if lo > start:
-            with self.lock.held():
-                self._put(values, start, start, lo)
-        self._put(values, start, lo, hi)
-        if stop > hi:
-            with self.lock.held():
-                self._put(values, start, hi, stop)
-
-    def _put(self, values, start, a, b) -> None:
-        if b > a:
-            for name, v in values.items():
-                self.arrays[name][a:b] = v[a - start:b - start]
 
 
 def grown(needed: int, capacity: int) -> int:
@@ -327,6 +248,8 @@ class Writer:
         if self.given is not None and len(self.given) != self.total:
             raise ValueError(f"ids holds {len(self.given)} ids for {self.total} examples")
         final = {"examples_done": self.total, "batches_done": self.batches, "complete": True}
+        if self.regions is not None:
+            self.regions.cache.flush()
         if self.regions is None:
             self._write_file(final)
             return
@@ -377,6 +300,7 @@ class Writer:
         ds.to_zarr(self.out, mode="w", consolidated=False, encoding=encoding)
         assert self.regions is not None
         self.regions.open()
+        self.regions.written(0, len(ids))
         self.regions.resize(self.capacity)
         if commit is not None:
             self._commit(*commit)

@@ -1,0 +1,177 @@
+"""Region writes into one Zarr store for :func:`repsim.extract`.
+
+* :class:`Regions` writes row ranges of every array of the store: one batch's rows of all
+  arrays in one call into zarr's event loop (zarr encodes and writes the chunks
+  concurrently), every chunk written as given (without zarr's comparison of each chunk
+  with the fill value), and rows in a chunk that another process's range shares under an
+  exclusive POSIX lock (a read-modify-write of that chunk), whole chunks without one.
+* :class:`PageCache` drops the written chunk files from the page cache once on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+from collections import deque
+from typing import Any
+
+import numpy as np
+
+from .. import store as S
+
+
+class _Lock:
+    """An exclusive ``flock`` on a file beside the store, shared by the processes."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    @contextlib.contextmanager
+    def held(self):
+        import fcntl  # POSIX; torch.distributed extraction needs a shared POSIX file system
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+
+def lock_path(out: str) -> str:
+    """The lock file of store ``out`` (hidden, beside it; removed when the store is done)."""
+    path = os.path.abspath(out).rstrip(os.sep)
+    return os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.repsim-lock")
+
+
+class PageCache:
+    """Drops the chunk files a store was written with from the page cache once on disk.
+
+    A chunk file just written is advised ``POSIX_FADV_DONTNEED`` at once (which starts its
+    writeback) and again ``lag`` writes later (its pages are clean by then, and are freed).
+    The next writes then reuse those pages instead of growing the page cache by the whole
+    store: on a virtual machine whose free memory is handed back to the host, writing into
+    fresh page-cache memory cost 3 to 4 times the CPU time of writing into reused memory
+    (docs/user_guide/store.rst). Outside Linux (no ``posix_fadvise``) it does nothing.
+    """
+
+    def __init__(self, lag: int = 4):
+        self.lag = lag
+        self.enabled = hasattr(os, "posix_fadvise")
+        self.queue: deque[list[str]] = deque()
+
+    def written(self, paths: list[str]) -> None:
+        if not self.enabled:
+            return
+        _dontneed(paths)
+        self.queue.append(paths)
+        while len(self.queue) > self.lag:
+            _dontneed(self.queue.popleft())
+
+    def flush(self) -> None:
+        while self.queue:
+            _dontneed(self.queue.popleft())
+
+
+def _dontneed(paths: list[str]) -> None:
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:  # a chunk zarr did not write, or removed since
+            continue
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def chunk_files(root: str, arr, a: int, b: int) -> list[str]:
+    """The files of the chunks of ``arr`` (in the local store at ``root``) holding rows
+    ``a : b``."""
+    c = int(arr.chunks[0])
+    rest = [range(k) for k in arr.cdata_shape[1:]]
+    return [os.path.join(root, arr.path, arr.metadata.encode_chunk_key((i, *more)))
+            for i in range(a // c, -(-b // c)) for more in itertools.product(*rest)]
+
+
+def set_rows(items: list[tuple[Any, int, int, np.ndarray]]) -> None:
+    """``arr[a:b] = value`` for every ``(arr, a, b, value)``, in one call into zarr's event
+    loop (one call per array where zarr has no ``zarr.core.sync``)."""
+    try:
+        from zarr.core.sync import sync
+    except ImportError:  # pragma: no cover - another zarr layout
+        for arr, a, b, value in items:
+            arr[a:b] = value
+        return
+
+    async def every() -> None:
+        await asyncio.gather(*(arr.async_array.setitem(slice(a, b), value)
+                               for arr, a, b, value in items))
+
+    sync(every())
+
+
+class Regions:
+    """Row ranges of every array of the store at ``out`` (layers and ``example_id``).
+
+    ``shared=True`` (several processes write): rows in a chunk that a range does not cover
+    whole are written under the lock, so two processes never rewrite one chunk at once.
+    """
+
+    def __init__(self, out: str, shared: bool):
+        self.out = out
+        self.lock = _Lock(lock_path(out)) if shared else None
+        self.arrays: dict[str, Any] = {}
+        self.length = 0
+        self.cache = PageCache()
+
+    def open(self) -> None:
+        """(Re)read the arrays' metadata: after the store was created or grown."""
+        import zarr
+
+        group = zarr.open_group(self.out, mode="r+")
+        # every chunk is written as given: zarr otherwise compares each chunk with the fill
+        # value first (a pass over the data as long as the encoding)
+        whole: Any = {"write_empty_chunks": True}
+        self.arrays = {name: arr.with_config(whole) for name, arr in group.arrays()}
+        self.length = int(self.arrays[S.IDS].shape[0])
+
+    def resize(self, length: int) -> None:
+        """Every array to ``length`` rows (metadata only: chunks past it are deleted)."""
+        for arr in self.arrays.values():
+            arr.resize((length,) + tuple(arr.shape[1:]))
+        self.length = length
+
+    def write(self, start: int, layers: dict[str, np.ndarray], ids: np.ndarray) -> None:
+        """Rows ``start : start + len(ids)`` of every layer and of ``example_id``."""
+        values = dict(layers)
+        values[S.IDS] = ids
+        stop = start + len(ids)
+        chunk = int(self.arrays[S.IDS].chunks[0])
+        lo = min(stop, -(-start // chunk) * chunk)  # whole chunks: [lo, hi)
+        hi = max(lo, stop // chunk * chunk)
+        if self.lock is None or (lo == start and hi == stop):
+            self._put(values, start, start, stop)
+        else:
+            if lo > start:
+                with self.lock.held():
+                    self._put(values, start, start, lo)
+            self._put(values, start, lo, hi)
+            if stop > hi:
+                with self.lock.held():
+                    self._put(values, start, hi, stop)
+        self.written(start, stop)
+
+    def written(self, start: int, stop: int) -> None:
+        """Rows ``start : stop`` of every array are written: their chunk files may leave
+        the page cache once on disk."""
+        if self.cache.enabled:
+            self.cache.written([p for arr in self.arrays.values()
+                                for p in chunk_files(self.out, arr, start, stop)])
+
+    def _put(self, values, start, a, b) -> None:
+        if b > a:
+            set_rows([(self.arrays[name], a, b, v[a - start:b - start])
+                      for name, v in values.items()])
