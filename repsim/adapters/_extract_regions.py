@@ -167,9 +167,14 @@ class Regions:
     def written(self, start: int, stop: int) -> None:
         """Rows ``start : stop`` of every array are written: their chunk files may leave
         the page cache once on disk."""
-        if self.cache.enabled:
-            self.cache.written([p for arr in self.arrays.values()
-                                for p in chunk_files(self.out, arr, start, stop)])
+        if not self.cache.enabled:
+            return
+        try:
+            paths = [p for arr in self.arrays.values() for p in chunk_files(self.out, arr, start, stop)]
+        except AttributeError:  # a zarr without 3.1's chunk-key metadata: no advice, same store
+            self.cache.enabled = False
+            return
+        self.cache.written(paths)
 
     def _put(self, values, start, a, b) -> None:
         if b > a:
