@@ -7,7 +7,6 @@ References: the in-memory registry path (itself tested against the formulas in
 test_cca_family / test_shape_regression), and independent float64 formulas written here
 for CCA and orthogonal Procrustes."""
 
-import os
 import tracemalloc
 
 import numpy as np
@@ -18,7 +17,7 @@ pytest.importorskip("dask")
 xr = pytest.importorskip("xarray")
 
 import repsim  # noqa: E402
-from test_store_stream import write_store  # noqa: E402  (a store as repsim.extract writes it)
+from test_store_stream import client, write_store  # noqa: E402,F401  (a 2-worker LocalCluster; a store as repsim.extract writes it)
 
 MOMENT_MEASURES = ("cca", "svcca", "pwcca", "procrustes_angular", "ridge_r2")
 
@@ -156,23 +155,13 @@ def test_streaming_moments_never_holds_a_layer(tmp_path):
     np.testing.assert_allclose(streamed.values, whole.values, rtol=0, atol=1e-10)
 
 
-def test_two_worker_cluster_equals_one_process(store, shuffled):
-    distributed = pytest.importorskip("distributed")
-    saved = dict(os.environ)  # LocalCluster sets OMP_NUM_THREADS etc. in this process
-    try:
-        with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                      dashboard_address=None) as cluster:
-            with distributed.Client(cluster) as client:
-                for measure in ("pwcca", "procrustes_angular"):
-                    kw = dict(measure=measure, align="ids", batch_size=50, progress=False)
-                    one = repsim.similarity_matrix(store, shuffled, client=False, **kw)
-                    two = repsim.similarity_matrix(store, shuffled, client=client, **kw)
-                    assert two.attrs["scheduler"] == "dask.distributed"
-                    assert one.attrs["scheduler"] == "local"
-                    np.testing.assert_allclose(two.values, one.values, rtol=0, atol=1e-12)
-                # the active client streams a moment measure without being asked
-                sim = repsim.similarity_matrix(store, measure="cca", progress=False)
-                assert sim.attrs["scheduler"] == "dask.distributed"
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+def test_two_worker_cluster_equals_one_process(client, store, shuffled):
+    for measure in ("pwcca", "procrustes_angular"):
+        kw = dict(measure=measure, align="ids", batch_size=50, progress=False)
+        one = repsim.similarity_matrix(store, shuffled, client=False, **kw)
+        two = repsim.similarity_matrix(store, shuffled, client=client, **kw)
+        assert two.attrs["scheduler"] == "dask.distributed" and one.attrs["scheduler"] == "local"
+        np.testing.assert_allclose(two.values, one.values, rtol=0, atol=1e-12)
+    # the active client streams a moment measure without being asked
+    sim = repsim.similarity_matrix(store, measure="cca", progress=False)
+    assert sim.attrs["scheduler"] == "dask.distributed"
