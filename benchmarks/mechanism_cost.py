@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     fm = mechanism.forward_measures(model, names, x, "cpu")
     fit, score = mechanism.probe_split(args.n, 0.5, 0)
     for n in names:
-        mechanism.ridge_probe(fm["pooled"][n][fit], y[fit], fm["pooled"][n][score], y[score], 10.0, 10)
+        mechanism.ridge_probe(fm["pooled"][n][fit], y[fit], fm["pooled"][n][score], y[score], 10.0)
     times["forward_probes"] = time.perf_counter() - t
     times["stage_with_block"] = times["pc_removal_k0_to_5"] + times["forward_probes"]
     print(f"ResNet-{args.depth}, {len(names)} ReLU layers, {args.n} images, {args.passes} passes, "

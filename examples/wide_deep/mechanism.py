@@ -20,7 +20,7 @@ own :data:`SETTINGS` (the extract's cache and the training settings are not touc
    identity-shortcut blocks: at a stage's first, projection block ``s(x)`` is not the
    stream.
 3. **linear probes** -- per analysed layer, spatially mean-pooled outputs ``(n, channels)``,
-   standardised, a ridge classifier (one-hot targets, :func:`ridge_probe`) fitted on a
+   standardised, a ridge classifier (scikit-learn's, :func:`ridge_probe`) fitted on a
    seeded ``probe_train_share`` of the images and scored on the rest.
 4. **dominant examples** -- the extract's ``dominant_removed`` (top ``|PC1 score|`` at the
    block's middle layer): a figure of the images and their overlap across seeds
@@ -184,29 +184,23 @@ def forward_measures(model, names, x, device, batch=250):
             "projection": np.array([not isinstance(m.shortcut, torch.nn.Identity) for _, m in blocks], dtype=bool)}
 
 
-def ridge_probe(x_fit, y_fit, x_score, y_score, ridge, n_classes) -> tuple[float, float]:
-    """Accuracy of a ridge linear classifier on the fit and on the held-out images.
-
-    Features are standardised with the fit images' mean and standard deviation (a
-    constant feature keeps scale 1); targets are one-hot, centred; ``W = (XᵀX + ridge
-    I)⁻¹ XᵀY``; the class is the argmax of ``X W + mean(Y)``. Float64. The same
-    classifier as scikit-learn's ``StandardScaler`` + ``RidgeClassifier(alpha=ridge)``
-    (whose ±1 targets scale and shift the scores, not their argmax).
+def ridge_probe(x_fit, y_fit, x_score, y_score, ridge) -> tuple[float, float]:
+    """Accuracy of a ridge linear classifier on the fit and on the held-out images:
+    scikit-learn's ``StandardScaler`` + ``RidgeClassifier(alpha=ridge)`` fitted on
+    ``(x_fit, y_fit)``, float64.
 
     Returns
     -------
     (fit accuracy, held-out accuracy)
     """
-    xf = np.asarray(x_fit, dtype=np.float64)
-    mean, sd = xf.mean(0), xf.std(0)
-    sd[sd == 0] = 1.0
-    xf = (xf - mean) / sd
-    xs = (np.asarray(x_score, dtype=np.float64) - mean) / sd
-    y = np.eye(n_classes)[np.asarray(y_fit)]
-    ym = y.mean(0)
-    w = np.linalg.solve(xf.T @ xf + ridge * np.eye(xf.shape[1]), xf.T @ (y - ym))
-    fit = float(np.mean((xf @ w + ym).argmax(1) == np.asarray(y_fit)))
-    return fit, float(np.mean((xs @ w + ym).argmax(1) == np.asarray(y_score)))
+    from sklearn.linear_model import RidgeClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    xf, xs = np.asarray(x_fit, dtype=np.float64), np.asarray(x_score, dtype=np.float64)
+    clf = make_pipeline(StandardScaler(), RidgeClassifier(alpha=ridge)).fit(xf, y_fit)
+    return (float(np.mean(clf.predict(xf) == np.asarray(y_fit))),
+            float(np.mean(clf.predict(xs) == np.asarray(y_score))))
 
 
 def probe_split(n, share, seed):
@@ -290,7 +284,7 @@ def mechanism_one(spec, model, meta, data, cfg, out: Path, device, log=None, *, 
     fm = forward_measures(model, names, x, device, SETTINGS["forward_batch"])
     fit_idx, score_idx = probe_split(len(x), SETTINGS["probe_train_share"], SETTINGS["probe_seed"])
     probes = np.array([ridge_probe(fm["pooled"][n][fit_idx], y[fit_idx], fm["pooled"][n][score_idx], y[score_idx],
-                                   SETTINGS["probe_ridge"], len(data["classes"])) for n in names])
+                                   SETTINGS["probe_ridge"]) for n in names])
     span = span_of(names, block, window_)
     attrs = {"control_first": -1, "control_last": -1, "control_plain_contrast": math.nan,
              "control_dominant_contrast": math.nan, "control_removed": []}
@@ -313,7 +307,7 @@ def mechanism_one(spec, model, meta, data, cfg, out: Path, device, log=None, *, 
         coords={"layer": names, "residual_block": fm["blocks"]})
     save(ds, path, {
         "model": spec["id"], "pc_ks": SETTINGS["pc_ks"], "cka_seed": seed, "passes": cfg["passes"],
-        "probe": "ridge classifier on spatially mean-pooled, standardised layer outputs, one-hot targets",
+        "probe": "scikit-learn RidgeClassifier on spatially mean-pooled, standardised layer outputs",
         "probe_ridge": SETTINGS["probe_ridge"], "probe_n_fit": len(fit_idx), "probe_n_score": len(score_idx),
         "branch_ratio_definition": "mean over images of ||bn2 output|| / ||shortcut output|| at each block's sum",
         **attrs, "settings": json.dumps(settings, sort_keys=True), "repsim_version": repsim.__version__,
