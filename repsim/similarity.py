@@ -238,13 +238,8 @@ def similarity_matrix(layers_a, layers_b=None, *, measure: str = "cka_linear",
         warnings.simplefilter("always")
         if client is not False:
             a, b, id_attrs = SS.sides(layers_a, layers_b, align)
-            if form == "blocks":
-                sim, stream = SS.block_cka(a, b, estimator=opts["estimator"],
-                                           batch_size=batch_size, client=client,
-                                           progress=progress)
-            else:
-                sim, stream = SS.moment_matrix(a, b, m.name, options, batch_size=batch_size,
-                                               client=client, progress=progress)
+            sim, stream = SS.streamed_matrix(form, a, b, m, opts, options, batch_size=batch_size,
+                                             client=client, progress=progress)
             values, names_a, n = sim.values, a.names, a.n
             names_b = names_a if b is None else b.names
         else:

@@ -121,14 +121,9 @@ def compare_many(models: dict[str, Any], *, measure: str = "cka_linear", layers:
             sides = [SS.side_of(ds, idx, f"models[{k!r}]")
                      for k, ds, idx in zip(names, stores, indices)]
             joint_side = SS.joined(sides, "models")
-            if form == "blocks":
-                joint, _ = SS.block_cka(joint_side, None, estimator=opts["estimator"],
-                                        batch_size=batch_size, client=client,
-                                        progress=progress)
-            else:
-                joint, _ = SS.moment_matrix(joint_side, None, m.name, options,
-                                            batch_size=batch_size, client=client,
-                                            progress=progress)
+            joint, _ = SS.streamed_matrix(form, joint_side, None, m, opts, options,
+                                          batch_size=batch_size, client=client,
+                                          progress=progress)
             layer_lists = [s.names for s in sides]
         else:
             loaded = [S._load(ds, idx) for ds, idx in zip(stores, indices)]  # each read once

@@ -329,6 +329,17 @@ def feed(acc: Any, a: Side, b: Side | None, *, batch_size: int | None, client: A
     return acc
 
 
+def streamed_matrix(form: str, a: Side, b: Side | None, m: Any, opts: dict, options: dict, *,
+                    batch_size: int | None, client: Any, progress: bool):
+    """The measure ``m`` for every layer pair of the stores, in the ``form``
+    :func:`stream_client` chose: :func:`block_cka` or :func:`moment_matrix`."""
+    if form == "blocks":
+        return block_cka(a, b, estimator=opts["estimator"], batch_size=batch_size,
+                         client=client, progress=progress)
+    return moment_matrix(a, b, m.name, options, batch_size=batch_size, client=client,
+                         progress=progress)
+
+
 def moment_matrix(a: Side, b: Side | None, measure: str, options: dict, *,
                   batch_size: int | None = None, client: Any = None, progress: bool = False):
     """A measure with a form from feature moments (the CCA family, shape metrics, ridge
