@@ -330,45 +330,49 @@ def extract(model: nn.Module, data: Iterable[Any], *, layers: LayerSpec, out: st
         steps = own_steps(data, rank, world, sharded, plan.steps)
         count = planned(data, rank, world, sharded)
         index = plan.steps  # this process's batches so far
-        while True:
-            n, batch_ids, tensors, event, failure = -1, None, None, None, None
-            try:
-                failure = writer.reap()
-                batch = next(steps)
-                if batch is not None and failure is None:
-                    batch, batch_ids = _batch_ids(batch, index, source)
-                    hooks.start_pass()
-                    _run_forward(inner, batch, where, forward)
-                    acts = hooks.activations
-                    n = _rows(acts, index)
-                    if captured is None:
-                        captured = list(acts)
-                    elif list(acts) != captured:
-                        raise ValueError(f"batch {index} captured layers {list(acts)}, the "
-                                         f"first {captured}")
-                    if batch_ids is not None and len(batch_ids) != n:
-                        raise ValueError(f"batch {index} carries {len(batch_ids)} ids for "
-                                         f"{n} rows")
-                    tensors, event = to_host(acts, n)
-                    index += 1
-            except Exception as err:  # every process learns of it at the gather
-                if world == 1:
-                    raise
-                failure = err
-            info = comm.gather([n, int(batch_ids is not None), writer.written(),
-                                int(failure is not None), count])
-            if failure is not None:
-                raise failure
-            if info[:, FAILED].any():
-                raise RuntimeError("repsim.extract failed on rank "
-                                   f"{int(np.argmax(info[:, FAILED]))}; see its error")
-            rows = info[:, ROWS]
-            if (rows < 0).all():
-                break
-            source = _agreed_source(info, source, writer.step == 0)
-            writer.attrs["example_id_source"] = source
-            bar.update(writer.place(info, tensors, event, batch_ids))
-        writer.finish()
+        try:
+            while True:
+                n, batch_ids, tensors, event, failure = -1, None, None, None, None
+                try:
+                    failure = writer.reap()
+                    batch = next(steps)
+                    if batch is not None and failure is None:
+                        batch, batch_ids = _batch_ids(batch, index, source)
+                        hooks.start_pass()
+                        _run_forward(inner, batch, where, forward)
+                        acts = hooks.activations
+                        n = _rows(acts, index)
+                        if captured is None:
+                            captured = list(acts)
+                        elif list(acts) != captured:
+                            raise ValueError(f"batch {index} captured layers {list(acts)}, the "
+                                             f"first {captured}")
+                        if batch_ids is not None and len(batch_ids) != n:
+                            raise ValueError(f"batch {index} carries {len(batch_ids)} ids for "
+                                             f"{n} rows")
+                        tensors, event = to_host(acts, n, store_dtype)
+                        index += 1
+                except Exception as err:  # every process learns of it at the gather
+                    if world == 1:
+                        raise
+                    failure = err
+                info = comm.gather([n, int(batch_ids is not None), writer.written(),
+                                    int(failure is not None), count])
+                if failure is not None:
+                    raise failure
+                if info[:, FAILED].any():
+                    raise RuntimeError("repsim.extract failed on rank "
+                                       f"{int(np.argmax(info[:, FAILED]))}; see its error")
+                rows = info[:, ROWS]
+                if (rows < 0).all():
+                    break
+                source = _agreed_source(info, source, writer.step == 0)
+                writer.attrs["example_id_source"] = source
+                bar.update(writer.place(info, tensors, event, batch_ids))
+            writer.finish()
+        except BaseException:
+            writer.settle()  # commits the progress of the writes that finished
+            raise
     return S.open_activations(out)
 
 

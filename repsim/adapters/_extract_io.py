@@ -1,10 +1,10 @@
 """Where :func:`repsim.extract`'s batches go: host copies, the processes' agreement, and
 region writes into one Zarr store.
 
-* :func:`to_host` starts each layer's copy to host memory without waiting (pinned and
-  non-blocking from a CUDA device; the hooked activations are already copies), and
-  :func:`host_arrays` -- run on the writer thread -- waits for it and converts to the
-  storage dtype, so the main thread only launches work.
+* :func:`to_host` converts each layer to the storage dtype in torch and starts its copy to
+  host memory without waiting (pinned and non-blocking from a CUDA device; the hooked
+  activations are already copies), and :func:`host_arrays` -- run on the writer thread --
+  waits for it, so the main thread only launches work.
 * :class:`Comm` is what the processes agree on: one ``all_gather`` of a few integers per
   step (each rank's rows, whether its batch carried ids, the steps it has written, whether
   it failed), a barrier, a broadcast of the run's plan. Outside ``torch.distributed`` it is
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from typing import Any, Iterator
 
 import numpy as np
@@ -27,6 +28,10 @@ import torch
 from .. import store as S
 from ._extract_regions import Regions, lock_path
 
+#: the least time between two commits of progress (each is a metadata write through zarr,
+#: which on a CPU busy with the forward passes waited ~0.1 s for the interpreter)
+COMMIT_SECONDS = 1.0
+
 #: columns of the per-step gather: rows (-1: no batch), ids carried, steps written, failed,
 #: batches this process will run in all (-1: unknown)
 ROWS, HAS_IDS, WRITTEN, FAILED, PLANNED = range(5)
@@ -34,38 +39,74 @@ ROWS, HAS_IDS, WRITTEN, FAILED, PLANNED = range(5)
 
 # ------------------------------------------------------------------------- host copies
 
-def to_host(acts: dict[str, torch.Tensor], n: int):
-    """Each layer as ``(n, features)`` on its way to host memory, and the CUDA event that
-    marks the copies' end (None when nothing is on a GPU)."""
-    out, event = {}, None
+#: torch's dtype for each storage dtype: the conversion runs in torch, where the tensors
+#: are (vectorised, and on a GPU before the copy, which it halves for 16-bit storage)
+TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
+                "float64": torch.float64}
+
+
+def to_host(acts: dict[str, torch.Tensor], n: int, dtype: np.dtype):
+    """Each layer as ``(n, features)`` of the storage ``dtype`` on its way to host memory,
+    and the CUDA event that marks the copies' end (None when nothing is on a GPU).
+
+    Values beyond a 16-bit dtype's range are refused, naming the layer: at once on the
+    CPU (a pass over the layer's range first, the exact test only when it is exceeded),
+    after the copy (:func:`host_arrays`) from a GPU."""
+    target = TORCH_DTYPES[dtype.name]
+    out, event, overflow = {}, None, {}
     for name, value in acts.items():
         value = value.detach().reshape(n, -1)
+        if value.dtype != target:
+            narrow = value.to(target)
+            if dtype.itemsize < 4 and not value.is_cuda:
+                _check_range(name, value, narrow, target)
+            elif dtype.itemsize < 4:
+                overflow[name] = (_overflowed(value, narrow), value.abs().amax())
+            value = narrow
         if value.is_cuda:
             value = value.to("cpu", non_blocking=True)  # into pinned memory, not waited on
             event = event or torch.cuda.Event()
         out[name] = value
     if event is not None:
         event.record()
-    return out, event
+    return (out, overflow), event
 
 
-def host_arrays(tensors: dict[str, torch.Tensor], event, dtype: np.dtype) -> dict[str, Any]:
-    """The layers as numpy arrays of the storage ``dtype`` (after the copies' ``event``);
-    values beyond a 16-bit dtype's range are refused, naming the layer."""
+def _overflowed(value: torch.Tensor, narrow: torch.Tensor) -> torch.Tensor:
+    """Whether a finite value became infinite (a 0-d boolean tensor, not waited on)."""
+    return (torch.isfinite(value) & ~torch.isfinite(narrow)).any()
+
+
+def _check_range(name: str, value, narrow, target) -> None:
+    limit = torch.finfo(target).max
+    lo, hi = (float(v) for v in torch.aminmax(value))
+    if -limit <= lo and hi <= limit:  # (False for NaN: then the exact test)
+        return
+    if bool(_overflowed(value, narrow)):
+        _refuse(name, float(value[torch.isfinite(value)].abs().max()), target)
+
+
+def _refuse(name: str, largest: float, target) -> None:
+    kind = str(target).removeprefix("torch.")
+    raise ValueError(f"layer {name!r} holds values up to {largest:.4g}, beyond {kind}'s range "
+                     f"({float(torch.finfo(target).max):.4g}); store dtype='float32'")
+
+
+def host_arrays(sent, event, dtype: np.dtype) -> dict[str, Any]:
+    """The layers :func:`to_host` sent as numpy arrays of the storage ``dtype`` (after the
+    copies' ``event``), and the range test of layers that were narrowed on a GPU."""
+    tensors, overflow = sent
     if event is not None:
         event.synchronize()
+    for name, (flag, largest) in overflow.items():
+        if bool(flag):
+            _refuse(name, float(largest), TORCH_DTYPES[dtype.name])
     out = {}
     for name, t in tensors.items():
-        if t.dtype not in (torch.float32, torch.float64):
-            t = t.float()
-        full = t.numpy()
-        with np.errstate(over="ignore"):  # overflow is refused below, naming the layer
-            arr = full.astype(dtype, copy=False)
-        if dtype.itemsize < 4 and not np.isfinite(arr).all() and np.isfinite(full).all():
-            raise ValueError(f"layer {name!r} holds values up to {float(np.abs(full).max()):.4g}, "
-                             f"beyond {dtype.name}'s range ({float(np.finfo(dtype).max):.4g}); "
-                             "store dtype='float32'")
-        out[name] = arr
+        if t.dtype == torch.bfloat16:  # numpy has none: the same bits as ml_dtypes'
+            out[name] = t.view(torch.int16).numpy().view(dtype)
+        else:
+            out[name] = t.numpy()
     return out
 
 
@@ -148,10 +189,10 @@ class Writer:
     the others wait at a barrier. The arrays grow ahead of the writes (``grown``): every
     process drains its writes, rank 0 resizes between two barriers. Progress is committed
     to the store's attributes as ``examples_done`` / ``batches_done`` (and ``steps_done``
-    under torch.distributed) once every process has written those steps: one process
-    commits after each of its writes; several commit, through rank 0, the steps every
-    rank's last gather reported written. ``.npz`` / safetensors outputs (one process)
-    collect the batches in order instead.
+    under torch.distributed) once every process has written those steps, at most once a
+    second and when the run stops: one process after its writes; several through rank 0,
+    the steps every rank's last gather reported written. ``.npz`` / safetensors outputs
+    (one process) collect the batches in order instead.
     """
 
     def __init__(self, out: str, fmt: str, plan, comm: Comm, attrs: dict, chunk: int | None,
@@ -170,6 +211,9 @@ class Writer:
         self.collected: dict[str, list] = {}
         self.collected_ids: list = []
         self.pending: Any = []  # (step, future), oldest first
+        self.latest: tuple[int, int, int] | None = None  # progress not yet committed
+        self.committed_at = -float("inf")
+        self.group: Any = None  # the store's group, for commits
 
     # -- the main thread ------------------------------------------------------------------
 
@@ -240,6 +284,7 @@ class Writer:
         info = self.comm.gather([0, 0, 0, failure is not None, 0])
         if failure is not None:
             raise failure
+        self.latest = None  # the final attributes below say it all
         if info[:, FAILED].any():
             raise RuntimeError(f"repsim.extract failed on rank {int(np.argmax(info[:, FAILED]))}; "
                                "see its error")
@@ -266,6 +311,13 @@ class Writer:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(lock_path(self.out))
         self.comm.barrier()
+
+    def settle(self) -> None:
+        """After a failure: wait for the writes under way and commit the progress they
+        made (best effort: the failure, not this, is what the caller reports)."""
+        with contextlib.suppress(Exception):
+            self.reap(block_until=0)
+            self.flush()
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -296,11 +348,11 @@ class Writer:
         codec = _codec(self.attrs.get("compression", "zstd"))
         encoding: dict[str, Any] = {k: {"chunks": (size, v.shape[1]), "compressors": codec}
                                     for k, v in arrays.items()}
-        encoding[S.IDS] = {"chunks": (size,)}
+        encoding[S.IDS] = {"chunks": (size,), "compressors": codec}
         ds.to_zarr(self.out, mode="w", consolidated=False, encoding=encoding)
         assert self.regions is not None
         self.regions.open()
-        self.regions.written(0, len(ids))
+        self.regions.written([(arr, 0, len(ids)) for arr in self.regions.arrays.values()])
         self.regions.resize(self.capacity)
         if commit is not None:
             self._commit(*commit)
@@ -319,12 +371,26 @@ class Writer:
             self.pending.append((self.step, _failed(failure)))
 
     def _commit(self, examples: int, batches: int, steps: int) -> None:
+        """Record progress (on the writer thread): at most once every ``COMMIT_SECONDS``,
+        the latest progress kept for :meth:`flush` otherwise."""
+        self.latest = (examples, batches, steps)
+        if time.monotonic() - self.committed_at >= COMMIT_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the latest progress not yet in the store's attributes (writer idle)."""
+        if self.latest is None:
+            return
         import zarr
 
+        examples, batches, steps = self.latest
         update = {"examples_done": examples, "batches_done": batches}
         if self.comm.world > 1:
             update["steps_done"] = steps
-        zarr.open_group(self.out, mode="r+").attrs.update(update)
+        if self.group is None:
+            self.group = zarr.open_group(self.out, mode="r+")
+        self.group.attrs.update(update)
+        self.latest, self.committed_at = None, time.monotonic()
 
     def _commit_agreed(self, steps: int) -> None:
         """Rank 0 queues the commit of ``steps`` (written by every rank) after its writes."""
