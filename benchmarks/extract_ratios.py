@@ -22,6 +22,12 @@ test images with ``--data-dir``), in batches already in memory.
   ratio then measures the disk and the page cache as much as the overlap);
   ``spatial_mean`` stores 16, 32 or 64 per block.
 
+- **disk floor** (``--disk-floor``): the forward passes while *another process* writes as
+  many bytes as the first extraction stored, in 8 MiB blocks with ``O_DIRECT`` (no
+  Python, no page cache in its way), timed until both are done. It is what writing that
+  many bytes costs the forward passes on this machine whoever writes them: no writer in
+  the same process can beat it by much.
+
 Each source tree (this one, and every ``--tree``) runs in its own process (its ``repsim``
 first on ``sys.path``), started once and then driven run by run, so that only one process
 works at a time and the trees' runs interleave: forward, then each pooling x compression's
@@ -122,6 +128,27 @@ class Workload:
         return elapsed, size
 
 
+#: the other process of ``--disk-floor`` (python -c, argv: PATH BYTES): writes BYTES zeros
+#: to PATH in 8 MiB blocks, with O_DIRECT where the file system takes it (else buffered and
+#: then fsync), and removes the file; nothing imported but os and mmap
+WRITE_BYTES = """
+import mmap, os, sys
+path, nbytes, block = sys.argv[1], int(sys.argv[2]), 8 << 20
+buf = mmap.mmap(-1, block)
+flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+try:
+    fd = os.open(path, flags | getattr(os, "O_DIRECT", 0))
+except OSError:
+    fd = os.open(path, flags)
+done = 0
+while done < nbytes:
+    done += os.write(fd, memoryview(buf)[:min(block, -(-(nbytes - done) // 4096) * 4096)])
+os.fsync(fd)
+os.close(fd)
+os.remove(path)
+"""
+
+
 def serve(args) -> None:
     """A worker: warm up, then answer ``forward`` / ``extract POOLING COMPRESSION`` lines
     on stdin with ``{"time": s, "size": bytes}`` lines on stdout."""
@@ -137,7 +164,15 @@ def serve(args) -> None:
           flush=True)
     for line in sys.stdin:
         op, *rest = line.split()
-        t, size = work.forward() if op == "forward" else work.extract(*rest, args.tmp)
+        if op == "floor":  # the forward passes beside another process's writes
+            t0 = time.perf_counter()
+            writer = subprocess.Popen([sys.executable, "-c", WRITE_BYTES,
+                                       os.path.join(args.tmp, "floor.bin"), rest[0]])
+            work.forward()
+            writer.wait()
+            t, size = time.perf_counter() - t0, int(rest[0])
+        else:
+            t, size = work.forward() if op == "forward" else work.extract(*rest, args.tmp)
         print(json.dumps({"time": t, "size": size}), flush=True)
 
 
@@ -160,6 +195,9 @@ def main(argv=None) -> None:
     p.add_argument("--forward-in", choices=["each", "first"], default="each",
                    help="time the forward passes in each tree's process, or in the first "
                         "only (the other trees' ratios then use the first's)")
+    p.add_argument("--disk-floor", action="store_true",
+                   help="also time the forward passes while another process writes the first "
+                        "extraction's bytes (O_DIRECT): what those writes cost on this machine")
     p.add_argument("--quick", action="store_true", help="256 images, one repeat")
     p.add_argument("--serve", default=None, help=argparse.SUPPRESS)  # a worker's tree
     args = p.parse_args(argv)
@@ -201,6 +239,9 @@ def main(argv=None) -> None:
                     got = ask(w, "extract " + " ".join(v))
                     times.setdefault((tree, v), []).append(got["time"])
                     sizes[tree, v] = got["size"]
+            if args.disk_floor:
+                got = ask(workers[0], f"floor {sizes[here, variants[0]]}")
+                times.setdefault((here, "floor"), []).append(got["time"])
             print(f"# round {r} done; load average "
                   f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
         for w in workers:
@@ -218,6 +259,13 @@ def main(argv=None) -> None:
             best, med = min(times[tree, v]), statistics.median(times[tree, v])
             print(f"{tag + ': extract ' + ' '.join(v):40s}{best:9.3f}{med:9.3f}"
                   f"{best / best_f:9.2f}{med / med_f:9.2f}{sizes[tree, v] / 2**20:9.1f} MiB")
+    if (here, "floor") in times:
+        fwd = times[here, "forward"]
+        best, med = min(times[here, "floor"]), statistics.median(times[here, "floor"])
+        label = (f"disk floor: forward + {sizes[here, variants[0]] / 2**20:.0f} MiB by "
+                 "another process")
+        print(f"{label:40s}{best:9.3f}{med:9.3f}{best / min(fwd):9.2f}"
+              f"{med / statistics.median(fwd):9.2f}")
     print(f"# {machine()}")
 
 
