@@ -43,7 +43,8 @@ from .neighbours import (
 )
 from .moments import FeatureMoments
 from .overlap import cycle_knn, eigenspace_overlap
-from .pcs import DominantExamples, dominant_examples, pc_variance_fraction, remove_top_pcs
+from .pcs import (DominantExamples, dominant_examples, pc_removed_grams, pc_variance_fraction,
+                  remove_top_pcs)
 from ._precision import PrecisionWarning, precision_support
 from .rdm import dcor, rsa
 from .regression import gulp, ridge_r2
@@ -157,6 +158,7 @@ __all__ = [
     "neighbour_matrix",
     "open_activations",
     "pc1_runs",
+    "pc_removed_grams",
     "pc_variance_fraction",
     "permutation_test",
     "plot_compare_many",

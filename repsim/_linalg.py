@@ -11,6 +11,8 @@ import math
 import warnings
 from typing import Any
 
+import numpy as np
+
 from . import _backend as B
 from . import _validation as V
 from .kernels import _ldexp
@@ -236,3 +238,22 @@ def numerical_rank(s, n, p, eps, rtol, floor, xp):
     if not math.isfinite(tol):
         raise ValueError("the data overflow float64 in the SVD; rescale them first")
     return int(xp.sum(xp.astype(s > tol, xp.int64))), tol
+
+
+def top_eigh(gram, k, xp):
+    """The top ``k`` eigenpairs of the symmetric float64 ``gram`` ``(n, n)``: eigenvalues
+    descending (rounding below zero clipped to 0), shape ``(k,)``, and their eigenvectors
+    as columns, ``(n, k)``. numpy: LAPACK's subset driver (scipy), the others the full
+    ``eigh`` of their namespace."""
+    n = gram.shape[0]
+    if k == 0:
+        return xp.zeros((0,), dtype=gram.dtype), xp.zeros((n, 0), dtype=gram.dtype)
+    if B.is_numpy_namespace(xp):
+        from scipy.linalg import eigh
+
+        lam, vecs = eigh(np.asarray(gram), subset_by_index=[n - k, n - 1])
+        lam, vecs = xp.asarray(lam[::-1].copy()), xp.asarray(vecs[:, ::-1].copy())
+    else:
+        lam, vecs = xp.linalg.eigh(gram)  # ascending
+        lam, vecs = xp.flip(lam)[:k], xp.flip(vecs, axis=1)[:, :k]
+    return xp.where(lam > 0, lam, xp.zeros_like(lam)), vecs

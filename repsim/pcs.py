@@ -28,7 +28,7 @@ import numpy as np
 
 from . import _backend as B
 from . import _validation as V
-from ._linalg import TopComponents
+from ._linalg import TopComponents, top_eigh
 
 scalar = B.scalar
 
@@ -136,6 +136,66 @@ def remove_top_pcs(x, *, k: int = 1):
     xp = rep.xp
     out = xp.astype(rep.residual(), rep.dtype)
     return xp.reshape(out, rep.shape)
+
+
+def pc_removed_grams(gram, ks):
+    """Linear grams with the top ``k`` principal components removed, for several ``k`` from
+    one eigendecomposition.
+
+    ``G_k = G_c - U_k Λ_k U_kᵀ``, where ``G_c = H G H`` is the centred gram and
+    ``G_c = U Λ Uᵀ`` its eigendecomposition (eigenvalues descending, rounding below zero
+    clipped). For ``G = x xᵀ`` this is the gram of :func:`remove_top_pcs` ``(x, k=k)``
+    (``x_c = U S Vᵀ`` gives ``x_c x_cᵀ = U S² Uᵀ``) without the features: "CKA after
+    removing the top ``k`` components" (Nguyen et al. 2021, Fig. 6) for every ``k`` of
+    ``ks`` costs one ``n x n`` eigendecomposition per layer and minibatch, the grams go to
+    :meth:`repsim.MinibatchCKA.update_grams`. ``k = 0`` gives ``G_c``; a ``k`` at or
+    beyond the gram's rank removes everything (a zero gram).
+
+    Parameters
+    ----------
+    gram : array, shape (n, n)
+        Linear gram ``x xᵀ`` (numpy array or torch tensor; centred here, so ``x`` need
+        not be).
+    ks : iterable of int
+        Numbers of components, each ``>= 0``.
+
+    Returns
+    -------
+    dict
+        ``{k: G_k}`` in the order of ``ks``, each ``(n, n)`` float64 of ``gram``'s library
+        and device.
+
+    References
+    ----------
+    Nguyen, Raghu & Kornblith (2021), "Do wide and deep networks learn the same things?",
+    ICLR.
+
+    Examples
+    --------
+    >>> import numpy as np, repsim
+    >>> x = np.random.default_rng(0).standard_normal((20, 6)) * [5.0, 2, 1, 1, 1, 1]
+    >>> grams = repsim.pc_removed_grams(x @ x.T, [0, 1, 3])
+    >>> r = repsim.remove_top_pcs(x, k=3)
+    >>> bool(np.allclose(grams[3], r @ r.T)), sorted(grams)
+    (True, [0, 1, 3])
+    """
+    gram = B.asarray(gram, "gram")
+    V.check_square(gram, "gram")
+    ks = [V.check_int(k, "k", 0, None) for k in ks]
+    xp = B.namespace(gram)
+    g = xp.astype(gram, B.accumulation_dtype(xp))
+    g = g - xp.mean(g, axis=0, keepdims=True)
+    g = g - xp.mean(g, axis=1, keepdims=True)
+    V.check_finite(float(xp.sum(xp.abs(xp.linalg.diagonal(g)))), "gram")
+    n = g.shape[0]
+    top = min(max(ks, default=0), n)
+    lam, vecs = top_eigh(g, top, xp)
+    out = {}
+    for k in ks:
+        j = min(k, top)
+        out[k] = g if j == 0 else \
+            g - xp.matmul(vecs[:, :j] * lam[None, :j], xp.matrix_transpose(vecs[:, :j]))
+    return out
 
 
 @dataclass(frozen=True, eq=False)

@@ -292,3 +292,74 @@ def test_docstring_examples_run():
 
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+# ------------------------------------------------------------------ pc_removed_grams
+
+
+def _removed_gram(x, k):
+    """The gram of x_c (I - V_k V_kᵀ) from an SVD written here (float64)."""
+    c = np.asarray(x, np.float64) - np.mean(x, axis=0)
+    _, _, vt = np.linalg.svd(c, full_matrices=False)
+    r = c - c @ vt[:k].T @ vt[:k]
+    return r @ r.T
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(3, 14), p=st.integers(1, 9), seed=st.integers(0, 2**16),
+       ks=st.lists(st.integers(0, 16), min_size=1, max_size=4, unique=True))
+def test_pc_removed_grams_are_the_grams_of_the_residuals(n, p, seed, ks):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, p)) * rng.uniform(0.1, 10, p) + rng.uniform(-3, 3, p)
+    got = repsim.pc_removed_grams(x @ x.T, ks)
+    assert list(got) == ks
+    scale = float(np.sum((x - x.mean(0)) ** 2))
+    for k in ks:
+        want = _removed_gram(x, min(k, n, p))  # beyond the rank: everything removed
+        np.testing.assert_allclose(got[k], want, atol=1e-10 * scale)
+        if k <= min(n, p):  # and the library's own residual agrees
+            r = repsim.remove_top_pcs(x, k=k)
+            np.testing.assert_allclose(got[k], r @ r.T, atol=1e-10 * scale)
+
+
+def test_pc_removed_grams_torch_equals_numpy_and_rotations_change_nothing():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((30, 12)) * np.linspace(6, 0.5, 12)
+    q, _ = np.linalg.qr(rng.standard_normal((12, 12)))  # an orthogonal map of the features
+    a = repsim.pc_removed_grams(x @ x.T, [0, 1, 4])
+    b = repsim.pc_removed_grams(torch.from_numpy(x @ q) @ torch.from_numpy(x @ q).T, [0, 1, 4])
+    for k in (0, 1, 4):
+        assert isinstance(b[k], torch.Tensor) and b[k].dtype == torch.float64
+        np.testing.assert_allclose(b[k].numpy(), a[k], atol=1e-10)
+    np.testing.assert_allclose(a[1], _removed_gram(x, 1), atol=1e-10)
+
+
+def test_minibatch_cka_on_pc_removed_grams_equals_the_per_batch_transform():
+    rng = np.random.default_rng(7)
+    xs = {name: rng.standard_normal((64, p)) * np.linspace(4, 1, p) for name, p in
+          (("a", 10), ("b", 16), ("c", 7))}
+    by_grams = repsim.MinibatchCKA(estimator="unbiased")
+    by_transform = repsim.MinibatchCKA(estimator="unbiased",
+                                       transform=functools.partial(repsim.remove_top_pcs, k=2))
+    for i in range(0, 64, 16):
+        batch = {name: x[i:i + 16] for name, x in xs.items()}
+        by_grams.update_grams({name: repsim.pc_removed_grams(x @ x.T, [2])[2]
+                               for name, x in batch.items()})
+        by_transform.update(batch)
+    np.testing.assert_allclose(by_grams.compute().values, by_transform.compute().values,
+                               atol=1e-12)
+
+
+def test_pc_removed_grams_refuses_bad_input():
+    g = np.eye(4)
+    with pytest.raises(ValueError, match="square"):
+        repsim.pc_removed_grams(np.ones((3, 4)), [1])
+    with pytest.raises(ValueError, match="k must be an integer >= 0"):
+        repsim.pc_removed_grams(g, [-1])
+    with pytest.raises(ValueError, match="k must be an integer"):
+        repsim.pc_removed_grams(g, [True])
+    bad = g.copy()
+    bad[1, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        repsim.pc_removed_grams(bad, [1])
