@@ -66,13 +66,12 @@ def pc_removed_cka(model, names, x, cfg, seed, device, ks, batch_size=None):
     principal components per batch, for every ``k`` in ``ks`` at once.
 
     One forward per batch: each layer's output ``(n, features)`` is centred, its gram
-    ``G = x_c x_cᵀ`` formed (float32, as the plain CKA forms it; then float64) and its top
-    ``max(ks)`` eigenpairs taken once (``G = U Λ Uᵀ``, :func:`scipy.linalg.eigh`), and the
-    gram after removing the top ``k`` components is ``G - U_k Λ_k U_kᵀ`` -- the gram of
-    :func:`repsim.remove_top_pcs` ``(x, k=k)`` (``x_c (I - V_k V_kᵀ)``, with ``x_c = U S
-    Vᵀ``), for every ``k`` from one decomposition (``k`` is capped at the batch's rows). The grams go to one :class:`repsim.MinibatchCKA` (unbiased, jackknife
-    groups as :func:`analyse.n_groups`) per ``k``; ``k = 0`` is the plain CKA of the same
-    batches, so changes are paired. ``passes`` shuffled passes (a seeded permutation per
+    ``G = x_c x_cᵀ`` formed (float32, as the plain CKA forms it) and
+    :func:`repsim.pc_removed_grams` gives the gram after removing the top ``k`` components
+    for every ``k`` from one eigendecomposition -- the gram of :func:`repsim.remove_top_pcs`
+    ``(x, k=k)`` (a ``k`` beyond the batch's rank removes everything). The grams go to one
+    :class:`repsim.MinibatchCKA` (unbiased, jackknife groups as :func:`analyse.n_groups`)
+    per ``k``; ``k = 0`` is the plain CKA of the same batches, so changes are paired. ``passes`` shuffled passes (a seeded permutation per
     pass, a tail of fewer than 4 images dropped).
 
     Returns
@@ -82,7 +81,6 @@ def pc_removed_cka(model, names, x, cfg, seed, device, ks, batch_size=None):
         :meth:`repsim.MinibatchCKA.compute` with ``uncertainty=True``).
     """
     import torch
-    from scipy.linalg import eigh
 
     n, bs = len(x), batch_size or cfg["cka_batch_size"]
     groups = analyse_n_groups(n, cfg, cfg["passes"])
@@ -107,16 +105,13 @@ def pc_removed_cka(model, names, x, cfg, seed, device, ks, batch_size=None):
                     if len(idx) < 4:
                         continue
                     model(torch.from_numpy(np.ascontiguousarray(x[idx])).to(device))
-                    decomposed, top = {}, min(max(ks), len(idx))
+                    removed = {}
                     for name in names:
                         z = captured.pop(name)
-                        z = z - z.mean(0)
-                        g = (z @ z.T).cpu().numpy().astype(np.float64)
-                        w, u = eigh(g, subset_by_index=[len(idx) - top, len(idx) - 1])
-                        decomposed[name] = (g, np.clip(w[::-1], 0, None), u[:, ::-1])
+                        z = z - z.mean(0)  # centred before its float32 gram is formed
+                        removed[name] = repsim.pc_removed_grams((z @ z.T).cpu().numpy(), list(accs))
                     for k, acc in accs.items():
-                        acc.update_grams({name: g if k == 0 else g - (u[:, :k] * w[:k]) @ u[:, :k].T
-                                          for name, (g, w, u) in decomposed.items()})
+                        acc.update_grams({name: grams[k] for name, grams in removed.items()})
     finally:
         for h in handles:
             h.remove()
