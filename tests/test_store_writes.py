@@ -257,3 +257,18 @@ def test_narrow_storage_is_converted_in_torch_bit_for_bit_as_numpy_and_refuses_o
     with pytest.raises(ValueError, match=r"layer 'c' holds values up to 6\.552e\+04, beyond "
                                          r"float16's range"):
         to_host({"c": torch.tensor([[np.inf, 65520.0, 1.0]])}, 1, np.dtype(np.float16))
+
+
+def test_only_plain_numeric_zarr3_chunks_count_as_raw():
+    import zarr
+    from zarr.codecs import ZstdCodec
+
+    def make(**kw):
+        kw = {"shape": (8, 4), "chunks": (4, 4), "dtype": "f4", **kw}
+        return zarr.create_array(store={}, **kw)
+
+    assert R.raw_chunks(make(compressors=None))
+    assert R.raw_chunks(make(compressors=None, dtype="i8"))
+    assert not R.raw_chunks(make(compressors=(ZstdCodec(level=0),)))
+    assert not R.raw_chunks(make(compressors=None, zarr_format=2))
+    assert not R.raw_chunks(make(compressors=None, dtype=str, shape=(8,), chunks=(4,)))

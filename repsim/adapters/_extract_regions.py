@@ -105,11 +105,12 @@ def raw_chunks(arr) -> bool:
 
     meta = arr.metadata
     codecs: tuple[Any, ...] = tuple(getattr(meta, "codecs", ()))
-    if getattr(meta, "zarr_format", 2) != 3 or len(codecs) != 1 or \
-            not isinstance(codecs[0], BytesCodec) or arr.dtype.kind not in "biuf":
+    plain = (getattr(meta, "zarr_format", 2) == 3 and hasattr(meta, "encode_chunk_key")
+             and len(codecs) == 1 and isinstance(codecs[0], BytesCodec))
+    if not plain or arr.dtype.kind not in "biuf" or arr.order != "C":
         return False
     endian = codecs[0].endian
-    return arr.order == "C" and (endian is None or endian.value == sys.byteorder)
+    return endian is None or endian.value == sys.byteorder
 
 
 class Direct:
