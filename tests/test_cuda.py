@@ -584,3 +584,19 @@ def test_reduced_precision_on_device(precision):
     info = repsim.precision_support(DEVICE)
     assert info["device"].startswith("cuda") and info[precision] == (
         torch.cuda.get_device_capability(DEVICE)[0] >= 8)
+
+
+def test_narrow_storage_converted_on_the_device_as_on_the_cpu():
+    """extract's float16 storage narrows on the device before the copy: the same bits as
+    numpy's cast, and an overflow found after the copy is refused naming the layer."""
+    from repsim.adapters._extract_io import host_arrays, to_host
+
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((8, 64)) * 10.0 ** rng.integers(-8, 4, (8, 64))).astype(np.float32)
+    sent, event = to_host({"a": torch.from_numpy(x).to(DEVICE)}, 8, np.dtype(np.float16))
+    got = host_arrays(sent, event, np.dtype(np.float16))["a"]
+    np.testing.assert_array_equal(got.view(np.uint16), x.astype(np.float16).view(np.uint16))
+    big = torch.tensor([[1.0, 7e4]], device=DEVICE)
+    with pytest.raises(ValueError, match="layer 'b' holds values up to 7e\\+04, beyond float16"):
+        sent, event = to_host({"b": big}, 1, np.dtype(np.float16))
+        host_arrays(sent, event, np.dtype(np.float16))

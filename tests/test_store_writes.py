@@ -257,6 +257,8 @@ def test_narrow_storage_is_converted_in_torch_bit_for_bit_as_numpy_and_refuses_o
     with pytest.raises(ValueError, match=r"layer 'c' holds values up to 6\.552e\+04, beyond "
                                          r"float16's range"):
         to_host({"c": torch.tensor([[np.inf, 65520.0, 1.0]])}, 1, np.dtype(np.float16))
+    sent, event = to_host({"e": torch.zeros(0, 3)}, 0, np.dtype(np.float16))  # no rows
+    assert host_arrays(sent, event, np.dtype(np.float16))["e"].shape == (0, 3)
 
 
 def test_only_plain_numeric_zarr3_chunks_count_as_raw():

@@ -58,9 +58,9 @@ def to_host(acts: dict[str, torch.Tensor], n: int, dtype: np.dtype):
         value = value.detach().reshape(n, -1)
         if value.dtype != target:
             narrow = value.to(target)
-            if dtype.itemsize < 4 and not value.is_cuda:
+            if dtype.itemsize < 4 and value.numel() and not value.is_cuda:
                 _check_range(name, value, narrow, target)
-            elif dtype.itemsize < 4:
+            elif dtype.itemsize < 4 and value.numel():
                 overflow[name] = (_overflowed(value, narrow), value.abs().amax())
             value = narrow
         if value.is_cuda:
