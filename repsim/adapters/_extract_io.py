@@ -18,6 +18,7 @@ region writes into one Zarr store.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import time
 from typing import Any, Iterator
@@ -55,7 +56,8 @@ def to_host(acts: dict[str, torch.Tensor], n: int, dtype: np.dtype):
     target = TORCH_DTYPES[dtype.name]
     out, event, overflow = {}, None, {}
     for name, value in acts.items():
-        value = value.detach().reshape(n, -1)
+        value = value.detach()
+        value = value.reshape(n, -1) if n else value.reshape(0, math.prod(value.shape[1:]))
         if value.dtype != target:
             narrow = value.to(target)
             if dtype.itemsize < 4 and value.numel() and not value.is_cuda:
