@@ -44,6 +44,16 @@ def no_direct(monkeypatch):
     monkeypatch.delattr(os, "O_DIRECT", raising=False)
 
 
+def extracted(model, data, out, **kw):
+    """``repsim.extract`` of ``LAYERS`` into ``out``, checked against the hooked activations
+    (exact equality)."""
+    ds = repsim.extract(model, data, layers=LAYERS, out=out, progress=False, **kw)
+    want = hooked(model, data)
+    for name in LAYERS:
+        np.testing.assert_array_equal(ds[name].values, want[name])
+    return ds
+
+
 def test_one_zarr_call_per_batch_for_every_array_in_whole_chunks(tmp_path, monkeypatch):
     """Without O_DIRECT (or for compressed stores) zarr writes every array of a batch in
     one call."""
@@ -57,10 +67,7 @@ def test_one_zarr_call_per_batch_for_every_array_in_whole_chunks(tmp_path, monke
 
     monkeypatch.setattr(R, "set_rows", recording)
     model, data = net(), batches(5, 8)
-    ds = repsim.extract(model, data, layers=LAYERS, out=tmp_path / "a.zarr", progress=False)
-    want = hooked(model, data)
-    for name in LAYERS:
-        np.testing.assert_array_equal(ds[name].values, want[name])
+    extracted(model, data, tmp_path / "a.zarr")
     # batch 0 creates the store (through xarray); batches 1..4: one call each, every array
     assert len(calls) == 4
     for k, call in enumerate(calls, start=1):
@@ -94,11 +101,8 @@ def test_whole_chunks_go_to_disk_with_o_direct_byte_for_byte_what_zarr_writes(tm
 
     monkeypatch.setattr(os, "open", recording_open)
     monkeypatch.setattr(R, "set_rows", recording_set)
-    ds = repsim.extract(model, data, layers=LAYERS, out=tmp_path / "direct.zarr", progress=False)
+    extracted(model, data, tmp_path / "direct.zarr")
     monkeypatch.undo()
-    want = hooked(model, data)
-    for name in LAYERS:
-        np.testing.assert_array_equal(ds[name].values, want[name])
     # batches 1..4 of every layer and of the ids: O_DIRECT (4608, 5760, 224 and 64 bytes a
     # chunk: padded to a page and cut back); batch 0 through xarray, the 3-row batch 5
     # through zarr
@@ -134,10 +138,7 @@ def test_a_file_system_without_o_direct_falls_back_to_zarr(tmp_path, monkeypatch
 
     monkeypatch.setattr(R, "_open_direct", refused)
     model, data = net(), batches(5, 8)
-    ds = repsim.extract(model, data, layers=LAYERS, out=tmp_path / "a.zarr", progress=False)
-    want = hooked(model, data)
-    for name in LAYERS:
-        np.testing.assert_array_equal(ds[name].values, want[name])
+    extracted(model, data, tmp_path / "a.zarr")
     assert len(tries) == (1 if hasattr(os, "O_DIRECT") else 0)  # tried once, then off
 
 
