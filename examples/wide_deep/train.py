@@ -189,9 +189,11 @@ def train_one(spec, data, cfg, out: Path, log=None):
     xtr = torch.from_numpy(data["x_train"][idx]).to(device)
     ytr = torch.from_numpy(data["y_train"][idx]).to(device)
     fast = device.type == "cuda"
-    if fast:  # NHWC convolutions (tensor cores); the analyses see ordinary tensors
+    if fast:
         torch.backends.cudnn.benchmark = True
-        model = model.to(memory_format=torch.channels_last)
+    # NHWC convolutions on every device (tensor cores on a GPU; on 2 AVX2 cores a ResNet-110 step at
+    # 16 px took 0.97 s against 1.12 s); only the rounding differs, the analyses see ordinary tensors
+    model = model.to(memory_format=torch.channels_last)
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if cfg["amp"] == "bf16" and fast \
         else contextlib.nullcontext
     bs = min(cfg["batch_size"], len(idx))
@@ -224,8 +226,7 @@ def train_one(spec, data, cfg, out: Path, log=None):
                 continue
             b = b.to(device)
             xb = augment(xtr[b], gen, padding, flip) if cfg["augment"] else xtr[b]
-            if fast:
-                xb = xb.contiguous(memory_format=torch.channels_last)
+            xb = xb.contiguous(memory_format=torch.channels_last)
             with autocast():
                 loss = torch.nn.functional.cross_entropy(model(xb), ytr[b])
             opt.zero_grad(set_to_none=True)
@@ -233,8 +234,7 @@ def train_one(spec, data, cfg, out: Path, log=None):
             opt.step()
             sched.step()
     seconds = time.perf_counter() - t0
-    if fast:
-        model = model.to(memory_format=torch.contiguous_format)
+    model = model.to(memory_format=torch.contiguous_format)
     model.eval()
     meta = {
         **{k: spec[k] for k in ("id", "depth", "width", "seed", "train_fraction", "recipe") if k in spec},
@@ -242,7 +242,7 @@ def train_one(spec, data, cfg, out: Path, log=None):
         "train_accuracy": accuracy(model, data["x_train"][idx], data["y_train"][idx], device),
         "test_accuracy": accuracy(model, data["x_eval"], data["y_eval"], device),
         "n_parameters": int(sum(p.numel() for p in model.parameters())),
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": torch.get_num_threads(), "memory_format": "channels_last",
     }
     save_checkpoint(path, model, settings, meta)
     if log is not None:
