@@ -1,21 +1,24 @@
-"""Full-data linear CKA of every layer pair from pairs of example blocks, as sum states.
+"""Full-data CKA (linear and RBF) of every layer pair from pairs of example blocks.
 
 Split the ``n`` examples into consecutive blocks ``X_1, ..., X_k`` (rows). A layer's
 linear gram ``K = X X^T`` is then the grid of blocks ``K_ij = X_i X_j^T``, and every term
 of both HSIC estimators is a sum over that grid:
 
-- ``tr(K L) = sum_ij <K_ij, L_ij>`` -- the ``(L_a, L_b)`` state ``cross``;
-- the row sums ``K 1`` (``rows``, one ``n``-vector per layer: ``sum_j K_ij 1``) and the
-  diagonal ``diag(K)`` (``diag``, from the blocks ``K_ii``).
+- ``tr(K~ L~) = sum_ij <K~_ij, L~_ij>`` -- the ``(L_a, L_b)`` state ``cross``, with
+  ``K~`` the gram without its diagonal;
+- the row sums without the diagonal ``K~ 1`` (``rows``, one ``n``-vector per layer) and
+  the diagonal ``diag(K)`` (``diag``, from the blocks ``K_ii``).
 
-With ``t = 1^T K 1`` and ``r = K 1``, the biased HSIC (Gretton et al. 2005) is
-``[tr(KL) - 2/n r_K . r_L + t_K t_L / n^2] / (n-1)^2`` (``tr(KHLH)`` expanded) and the
-unbiased one (Song et al. 2012) is ``[tr(K~L~) + t~_K t~_L / ((n-1)(n-2))
-- 2/(n-2) r~_K . r~_L] / (n(n-3))`` with the diagonal taken out (``tr(K~L~) = tr(KL) -
-diag(K) . diag(L)``, ``r~ = r - diag``, ``t~ = t - tr K``). Both are exact for any
-per-feature shift of ``X`` (HSIC is translation invariant); the features are shifted by
-fixed float64 column means (those of the first block) so that the corrections stay small
-against ``tr(KL)`` and nothing cancels catastrophically.
+The unbiased HSIC (Song et al. 2012) is ``[tr(K~L~) + t~_K t~_L / ((n-1)(n-2))
+- 2/(n-2) r~_K . r~_L] / (n(n-3))`` with ``r~ = K~ 1`` and ``t~ = 1^T K~ 1``; the biased
+one (Gretton et al. 2005) is ``[tr(KL) - 2/n r_K . r_L + t_K t_L / n^2] / (n-1)^2``
+(``tr(KHLH)`` expanded) with ``tr(KL) = tr(K~L~) + diag(K) . diag(L)``, ``r = r~ + diag``
+and ``t = t~ + tr K``: the diagonal is added where a term needs it, never subtracted (a
+gram whose diagonal dominates, such as an RBF gram with a bandwidth below the spread,
+keeps its off-diagonal part). Both are exact for any per-feature shift of ``X`` (HSIC is
+translation invariant); the features are shifted by fixed float64 column means (those of
+the first block) so that the corrections stay small against ``tr(KL)`` and nothing
+cancels catastrophically.
 
 Every unordered block pair ``i <= j`` adds its part (an off-diagonal pair counts twice,
 ``K_ji = K_ij^T``), so the states of disjoint sets of pairs add up: :class:`BlockCKA` is a
@@ -25,11 +28,21 @@ processes or dask workers computed (:mod:`repsim.store_stream`). The result equa
 estimator, not the minibatch one of :class:`repsim.MinibatchCKA`. Memory: the states hold
 ``2 (L_a + L_b) n + L_a L_b`` floats, one block pair ``2 B p`` values of one layer at a
 time and ``(L_a + L_b) B^2`` for the blocks of all layers.
+
+The RBF kernel (``sigmas_a``/``sigmas_b`` given) has the same grid: its block is
+``K_ij = exp(-D_ij / (2 sigma^2))`` with ``D_ij = |x_i|^2 + |x_j|^2 - 2 x_i x_j^T`` the
+squared distances of the shifted rows (:func:`block_sq_distances`, the diagonal of a
+diagonal block exactly 0), so every state above is summed as for the linear kernel. The
+bandwidths are fixed before the first pair: given, or the median heuristic's exact value
+over all ``n^2`` distances (:mod:`repsim._block_median`). The linear gram's trace and total
+(``linear_a``/``linear_b``) are summed beside it for the constant-layer rule of
+:func:`repsim.cka_matrix`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from typing import Any, Sequence
 
 import numpy as np
@@ -51,7 +64,7 @@ def _digest(shifts: Sequence[np.ndarray]) -> str:
 
 
 class BlockCKA(Accumulator):
-    """Sum states of full-data linear CKA over pairs of example blocks.
+    """Sum states of full-data CKA (linear or RBF kernel) over pairs of example blocks.
 
     Parameters
     ----------
@@ -65,6 +78,14 @@ class BlockCKA(Accumulator):
     eps_a, eps_b : list of float
         Machine epsilon of the dtype each layer's blocks are multiplied in (the tolerance
         of the constant-layer check, as in :func:`repsim.cka_matrix`).
+    sigmas_a, sigmas_b : list of float, optional
+        RBF bandwidths per layer (the RBF kernel; None: linear). NaN marks a layer whose
+        median squared distance is 0: reported constant if it is, refused otherwise.
+    typical_a, typical_b : list of float, optional
+        RBF only: a typical squared distance per layer (:func:`typical_sq_distance`). The
+        blocks are summed less the constant ``exp(-typical / (2 sigma^2))``, which
+        centring removes from both estimators, so that a gram near a constant (a
+        bandwidth above the spread) keeps its centred part's accuracy in the sums.
     """
 
     STATES = (
@@ -75,6 +96,8 @@ class BlockCKA(Accumulator):
         State("diag_a", ("layers_a", "n")),
         State("rows_b", ("layers_b", "n"), when="two_sided"),
         State("diag_b", ("layers_b", "n"), when="two_sided"),
+        State("linear_a", ("layers_a", "stat"), when="rbf"),
+        State("linear_b", ("layers_b", "stat"), when="rbf_two_sided"),
         State("block_pairs", (), "int64"),
     )
     LAYOUT = ("names_a", "names_b")
@@ -85,23 +108,35 @@ class BlockCKA(Accumulator):
     def __init__(self, n: int, names_a: list[str], shifts_a: list[np.ndarray],
                  eps_a: list[float], names_b: list[str] | None = None,
                  shifts_b: list[np.ndarray] | None = None,
-                 eps_b: list[float] | None = None) -> None:
+                 eps_b: list[float] | None = None, *,
+                 sigmas_a: Sequence[float] | None = None,
+                 sigmas_b: Sequence[float] | None = None,
+                 typical_a: Sequence[float] | None = None,
+                 typical_b: Sequence[float] | None = None) -> None:
         self.n = V.check_int(n, "n", 1)
         self.two_sided = names_b is not None
         self.shifts_a = [np.asarray(s, np.float64) for s in shifts_a]
         self.shifts_b = [np.asarray(s, np.float64) for s in (shifts_b or [])]
         self.eps_a, self.eps_b = list(eps_a), list(eps_b or eps_a)
+        self.kernel = "linear" if sigmas_a is None else "rbf"
+        self.sigmas_a = None if sigmas_a is None else [float(v) for v in sigmas_a]
+        self.sigmas_b = None if sigmas_b is None else [float(v) for v in sigmas_b]
+        self.typical_a = [float(v) for v in typical_a or [0.0] * len(names_a)]
+        self.typical_b = [float(v) for v in typical_b or [0.0] * len(names_b or [])]
         self.reset()
         self._start({"names_a": list(names_a),
                      "names_b": list(names_a if names_b is None else names_b)}, np, "cpu")
 
     def _options(self) -> dict[str, Any]:
-        return {"n": self.n, "two_sided": self.two_sided,
-                "shifts": _digest(self.shifts_a + self.shifts_b)}
+        rbf = self.kernel == "rbf"
+        sigmas = (self.sigmas_a or []) + (self.sigmas_b or []) + self.typical_a + self.typical_b
+        return {"n": self.n, "two_sided": self.two_sided, "rbf": rbf,
+                "rbf_two_sided": rbf and self.two_sided,
+                "shifts": _digest(self.shifts_a + self.shifts_b + [np.asarray(sigmas)])}
 
     def _dims(self, layout: dict[str, Any]) -> dict[str, int]:
         return {"layers_a": len(layout["names_a"]), "layers_b": len(layout["names_b"]),
-                "n": self.n}
+                "n": self.n, "stat": 2}
 
     @property
     def block_pairs(self) -> int:
@@ -110,19 +145,32 @@ class BlockCKA(Accumulator):
 
     # ------------------------------------------------------------------ one block pair
     def _grams(self, blocks, shifts, rows_i, rows_j, side):
-        """``K_ij`` of every layer (float64, ``(L, B_i, B_j)``), its row and column sums
-        added to the ``rows`` state and its diagonal to ``diag`` (diagonal pairs)."""
+        """``K~_ij`` of every layer (float64, ``(L, B_i, B_j)``, a diagonal pair's diagonal
+        zeroed), its row and column sums added to the ``rows`` state and the diagonal to
+        ``diag`` (diagonal pairs); for the RBF kernel the linear block's trace and total
+        to ``linear``."""
         rows, diag = self._values[f"rows_{side}"], self._values[f"diag_{side}"]
         diagonal = rows_i == rows_j
         names = self.names_a if side == "a" else self.names_b
+        sigmas = self.sigmas_a if side == "a" else self.sigmas_b
+        typical = self.typical_a if side == "a" else self.typical_b
         out = []
         for l, ((xi, xj), s) in enumerate(zip(blocks, shifts)):
             label = f"layers_{side}[{names[l]!r}]"
-            k = _block_product(xi, xj, s, diagonal, label, rows_i, rows_j)
-            rows[l, rows_i] += k.sum(axis=1)
+            if sigmas is None:
+                k = _block_product(xi, xj, s, diagonal, label, rows_i, rows_j)
+            else:
+                lin, d2, _ = block_sq_distances(xi, xj, s, diagonal, label, rows_i, rows_j)
+                stats = self._values[f"linear_{side}"][l]
+                stats[0] += np.trace(lin) if diagonal else 0.0
+                stats[1] += (1.0 if diagonal else 2.0) * lin.sum()
+                sigma = sigmas[l] if math.isfinite(sigmas[l]) else 1.0
+                k = rbf_less_constant(d2, 1.0 / (2.0 * sigma * sigma), typical[l])
             if diagonal:
                 diag[l, rows_i] += np.diagonal(k)
-            else:
+                np.fill_diagonal(k, 0.0)
+            rows[l, rows_i] += k.sum(axis=1)
+            if not diagonal:
                 rows[l, rows_j] += k.sum(axis=0)
             out.append(k.reshape(-1))
         return np.stack(out)
@@ -159,8 +207,10 @@ class BlockCKA(Accumulator):
 
     # ------------------------------------------------------------------ the result
     def _side_terms(self, side):
+        """``(r~, diag, t, tr K)`` of every layer of one side."""
         rows, diag = self._values[f"rows_{side}"], self._values[f"diag_{side}"]
-        return rows, diag, rows.sum(axis=1), diag.sum(axis=1)
+        trace = diag.sum(axis=1)
+        return rows, diag, rows.sum(axis=1) + trace, trace
 
     def hsic(self, estimator: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(cross, self_a, self_b)``: HSIC of every pair and of every layer with itself,
@@ -169,11 +219,10 @@ class BlockCKA(Accumulator):
         ra, da, ta, tra = self._side_terms("a")
         rb, db, tb, trb = self._side_terms("b") if self.two_sided else (ra, da, ta, tra)
 
-        def terms(kl, r1, d1, t1, tr1, r2, d2, t2, tr2, dot, outer):
+        def terms(kl, u1, d1, t1, tr1, u2, d2, t2, tr2, dot, outer):
             if estimator == "biased":
-                return kl - 2.0 / n * dot(r1, r2) + outer(t1, t2) / n ** 2
-            u1, u2 = r1 - d1, r2 - d2
-            return (kl - dot(d1, d2) + outer(t1 - tr1, t2 - tr2) / ((n - 1) * (n - 2))
+                return (kl + dot(d1, d2)) - 2.0 / n * dot(u1 + d1, u2 + d2) + outer(t1, t2) / n ** 2
+            return (kl + outer(t1 - tr1, t2 - tr2) / ((n - 1) * (n - 2))
                     - 2.0 / (n - 2) * dot(u1, u2))
 
         def mat(u, v):
@@ -194,12 +243,29 @@ class BlockCKA(Accumulator):
     def _degenerate(self, side):
         _, _, total, trace = self._side_terms(side)
         eps = self.eps_a if side == "a" else self.eps_b
-        centred, tol = zip(*(degeneracy_terms(float(tr), float(t), self.n, e)
-                             for tr, t, e in zip(trace, total, eps)))
-        return np.asarray(centred) <= np.asarray(tol)
+        if self.kernel == "rbf":  # as repsim.cka_matrix: constant features, or an RBF gram
+            # that rounds to a constant in float64 (a bandwidth far above the spread): its
+            # tr(HKH) (the same for the summed K - c) against n eps tr(K), tr(K) = n
+            linear = self._values[f"linear_{side}"]
+            constant = [_constant(lt, lo, self.n, e) for (lt, lo), e in zip(linear, eps)]
+            self._check_bandwidths(side, constant)
+            eps64 = float(np.finfo(np.float64).eps)
+            flat = [tr - t / self.n <= self.n * eps64 * self.n for tr, t in zip(trace, total)]
+            return np.asarray(constant) | np.asarray(flat)
+        return np.asarray([_constant(tr, t, self.n, e) for tr, t, e in zip(trace, total, eps)])
+
+    def _check_bandwidths(self, side, constant):
+        sigmas = self.sigmas_a if side == "a" else self.sigmas_b
+        names = self.names_a if side == "a" else self.names_b
+        for name, sigma, const in zip(names, sigmas or [], constant):
+            if not math.isfinite(sigma) and not const:
+                raise ValueError(
+                    f"cannot pick an RBF bandwidth for layers_{side}[{name!r}]: the median "
+                    "squared distance between examples is 0 (at least half of the pairs of "
+                    "examples have identical rows after centring); pass sigma explicitly")
 
     def compute(self, estimator: str = "biased") -> Any:
-        """Linear CKA of every pair of layers, as :func:`repsim.cka_matrix` gives it.
+        """CKA of every pair of layers, as :func:`repsim.cka_matrix` gives it.
 
         Returns
         -------
@@ -215,8 +281,11 @@ class BlockCKA(Accumulator):
         deg_a = self._degenerate("a")
         deg_b = self._degenerate("b") if self.two_sided else deg_a
         values = mask_degenerate(values, deg_a, deg_b, self.names_a, self.names_b)
-        attrs = {"measure": "cka", "estimator": estimator, "kernel": "linear", "n": self.n,
+        attrs = {"measure": "cka", "estimator": estimator, "kernel": self.kernel, "n": self.n,
                  "block_pairs": self.block_pairs}
+        if self.kernel == "rbf":
+            attrs["sigma_a"] = list(self.sigmas_a or [])
+            attrs["sigma_b"] = list((self.sigmas_b if self.two_sided else self.sigmas_a) or [])
         return similarity_array(values, self.names_a, self.names_b, attrs)
 
 
@@ -235,3 +304,49 @@ def _block_product(xi, xj, shift, diagonal, label, rows_i, rows_j):
     ci = _shifted(xi, shift, label, rows_i)
     cj = ci if diagonal else _shifted(xj, shift, label, rows_j)
     return np.asarray(ci @ cj.T, dtype=np.float64)
+
+
+def _constant(trace, total, n, eps):
+    """Whether a gram with this trace and total is a constant layer's (the tolerance of
+    :func:`repsim.kernels.degeneracy_terms`)."""
+    centred, tol = degeneracy_terms(float(trace), float(total), n, eps)
+    return bool(centred <= tol)
+
+
+def typical_sq_distance(x) -> float:
+    """Twice the mean squared deviation of the rows of ``x`` (float64, ``(B, p)``) from
+    their mean: the mean squared distance between them, a typical value of ``D``."""
+    c = x - x.mean(axis=0)
+    return float(2.0 * np.einsum("ij,ij->", c, c) / max(1, len(x)))
+
+
+def rbf_less_constant(d2, inv, typical):
+    """``exp(-d2 inv) - exp(-typical inv)`` without cancellation: through ``expm1`` where
+    the two are within a factor ``e`` (both near 1 when the bandwidth exceeds the
+    spread), as a plain difference elsewhere."""
+    a, b = d2 * inv, typical * inv
+    close = b - a < 1.0
+    with np.errstate(over="ignore", invalid="ignore"):
+        near = np.exp(-b) * np.expm1(np.minimum(b - a, 1.0))
+    return np.where(close, near, np.exp(-a) - np.exp(-b))
+
+
+def block_sq_distances(xi, xj, shift, diagonal, label, rows_i, rows_j):
+    """The linear block ``(x_i - s)(x_j - s)^T`` and the squared distances ``D_ij`` of its
+    rows, both float64 ``(B_i, B_j)``, and the largest squared norm of a shifted row
+    (the scale of the distances' rounding: ``|error| <= 4 p eps max |x - s|^2``).
+
+    The rows' squared norms are float64 sums over the shifted rows in the product's dtype
+    (the same value in every pair a row takes part in, so the passes that pick the median
+    bandwidth and the CKA pass see identical distances); a diagonal block's own diagonal
+    is exactly 0, as in :func:`repsim.kernels.squared_distances`.
+    """
+    ci = _shifted(xi, shift, label, rows_i)
+    cj = ci if diagonal else _shifted(xj, shift, label, rows_j)
+    k = np.asarray(ci @ cj.T, dtype=np.float64)
+    ni = np.einsum("ij,ij->i", ci, ci, dtype=np.float64)
+    nj = ni if diagonal else np.einsum("ij,ij->i", cj, cj, dtype=np.float64)
+    d2 = ni[:, None] + nj[None, :] - 2.0 * k
+    if diagonal:
+        np.fill_diagonal(d2, 0.0)
+    return k, d2, float(max(ni.max(initial=0.0), nj.max(initial=0.0)))

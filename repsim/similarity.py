@@ -184,15 +184,16 @@ def similarity_matrix(layers_a, layers_b=None, *, measure: str = "cka_linear",
     batch_size : int, optional
         Stream stores in blocks of ``batch_size`` examples instead of reading each layer
         whole (default with ``client``: the store's chunk along ``example``); the
-        full-data value, the same as in memory up to rounding. The linear CKA measures
-        (biased and unbiased, linear kernel, ``precision="float32"``) stream from pairs of
-        example blocks (:mod:`repsim._block_cka`; memory: two blocks of one layer,
-        ``(L_a + L_b) batch_size^2`` and ``2 (L_a + L_b) n`` floats; every block is read
-        about ``k + 1`` times for ``k`` blocks); the measures with a form from feature
-        moments (CCA, SVCCA, PWCCA, the shape metrics, ridge R², GULP, NBS) through
-        :class:`repsim.FeatureMoments` (each block read once; memory: about
-        ``(sum of widths)^2`` float64, checked before the first block); other measures
-        (RBF CKA, the RDM and neighbour measures) are refused.
+        full-data value, the same as in memory up to rounding. The CKA measures (linear and
+        RBF, biased and unbiased, ``precision="float32"``) stream from pairs of example
+        blocks (:mod:`repsim._block_cka`; memory: two blocks of one layer, ``(L_a + L_b)
+        batch_size^2`` and ``2 (L_a + L_b) n`` floats; every block is read about ``k + 1``
+        times for ``k`` blocks; RBF's median bandwidth is selected exactly in typically two
+        more passes, :mod:`repsim._block_median`, and is in the attrs ``sigma_a`` /
+        ``sigma_b``); the measures with a form from feature moments (CCA, SVCCA, PWCCA, the
+        shape metrics, ridge R², GULP, NBS) through :class:`repsim.FeatureMoments` (each
+        block read once; memory: about ``(sum of widths)^2`` float64, checked before the
+        first block); other measures (the RDM and neighbour measures) are refused.
     client : distributed.Client, optional
         Run that streaming on a dask cluster (block pairs as tasks, their sum states
         tree-merged; :mod:`repsim.store_stream`). Default: the active client, if there is
