@@ -26,7 +26,7 @@ GROUPS = [
     ("Activation stores", "Extract once, compare many: a model's layers written to a "
      "resumable Zarr store with the identity of every example, opened lazily, compared "
      "with any measure.",
-     ("store", "store_compare", "store_stream", "adapters.extract")),
+     ("store", "store_compare", "store_stream", "store_blocks", "adapters.extract")),
     ("Streaming", "Minibatch CKA and full-data feature moments: accumulate over batches, "
      "merge, all-reduce, resume.",
      ("streaming", "moments")),

@@ -35,11 +35,13 @@ class Neighbours:
     tied : int
         Number of examples whose neighbourhood is decided entirely by ties (see
         :func:`neighbours`); ``first_tied`` is the lowest such example (-1 if none).
+    name : str
+        The representation's name, for messages.
     """
 
-    def __init__(self, index, value, unit, tied=0, first_tied=-1):
+    def __init__(self, index, value, unit, tied=0, first_tied=-1, name="x"):
         self.index, self.value, self.unit = index, value, unit
-        self.tied, self.first_tied = tied, first_tied
+        self.tied, self.first_tied, self.name = tied, first_tied, name
 
 
 def _unit_rows(x, xp, name):
@@ -140,7 +142,7 @@ def neighbours(x, k, metric="cosine", name="x"):
         idx_parts.append(order)
         val_parts.append(val)
     return Neighbours(xp.astype(xp.concat(idx_parts), xp.int64), xp.concat(val_parts), unit,
-                      tied, first_tied)
+                      tied, first_tied, name)
 
 
 def _check_k(k, n, name="x"):

@@ -13,8 +13,8 @@ from . import _validation as V
 from ._registry import Measure, declare
 from .neighbours import (
     _check_k,
-    _cknna_value,
-    _pair_value,
+    _value_or_reasons,
+    _warn_undefined,
     cknna,
     jaccard_knn,
     mutual_knn,
@@ -35,11 +35,21 @@ def knn_prepare(what, min_n=2):
 
 
 def _knn_pair(measure):
+    """The registry's pair step: the measure from two layers' k-NN lists, NaN with a
+    :class:`repsim.DegenerateRepresentationWarning` (one message per layer, so that a
+    matrix warns once for each) where a layer's neighbourhoods are decided by ties or the
+    measure's normalisation is zero -- as :func:`repsim.neighbour_matrix` and the pair
+    functions give it."""
     def pair(na, nb, **_):
         xp = B.namespace(na.index)
-        if measure == "cknna":
-            return M.as_result(_cknna_value(na, nb, xp), xp)
-        return M.as_result(_pair_value(measure, na, nb, None, None, xp), xp)
+        value, reasons = _value_or_reasons(measure, na, nb, (na.name, nb.name),
+                                           na.index.shape[1], xp)
+        if reasons:
+            for name, why in reasons.items():
+                _warn_undefined(measure, {name: why})
+            return M.as_result(xp.asarray(float("nan"), dtype=xp.float64,
+                                          device=B.device(na.index)), xp)
+        return M.as_result(value, xp)
     return pair
 
 

@@ -6,7 +6,7 @@ hold a layer whole:
 * :func:`stream_store` feeds an accumulator with ``update(acts_a, acts_b)`` --
   :class:`repsim.MinibatchCKA`, :class:`repsim.FeatureMoments` -- one block of
   ``batch_size`` examples at a time;
-* :func:`block_cka` gives full-data CKA (linear or RBF, the median bandwidth selected
+* :func:`repsim.store_blocks.block_cka` gives full-data CKA (linear or RBF, the median bandwidth selected
   exactly by :mod:`repsim._block_median`), the value :func:`repsim.cka_matrix` gives on the
   loaded layers, from pairs of example blocks (:mod:`repsim._block_cka`);
 * :func:`moment_matrix` gives every other measure with a form from feature moments (the
@@ -25,22 +25,20 @@ one-process ones up to the order of the sums.
 from __future__ import annotations
 
 import copy
-import math
 import sys
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import xarray as xr
 
-from . import _backend as B
 from . import _registry as R
 from . import _validation as V
 from . import store as S
-from ._block_cka import BlockCKA, typical_sq_distance
-from ._block_median import exact_medians
+from ._block_neighbours import LIST_MEASURES
 from ._io import progress as _progress
+from .results import similarity_array
 
-__all__ = ["block_cka", "example_blocks", "moment_matrix", "resolve_client", "stream_store"]
+__all__ = ["example_blocks", "moment_matrix", "resolve_client", "stream_store"]
 
 
 class Side(NamedTuple):
@@ -162,9 +160,12 @@ def map_reduce(client: Any, task: Callable, template: Any, args: list[tuple]) ->
 def block_refusal(m: Any, opts: dict) -> str:
     """Why measure ``m`` (:func:`repsim.measure`) with the bound ``opts`` has no form in
     blocks of examples; "" when it has one: a packed centred-gram form (the registry's
-    ``gram``: CKA, linear or RBF) with grams in the data's own dtype."""
+    ``gram``: CKA, linear or RBF) with grams in the data's own dtype, or a k-NN measure
+    whose value needs only the neighbour lists."""
     if m.family.gram is None:
-        return "no form from gram blocks (CKA only)"
+        if m.family.function.__name__ in LIST_MEASURES:
+            return ""
+        return "no form from gram blocks (CKA and the k-NN measures of neighbour lists only)"
     if opts.get("precision") != "float32":
         return f"precision={opts.get('precision')!r} grams are formed whole"
     return ""
@@ -333,8 +334,16 @@ def streamed_matrix(form: str, a: Side, b: Side | None, m: Any, opts: dict, opti
                     batch_size: int | None, client: Any, progress: bool):
     """The measure ``m`` for every layer pair of the stores, in the ``form``
     :func:`stream_client` chose: :func:`block_cka` or :func:`moment_matrix`."""
+    from . import store_blocks as SB
+
+    if form == "blocks" and m.family.gram is None:  # a k-NN measure of neighbour lists
+        values, info = SB.neighbour_matrix_in_blocks(a, b, m.family.function.__name__, opts,
+                                                  batch_size=batch_size, client=client,
+                                                  progress=progress)
+        return similarity_array(values, a.names, a.names if b is None else b.names,
+                                {}), info
     if form == "blocks":
-        return block_cka(a, b, estimator=opts["estimator"], kernel=opts["kernel"],
+        return SB.block_cka(a, b, estimator=opts["estimator"], kernel=opts["kernel"],
                          sigma=opts.get("sigma"), threshold=opts.get("threshold", 1.0),
                          batch_size=batch_size, client=client, progress=progress)
     return moment_matrix(a, b, m.name, options, batch_size=batch_size, client=client,
@@ -381,128 +390,3 @@ def sides(store_a, store_b, align, label_a="layers_a", label_b="layers_b"):
         raise ValueError(f"{label_a} holds {a.n} examples and {label_b} {b.n}; the same "
                          "examples are needed on both sides")
     return a, b, attrs
-
-
-# ------------------------------------------------------------------------ block_cka
-
-def _pair_task(template, rows_i, rows_j, *blocks):
-    acc = copy.deepcopy(template)
-    acc.add_pair(rows_i, rows_j, *blocks)
-    return acc
-
-
-def _shifts_and_eps(side: Side, rows: slice):
-    """Per layer, from the first block: the feature shift (float64 column means), the
-    product dtype's epsilon and a typical squared distance (for the RBF blocks)."""
-    shifts, eps, typical = [], [], []
-    for i, name in enumerate(side.names):
-        x = read(side.block(i, rows))
-        x = x.reshape(len(x), -1)
-        V.check_finite_array(x, np, f"{side.label}[{name!r}] (examples {rows.start}.."
-                             f"{rows.stop - 1})")
-        shifts.append(x.mean(axis=0, dtype=np.float64))
-        eps.append(float(np.finfo(B.float_dtype(x, np)).eps))
-        typical.append(typical_sq_distance(x.astype(np.float64)))
-    return shifts, eps, typical
-
-
-def block_cka(a: Side, b: Side | None, *, estimator: str, kernel: str = "linear",
-              sigma: float | None = None, threshold: float = 1.0,
-              batch_size: int | None = None, client: Any = None, progress: bool = False):
-    """Full-data CKA of every layer pair of two stores, from pairs of example blocks.
-
-    Parameters
-    ----------
-    a, b : Side
-        The layers (:func:`sides`); ``b`` None: ``a`` against itself.
-    estimator : {"biased", "unbiased"}
-    kernel : {"linear", "rbf"}, default "linear"
-    sigma : float, optional
-        RBF bandwidth of every layer. None: each layer's median heuristic, ``threshold *
-        sqrt(median squared distance)`` over all ``n^2`` pairs, selected exactly in passes
-        over the block pairs before the CKA pass (:mod:`repsim._block_median`; typically
-        two).
-    threshold : float, default 1.0
-    batch_size : int, optional
-        Examples per block (default the store's chunk along ``example``): ``k`` blocks make
-        ``k (k + 1) / 2`` block pairs, each reading two blocks of one layer at a time.
-    client : distributed.Client, optional
-        Block pairs as tasks on the cluster, their states tree-merged there; None: in
-        order on this process (:func:`stream_client` resolves the active client).
-
-    Returns
-    -------
-    values : xarray.DataArray, shape (L_a, L_b)
-        From :meth:`repsim._block_cka.BlockCKA.compute` (RBF: bandwidths in the attrs
-        ``sigma_a``, ``sigma_b``).
-    info : dict
-        ``batch_size``, ``blocks``, ``scheduler`` (``"local"`` or
-        ``"dask.distributed"``), ``streamed`` ("gram block pairs"), for the result's attrs;
-        RBF adds ``bandwidth_passes`` (passes over the block pairs spent on the medians)
-        and ``sigma_a`` / ``sigma_b``.
-    """
-    n = a.n
-    batch = default_batch_size(a) if batch_size is None else batch_size
-    bounds = example_blocks(n, batch)
-    shifts_a, eps_a, typical_a = _shifts_and_eps(a, bounds[0])
-    shifts_b, eps_b, typical_b = _shifts_and_eps(b, bounds[0]) if b is not None \
-        else (None, None, None)
-    pairs = [(ri, rj) for i, ri in enumerate(bounds) for rj in bounds[i:]]
-
-    def blocks(side, ri, rj, lazy):
-        if side is None:
-            return None
-        if lazy:  # one layer's two blocks read at a time, when add_pair gets to it
-            return [(_reader(side, k, ri), _reader(side, k, rj)) for k in range(len(side.names))]
-        return [(side.block(k, ri), side.block(k, rj)) for k in range(len(side.names))]
-
-    def run(template, desc, *sides_):
-        if client is None:
-            for ri, rj in _progress(pairs, total=len(pairs), desc=desc, enabled=progress,
-                                    unit="pair"):
-                template.add_pair(ri, rj, *(blocks(s, ri, rj, True) for s in sides_))
-            return template
-        args = [(ri, rj, *(blocks(s, ri, rj, False) for s in sides_)) for ri, rj in pairs]
-        return map_reduce(client, _pair_task, template, args)
-
-    info: dict[str, Any] = {}
-    sigmas: dict[str, list[float] | None] = {"a": None, "b": None}
-    if kernel == "rbf":
-        passes = 0
-        todo = [("a", a, shifts_a, eps_a)] + ([] if b is None else [("b", b, shifts_b, eps_b)])
-        for key, side, shifts, eps in todo:
-            if sigma is not None:
-                sigmas[key] = [float(sigma)] * len(side.names)
-                continue
-
-            def sweep(template: Any, side: Side = side) -> Any:
-                return run(template, "rbf bandwidth: pass over block pairs", side)
-
-            medians, norms, used = exact_medians(n, side.names, shifts, side.label, sweep)
-            passes += used
-            sigmas[key] = [_median_sigma(m, nm, s.size, e, threshold)
-                           for m, nm, s, e in zip(medians, norms, shifts, eps)]
-        info["bandwidth_passes"] = passes
-    acc = BlockCKA(n, a.names, shifts_a, eps_a, None if b is None else b.names, shifts_b, eps_b,
-                   sigmas_a=sigmas["a"], sigmas_b=sigmas["b"], typical_a=typical_a,
-                   typical_b=typical_b)
-    acc = run(acc, "cka: example block pairs", a, *([] if b is None else [b]))
-    info.update({"batch_size": batch, "blocks": len(bounds),
-                 "scheduler": "local" if client is None else "dask.distributed",
-                 "streamed": "gram block pairs"})
-    result = acc.compute(estimator)
-    if kernel == "rbf":
-        info["sigma_a"], info["sigma_b"] = result.attrs["sigma_a"], result.attrs["sigma_b"]
-    return result, info
-
-
-def _median_sigma(median: float, norm_max: float, p: int, eps: float,
-                  threshold: float) -> float:
-    """``threshold * sqrt(median)``; NaN where the median is 0 up to the distances'
-    rounding (``4 p eps max |x - s|^2``): identical rows need not give exactly 0 in
-    blocks, and a bandwidth from rounding noise would be a number without meaning."""
-    return threshold * math.sqrt(median) if median > 4 * p * eps * norm_max else math.nan
-
-
-def _reader(side: Side, layer: int, rows: slice) -> Callable[[], np.ndarray]:
-    return lambda: read(side.block(layer, rows))

@@ -184,7 +184,7 @@ def test_constant_layer_and_refusals(store, tmp_path):
     with pytest.warns(repsim.DegenerateRepresentationWarning, match="const"):
         sim = repsim.similarity_matrix(ds, batch_size=8, progress=False)
     assert np.isnan(sim.sel(layer_a="const")).all() and sim.sel(layer_a="x", layer_b="x") == 1
-    for measure in ("rsa", "jaccard_knn"):  # RBF CKA streams: tests/test_store_rbf.py
+    for measure in ("rsa", "cknna"):  # RBF CKA and the k-NN list measures stream (own tests)
         with pytest.raises(ValueError, match="no form from gram blocks .*no form from feature"):
             repsim.similarity_matrix(store, measure=measure, batch_size=32, progress=False)
     with pytest.raises(ValueError, match="precision"):

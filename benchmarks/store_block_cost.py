@@ -1,8 +1,8 @@
-"""What RBF CKA costs when a store is streamed in blocks of examples, against linear CKA in
-blocks and both read whole (issue 23 item 2: every CKA measure reads a store larger than
-memory).
+"""What the measures streamed from pairs of example blocks cost -- RBF CKA (bandwidth given
+or the exact median) and mutual k-NN (both metrics) -- against linear CKA in blocks, and
+each read whole (issue 23 item 2: the measures that read a store larger than memory).
 
-Run: ``python benchmarks/store_rbf_cost.py [--n 4096 --layers 6 --width 512 --batch 1024]``.
+Run: ``python benchmarks/store_block_cost.py [--n 4096 --layers 6 --width 512 --batch 1024]``.
 A float32 store of ``layers`` layers (ReLU of random projections of one shared signal, so
 the values are not trivial) is written to a temporary directory; each path runs
 ``--repeats`` times and the best time is reported, with the ratio to linear CKA in blocks.
@@ -46,8 +46,13 @@ def main() -> None:
             "linear, in blocks": dict(measure="cka_linear", batch_size=args.batch),
             "rbf sigma given, in blocks": dict(measure="cka_rbf", sigma=30.0, batch_size=args.batch),
             "rbf median, in blocks": dict(measure="cka_rbf", batch_size=args.batch),
+            "mutual_knn cosine, in blocks": dict(measure="mutual_knn", batch_size=args.batch),
+            "mutual_knn euclid, in blocks": dict(measure="mutual_knn", metric="euclidean",
+                                                 batch_size=args.batch),
             "linear, read whole": dict(measure="cka_linear"),
             "rbf median, read whole": dict(measure="cka_rbf"),
+            "mutual_knn cosine, read whole": dict(measure="mutual_knn"),
+            "mutual_knn euclid, read whole": dict(measure="mutual_knn", metric="euclidean"),
         }
         best, values = {}, {}
         for _ in range(args.repeats):
@@ -65,9 +70,11 @@ def main() -> None:
         extra = ""
         if "bandwidth_passes" in values[name].attrs:
             extra = f", bandwidth passes {values[name].attrs['bandwidth_passes']}"
-        print(f"{name:28s} {t:7.2f} s   {t / base:5.2f}x linear in blocks{extra}")
+        print(f"{name:30s} {t:7.2f} s   {t / base:5.2f}x linear in blocks{extra}")
     for a, b in (("rbf median, in blocks", "rbf median, read whole"),
-                 ("linear, in blocks", "linear, read whole")):
+                 ("linear, in blocks", "linear, read whole"),
+                 ("mutual_knn cosine, in blocks", "mutual_knn cosine, read whole"),
+                 ("mutual_knn euclid, in blocks", "mutual_knn euclid, read whole")):
         d = np.abs(values[a].values - values[b].values).max()
         print(f"max |{a} - {b}| = {d:.2e}")
 

@@ -1,0 +1,163 @@
+"""Measures of stores from pairs of example blocks: full-data CKA (linear and RBF) and the
+k-NN measures of neighbour lists, on one process or as a map-reduce on a dask cluster.
+
+Every unordered pair ``(i, j)`` of example blocks updates an accumulator with ``add_pair``
+and ``merge`` (:class:`repsim._block_cka.BlockCKA`,
+:class:`repsim._block_median.DistanceCounts`,
+:class:`repsim._block_neighbours.BlockNeighbours`); :func:`sweep_pairs` runs the pairs in
+order here or as tasks on the cluster, tree-merged there. :mod:`repsim.store_stream`
+chooses this form for :func:`repsim.similarity_matrix` and :func:`repsim.compare_many`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, Callable
+
+import numpy as np
+
+from . import _backend as B
+from . import _validation as V
+from ._block_cka import BlockCKA, typical_sq_distance
+from ._block_median import exact_medians
+from ._block_neighbours import neighbour_matrix_in_blocks
+from ._io import progress as _progress
+from .store_stream import Side, default_batch_size, example_blocks, map_reduce, read
+
+__all__ = ["block_cka", "block_pairs", "neighbour_matrix_in_blocks", "sweep_pairs"]
+
+
+def _pair_task(template, rows_i, rows_j, *blocks):
+    acc = copy.deepcopy(template)
+    acc.add_pair(rows_i, rows_j, *blocks)
+    return acc
+
+
+def _shifts_and_eps(side: Side, rows: slice):
+    """Per layer, from the first block: the feature shift (float64 column means), the
+    product dtype's epsilon and a typical squared distance (for the RBF blocks)."""
+    shifts, eps, typical = [], [], []
+    for i, name in enumerate(side.names):
+        x = read(side.block(i, rows))
+        x = x.reshape(len(x), -1)
+        V.check_finite_array(x, np, f"{side.label}[{name!r}] (examples {rows.start}.."
+                             f"{rows.stop - 1})")
+        shifts.append(x.mean(axis=0, dtype=np.float64))
+        eps.append(float(np.finfo(B.float_dtype(x, np)).eps))
+        typical.append(typical_sq_distance(x.astype(np.float64)))
+    return shifts, eps, typical
+
+
+def block_cka(a: Side, b: Side | None, *, estimator: str, kernel: str = "linear",
+              sigma: float | None = None, threshold: float = 1.0,
+              batch_size: int | None = None, client: Any = None, progress: bool = False):
+    """Full-data CKA of every layer pair of two stores, from pairs of example blocks.
+
+    Parameters
+    ----------
+    a, b : Side
+        The layers (:func:`sides`); ``b`` None: ``a`` against itself.
+    estimator : {"biased", "unbiased"}
+    kernel : {"linear", "rbf"}, default "linear"
+    sigma : float, optional
+        RBF bandwidth of every layer. None: each layer's median heuristic, ``threshold *
+        sqrt(median squared distance)`` over all ``n^2`` pairs, selected exactly in passes
+        over the block pairs before the CKA pass (:mod:`repsim._block_median`; typically
+        two).
+    threshold : float, default 1.0
+    batch_size : int, optional
+        Examples per block (default the store's chunk along ``example``): ``k`` blocks make
+        ``k (k + 1) / 2`` block pairs, each reading two blocks of one layer at a time.
+    client : distributed.Client, optional
+        Block pairs as tasks on the cluster, their states tree-merged there; None: in
+        order on this process (:func:`stream_client` resolves the active client).
+
+    Returns
+    -------
+    values : xarray.DataArray, shape (L_a, L_b)
+        From :meth:`repsim._block_cka.BlockCKA.compute` (RBF: bandwidths in the attrs
+        ``sigma_a``, ``sigma_b``).
+    info : dict
+        ``batch_size``, ``blocks``, ``scheduler`` (``"local"`` or
+        ``"dask.distributed"``), ``streamed`` ("gram block pairs"), for the result's attrs;
+        RBF adds ``bandwidth_passes`` (passes over the block pairs spent on the medians)
+        and ``sigma_a`` / ``sigma_b``.
+    """
+    n = a.n
+    batch = default_batch_size(a) if batch_size is None else batch_size
+    bounds = example_blocks(n, batch)
+    shifts_a, eps_a, typical_a = _shifts_and_eps(a, bounds[0])
+    shifts_b, eps_b, typical_b = _shifts_and_eps(b, bounds[0]) if b is not None \
+        else (None, None, None)
+    pairs = block_pairs(bounds)
+
+    def run(template, desc, *sides_):
+        return sweep_pairs(template, pairs, sides_, client=client, desc=desc, progress=progress)
+
+    info: dict[str, Any] = {}
+    sigmas: dict[str, list[float] | None] = {"a": None, "b": None}
+    if kernel == "rbf":
+        passes = 0
+        todo = [("a", a, shifts_a, eps_a)] + ([] if b is None else [("b", b, shifts_b, eps_b)])
+        for key, side, shifts, eps in todo:
+            if sigma is not None:
+                sigmas[key] = [float(sigma)] * len(side.names)
+                continue
+
+            def sweep(template: Any, side: Side = side) -> Any:
+                return run(template, "rbf bandwidth: pass over block pairs", side)
+
+            medians, norms, used = exact_medians(n, side.names, shifts, side.label, sweep)
+            passes += used
+            sigmas[key] = [_median_sigma(m, nm, s.size, e, threshold)
+                           for m, nm, s, e in zip(medians, norms, shifts, eps)]
+        info["bandwidth_passes"] = passes
+    acc = BlockCKA(n, a.names, shifts_a, eps_a, None if b is None else b.names, shifts_b, eps_b,
+                   sigmas_a=sigmas["a"], sigmas_b=sigmas["b"], typical_a=typical_a,
+                   typical_b=typical_b)
+    acc = run(acc, "cka: example block pairs", a, *([] if b is None else [b]))
+    info.update({"batch_size": batch, "blocks": len(bounds),
+                 "scheduler": "local" if client is None else "dask.distributed",
+                 "streamed": "gram block pairs"})
+    result = acc.compute(estimator)
+    if kernel == "rbf":
+        info["sigma_a"], info["sigma_b"] = result.attrs["sigma_a"], result.attrs["sigma_b"]
+    return result, info
+
+
+def block_pairs(bounds: list[slice]) -> list[tuple[slice, slice]]:
+    """Every unordered pair ``(i, j)``, ``i <= j``, of the example blocks ``bounds``."""
+    return [(ri, rj) for i, ri in enumerate(bounds) for rj in bounds[i:]]
+
+
+def _pair_blocks(side: Side, ri: slice, rj: slice, lazy: bool) -> list:
+    if lazy:  # one layer's two blocks read at a time, when add_pair gets to it
+        return [(_reader(side, k, ri), _reader(side, k, rj)) for k in range(len(side.names))]
+    return [(side.block(k, ri), side.block(k, rj)) for k in range(len(side.names))]
+
+
+def sweep_pairs(template: Any, pairs: list, sides_: tuple | list, *, client: Any, desc: str,
+                progress: bool) -> Any:
+    """``template.add_pair(ri, rj, blocks_of_each_side...)`` for every block pair: in
+    order on this process (``client`` None; returns ``template`` itself), or each pair on
+    its own copy on the cluster, tree-merged there (returns the merged copy)."""
+    if client is None:
+        for ri, rj in _progress(pairs, total=len(pairs), desc=desc, enabled=progress,
+                                unit="pair"):
+            template.add_pair(ri, rj, *(_pair_blocks(s, ri, rj, True) for s in sides_))
+        return template
+    args = [(ri, rj, *(_pair_blocks(s, ri, rj, False) for s in sides_)) for ri, rj in pairs]
+    return map_reduce(client, _pair_task, template, args)
+
+
+def _median_sigma(median: float, norm_max: float, p: int, eps: float,
+                  threshold: float) -> float:
+    """``threshold * sqrt(median)``; NaN where the median is 0 up to the distances'
+    rounding (``4 p eps max |x - s|^2``): identical rows need not give exactly 0 in
+    blocks, and a bandwidth from rounding noise would be a number without meaning."""
+    return threshold * math.sqrt(median) if median > 4 * p * eps * norm_max else math.nan
+
+
+def _reader(side: Side, layer: int, rows: slice) -> Callable[[], np.ndarray]:
+    return lambda: read(side.block(layer, rows))
