@@ -36,7 +36,9 @@ diagonal block exactly 0), so every state above is summed as for the linear kern
 bandwidths are fixed before the first pair: given, or the median heuristic's exact value
 over all ``n^2`` distances (:mod:`repsim._block_median`). The linear gram's trace and total
 (``linear_a``/``linear_b``) are summed beside it for the constant-layer rule of
-:func:`repsim.cka_matrix`.
+:func:`repsim.cka_matrix`. The distance kernel (``kernel="distance"``) sums the blocks of
+the Euclidean distance matrix the same way: the CKA formula on them is the squared
+distance correlation of :func:`repsim.dcor` (biased and bias-corrected).
 """
 
 from __future__ import annotations
@@ -78,12 +80,20 @@ class BlockCKA(Accumulator):
     eps_a, eps_b : list of float
         Machine epsilon of the dtype each layer's blocks are multiplied in (the tolerance
         of the constant-layer check, as in :func:`repsim.cka_matrix`).
+    kernel : {"linear", "rbf", "distance"}, default "linear"
+        ``"rbf"`` also when ``sigmas_a`` is given; ``"distance"``: the Euclidean distance
+        matrix of the rows in float64 (distance correlation, :func:`repsim.dcor`).
     sigmas_a, sigmas_b : list of float, optional
         RBF bandwidths per layer (the RBF kernel; None: linear). NaN marks a layer whose
         median squared distance is 0: reported constant if it is, refused otherwise.
+    exps_a, exps_b : list of int, optional
+        Per layer, the rows are multiplied by ``2**-exp`` (exact) after the shift, so that
+        their products stay inside float64's range (default 0). ``sigmas`` stay in the
+        data's units.
     typical_a, typical_b : list of float, optional
-        RBF only: a typical squared distance per layer (:func:`typical_sq_distance`). The
-        blocks are summed less the constant ``exp(-typical / (2 sigma^2))``, which
+        RBF and distance: a typical squared distance per layer (of the scaled rows)
+        (:func:`typical_sq_distance`). The blocks are summed less the constant
+        ``exp(-typical / (2 sigma^2))`` (``sqrt(typical)``), which
         centring removes from both estimators, so that a gram near a constant (a
         bandwidth above the spread) keeps its centred part's accuracy in the sums.
     """
@@ -96,8 +106,8 @@ class BlockCKA(Accumulator):
         State("diag_a", ("layers_a", "n")),
         State("rows_b", ("layers_b", "n"), when="two_sided"),
         State("diag_b", ("layers_b", "n"), when="two_sided"),
-        State("linear_a", ("layers_a", "stat"), when="rbf"),
-        State("linear_b", ("layers_b", "stat"), when="rbf_two_sided"),
+        State("linear_a", ("layers_a", "stat"), when="distances"),
+        State("linear_b", ("layers_b", "stat"), when="distances_two_sided"),
         State("block_pairs", (), "int64"),
     )
     LAYOUT = ("names_a", "names_b")
@@ -112,15 +122,21 @@ class BlockCKA(Accumulator):
                  sigmas_a: Sequence[float] | None = None,
                  sigmas_b: Sequence[float] | None = None,
                  typical_a: Sequence[float] | None = None,
-                 typical_b: Sequence[float] | None = None) -> None:
+                 typical_b: Sequence[float] | None = None, kernel: str = "linear",
+                 exps_a: Sequence[int] | None = None,
+                 exps_b: Sequence[int] | None = None) -> None:
         self.n = V.check_int(n, "n", 1)
         self.two_sided = names_b is not None
         self.shifts_a = [np.asarray(s, np.float64) for s in shifts_a]
         self.shifts_b = [np.asarray(s, np.float64) for s in (shifts_b or [])]
         self.eps_a, self.eps_b = list(eps_a), list(eps_b or eps_a)
-        self.kernel = "linear" if sigmas_a is None else "rbf"
+        self.kernel = kernel if kernel != "linear" or sigmas_a is None else "rbf"
+        if self.kernel not in ("linear", "rbf", "distance"):
+            raise ValueError(f"kernel must be 'linear', 'rbf' or 'distance'; got {kernel!r}")
         self.sigmas_a = None if sigmas_a is None else [float(v) for v in sigmas_a]
         self.sigmas_b = None if sigmas_b is None else [float(v) for v in sigmas_b]
+        self.exps_a = [int(e) for e in exps_a or [0] * len(names_a)]
+        self.exps_b = [int(e) for e in exps_b or [0] * len(names_b or [])]
         self.typical_a = [float(v) for v in typical_a or [0.0] * len(names_a)]
         self.typical_b = [float(v) for v in typical_b or [0.0] * len(names_b or [])]
         self.reset()
@@ -128,10 +144,11 @@ class BlockCKA(Accumulator):
                      "names_b": list(names_a if names_b is None else names_b)}, np, "cpu")
 
     def _options(self) -> dict[str, Any]:
-        rbf = self.kernel == "rbf"
-        sigmas = (self.sigmas_a or []) + (self.sigmas_b or []) + self.typical_a + self.typical_b
-        return {"n": self.n, "two_sided": self.two_sided, "rbf": rbf,
-                "rbf_two_sided": rbf and self.two_sided,
+        distances = self.kernel != "linear"
+        sigmas = (self.sigmas_a or []) + (self.sigmas_b or []) + self.typical_a + \
+            self.typical_b + self.exps_a + self.exps_b
+        return {"n": self.n, "two_sided": self.two_sided, "kernel": self.kernel,
+                "distances": distances, "distances_two_sided": distances and self.two_sided,
                 "shifts": _digest(self.shifts_a + self.shifts_b + [np.asarray(sigmas)])}
 
     def _dims(self, layout: dict[str, Any]) -> dict[str, int]:
@@ -154,18 +171,26 @@ class BlockCKA(Accumulator):
         names = self.names_a if side == "a" else self.names_b
         sigmas = self.sigmas_a if side == "a" else self.sigmas_b
         typical = self.typical_a if side == "a" else self.typical_b
+        exps = self.exps_a if side == "a" else self.exps_b
         out = []
         for l, ((xi, xj), s) in enumerate(zip(blocks, shifts)):
             label = f"layers_{side}[{names[l]!r}]"
-            if sigmas is None:
-                k = _block_product(xi, xj, s, diagonal, label, rows_i, rows_j)
+            if self.kernel == "linear":
+                k = _block_product(xi, xj, s, diagonal, label, rows_i, rows_j, exps[l])
             else:
-                lin, d2, _ = block_sq_distances(xi, xj, s, diagonal, label, rows_i, rows_j)
+                distance = self.kernel == "distance"
+                lin, d2, _ = block_sq_distances(xi, xj, s, diagonal, label, rows_i, rows_j,
+                                                as_float64=distance, exp=exps[l])
                 stats = self._values[f"linear_{side}"][l]
                 stats[0] += np.trace(lin) if diagonal else 0.0
                 stats[1] += (1.0 if diagonal else 2.0) * lin.sum()
-                sigma = sigmas[l] if math.isfinite(sigmas[l]) else 1.0
-                k = rbf_less_constant(d2, 1.0 / (2.0 * sigma * sigma), typical[l])
+                if distance:  # Euclidean distances, less a typical one (centring removes it)
+                    k = np.sqrt(np.maximum(d2, 0.0)) - math.sqrt(typical[l])
+                else:
+                    assert sigmas is not None
+                    # the bandwidth in the scaled rows' units (sigmas are the data's)
+                    sigma = math.ldexp(sigmas[l], -exps[l]) if math.isfinite(sigmas[l]) else 1.0
+                    k = rbf_less_constant(d2, 1.0 / (2.0 * sigma * sigma), typical[l])
             if diagonal:
                 diag[l, rows_i] += np.diagonal(k)
                 np.fill_diagonal(k, 0.0)
@@ -243,6 +268,9 @@ class BlockCKA(Accumulator):
     def _degenerate(self, side):
         _, _, total, trace = self._side_terms(side)
         eps = self.eps_a if side == "a" else self.eps_b
+        if self.kernel == "distance":  # as repsim.dcor: constant centred features
+            linear = self._values[f"linear_{side}"]
+            return np.asarray([_constant(lt, lo, self.n, e) for (lt, lo), e in zip(linear, eps)])
         if self.kernel == "rbf":  # as repsim.cka_matrix: constant features, or an RBF gram
             # that rounds to a constant in float64 (a bandwidth far above the spread): its
             # tr(HKH) (the same for the summed K - c) against n eps tr(K), tr(K) = n
@@ -289,20 +317,50 @@ class BlockCKA(Accumulator):
         return similarity_array(values, self.names_a, self.names_b, attrs)
 
 
-def _shifted(x, shift, label, rows):
-    """One block ``(B, ...)`` flattened, checked, less the shift (in float64), in the
-    dtype its gram is formed in (float32 stays float32, as in
-    :func:`repsim.kernels.linear_gram`)."""
+#: shifted rows whose largest entry lies within 2**+-SAFE are used as they are
+SAFE = 30
+#: no scaled entry of any block may exceed 2**LIMIT (its products could overflow float32)
+LIMIT = 40
+
+
+def scale_exponent(amax: float) -> int:
+    """The power of two the shifted rows are divided by: ``frexp(amax)[1]`` when ``amax``
+    (the first block's largest shifted entry) lies outside ``2**+-SAFE`` -- data at 1e-200
+    or 1e200, whose products leave float64's (or float32's) range -- else 0."""
+    if amax == 0 or 2.0 ** -SAFE <= amax <= 2.0 ** SAFE:
+        return 0
+    return math.frexp(amax)[1]
+
+
+def _shifted(x, shift, label, rows, as_float64=False, exp=0):
+    """One block ``(B, ...)`` flattened, checked, less the shift (in float64) and times
+    ``2**-exp`` (exact; every measure here is scale invariant, :func:`scale_exponent`), in
+    the dtype its gram is formed in (float32 stays float32, as in
+    :func:`repsim.kernels.linear_gram`; float64 with ``as_float64``, as in
+    :func:`repsim.dcor`). A block whose scaled entries exceed ``2**LIMIT`` (far beyond
+    the scale the first block set) is refused: its products could overflow."""
     x = np.asarray(x() if callable(x) else x)
     x = x.reshape(len(x), -1)
-    V.check_finite_array(x, np, f"{label} (examples {rows.start}..{rows.stop - 1})")
-    return (x.astype(np.float64) - shift).astype(B.float_dtype(x, np), copy=False)
+    where = f"{label} (examples {rows.start}..{rows.stop - 1})"
+    c = x.astype(np.float64) - shift
+    if exp:
+        c *= math.ldexp(1.0, -exp)  # a power of two: exact
+    top = float(np.abs(c).max(initial=0.0))
+    if not math.isfinite(top):  # NaN/Inf in the data: refused with their position
+        V.check_finite_array(x, np, where)
+    if not top <= 2.0 ** LIMIT:
+        raise ValueError(
+            f"{where} reaches {math.ldexp(top, exp):.3g} from the first block's means, "
+            f"more than 2**{LIMIT - SAFE} times the scale its first block of examples set; "
+            "streamed layers take their scale from the first block: rescale the layer or "
+            "put examples of every scale in the first block")
+    return c if as_float64 else c.astype(B.float_dtype(x, np), copy=False)
 
 
-def _block_product(xi, xj, shift, diagonal, label, rows_i, rows_j):
-    """``(x_i - s)(x_j - s)^T`` as float64 ``(B_i, B_j)``."""
-    ci = _shifted(xi, shift, label, rows_i)
-    cj = ci if diagonal else _shifted(xj, shift, label, rows_j)
+def _block_product(xi, xj, shift, diagonal, label, rows_i, rows_j, exp=0):
+    """``(x_i - s)(x_j - s)^T 4^-exp`` as float64 ``(B_i, B_j)``."""
+    ci = _shifted(xi, shift, label, rows_i, exp=exp)
+    cj = ci if diagonal else _shifted(xj, shift, label, rows_j, exp=exp)
     return np.asarray(ci @ cj.T, dtype=np.float64)
 
 
@@ -331,18 +389,20 @@ def rbf_less_constant(d2, inv, typical):
     return np.where(close, near, np.exp(-a) - np.exp(-b))
 
 
-def block_sq_distances(xi, xj, shift, diagonal, label, rows_i, rows_j):
+def block_sq_distances(xi, xj, shift, diagonal, label, rows_i, rows_j, as_float64=False,
+                       exp=0):
     """The linear block ``(x_i - s)(x_j - s)^T`` and the squared distances ``D_ij`` of its
     rows, both float64 ``(B_i, B_j)``, and the largest squared norm of a shifted row
-    (the scale of the distances' rounding: ``|error| <= 4 p eps max |x - s|^2``).
+    (the scale of the distances' rounding: ``|error| <= 4 p eps max |x - s|^2``); all in
+    the units of the rows times ``2**-exp``.
 
     The rows' squared norms are float64 sums over the shifted rows in the product's dtype
     (the same value in every pair a row takes part in, so the passes that pick the median
     bandwidth and the CKA pass see identical distances); a diagonal block's own diagonal
     is exactly 0, as in :func:`repsim.kernels.squared_distances`.
     """
-    ci = _shifted(xi, shift, label, rows_i)
-    cj = ci if diagonal else _shifted(xj, shift, label, rows_j)
+    ci = _shifted(xi, shift, label, rows_i, as_float64, exp)
+    cj = ci if diagonal else _shifted(xj, shift, label, rows_j, as_float64, exp)
     k = np.asarray(ci @ cj.T, dtype=np.float64)
     ni = np.einsum("ij,ij->i", ci, ci, dtype=np.float64)
     nj = ni if diagonal else np.einsum("ij,ij->i", cj, cj, dtype=np.float64)

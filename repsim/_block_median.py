@@ -64,6 +64,8 @@ class DistanceCounts:
         Layer names (for messages).
     shifts : list of arrays
         The float64 feature shifts of :class:`repsim._block_cka.BlockCKA`.
+    exps : list of int, optional
+        Its power-of-two scales (the distances are those of the scaled rows).
     plans : list of (lo, hi, shift) or None
         Per layer: the key range ``[lo, hi)`` and the bin width ``2**shift`` (None:
         collect the values); None for a layer already resolved (skipped).
@@ -72,8 +74,10 @@ class DistanceCounts:
     """
 
     def __init__(self, names: list[str], shifts: list[np.ndarray],
-                 plans: list[tuple[int, int, int | None] | None], label: str) -> None:
+                 plans: list[tuple[int, int, int | None] | None], label: str,
+                 exps: list[int] | None = None) -> None:
         self.names, self.shifts, self.plans, self.label = names, shifts, plans, label
+        self.exps = list(exps or [0] * len(names))
         self.below = np.zeros(len(names), np.int64)
         self.norm_max = np.zeros(len(names))  # largest squared norm of a shifted row
         self.bins: list[tuple[np.ndarray, np.ndarray]] = [
@@ -91,7 +95,7 @@ class DistanceCounts:
             xi, xj = blocks[l]
             label = f"{self.label}[{self.names[l]!r}]"
             _, d2, norm = block_sq_distances(xi, xj, self.shifts[l], diagonal, label, rows_i,
-                                             rows_j)
+                                             rows_j, exp=self.exps[l])
             self.norm_max[l] = max(self.norm_max[l], norm)
             keys = sort_keys(d2.reshape(-1))
             lo, hi, shift = plan
@@ -168,8 +172,8 @@ def _refine(counts: DistanceCounts, l: int, ranks: list[int]) -> tuple[Any, Any]
 
 
 def exact_medians(n: int, names: list[str], shifts: list[np.ndarray], label: str,
-                  sweep: Callable[[DistanceCounts], DistanceCounts]
-                  ) -> tuple[list[float], np.ndarray, int]:
+                  sweep: Callable[[DistanceCounts], DistanceCounts],
+                  exps: list[int] | None = None) -> tuple[list[float], np.ndarray, int]:
     """The median of each layer's ``n^2`` squared distances, the largest squared norm of
     a shifted row per layer (the scale of the distances' rounding) and the passes it took.
 
@@ -182,7 +186,7 @@ def exact_medians(n: int, names: list[str], shifts: list[np.ndarray], label: str
     norm_max = np.zeros(len(names))
     passes = 0
     while any(p is not None for p in plans):
-        counts = sweep(DistanceCounts(names, shifts, copy.deepcopy(plans), label))
+        counts = sweep(DistanceCounts(names, shifts, copy.deepcopy(plans), label, exps))
         passes += 1
         norm_max = np.maximum(norm_max, counts.norm_max)
         for l, plan in enumerate(plans):

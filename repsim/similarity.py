@@ -190,13 +190,14 @@ def similarity_matrix(layers_a, layers_b=None, *, measure: str = "cka_linear",
         batch_size^2`` and ``2 (L_a + L_b) n`` floats; every block is read about ``k + 1``
         times for ``k`` blocks; RBF's median bandwidth is selected exactly in typically two
         more passes, :mod:`repsim._block_median`, and is in the attrs ``sigma_a`` /
-        ``sigma_b``); mutual k-NN, Jaccard k-NN and rank similarity from neighbour lists
-        merged over the same block pairs (:mod:`repsim._block_neighbours`; memory ``16 (k +
-        1) n`` bytes a layer); the measures with a form from feature moments (CCA, SVCCA,
+        ``sigma_b``); distance correlation (the distance kernel) and Pearson RSA (sums of
+        RDM entries, :mod:`repsim._block_rdm`) from the same block pairs; mutual k-NN,
+        Jaccard k-NN and rank similarity from neighbour lists merged over them
+        (:mod:`repsim._block_neighbours`; memory ``16 (k + 1) n`` bytes a layer); the measures with a form from feature moments (CCA, SVCCA,
         PWCCA, the shape metrics, ridge R², GULP, NBS) through
         :class:`repsim.FeatureMoments` (each block read once; memory: about ``(sum of
-        widths)^2`` float64, checked before the first block); other measures (the RDM
-        measures, second-order cosine, CKNNA) are refused.
+        widths)^2`` float64, checked before the first block); other measures (RSA's rank
+        comparisons, second-order cosine, CKNNA) are refused.
     client : distributed.Client, optional
         Run that streaming on a dask cluster (block pairs as tasks, their sum states
         tree-merged; :mod:`repsim.store_stream`). Default: the active client, if there is

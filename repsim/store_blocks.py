@@ -1,9 +1,10 @@
-"""Measures of stores from pairs of example blocks: full-data CKA (linear and RBF) and the
-k-NN measures of neighbour lists, on one process or as a map-reduce on a dask cluster.
+"""Measures of stores from pairs of example blocks: full-data CKA (linear and RBF),
+distance correlation, Pearson RSA and the k-NN measures of neighbour lists, on one process
+or as a map-reduce on a dask cluster.
 
 Every unordered pair ``(i, j)`` of example blocks updates an accumulator with ``add_pair``
 and ``merge`` (:class:`repsim._block_cka.BlockCKA`,
-:class:`repsim._block_median.DistanceCounts`,
+:class:`repsim._block_median.DistanceCounts`, :class:`repsim._block_rdm.BlockRSA`,
 :class:`repsim._block_neighbours.BlockNeighbours`); :func:`sweep_pairs` runs the pairs in
 order here or as tasks on the cluster, tree-merged there. :mod:`repsim.store_stream`
 chooses this form for :func:`repsim.similarity_matrix` and :func:`repsim.compare_many`.
@@ -19,7 +20,7 @@ import numpy as np
 
 from . import _backend as B
 from . import _validation as V
-from ._block_cka import BlockCKA, typical_sq_distance
+from ._block_cka import BlockCKA, scale_exponent, typical_sq_distance
 from ._block_median import exact_medians
 from ._block_neighbours import neighbour_matrix_in_blocks
 from ._io import progress as _progress
@@ -34,10 +35,14 @@ def _pair_task(template, rows_i, rows_j, *blocks):
     return acc
 
 
-def _shifts_and_eps(side: Side, rows: slice):
+def layer_terms(side: Side, bounds: list[slice]):
     """Per layer, from the first block: the feature shift (float64 column means), the
-    product dtype's epsilon and a typical squared distance (for the RBF blocks)."""
-    shifts, eps, typical = [], [], []
+    product dtype's epsilon, the power-of-two scale exponent of the shifted rows (0 while
+    their largest entry lies within ``2**+-30``; every later block is checked against it,
+    :func:`repsim._block_cka.scale_exponent`) and a typical squared distance of the scaled
+    rows."""
+    shifts, eps, exps, typical = [], [], [], []
+    rows = bounds[0]
     for i, name in enumerate(side.names):
         x = read(side.block(i, rows))
         x = x.reshape(len(x), -1)
@@ -45,8 +50,10 @@ def _shifts_and_eps(side: Side, rows: slice):
                              f"{rows.stop - 1})")
         shifts.append(x.mean(axis=0, dtype=np.float64))
         eps.append(float(np.finfo(B.float_dtype(x, np)).eps))
-        typical.append(typical_sq_distance(x.astype(np.float64)))
-    return shifts, eps, typical
+        c = x.astype(np.float64) - shifts[-1]
+        exps.append(scale_exponent(float(np.abs(c).max(initial=0.0))))
+        typical.append(typical_sq_distance(np.ldexp(c, -exps[-1])))
+    return shifts, eps, exps, typical
 
 
 def block_cka(a: Side, b: Side | None, *, estimator: str, kernel: str = "linear",
@@ -59,7 +66,9 @@ def block_cka(a: Side, b: Side | None, *, estimator: str, kernel: str = "linear"
     a, b : Side
         The layers (:func:`sides`); ``b`` None: ``a`` against itself.
     estimator : {"biased", "unbiased"}
-    kernel : {"linear", "rbf"}, default "linear"
+    kernel : {"linear", "rbf", "distance"}, default "linear"
+        ``"distance"``: Euclidean distance matrices in float64, so that the values are the
+        squared distance correlation of :func:`repsim.dcor`.
     sigma : float, optional
         RBF bandwidth of every layer. None: each layer's median heuristic, ``threshold *
         sqrt(median squared distance)`` over all ``n^2`` pairs, selected exactly in passes
@@ -87,9 +96,9 @@ def block_cka(a: Side, b: Side | None, *, estimator: str, kernel: str = "linear"
     n = a.n
     batch = default_batch_size(a) if batch_size is None else batch_size
     bounds = example_blocks(n, batch)
-    shifts_a, eps_a, typical_a = _shifts_and_eps(a, bounds[0])
-    shifts_b, eps_b, typical_b = _shifts_and_eps(b, bounds[0]) if b is not None \
-        else (None, None, None)
+    shifts_a, eps_a, exps_a, typical_a = layer_terms(a, bounds)
+    shifts_b, eps_b, exps_b, typical_b = layer_terms(b, bounds) if b is not None \
+        else (None, None, None, None)
     pairs = block_pairs(bounds)
 
     def run(template, desc, *sides_):
@@ -99,8 +108,9 @@ def block_cka(a: Side, b: Side | None, *, estimator: str, kernel: str = "linear"
     sigmas: dict[str, list[float] | None] = {"a": None, "b": None}
     if kernel == "rbf":
         passes = 0
-        todo = [("a", a, shifts_a, eps_a)] + ([] if b is None else [("b", b, shifts_b, eps_b)])
-        for key, side, shifts, eps in todo:
+        todo = [("a", a, shifts_a, eps_a, exps_a)] + \
+            ([] if b is None else [("b", b, shifts_b, eps_b, exps_b)])
+        for key, side, shifts, eps, exps in todo:
             if sigma is not None:
                 sigmas[key] = [float(sigma)] * len(side.names)
                 continue
@@ -108,14 +118,15 @@ def block_cka(a: Side, b: Side | None, *, estimator: str, kernel: str = "linear"
             def sweep(template: Any, side: Side = side) -> Any:
                 return run(template, "rbf bandwidth: pass over block pairs", side)
 
-            medians, norms, used = exact_medians(n, side.names, shifts, side.label, sweep)
+            medians, norms, used = exact_medians(n, side.names, shifts, side.label, sweep, exps)
             passes += used
-            sigmas[key] = [_median_sigma(m, nm, s.size, e, threshold)
-                           for m, nm, s, e in zip(medians, norms, shifts, eps)]
+            # in the data's units: the medians are those of the rows scaled by 2**-exp
+            sigmas[key] = [math.ldexp(_median_sigma(m, nm, s.size, e, threshold), x)
+                           for m, nm, s, e, x in zip(medians, norms, shifts, eps, exps)]
         info["bandwidth_passes"] = passes
     acc = BlockCKA(n, a.names, shifts_a, eps_a, None if b is None else b.names, shifts_b, eps_b,
                    sigmas_a=sigmas["a"], sigmas_b=sigmas["b"], typical_a=typical_a,
-                   typical_b=typical_b)
+                   typical_b=typical_b, kernel=kernel, exps_a=exps_a, exps_b=exps_b)
     acc = run(acc, "cka: example block pairs", a, *([] if b is None else [b]))
     info.update({"batch_size": batch, "blocks": len(bounds),
                  "scheduler": "local" if client is None else "dask.distributed",

@@ -6,9 +6,10 @@ hold a layer whole:
 * :func:`stream_store` feeds an accumulator with ``update(acts_a, acts_b)`` --
   :class:`repsim.MinibatchCKA`, :class:`repsim.FeatureMoments` -- one block of
   ``batch_size`` examples at a time;
-* :func:`repsim.store_blocks.block_cka` gives full-data CKA (linear or RBF, the median bandwidth selected
-  exactly by :mod:`repsim._block_median`), the value :func:`repsim.cka_matrix` gives on the
-  loaded layers, from pairs of example blocks (:mod:`repsim._block_cka`);
+* :mod:`repsim.store_blocks` gives full-data CKA (linear or RBF, the median bandwidth
+  selected exactly by :mod:`repsim._block_median`), distance correlation, Pearson RSA and
+  the k-NN measures of neighbour lists -- the values the loaded layers give -- from pairs
+  of example blocks;
 * :func:`moment_matrix` gives every other measure with a form from feature moments (the
   CCA family, shape metrics, ridge R², GULP, NBS) through :class:`repsim.FeatureMoments`.
 
@@ -160,11 +161,17 @@ def map_reduce(client: Any, task: Callable, template: Any, args: list[tuple]) ->
 def block_refusal(m: Any, opts: dict) -> str:
     """Why measure ``m`` (:func:`repsim.measure`) with the bound ``opts`` has no form in
     blocks of examples; "" when it has one: a packed centred-gram form (the registry's
-    ``gram``: CKA, linear or RBF) with grams in the data's own dtype, or a k-NN measure
-    whose value needs only the neighbour lists."""
+    ``gram``: CKA, linear or RBF) with grams in the data's own dtype, distance
+    correlation (CKA of distance matrices), Pearson RSA (sums of RDM entries) or a k-NN
+    measure whose value needs only the neighbour lists."""
     if m.family.gram is None:
-        if m.family.function.__name__ in LIST_MEASURES:
+        name = m.family.function.__name__
+        if name in LIST_MEASURES + ("dcor",):
             return ""
+        if name == "rsa":
+            return "" if opts.get("compare") == "pearson" else (
+                f"compare={opts.get('compare')!r} ranks every RDM entry at once (the Pearson "
+                "comparison streams)")
         return "no form from gram blocks (CKA and the k-NN measures of neighbour lists only)"
     if opts.get("precision") != "float32":
         return f"precision={opts.get('precision')!r} grams are formed whole"
@@ -336,6 +343,15 @@ def streamed_matrix(form: str, a: Side, b: Side | None, m: Any, opts: dict, opti
     :func:`stream_client` chose: :func:`block_cka` or :func:`moment_matrix`."""
     from . import store_blocks as SB
 
+    if form == "blocks" and m.family.function.__name__ == "rsa":  # Pearson: sums of entries
+        from ._block_rdm import rsa_matrix_in_blocks
+
+        values, info = rsa_matrix_in_blocks(a, b, opts, batch_size=batch_size, client=client,
+                                            progress=progress)
+        return similarity_array(values, a.names, a.names if b is None else b.names, {}), info
+    if form == "blocks" and m.family.function.__name__ == "dcor":  # the distance kernel
+        return SB.block_cka(a, b, estimator=opts["estimator"], kernel="distance",
+                            batch_size=batch_size, client=client, progress=progress)
     if form == "blocks" and m.family.gram is None:  # a k-NN measure of neighbour lists
         values, info = SB.neighbour_matrix_in_blocks(a, b, m.family.function.__name__, opts,
                                                   batch_size=batch_size, client=client,

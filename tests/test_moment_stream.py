@@ -106,7 +106,7 @@ def test_options_and_refusals(store):
                                    keep=3)
     np.testing.assert_allclose(sim.values, repsim.similarity_matrix(
         loaded, measure="svcca", keep=3, progress=False).values, rtol=0, atol=1e-10)
-    for measure, why in (("rsa", "no form from feature moments"),
+    for measure, why in (("rsa_kendall", "no form from feature moments"),
                          ("cknna", "no form from feature moments")):
         with pytest.raises(ValueError, match=why):
             repsim.similarity_matrix(store, measure=measure, batch_size=64, progress=False)

@@ -18,7 +18,7 @@ from hypothesis import given, settings, strategies as st  # noqa: E402
 
 import repsim  # noqa: E402
 from repsim import _block_median as BM  # noqa: E402
-from repsim._block_cka import block_sq_distances  # noqa: E402
+from repsim._block_cka import block_sq_distances, scale_exponent  # noqa: E402
 from test_store_stream import _hsic_u, client, layers_of, write_store  # noqa: E402,F401
 
 TOL = 1e-12
@@ -56,15 +56,21 @@ def quiet(fn, *args, **kwargs):
 
 # ------------------------------------------------------------------ the exact median
 
+def scale_of(x, batch):
+    """The shift and power-of-two exponent the streamed path gives a layer."""
+    shift = x[:batch].mean(0)
+    return shift, scale_exponent(float(np.abs(x[:batch] - shift).max()))
+
+
 def assembled(x, batch):
     """The n x n squared distances put together from the blocks' own distances."""
     n = len(x)
-    shift = x[:batch].mean(0)
+    shift, e = scale_of(x, batch)
     d = np.empty((n, n))
     for i in range(0, n, batch):
         for j in range(i, n, batch):
             ri, rj = slice(i, min(n, i + batch)), slice(j, min(n, j + batch))
-            blk = block_sq_distances(x[ri], x[rj], shift, ri == rj, "x", ri, rj)[1]
+            blk = block_sq_distances(x[ri], x[rj], shift, ri == rj, "x", ri, rj, exp=e)[1]
             d[ri, rj], d[rj, ri] = blk, blk.T
     return d, shift
 
@@ -75,7 +81,7 @@ def medians_by_passes(x, batch, monkeypatch=None, cap=None, first=None, step=Non
             if value is not None:
                 monkeypatch.setattr(BM, name, value)
     n = len(x)
-    shift = x[:batch].mean(0)
+    shift, e = scale_of(x, batch)
     bounds = [slice(s, min(n, s + batch)) for s in range(0, n, batch)]
 
     def sweep(counts):
@@ -84,7 +90,7 @@ def medians_by_passes(x, batch, monkeypatch=None, cap=None, first=None, step=Non
                 counts.add_pair(ri, rj, [(x[ri], x[rj])])
         return counts
 
-    return BM.exact_medians(n, ["x"], [shift], "x", sweep)
+    return BM.exact_medians(n, ["x"], [shift], "x", sweep, [e])
 
 
 @settings(max_examples=40, deadline=None)
@@ -100,7 +106,9 @@ def test_passes_select_the_median_of_all_n2_distances_exactly(n, batch, ties, sc
     d, _ = assembled(x, batch)
     median, norm, passes = medians_by_passes(x, batch)
     assert median[0] == np.median(d)
-    assert norm[0] == (np.einsum("ij,ij->i", x - x[:batch].mean(0), x - x[:batch].mean(0))).max()
+    shift, e = scale_of(x, batch)
+    c = np.ldexp(x - shift, -e)
+    assert norm[0] == np.einsum("ij,ij->i", c, c).max()
     assert passes == 2  # counted in 12-bit bins, then collected
 
 

@@ -184,8 +184,8 @@ def test_constant_layer_and_refusals(store, tmp_path):
     with pytest.warns(repsim.DegenerateRepresentationWarning, match="const"):
         sim = repsim.similarity_matrix(ds, batch_size=8, progress=False)
     assert np.isnan(sim.sel(layer_a="const")).all() and sim.sel(layer_a="x", layer_b="x") == 1
-    for measure in ("rsa", "cknna"):  # RBF CKA and the k-NN list measures stream (own tests)
-        with pytest.raises(ValueError, match="no form from gram blocks .*no form from feature"):
+    for measure in ("rsa_kendall", "cknna"):  # the other forms stream (their own tests)
+        with pytest.raises(ValueError, match="cannot be streamed .*no form from feature"):
             repsim.similarity_matrix(store, measure=measure, batch_size=32, progress=False)
     with pytest.raises(ValueError, match="precision"):
         repsim.similarity_matrix(store, precision="bfloat16", batch_size=32, progress=False)
@@ -300,7 +300,7 @@ def test_two_worker_cluster_equals_one_process(client, store, shuffled):
     np.testing.assert_allclose(sim.values, repsim.cka_matrix(
         {k: small[k].values for k in small.data_vars}).values, rtol=0, atol=TOL)
     # ... and a measure that does not stream reads its layers whole, as without one
-    assert "scheduler" not in repsim.similarity_matrix(small, measure="rsa",
+    assert "scheduler" not in repsim.similarity_matrix(small, measure="rsa_kendall",
                                                        progress=False).attrs
     models = {"a": store[["fc", "conv"]], "b": shuffled}
     many = [repsim.compare_many(models, align="ids", client=c, batch_size=101)
