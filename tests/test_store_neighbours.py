@@ -20,14 +20,10 @@ from repsim.neighbours import neighbours  # noqa: E402
 from repsim.store_stream import side_of  # noqa: E402
 from repsim.store_blocks import block_pairs, sweep_pairs  # noqa: E402
 from repsim.store_stream import example_blocks  # noqa: E402
-from test_store_stream import client, layers_of, write_store  # noqa: E402,F401
+from test_store_stream import (  # noqa: E402,F401  (fixtures and helpers)
+    client, quiet, shuffled, store, write_store)
 
 MEASURES = ("mutual_knn", "jaccard_knn", "rank_similarity")
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    return write_store(tmp_path_factory.mktemp("n") / "a.zarr", layers_of(203), chunk=32)
 
 
 def lists_in_blocks(x, k, metric, batch):
@@ -76,13 +72,7 @@ def test_streamed_measures_equal_in_memory(store, measure, metric):
         assert sim.attrs["blocks"] == -(-203 // batch_size) and sim.attrs["k"] == 7
 
 
-def test_two_stores_and_compare_many(store, tmp_path):
-    rng = np.random.default_rng(5)
-    base = layers_of(210, seed=0)
-    order = rng.permutation(210)
-    other = {"b1": np.tanh(base["conv"][:, :20] / 10), "b2": base["fc"] @ rng.standard_normal((5, 7))}
-    shuffled = write_store(tmp_path / "b.zarr", {k: v[order] for k, v in other.items()},
-                           chunk=50, ids=np.arange(210)[order])
+def test_two_stores_and_compare_many(store, shuffled):
     for measure in MEASURES:
         kw = dict(measure=measure, align="ids", progress=False, k=5)
         ref = repsim.similarity_matrix(store, shuffled, **kw)

@@ -6,8 +6,6 @@ exactly over all n^2 squared distances in passes over the block pairs
 References written here: the RBF gram from explicit pairwise distances of float64 data and
 np.median over the whole n x n distance matrix, as in Kornblith et al.'s code."""
 
-import warnings
-
 import numpy as np
 import pytest
 
@@ -19,7 +17,8 @@ from hypothesis import given, settings, strategies as st  # noqa: E402
 import repsim  # noqa: E402
 from repsim import _block_median as BM  # noqa: E402
 from repsim._block_cka import block_sq_distances, scale_exponent  # noqa: E402
-from test_store_stream import _hsic_u, client, layers_of, write_store  # noqa: E402,F401
+from test_store_stream import (  # noqa: E402,F401  (fixtures and helpers)
+    _hsic_u, client, layers_of, quiet, shuffled, store, write_store)
 
 TOL = 1e-12
 
@@ -41,17 +40,6 @@ def ref_rbf_cka(x, y, estimator="biased", sigma=None):
     h = np.eye(len(k), dtype=np.longdouble) - np.longdouble(1) / len(k)
     kc, mc = h @ k @ h, h @ m @ h
     return float((kc * mc).sum() / np.sqrt((kc * kc).sum() * (mc * mc).sum()))
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    return write_store(tmp_path_factory.mktemp("r") / "a.zarr", layers_of(203), chunk=32)
-
-
-def quiet(fn, *args, **kwargs):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return fn(*args, **kwargs)
 
 
 # ------------------------------------------------------------------ the exact median
@@ -202,13 +190,7 @@ def test_any_block_size_gives_the_full_data_rbf_value(n, batch, unbiased, thresh
     np.testing.assert_allclose(sim.attrs["sigma_a"], ref.attrs["sigma_a"], rtol=1e-12)
 
 
-def test_two_stores_and_compare_many_stream_rbf(store, tmp_path):
-    rng = np.random.default_rng(5)
-    base = layers_of(210, seed=0)
-    order = rng.permutation(210)
-    other = {"b1": np.tanh(base["conv"][:, :20] / 10), "b2": base["fc"] @ rng.standard_normal((5, 7))}
-    shuffled = write_store(tmp_path / "b.zarr", {k: v[order] for k, v in other.items()},
-                           chunk=50, ids=np.arange(210)[order])
+def test_two_stores_and_compare_many_stream_rbf(store, shuffled):
     kw = dict(measure="cka_rbf", align="ids", progress=False)
     ref = quiet(repsim.similarity_matrix, store, shuffled, **kw)
     sim = quiet(repsim.similarity_matrix, store, shuffled, batch_size=70, **kw)
