@@ -169,23 +169,26 @@ def dcor(x, y, estimator="unbiased"):
     """
     V.check_params("dcor", estimator=estimator)
     xp, x, y = M.prepare_pair(x, y, min_n=4 if estimator == "unbiased" else 2, what=f"dcor(estimator={estimator!r})")
-    n = int(x.shape[0])
     unbiased = estimator == "unbiased"
-    packed = xp.empty((2, n * n), dtype=xp.float64, device=B.device(x))
-    bad = []
-    for i, (a, name) in enumerate(((x, "x"), (y, "y"))):
-        # centred in float64 and scaled by a power of two (exact; dcor is scale invariant)
-        # before any product, as on CKA's feature path: the sums of squared U-centred
-        # distances below stay in float64's range at any scale, and "constant" is decided
-        # on the centred data
-        ac, constant = _centred_scaled(a, xp, name)
-        if constant:
-            bad.append(name)
-        centre_into(xp.sqrt(_squared_distances(ac, xp)), unbiased, packed[i], xp)
+    (pa, ca), (pb, cb) = (_centred_distances(a, xp, name, unbiased) for a, name in ((x, "x"), (y, "y")))
+    bad = [name for name, constant in (("x", ca), ("y", cb)) if constant]
     if bad:
         return M.as_result(M.undefined(bad, "dcor"), xp)
-    ab = xp.sum(packed[0] * packed[1])
-    return M.as_result(ab / xp.sqrt(xp.sum(packed[0] ** 2) * xp.sum(packed[1] ** 2)), xp)
+    return M.as_result(xp.sum(pa * pb) / xp.sqrt(xp.sum(pa ** 2) * xp.sum(pb ** 2)), xp)
+
+
+def _centred_distances(a, xp, name, unbiased):
+    """One side of :func:`dcor`: its Euclidean distance matrix, U-centred (or double
+    centred), flattened to ``(n*n,)`` float64, and whether the side is constant."""
+    n = int(a.shape[0])
+    packed = xp.empty((n * n,), dtype=xp.float64, device=B.device(a))
+    # centred in float64 and scaled by a power of two (exact; dcor is scale invariant)
+    # before any product, as on CKA's feature path: the sums of squared U-centred
+    # distances below stay in float64's range at any scale, and "constant" is decided
+    # on the centred data
+    ac, constant = _centred_scaled(a, xp, name)
+    centre_into(xp.sqrt(_squared_distances(ac, xp)), unbiased, packed, xp)
+    return packed, constant
 
 
 def _unit_scale(x, xp):
@@ -356,9 +359,29 @@ def _rsa_pair(a, b, *, compare, **_):
 
 _OIT = ("orthogonal", "isotropic_scaling", "translation")
 
+def _dcor_prepare(x, name, *, estimator="unbiased", **_):
+    """One layer's centred distance matrix, its squared norm and constancy, formed once
+    for every pair of :func:`repsim.similarity_matrix` (as :func:`dcor` forms each side)."""
+    unbiased = estimator == "unbiased"
+    xp, x = M.float64_layer(x, name, 4 if unbiased else 2, f"dcor(estimator={estimator!r})")
+    packed, constant = _centred_distances(x, xp, name, unbiased)
+    return packed, xp.sum(packed ** 2), constant, name
+
+
+def _dcor_pair(a, b, **_):
+    xp = B.namespace(a[0])
+    if a[0].shape != b[0].shape:
+        raise ValueError(f"{a[3]} and {b[3]} hold different numbers of examples")
+    bad = list(dict.fromkeys(p[3] for p in (a, b) if p[2]))
+    if bad:
+        return M.as_result(M.undefined(bad, "dcor"), xp)
+    return M.as_result(xp.sum(a[0] * b[0]) / xp.sqrt(a[1] * b[1]), xp)
+
+
 declare(
     dcor,
     constraints={"estimator": V.Options("unbiased", "biased")},
+    prepare=_dcor_prepare, pair=_dcor_pair,
     measures=[Measure("dcor", {}, "similarity", "<= 1", _OIT, True,
                       "minibatch U-statistic (distance kernel)", "O(n^2 (p + q))",
                       "bias-corrected squared distance correlation <U(A), U(B)> / sqrt(...)",

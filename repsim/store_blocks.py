@@ -99,6 +99,10 @@ def block_cka(a: Side, b: Side | None, *, estimator: str, kernel: str = "linear"
     shifts_a, eps_a, exps_a, typical_a = layer_terms(a, bounds)
     shifts_b, eps_b, exps_b, typical_b = layer_terms(b, bounds) if b is not None \
         else (None, None, None, None)
+    if kernel == "distance":  # dcor reads every layer as float64 (its constant rule too)
+        eps64 = float(np.finfo(np.float64).eps)
+        eps_a = [eps64] * len(a.names)
+        eps_b = None if b is None else [eps64] * len(b.names)
     pairs = block_pairs(bounds)
 
     def run(template, desc, *sides_):

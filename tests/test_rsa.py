@@ -218,3 +218,26 @@ def test_duplicates_torch_equals_numpy():
         for cmp in COMPARES:
             t = repsim.rsa(torch.tensor(x), torch.tensor(y), rdm, cmp)
             assert abs(float(t) - float(repsim.rsa(x, y, rdm, cmp))) < 1e-12
+
+
+def test_dcor_matrix_forms_each_layers_distances_once(rng, monkeypatch):
+    """similarity_matrix(measure="dcor") prepares every layer's centred distance matrix once
+    (it had recomputed both sides for every pair) and equals the dcor package per pair; a
+    constant layer is NaN with a warning naming it."""
+    x, y = _pair(rng)
+    layers = {"x": x, "y": y, "z": np.sin(x), "c": np.ones((len(x), 3))}
+    calls = []
+    real = R._centred_distances
+    monkeypatch.setattr(R, "_centred_distances", lambda *a: calls.append(a[2]) or real(*a))
+    with pytest.warns(repsim.DegenerateRepresentationWarning, match=r"dcor is undefined .*layers_a\['c'\]"):
+        sim = repsim.similarity_matrix(layers, measure="dcor", progress=False)
+    assert sorted(calls) == sorted(f"layers_a[{k!r}]" for k in layers)
+    for estimator, ref in (("unbiased", dcor_pkg.u_distance_correlation_sqr),
+                           ("biased", dcor_pkg.distance_correlation_sqr)):
+        sim = repsim.similarity_matrix({k: layers[k] for k in "xyz"}, measure="dcor",
+                                       estimator=estimator, progress=False)
+        for a, b in itertools.product("xyz", repeat=2):
+            assert abs(float(sim.sel(layer_a=a, layer_b=b)) - ref(layers[a], layers[b])) < 1e-9
+            assert float(sim.sel(layer_a=a, layer_b=b)) == float(
+                repsim.dcor(layers[a], layers[b], estimator))
+    assert np.isnan(sim.values).sum() == 0
