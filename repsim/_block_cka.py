@@ -317,19 +317,22 @@ class BlockCKA(Accumulator):
         return similarity_array(values, self.names_a, self.names_b, attrs)
 
 
-#: shifted rows whose largest entry lies within 2**+-SAFE are used as they are
-SAFE = 30
+#: shifted rows whose largest entry lies within [2**LOW, 2**SAFE] are used as they are
+LOW, SAFE = -30, 10
 #: no scaled entry of any block may exceed 2**LIMIT (its products could overflow float32)
 LIMIT = 40
 
 
 def scale_exponent(amax: float) -> int:
-    """The power of two the shifted rows are divided by: ``frexp(amax)[1]`` when ``amax``
-    (the first block's largest shifted entry) lies outside ``2**+-SAFE`` -- data at 1e-200
-    or 1e200, whose products leave float64's (or float32's) range -- else 0."""
-    if amax == 0 or 2.0 ** -SAFE <= amax <= 2.0 ** SAFE:
+    """The power of two the shifted rows are divided by, from ``amax``, the first block's
+    largest shifted entry: 0 when it lies within ``[2**LOW, 2**SAFE]``, else the least
+    scaling that brings it there (data at 1e-200 or 1e200, whose products leave float64's
+    or float32's range). Later blocks keep ``2**(LIMIT - SAFE)`` of headroom above the
+    first (``2**(LIMIT - LOW)`` above a first block of tiny spread)."""
+    if amax == 0 or 2.0 ** LOW <= amax <= 2.0 ** SAFE:
         return 0
-    return math.frexp(amax)[1]
+    e = math.frexp(amax)[1]  # amax in [2**(e-1), 2**e)
+    return e - SAFE if amax > 2.0 ** SAFE else e - LOW - 1
 
 
 def _shifted(x, shift, label, rows, as_float64=False, exp=0):

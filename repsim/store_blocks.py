@@ -38,9 +38,11 @@ def _pair_task(template, rows_i, rows_j, *blocks):
 def layer_terms(side: Side, bounds: list[slice]):
     """Per layer, from the first block: the feature shift (float64 column means), the
     product dtype's epsilon, the power-of-two scale exponent of the shifted rows (0 while
-    their largest entry lies within ``2**+-30``; every later block is checked against it,
-    :func:`repsim._block_cka.scale_exponent`) and a typical squared distance of the scaled
-    rows."""
+    their largest entry lies within ``[2**-30, 2**10]``, else the least scaling that brings it
+    there; every later block is checked
+    against it, :func:`repsim._block_cka.scale_exponent`; a constant first block takes the
+    scale of all blocks, one more pass over that layer) and a typical squared distance of
+    the scaled rows."""
     shifts, eps, exps, typical = [], [], [], []
     rows = bounds[0]
     for i, name in enumerate(side.names):
@@ -51,7 +53,12 @@ def layer_terms(side: Side, bounds: list[slice]):
         shifts.append(x.mean(axis=0, dtype=np.float64))
         eps.append(float(np.finfo(B.float_dtype(x, np)).eps))
         c = x.astype(np.float64) - shifts[-1]
-        exps.append(scale_exponent(float(np.abs(c).max(initial=0.0))))
+        amax = float(np.abs(c).max(initial=0.0))
+        for later in bounds[1:] if amax == 0 else []:  # a constant first block sets no
+            y = read(side.block(i, later))              # scale: the other blocks do
+            y = y.reshape(len(y), -1).astype(np.float64) - shifts[-1]
+            amax = max(amax, float(np.abs(y).max(initial=0.0)))
+        exps.append(scale_exponent(amax))
         typical.append(typical_sq_distance(np.ldexp(c, -exps[-1])))
     return shifts, eps, exps, typical
 

@@ -45,9 +45,11 @@ def ref_rbf_cka(x, y, estimator="biased", sigma=None):
 # ------------------------------------------------------------------ the exact median
 
 def scale_of(x, batch):
-    """The shift and power-of-two exponent the streamed path gives a layer."""
+    """The shift and power-of-two exponent the streamed path gives a layer (from the
+    first block, or from all rows when the first block is constant)."""
     shift = x[:batch].mean(0)
-    return shift, scale_exponent(float(np.abs(x[:batch] - shift).max()))
+    amax = float(np.abs(x[:batch] - shift).max()) or float(np.abs(x - shift).max())
+    return shift, scale_exponent(amax)
 
 
 def assembled(x, batch):

@@ -155,7 +155,8 @@ def test_two_worker_cluster_equals_one_process(client, store):
 
 def test_a_block_far_above_the_first_blocks_scale_is_refused():
     """The scale comes from the first block; a later block 1e20 times larger (beyond
-    2**40 of the scaled range) could overflow float32 products: refused, naming it."""
+    2**30 of the first block's scale) could overflow float32 products: refused, naming it.
+    A constant first block takes the scale of all blocks instead."""
     rng = np.random.default_rng(2)
     x = rng.standard_normal((40, 3))
     x[30:] *= 1e20
@@ -169,3 +170,8 @@ def test_a_block_far_above_the_first_blocks_scale_is_refused():
     sim = repsim.similarity_matrix(ds, batch_size=10, progress=False)
     ref = repsim.cka_matrix({"x": x[order].astype(np.float32), "y": x[order, :2]})
     np.testing.assert_allclose(sim.values, ref.values, rtol=0, atol=1e-6)
+    x[:10] = 3.0  # a constant first block, then examples at 1e20
+    ds = xr.Dataset({"x": (("example", "f"), x), "y": (("example", "g"), np.sin(x))})
+    np.testing.assert_allclose(
+        repsim.similarity_matrix(ds, batch_size=10, progress=False).values,
+        repsim.cka_matrix({"x": x, "y": np.sin(x)}).values, rtol=0, atol=1e-9)
