@@ -345,12 +345,20 @@ def _shifted(x, shift, label, rows, as_float64=False, exp=0):
     x = np.asarray(x() if callable(x) else x)
     x = x.reshape(len(x), -1)
     where = f"{label} (examples {rows.start}..{rows.stop - 1})"
+    # a bound on |x - shift| from two reductions of x itself (no temporary; NaN and Inf
+    # make it non-finite, then refused with their position), the exact value only when
+    # the bound is too large
+    xmax = float(max(x.max(initial=0.0), -x.min(initial=0.0))) if x.size else 0.0
+    try:
+        bound = math.ldexp(xmax + float(np.abs(shift).max(initial=0.0)), -exp)
+    except OverflowError:
+        bound = math.inf
+    if not math.isfinite(bound):
+        V.check_finite_array(x, np, where)
     c = x.astype(np.float64) - shift
     if exp:
         c *= math.ldexp(1.0, -exp)  # a power of two: exact
-    top = float(np.abs(c).max(initial=0.0))
-    if not math.isfinite(top):  # NaN/Inf in the data: refused with their position
-        V.check_finite_array(x, np, where)
+    top = bound if bound <= 2.0 ** LIMIT else float(max(c.max(initial=0.0), -c.min(initial=0.0)))
     if not top <= 2.0 ** LIMIT:
         raise ValueError(
             f"{where} reaches {math.ldexp(top, exp):.3g} from the first block's means, "
