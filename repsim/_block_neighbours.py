@@ -31,10 +31,7 @@ from . import _validation as V
 from ._neighbour_core import Neighbours, _unit_rows
 from .kernels import _ldexp
 
-__all__ = ["BlockNeighbours", "LIST_MEASURES", "neighbour_matrix_in_blocks"]
-
-#: the neighbour measures whose value needs only the neighbour lists
-LIST_MEASURES = ("mutual_knn", "jaccard_knn", "rank_similarity")
+__all__ = ["BlockNeighbours", "neighbour_matrix_in_blocks"]
 
 
 class BlockNeighbours:
@@ -201,7 +198,8 @@ def _centring(side: Any, bounds: list[slice]) -> tuple[list[np.ndarray], list[in
 def neighbour_matrix_in_blocks(a: Any, b: Any, measure: str, opts: dict, *,
                                batch_size: int | None = None, client: Any = None,
                                progress: bool = False):
-    """A k-NN measure with a value from the neighbour lists alone (:data:`LIST_MEASURES`)
+    """A k-NN measure with a value from the neighbour lists alone (declared with
+    ``blocks="neighbour_lists"`` in the registry)
     for every layer pair of two stores' sides (:class:`repsim.store_stream.Side`), the
     lists found from pairs of example blocks.
 

@@ -53,10 +53,10 @@ def _knn_pair(measure):
     return pair
 
 
-def _declare_knn(function, metric, row, min_n=2):
+def _declare_knn(function, metric, row, min_n=2, blocks=None):
     constraints = {"metric": V.Options("cosine", "euclidean")} if metric else {}
     declare(function, constraints=constraints, prepare=knn_prepare(function.__name__, min_n),
-            pair=_knn_pair(function.__name__), measures=[row])
+            pair=_knn_pair(function.__name__), measures=[row], blocks=blocks)
 
 
 _OI = ("orthogonal", "isotropic_scaling")
@@ -65,15 +65,15 @@ _KNN = "O(n^2 (p + q)); all pairs: O(n k^2) per pair"
 _declare_knn(mutual_knn, True, Measure(
     "mutual_knn", {"k": 10}, "similarity", "[0, 1]", _OI, True, "all examples", _KNN,
     "mean_i |N_x(i) ∩ N_y(i)| / k (cosine neighbours)", "Huh et al. 2024",
-    "k / (n - 1) (exact)", aliases=("mknn", "mutual_knn_alignment")))
+    "k / (n - 1) (exact)", aliases=("mknn", "mutual_knn_alignment")), blocks="neighbour_lists")
 _declare_knn(jaccard_knn, True, Measure(
     "jaccard_knn", {"k": 10}, "similarity", "[0, 1]", _OI, True, "all examples", _KNN,
     "mean_i |N_x ∩ N_y| / |N_x ∪ N_y|", "Klabunde et al. 2025",
-    "hypergeometric sum (exact)", aliases=("jaccard_similarity",)))
+    "hypergeometric sum (exact)", aliases=("jaccard_similarity",)), blocks="neighbour_lists")
 _declare_knn(rank_similarity, True, Measure(
     "rank_similarity", {"k": 10}, "similarity", "[0, 1]", _OI, True, "all examples", _KNN,
     "rank agreement of the shared neighbours, normalised per example",
-    "Klabunde et al. 2025"))
+    "Klabunde et al. 2025"), blocks="neighbour_lists")
 _declare_knn(second_order_cosine, False, Measure(
     "second_order_cosine", {"k": 10}, "similarity", "[-1, 1]", _OI, True, "all examples",
     "O(n^2 (p + q)); all pairs: O(n k (p + q)) per pair",

@@ -144,6 +144,8 @@ class Family:
     symmetric_when: Callable | None = None
     measures: tuple = ()
     gram: GramForm | None = None
+    blocks: str | None = None
+    blocks_when: Callable | None = None
 
     @property
     def name(self) -> str:
@@ -189,7 +191,8 @@ def declare(function: Callable, *, constraints: Mapping[str, Callable] | None = 
             matrix: Callable | None = None, moments: tuple | None = None,
             moment_options: Mapping[str, tuple] | None = None,
             symmetric_when: Callable | None = None,
-            measures: tuple | list = (), gram: GramForm | None = None) -> Callable:
+            measures: tuple | list = (), gram: GramForm | None = None,
+            blocks: str | None = None, blocks_when: Callable | None = None) -> Callable:
     """Declare a measure function and its named variants; returns ``function``.
 
     Parameters
@@ -218,10 +221,17 @@ def declare(function: Callable, *, constraints: Mapping[str, Callable] | None = 
         Its named variants.
     gram : GramForm, optional
         Its packed centred-gram form (the statistics' fast path); None: none.
+    blocks : {"gram", "distance", "rdm", "neighbour_lists"}, optional
+        Its exact full-data form from pairs of example blocks, through which stores larger
+        than memory stream (:mod:`repsim.store_blocks`): CKA's kernel grams, the distance
+        kernel (dcor), sums of RDM entries (Pearson RSA), merged k-NN lists; None: none.
+    blocks_when : callable, optional
+        ``blocks_when(options) -> str``: why these (bound) options have no such form ("" when
+        they have it), such as RSA's rank comparisons.
     """
     family = Family(function, dict(constraints or {}), prepare, pair, matrix,
                     None if moments is None else tuple(moments), dict(moment_options or {}),
-                    symmetric_when, gram=gram)
+                    symmetric_when, gram=gram, blocks=blocks, blocks_when=blocks_when)
     import sys
 
     caller = sys._getframe(1).f_globals.get("__name__", "").rpartition(".")[2]

@@ -315,6 +315,9 @@ declare(
     moments=("estimator",),
     gram=GramForm(("kernel", "estimator", "sigma", "threshold", "engine", "precision"),
                   matrix=cka_matrix, recompute=_recomputes),
+    blocks="gram",
+    blocks_when=lambda o: "" if o.get("precision") == "float32" else
+    f"precision={o.get('precision')!r} grams are formed whole",
     measures=[
         Measure("cka_linear", {}, "similarity", "[0, 1]", _OIT, True,
                 "exact from feature moments; minibatch U-statistic (MinibatchCKA)",

@@ -381,7 +381,7 @@ def _dcor_pair(a, b, **_):
 declare(
     dcor,
     constraints={"estimator": V.Options("unbiased", "biased")},
-    prepare=_dcor_prepare, pair=_dcor_pair,
+    prepare=_dcor_prepare, pair=_dcor_pair, blocks="distance",
     measures=[Measure("dcor", {}, "similarity", "<= 1", _OIT, True,
                       "minibatch U-statistic (distance kernel)", "O(n^2 (p + q))",
                       "bias-corrected squared distance correlation <U(A), U(B)> / sqrt(...)",
@@ -391,7 +391,9 @@ declare(
     rsa,
     constraints={"rdm": V.Options("euclidean", "sqeuclidean", "correlation"),
                  "compare": V.Options("pearson", "spearman", "kendall")},
-    prepare=_rsa_prepare, pair=_rsa_pair,
+    prepare=_rsa_prepare, pair=_rsa_pair, blocks="rdm",
+    blocks_when=lambda o: "" if o.get("compare") == "pearson" else
+    f"compare={o.get('compare')!r} ranks every RDM entry at once (the Pearson comparison streams)",
     measures=[
         Measure("rsa", {}, "similarity", "[-1, 1]", _OIT, True, "all examples",
                 "O(n^2 (p + q))", "Pearson correlation of the Euclidean RDMs' upper triangles",

@@ -35,7 +35,6 @@ import xarray as xr
 from . import _registry as R
 from . import _validation as V
 from . import store as S
-from ._block_neighbours import LIST_MEASURES
 from ._io import progress as _progress
 from .results import similarity_array
 
@@ -160,29 +159,19 @@ def map_reduce(client: Any, task: Callable, template: Any, args: list[tuple]) ->
 
 def block_refusal(m: Any, opts: dict) -> str:
     """Why measure ``m`` (:func:`repsim.measure`) with the bound ``opts`` has no form in
-    blocks of examples; "" when it has one: a packed centred-gram form (the registry's
-    ``gram``: CKA, linear or RBF) with grams in the data's own dtype, distance
-    correlation (CKA of distance matrices), Pearson RSA (sums of RDM entries) or a k-NN
-    measure whose value needs only the neighbour lists."""
-    if m.family.gram is None:
-        name = m.family.function.__name__
-        if name in LIST_MEASURES + ("dcor",):
-            return ""
-        if name == "rsa":
-            return "" if opts.get("compare") == "pearson" else (
-                f"compare={opts.get('compare')!r} ranks every RDM entry at once (the Pearson "
-                "comparison streams)")
-        return "no form from gram blocks (CKA and the k-NN measures of neighbour lists only)"
-    if opts.get("precision") != "float32":
-        return f"precision={opts.get('precision')!r} grams are formed whole"
-    return ""
+    pairs of example blocks; "" when it has one (the registry's ``blocks``, under its
+    ``blocks_when``)."""
+    if m.family.blocks is None:
+        return "no form from example block pairs"
+    return m.family.blocks_when(opts) if m.family.blocks_when is not None else ""
 
 
 def stream_client(m: Any, opts: dict, stores: bool, batch_size: Any, client: Any,
                   options: dict | None = None) -> tuple[Any, str]:
     """``(client, form)``: the client to stream with (None: this process, False: read
-    layers whole) and the measure's form in blocks of examples, ``"blocks"`` (linear CKA
-    from block pairs, :func:`block_cka`) or ``"moments"`` (:func:`moment_matrix`).
+    layers whole) and the measure's form in blocks of examples, ``"blocks"`` (the
+    registry's form from example block pairs, :mod:`repsim.store_blocks`) or ``"moments"``
+    (:func:`moment_matrix`).
 
     Stores stream when ``batch_size`` or ``client`` is given (a measure without a form
     is then refused, as are inputs that are not stores) or a dask.distributed client is
@@ -340,28 +329,27 @@ def feed(acc: Any, a: Side, b: Side | None, *, batch_size: int | None, client: A
 def streamed_matrix(form: str, a: Side, b: Side | None, m: Any, opts: dict, options: dict, *,
                     batch_size: int | None, client: Any, progress: bool):
     """The measure ``m`` for every layer pair of the stores, in the ``form``
-    :func:`stream_client` chose: :func:`block_cka` or :func:`moment_matrix`."""
+    :func:`stream_client` chose: the registry's form in example block pairs
+    (:mod:`repsim.store_blocks`) or :func:`moment_matrix`."""
     from . import store_blocks as SB
 
-    if form == "blocks" and m.family.function.__name__ == "rsa":  # Pearson: sums of entries
-        from ._block_rdm import rsa_matrix_in_blocks
+    kind = m.family.blocks if form == "blocks" else None
+    if kind in ("rdm", "neighbour_lists"):
+        if kind == "rdm":  # Pearson RSA: sums of RDM entries
+            from ._block_rdm import rsa_matrix_in_blocks
 
-        values, info = rsa_matrix_in_blocks(a, b, opts, batch_size=batch_size, client=client,
-                                            progress=progress)
+            values, info = rsa_matrix_in_blocks(a, b, opts, batch_size=batch_size,
+                                                client=client, progress=progress)
+        else:  # a k-NN measure of merged neighbour lists
+            values, info = SB.neighbour_matrix_in_blocks(a, b, m.family.function.__name__,
+                                                         opts, batch_size=batch_size,
+                                                         client=client, progress=progress)
         return similarity_array(values, a.names, a.names if b is None else b.names, {}), info
-    if form == "blocks" and m.family.function.__name__ == "dcor":  # the distance kernel
-        return SB.block_cka(a, b, estimator=opts["estimator"], kernel="distance",
+    if kind in ("gram", "distance"):
+        return SB.block_cka(a, b, estimator=opts["estimator"],
+                            kernel="distance" if kind == "distance" else opts["kernel"],
+                            sigma=opts.get("sigma"), threshold=opts.get("threshold", 1.0),
                             batch_size=batch_size, client=client, progress=progress)
-    if form == "blocks" and m.family.gram is None:  # a k-NN measure of neighbour lists
-        values, info = SB.neighbour_matrix_in_blocks(a, b, m.family.function.__name__, opts,
-                                                  batch_size=batch_size, client=client,
-                                                  progress=progress)
-        return similarity_array(values, a.names, a.names if b is None else b.names,
-                                {}), info
-    if form == "blocks":
-        return SB.block_cka(a, b, estimator=opts["estimator"], kernel=opts["kernel"],
-                         sigma=opts.get("sigma"), threshold=opts.get("threshold", 1.0),
-                         batch_size=batch_size, client=client, progress=progress)
     return moment_matrix(a, b, m.name, options, batch_size=batch_size, client=client,
                          progress=progress)
 
