@@ -21,7 +21,7 @@ from repsim.store_stream import side_of  # noqa: E402
 from repsim.store_blocks import block_pairs, sweep_pairs  # noqa: E402
 from repsim.store_stream import example_blocks  # noqa: E402
 from test_store_stream import (  # noqa: E402,F401  (fixtures and helpers)
-    client, quiet, shuffled, store, write_store)
+    client, shuffled, store, write_store)
 
 MEASURES = ("mutual_knn", "jaccard_knn", "rank_similarity")
 
