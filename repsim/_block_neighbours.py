@@ -22,11 +22,11 @@ blocks of one layer and their ``B^2`` keys.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 
+from . import _moment_formulas as M
 from . import _validation as V
 from ._neighbour_core import Neighbours, _unit_rows
 from .kernels import _ldexp
@@ -49,7 +49,7 @@ class BlockNeighbours:
     means : list of arrays (p_l,), optional
         ``"euclidean"``: the float64 column means of every layer (all ``n`` examples).
     exponents : list of int, optional
-        ``"euclidean"``: each layer's scale, ``frexp(max |x - mean|)[1]``.
+        ``"euclidean"``: each layer's power-of-two scale (:func:`_centring`).
     """
 
     def __init__(self, n: int, k: int, metric: str, names: list[str], label: str,
@@ -167,17 +167,15 @@ class BlockNeighbours:
         return out
 
 
-def exponent_of(amax: float) -> int:
-    """``frexp(amax)[1]`` (0 for 0), as :func:`repsim.neighbours.neighbours` scales."""
-    return math.frexp(amax)[1] if amax > 0 else 0
-
-
 def _centring(side: Any, bounds: list[slice]) -> tuple[list[np.ndarray], list[int]]:
-    """Column means and scale exponents of every layer of ``side`` (two passes over single
-    blocks, on this process)."""
+    """Column means and scale exponents of every layer of ``side``, in one pass over
+    single blocks on this process. The exponent is that of a bound on ``|x - mean|``
+    (``max |x| + max |mean|``), not of its exact value: any power of two that keeps the
+    products inside float64's range scales every key exactly, so the lists are the same."""
     from .store_stream import read
 
     sums: list[Any] = [0.0] * len(side.names)
+    top = [0.0] * len(side.names)
     for rows in bounds:
         for l in range(len(side.names)):
             x = read(side.block(l, rows))
@@ -185,14 +183,10 @@ def _centring(side: Any, bounds: list[slice]) -> tuple[list[np.ndarray], list[in
             V.check_finite_array(x, np, f"{side.label}[{side.names[l]!r}] (examples "
                                  f"{rows.start}..{rows.stop - 1})")
             sums[l] = sums[l] + x.sum(axis=0)
+            top[l] = max(top[l], float(np.abs(x).max(initial=0.0)))
     means = [np.asarray(t, np.float64) / side.n for t in sums]
-    amax = [0.0] * len(side.names)
-    for rows in bounds:
-        for l in range(len(side.names)):
-            x = read(side.block(l, rows))
-            x = x.reshape(len(x), -1).astype(np.float64) - means[l]
-            amax[l] = max(amax[l], float(np.abs(x).max(initial=0.0)))
-    return means, [exponent_of(v) for v in amax]
+    bounds_ = [t + float(np.abs(m).max(initial=0.0)) for t, m in zip(top, means)]
+    return means, [M.exponent(v) for v in bounds_]
 
 
 def neighbour_matrix_in_blocks(a: Any, b: Any, measure: str, opts: dict, *,
