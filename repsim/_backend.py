@@ -226,6 +226,30 @@ def scalar(value, xp):
     return value
 
 
+def fill_diagonal(a, value, xp):
+    """``a`` (square, one of repsim's own temporaries) with its diagonal set to ``value``:
+    in place, or as a new array when ``a`` tracks gradients."""
+    n = a.shape[0]
+    if tracks_grad(a):
+        eye = xp.eye(n, dtype=xp.bool, device=device(a))
+        return xp.where(eye, xp.asarray(value, dtype=a.dtype, device=device(a)), a)
+    xp.reshape(a, (-1,))[:: n + 1] = value
+    return a
+
+
+def sum_of_squares(a, xp):
+    """``sum(a**2)`` accumulated in float64, a 0-d array (not synchronised); on numpy
+    without a temporary (BLAS ``dot`` for float64, a buffered ``einsum`` otherwise)."""
+    if is_numpy(a):
+        if a.dtype == np.float64 and a.flags.c_contiguous:
+            flat = a.reshape(-1)
+            return np.asarray(np.dot(flat, flat))
+        letters = "abcdefgh"[: a.ndim]
+        return np.asarray(np.einsum(f"{letters},{letters}->", a, a, dtype=np.float64))
+    a64 = xp.astype(a, accumulation_dtype(xp))
+    return xp.sum(a64 * a64)
+
+
 def self_product(x, xp):
     """The linear gram ``x @ x.T`` in the input's own library.
 

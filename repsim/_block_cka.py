@@ -53,7 +53,8 @@ from . import _backend as B
 from . import _validation as V
 from ._accumulator import Accumulator, State
 from ._rules import mask_degenerate
-from .kernels import degeneracy_terms
+from ._centring import unbiased_degeneracy_terms
+from .kernels import degeneracy_terms, rbf_less_constant, rbf_underflow_error
 from .results import similarity_array
 
 
@@ -190,7 +191,8 @@ class BlockCKA(Accumulator):
                     assert sigmas is not None
                     # the bandwidth in the scaled rows' units (sigmas are the data's)
                     sigma = math.ldexp(sigmas[l], -exps[l]) if math.isfinite(sigmas[l]) else 1.0
-                    k = rbf_less_constant(d2, 1.0 / (2.0 * sigma * sigma), typical[l])
+                    inv = 1.0 / (2.0 * sigma * sigma)
+                    k = rbf_less_constant(d2 * inv, typical[l] * inv, np)
             if diagonal:
                 diag[l, rows_i] += np.diagonal(k)
                 np.fill_diagonal(k, 0.0)
@@ -247,7 +249,9 @@ class BlockCKA(Accumulator):
         def terms(kl, u1, d1, t1, tr1, u2, d2, t2, tr2, dot, outer):
             if estimator == "biased":
                 return (kl + dot(d1, d2)) - 2.0 / n * dot(u1 + d1, u2 + d2) + outer(t1, t2) / n ** 2
-            return (kl + outer(t1 - tr1, t2 - tr2) / ((n - 1) * (n - 2))
+            # 1'K~1 from the off-diagonal rows themselves: t - tr K would lose the digits
+            # of an off-diagonal far below the diagonal (an RBF bandwidth below the spread)
+            return (kl + outer(u1.sum(axis=1), u2.sum(axis=1)) / ((n - 1) * (n - 2))
                     - 2.0 / (n - 2) * dot(u1, u2))
 
         def mat(u, v):
@@ -265,22 +269,55 @@ class BlockCKA(Accumulator):
                        np.multiply)
         return cross, self_a, self_b
 
-    def _degenerate(self, side):
+    def _degenerate(self, side, estimator="biased"):
+        flat = self._degenerate_centred(side)
+        return flat | self._zero_ucentred(side) if estimator == "unbiased" else flat
+
+    def _zero_ucentred(self, side):
+        """Layers whose U-centred gram is zero (:func:`repsim._centring.
+        unbiased_degeneracy_terms`): ``<U, U> = kl + (1'K~1)^2 / ((n-1)(n-2)) - 2/(n-2) |K~1|^2``
+        within the rounding of that difference, or below the in-memory tolerance
+        (``kl = ||K~||_F^2``). The sum form cannot resolve ``||U|| / ||K~||`` below
+        ``sqrt(eps)``."""
+        n = self.n
+        rows = self._values[f"rows_{side}"]
+        kl = self._values[f"self_{side}"] if self.two_sided else np.diagonal(self._values["cross"])
+        outer = rows.sum(axis=1) ** 2 / ((n - 1) * (n - 2))
+        dot = 2.0 / (n - 2) * np.einsum("ij,ij->i", rows, rows)
+        value = kl + outer - dot
+        eps = np.asarray(self.eps_a if side == "a" else self.eps_b, dtype=np.float64)
+        if self.kernel != "linear":
+            eps = np.full_like(eps, np.finfo(np.float64).eps)  # formed in float64
+        eps64 = float(np.finfo(np.float64).eps)
+        # the diagonal never enters these sums (kept apart): no trace term
+        _, memory = unbiased_degeneracy_terms(0.0, np.sqrt(np.abs(kl)), 0.0, n, eps)
+        return value <= 16.0 * eps64 * (np.abs(kl) + outer + dot) + memory ** 2
+
+    def _degenerate_centred(self, side):
         _, _, total, trace = self._side_terms(side)
         eps = self.eps_a if side == "a" else self.eps_b
         if self.kernel == "distance":  # as repsim.dcor: constant centred features
             linear = self._values[f"linear_{side}"]
             return np.asarray([_constant(lt, lo, self.n, e) for (lt, lo), e in zip(linear, eps)])
-        if self.kernel == "rbf":  # as repsim.cka_matrix: constant features, or an RBF gram
-            # that rounds to a constant in float64 (a bandwidth far above the spread): its
-            # tr(HKH) (the same for the summed K - c) against n eps tr(K), tr(K) = n
+        if self.kernel == "rbf":  # as repsim.cka_matrix: constant features, or a summed
+            # K - c whose tr(HKH) is within n eps tr(K - c) of 0 (float64)
             linear = self._values[f"linear_{side}"]
             constant = [_constant(lt, lo, self.n, e) for (lt, lo), e in zip(linear, eps)]
             self._check_bandwidths(side, constant)
             eps64 = float(np.finfo(np.float64).eps)
-            flat = [tr - t / self.n <= self.n * eps64 * self.n for tr, t in zip(trace, total)]
+            flat = [_constant(tr, t, self.n, eps64) for tr, t in zip(trace, total)]
             return np.asarray(constant) | np.asarray(flat)
         return np.asarray([_constant(tr, t, self.n, e) for tr, t, e in zip(trace, total, eps)])
+
+    def _check_underflow(self, side):
+        """Refuse a layer whose off-diagonal RBF values all lie below 2**-300 (their sum
+        of squares bounds the largest: ``max <= sqrt(kl)``), as in memory over batches."""
+        kl = self._values[f"self_{side}"] if self.two_sided else np.diagonal(self._values["cross"])
+        names = self.names_a if side == "a" else self.names_b
+        constant = self._degenerate_centred(side)
+        for name, value, const in zip(names, kl, constant):
+            if not const and math.sqrt(max(value, 0.0)) < 2.0 ** -300:
+                raise rbf_underflow_error(f"layers_{side}[{name!r}]")
 
     def _check_bandwidths(self, side, constant):
         sigmas = self.sigmas_a if side == "a" else self.sigmas_b
@@ -302,13 +339,18 @@ class BlockCKA(Accumulator):
             them; attrs ``measure``, ``estimator``, ``kernel``, ``n``, ``block_pairs``.
         """
         V.check_n(self.n, estimator, f"layers_a[{self.names_a[0]!r}]")
+        if self.kernel == "rbf" and estimator == "unbiased":
+            self._check_underflow("a")
+            if self.two_sided:
+                self._check_underflow("b")
         cross, self_a, self_b = self.hsic(estimator)
         with np.errstate(invalid="ignore", divide="ignore"):
             values = cross / np.sqrt(np.outer(self_a, self_b))
         values = np.clip(values, 0.0 if estimator == "biased" else -1.0, 1.0)
-        deg_a = self._degenerate("a")
-        deg_b = self._degenerate("b") if self.two_sided else deg_a
-        values = mask_degenerate(values, deg_a, deg_b, self.names_a, self.names_b)
+        deg_a = self._degenerate("a", estimator)
+        deg_b = self._degenerate("b", estimator) if self.two_sided else deg_a
+        values = mask_degenerate(values, deg_a, deg_b, self.names_a, self.names_b,
+                                 reason=V.degenerate_reason(estimator))
         attrs = {"measure": "cka", "estimator": estimator, "kernel": self.kernel, "n": self.n,
                  "block_pairs": self.block_pairs}
         if self.kernel == "rbf":
@@ -387,17 +429,6 @@ def typical_sq_distance(x) -> float:
     their mean: the mean squared distance between them, a typical value of ``D``."""
     c = x - x.mean(axis=0)
     return float(2.0 * np.einsum("ij,ij->", c, c) / max(1, len(x)))
-
-
-def rbf_less_constant(d2, inv, typical):
-    """``exp(-d2 inv) - exp(-typical inv)`` without cancellation: through ``expm1`` where
-    the two are within a factor ``e`` (both near 1 when the bandwidth exceeds the
-    spread), as a plain difference elsewhere."""
-    a, b = d2 * inv, typical * inv
-    close = b - a < 1.0
-    with np.errstate(over="ignore", invalid="ignore"):
-        near = np.exp(-b) * np.expm1(np.minimum(b - a, 1.0))
-    return np.where(close, near, np.exp(-a) - np.exp(-b))
 
 
 def block_sq_distances(xi, xj, shift, diagonal, label, rows_i, rows_j, as_float64=False,

@@ -17,6 +17,8 @@ Székely & Rizzo (2014), "Partial distance correlation with methods for dissimil
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import _backend as B
@@ -111,20 +113,23 @@ def ucentre_gram(k):
     return _centred(k, True)
 
 
-def centre_into(k, unbiased, out, xp, engine="auto"):
+def centre_into(k, unbiased, out, xp, engine="auto", norms=False):
     """Write centred (``unbiased=False``) or U-centred ``k`` flattened into ``out``.
 
     ``out`` is a float64 vector of length ``n*n`` (a row of the packed pairing matrix).
     Returns ``(trace(k), sum(k))`` (floats, or 0-d arrays on the array's device so that
-    a GPU is not synchronised once per layer).
+    a GPU is not synchronised once per layer); with ``norms`` also ``||k - diag k||_F``
+    and ``||out||_F`` (:func:`unbiased_degeneracy_terms`; fused into the numba loop).
     """
     if B.use_numba(engine, k, out):
         from . import _numba
 
-        tr, total = _numba.centre_into(B.numba_view(k), unbiased, B.numba_view(out))
-        return float(tr), float(total)
+        tr, total, off, norm = _numba.centre_into(B.numba_view(k), unbiased, B.numba_view(out))
+        return (float(tr), float(total)) + ((off, norm) if norms else ())
     tr, total = _centre_rows(xp.astype(k, B.accumulation_dtype(xp))[None], unbiased, out[None], xp)
-    return tr[0], total[0]
+    if not norms:
+        return tr[0], total[0]
+    return tr[0], total[0], offdiagonal_norm(k, xp), xp.sqrt(B.sum_of_squares(out, xp))
 
 
 def _centre_rows(k64, unbiased, rows, xp):
@@ -199,6 +204,30 @@ def degeneracy_terms(trace, total, n, gram_dtype_eps):
     caught, and an offset never makes a varying layer look constant.
     """
     return trace - total / n, n * gram_dtype_eps * trace
+
+
+def offdiagonal_norm(k, xp):
+    """``||K - diag(K)||_F`` of a gram (float64 sums; a 0-d array, not synchronised)."""
+    d = xp.astype(xp.linalg.diagonal(k), B.accumulation_dtype(xp))
+    return xp.sqrt(xp.clip(B.sum_of_squares(k, xp) - xp.sum(d * d), 0.0, None))
+
+
+def unbiased_degeneracy_terms(ucentred_norm, offdiagonal, trace, n, gram_dtype_eps):
+    """``(||U(K)||_F, tolerance)`` of a U-centred gram: the unbiased estimator's test.
+
+    The unbiased HSIC of a layer with itself is ``<U(K), U(K)> / (n (n - 3))``, with
+    ``U(K)`` the U-centred gram (zero diagonal). It is zero, and unbiased CKA with the
+    layer undefined (0/0), not only for a constant layer (``tr(HKH) = 0``) but whenever
+    ``K``'s off-diagonal entries are additive, ``K_ij = a_i + a_j`` for ``i != j``: rows
+    that are orthogonal with equal norms (one-hot or identity layers), or an RBF gram whose
+    off-diagonal entries are all equal. U-centring removes that additive part of the
+    off-diagonal ``K~``; the layer counts as degenerate when what is left is at the
+    rounding of ``K~``'s entries, ``||U(K)||_F <= sqrt(n) eps ||K~||_F + 8 eps_64 |tr K|``
+    (the second term: the diagonal's part in the centring's sums). Random rows leave
+    ``||U(K)|| ~ ||K~||`` whatever their width, far above it.
+    """
+    eps64 = float(np.finfo(np.float64).eps)
+    return ucentred_norm, math.sqrt(n) * gram_dtype_eps * offdiagonal + 8.0 * eps64 * abs(trace)
 
 
 def eps_of(k, xp):

@@ -8,6 +8,8 @@ numba engine is selected (see :func:`repsim._backend.use_numba`).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit
 
@@ -16,20 +18,26 @@ from numba import njit
 def centre_into(k, unbiased, out):  # pragma: no cover - compiled
     """Write the centred (or U-centred) ``k`` into ``out`` (length ``n*n``, float64).
 
-    Returns ``(trace(k), sum(k))`` in float64, for the finiteness and degeneracy checks.
+    Returns ``(trace(k), sum(k), ||k - diag k||_F, ||out||_F)`` in float64, for the
+    finiteness and degeneracy checks (the norms for the unbiased estimator's).
     """
     n = k.shape[0]
     rs = np.zeros(n)
     cs = np.zeros(n)
     tr = 0.0
+    sq = 0.0
+    osq = 0.0
     for i in range(n):
         s = 0.0
         for j in range(n):
             v = np.float64(k[i, j])
             s += v
+            sq += v * v
             cs[j] += v
         rs[i] = s
-        tr += np.float64(k[i, i])
+        d = np.float64(k[i, i])
+        tr += d
+        sq -= d * d
     total = rs.sum()
     if unbiased:
         a = 1.0 / (n - 2)
@@ -42,7 +50,10 @@ def centre_into(k, unbiased, out):  # pragma: no cover - compiled
             base = i * n
             ri = rs[i]
             for j in range(n):
-                out[base + j] = np.float64(k[i, j]) - ri - cs[j]
+                v = np.float64(k[i, j]) - ri - cs[j]
+                out[base + j] = v
+                osq += v * v
+            osq -= out[base + i] * out[base + i]
             out[base + i] = 0.0
     else:
         m = total / (n * n)
@@ -53,19 +64,31 @@ def centre_into(k, unbiased, out):  # pragma: no cover - compiled
             base = i * n
             ri = rs[i]
             for j in range(n):
-                out[base + j] = np.float64(k[i, j]) - ri - cs[j]
-    return tr, total
+                v = np.float64(k[i, j]) - ri - cs[j]
+                out[base + j] = v
+                osq += v * v
+    return tr, total, math.sqrt(max(sq, 0.0)), math.sqrt(max(osq, 0.0))
 
 
 @njit(cache=True, nogil=True)
-def rbf_from_linear(k, inv_two_sigma2, out):  # pragma: no cover - compiled
-    """``out[i, j] = exp(-(k_ii + k_jj - 2 k_ij) * inv_two_sigma2)`` in one pass."""
+def rbf_from_linear(k, inv_two_sigma2, shift, b, zero_diagonal, out):  # pragma: no cover - compiled
+    """:func:`repsim.kernels.rbf_less_constant` of ``a_ij = (k_ii + k_jj - 2 k_ij) *
+    inv_two_sigma2 - shift`` in one pass (``b`` already shifted; ``inf`` for the plain
+    ``exp(-a)``); the diagonal 0 with ``zero_diagonal``."""
     n = k.shape[0]
     d = np.empty(n)
     for i in range(n):
         d[i] = np.float64(k[i, i])
+    eb = math.exp(-b)
+    plain = b > 700.0
     for i in range(n):
         di = d[i]
         for j in range(n):
-            out[i, j] = np.exp(-(di + d[j] - 2.0 * np.float64(k[i, j])) * inv_two_sigma2)
+            a = (di + d[j] - 2.0 * np.float64(k[i, j])) * inv_two_sigma2 - shift
+            if plain:
+                out[i, j] = math.exp(-a)
+            elif not (zero_diagonal and i == j):
+                out[i, j] = eb * math.expm1(b - a)
+        if zero_diagonal:
+            out[i, i] = 0.0
     return out

@@ -14,8 +14,9 @@ import numpy as np
 from . import _validation as V
 
 
-def mask_degenerate(values, deg_a, deg_b, names_a, names_b, measure="CKA"):
-    """NaN the rows/columns of constant layers and warn once naming them (and ``measure``)."""
+def mask_degenerate(values, deg_a, deg_b, names_a, names_b, measure="CKA", reason="constant"):
+    """NaN the rows/columns of degenerate layers and warn once naming them (and ``measure``;
+    ``reason`` as in :func:`repsim._validation.warn_degenerate`)."""
     deg_a = np.asarray(deg_a, dtype=bool)
     deg_b = np.asarray(deg_b, dtype=bool)
     if deg_a.any() or deg_b.any():
@@ -24,7 +25,7 @@ def mask_degenerate(values, deg_a, deg_b, names_a, names_b, measure="CKA"):
         values[:, deg_b] = np.nan
         bad = [n for n, d in zip(names_a, deg_a) if d]
         bad += [n for n, d in zip(names_b, deg_b) if d and n not in bad]
-        V.warn_degenerate(bad, measure)
+        V.warn_degenerate(bad, measure, reason)
     return values
 
 

@@ -282,15 +282,30 @@ def check_level(level, name="level"):
     return float(level)
 
 
-def warn_degenerate(names, measure="CKA"):
-    """Warn that the named layers are constant and their ``measure`` values are NaN."""
+#: why a layer's value is undefined, by estimator (see :func:`degenerate_reason`)
+_REASONS = {
+    "constant": "constant representation(s) {names}: zero variance after centring",
+    "unbiased": ("representation(s) {names} whose U-centred gram is zero (constant, or "
+                 "orthogonal rows of equal norm such as one-hot rows, or equal kernel values "
+                 "between all pairs): their unbiased HSIC with themselves is 0"),
+}
+
+
+def degenerate_reason(estimator="biased"):
+    """The key of :func:`warn_degenerate`'s message for CKA with this ``estimator``."""
+    return "unbiased" if estimator == "unbiased" else "constant"
+
+
+def warn_degenerate(names, measure="CKA", reason="constant"):
+    """Warn that the named layers are degenerate (constant, or with ``reason="unbiased"``
+    a zero U-centred gram) and their ``measure`` values are NaN."""
     names = list(names)
     if names:
         shown = ", ".join(repr(n) for n in names[:10])
         more = f" and {len(names) - 10} more" if len(names) > 10 else ""
         warnings.warn(
-            f"{measure} is undefined (set to NaN) for constant representation(s) {shown}{more}: "
-            "zero variance after centring",
+            f"{measure} is undefined (set to NaN) for "
+            + _REASONS[reason].format(names=shown + more),
             DegenerateRepresentationWarning,
             stacklevel=user_stacklevel(),
         )

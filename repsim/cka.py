@@ -116,8 +116,10 @@ def cka(
         float64 in [0, 1] for the biased estimator, in [-1, 1] for the unbiased one (which
         can dip slightly below 0 for unrelated representations); rounding beyond those
         ranges (``1.0000000000000002`` at ``n = 2``) is clipped. NaN with a warning when
-        either side is constant. A numpy scalar for numpy input, a 0-d tensor on the
-        input's device for torch.
+        either side is constant, and for the unbiased estimator also when either side's
+        U-centred gram is zero (orthogonal rows of equal norm, such as one-hot rows: its
+        unbiased HSIC with itself is 0). A numpy scalar for numpy input, a 0-d tensor on
+        the input's device for torch.
 
     Notes
     -----
@@ -128,6 +130,8 @@ def cka(
     typically far less with blocked sums), whatever the offset and scale of the data.
     float32 inputs with offsets up to ``1e4`` standard deviations and scales from
     ``1e-20`` to ``1e20`` agree with the float64 computation to ``1e-4`` (tested).
+    RBF grams are formed less a constant (:func:`repsim.kernels.rbf_from_linear`), so
+    RBF CKA keeps its digits at any bandwidth: it tends to linear CKA as ``sigma`` grows.
 
     References
     ----------
@@ -181,7 +185,7 @@ def cka(
     bad = [nm for nm, c, t in (("x", cx[0], tx[0]), ("y", cy[0], ty[0])) if c <= t]
     xy = xp.sum(gx * gy)
     if bad:
-        V.warn_degenerate(bad)
+        V.warn_degenerate(bad, reason=V.degenerate_reason(estimator))
         return scalar(xy * float("nan"), xp)
     return scalar(_clip(xy / xp.sqrt(xp.sum(gx * gx) * xp.sum(gy * gy)), estimator, xp), xp)
 
@@ -249,7 +253,8 @@ def cka_matrix(
                      threshold=threshold, engine=engine, precision=precision)
     names_a, names_b, sig_a, sig_b = p.names_a, p.names_b, p.sigmas_a, p.sigmas_b
     values = _clip(pair_cka(p.packed_a, p.packed_b), estimator, np)
-    values = mask_degenerate(values, p.degenerate_a, p.degenerate_b, names_a, names_b)
+    values = mask_degenerate(values, p.degenerate_a, p.degenerate_b, names_a, names_b,
+                             reason=V.degenerate_reason(estimator))
     attrs = {
         "measure": "cka",
         "estimator": estimator,

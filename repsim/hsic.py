@@ -151,10 +151,13 @@ def centred_gram_stack(
     sigmas_used : list of float or None
         RBF bandwidths in the data's own units.
     centred, tolerance : numpy arrays, shape (L,)
-        ``tr(HKH)`` per layer and its rounding tolerance; a layer is constant (its CKA
-        undefined) where ``centred <= tolerance``. Both are sums over batches too. For the
-        RBF kernel a layer is constant when its features are (then both are 0), or when
-        its RBF gram rounds to a constant in float64 (a bandwidth far above the spread).
+        ``tr(HKH)`` per layer (unbiased: the norm of the U-centred gram, see
+        :func:`repsim._centring.unbiased_degeneracy_terms`) and its rounding tolerance; a
+        layer is degenerate (its CKA undefined) where ``centred <= tolerance``. Both are
+        sums over batches too. For the RBF kernel a layer is constant when its features
+        are (then both are 0), or when its gram less a constant (see
+        :func:`repsim.kernels.rbf_from_linear`, which keeps the digits of a gram near a
+        constant) centres to 0 in float64.
         With ``normalise`` (the value of one batch) a constant layer needs no bandwidth:
         its ``sigmas_used`` entry is NaN; without it (the sums of
         :class:`repsim.MinibatchCKA`, whose bandwidth is fixed on the first batch) the
@@ -170,6 +173,7 @@ def centred_gram_stack(
     acc = B.accumulation_dtype(xp)
     packed = xp.empty((len(arrays), n * n), dtype=acc, device=B.device(arrays[0]))
     stats, sigmas_used, eps, linear_stats = [], [], [], []
+    norms: list = []  # unbiased: (||K~||_F, ||U(K)||_F) per layer
     stacked = []  # on an accelerator the grams are centred together (_centring.stacks_centring)
     deferred = []  # (index, features, label): range checks read back once, after the loop
     for i, (name, a) in enumerate(zip(names, arrays)):
@@ -204,16 +208,22 @@ def centred_gram_stack(
             if fixed is None and normalise and _constant_linear(linear_stats[-1], n, eps[-1]):
                 # one batch's CKA of a constant layer: no bandwidth to pick (every distance
                 # is 0), the layer is reported constant below and its sigma is NaN
-                k, sigma = rbf_from_linear(k, xp, sigma=1.0, engine=engine, name=label)[0], math.nan
+                k, sigma = rbf_from_linear(k, xp, sigma=1.0, engine=engine, name=label,
+                                           centring=estimator)[0], math.nan
             else:
+                tr_lin, sum_lin = (B.item(v) for v in linear_stats[-1])
                 k, sigma = rbf_from_linear(k, xp, sigma=fixed, threshold=threshold, engine=engine,
-                                           name=label)
+                                           name=label, centring=estimator, scale_free=normalise,
+                                           mean_d2=2.0 * (tr_lin / n - sum_lin / n ** 2))
                 sigma = math.ldexp(sigma, e)
         sigmas_used.append(sigma)
         if _centring.stacks_centring(packed):  # all layers share packed's device
             stacked.append(k)
         else:
-            stats.append(centre_into(k, unbiased, packed[i], xp, engine=engine))
+            tr, total, *more = centre_into(k, unbiased, packed[i], xp, engine=engine,
+                                           norms=unbiased)
+            stats.append((tr, total))
+            norms.append(more)
     if deferred:  # one read-back for every layer's range; the checked path for outliers
         dmax = B.to_numpy(xp.stack([xp.max(xp.linalg.diagonal(stacked[i])) for i, _, _ in deferred]))
         for (i, a, label), d in zip(deferred, dmax):
@@ -222,10 +232,19 @@ def centred_gram_stack(
                 stacked[i] = linear_gram(a, xp, name=label, precision=precision)
                 eps[i] = gram_eps(stacked[i], xp, precision)
     if stacked:
+        if unbiased:
+            norms = [[_centring.offdiagonal_norm(k, xp), None] for k in stacked]
         stats = list(zip(*centre_stack_into(stacked, unbiased, packed, xp)))
     centred = np.empty(len(stats))
     tolerance = np.empty(len(stats))
     eps64 = float(np.finfo(B.accumulation_dtype(np)).eps)
+    if unbiased:  # row by row (no (L, n^2) temporary), one read-back for every layer
+        flat = []
+        for i, (off, ucentred) in enumerate(norms):
+            if ucentred is None:  # centred in a stack: from its packed row
+                ucentred = xp.sqrt(B.sum_of_squares(packed[i], xp))
+            flat += [v if B.is_array(v) else xp.asarray(v, dtype=acc) for v in (off, ucentred)]
+        norms = B.to_numpy(xp.stack(flat)).reshape(-1, 2)
     for i, ((tr, total), e) in enumerate(zip(stats, eps)):
         if kernel == "rbf":
             if _constant_linear(linear_stats[i], n, e):
@@ -235,6 +254,9 @@ def centred_gram_stack(
         centred[i], tolerance[i] = degeneracy_terms(B.item(tr), B.item(total), n, e)
         if kernel == "linear" and not normalise and not grams:
             _check_pairing_range(centred[i], n, f"{side}[{names[i]!r}]")
+        if unbiased:  # U(K) = 0 also for additive off-diagonals (one-hot rows)
+            centred[i], tolerance[i] = _centring.unbiased_degeneracy_terms(
+                float(norms[i, 1]), float(norms[i, 0]), B.item(tr), n, e)
     return packed, sigmas_used, centred, tolerance
 
 

@@ -308,14 +308,65 @@ def median_sigma(x, *, threshold: float = 1.0) -> float:
     return threshold * math.ldexp(math.sqrt(_median(squared_distances(k, xp), xp)), e)
 
 
-def rbf_from_linear(k, xp, sigma=None, threshold=1.0, engine="auto", name="x"):
+#: the unbiased estimator's off-diagonal is rescaled (exactly, up to rounding) when its
+#: largest RBF value lies below ``exp(-RBF_SHIFT)`` (2**-64): all of them would underflow
+#: or lose digits otherwise
+RBF_SHIFT = 64 * math.log(2.0)
+#: without rescaling (sums over batches), the largest off-diagonal value may not lie below
+#: ``exp(-RBF_UNSCALED_LIMIT)`` (2**-300: its products would leave float64's range)
+RBF_UNSCALED_LIMIT = 300 * math.log(2.0)
+
+
+def rbf_less_constant(a, b, xp):
+    """``exp(-a) - exp(-b)`` elementwise for an array ``a >= 0`` (or ``a <= b`` where
+    negative) and a float ``b``, without cancellation and with one transcendental per
+    entry: ``exp(-b) expm1(b - a)``, exact to rounding even when both terms are near 1
+    (a bandwidth far above the spread); for ``b > 700`` (``exp(-b) < 1e-304``, a bandwidth
+    below the spread) simply ``exp(-a)``: subtracting ``exp(-b)`` would change no entry
+    above ``2**-1000`` beyond rounding."""
+    if b > 700.0:
+        return xp.exp(-a)
+    return math.exp(-b) * xp.expm1(b - a)
+
+
+def rbf_underflow_error(name):
+    """The refusal of an unbiased RBF gram summed over batches (or blocks) whose
+    off-diagonal values all lie below ``2**-300``."""
+    return ValueError(
+        f"the RBF bandwidth of {name} lies so far below the distances between its "
+        "examples that every off-diagonal kernel value is below 2**-300: the unbiased "
+        "estimator's sums (over batches or blocks) would underflow; pass a larger sigma "
+        "(CKA of one batch, repsim.cka or repsim.cka_matrix, rescales instead)")
+
+
+def rbf_from_linear(k, xp, sigma=None, threshold=1.0, engine="auto", name="x", centring=None,
+                    scale_free=True, mean_d2=None):
     """RBF gram (float64) from a (centred) linear gram; returns ``(gram, sigma)``.
 
-    numpy's vectorised ``exp`` beats the fused numba loop on this step (0.40 ms against
-    0.63 ms at n=256, ``benchmarks/core_ratios.py``), so ``engine="auto"`` keeps numpy
-    here; ``engine="numba"`` still selects the fused kernel.
+    Parameters
+    ----------
+    k : array, shape (n, n)
+        Linear gram of the layer (centred, see :func:`linear_gram`).
+    sigma, threshold, name
+        As in :func:`gram`.
+    engine : {"auto", "numpy", "numba"}
+        numpy's vectorised ``exp`` beats the fused numba loop here (0.40 ms against
+        0.63 ms at n=256, ``benchmarks/core_ratios.py``), so ``"auto"`` keeps numpy.
+    centring : {None, "biased", "unbiased"}
+        None: the RBF gram ``K = exp(-D / (2 sigma^2))`` itself. Otherwise a gram with the
+        same centred (``"biased"``) or U-centred (``"unbiased"``) form up to a positive
+        factor, formed so that it keeps its digits: ``K - exp(-mean(D) / (2 sigma^2))``
+        (centring removes a constant; near a constant gram, when the bandwidth far exceeds
+        the spread, the difference comes from ``expm1``). ``"unbiased"`` ignores the
+        diagonal (set to 0), and when even the largest off-diagonal value lies below
+        ``2**-64`` (a bandwidth far below the distances) the off-diagonal is divided by it.
+    scale_free : bool, default True
+        Whether that division is allowed (CKA of one batch); without it (sums over
+        batches) such a gram is refused.
+    mean_d2 : float, optional
+        The mean of ``D`` over all ``n^2`` entries, ``2 tr(k)/n - 2 sum(k)/n^2``, when
+        the caller has ``k``'s trace and sum already.
     """
-    use_nb = engine == "numba" and B.use_numba(engine, k)
     if sigma is None:
         V.check_params(threshold=threshold)
         d2 = squared_distances(k, xp)
@@ -332,15 +383,49 @@ def rbf_from_linear(k, xp, sigma=None, threshold=1.0, engine="auto", name="x"):
         sigma = float(sigma)
         d2 = None
     inv = 1.0 / (2.0 * sigma * sigma)
+    use_nb = engine == "numba" and B.use_numba(engine, k)
+    if centring is None and not use_nb:
+        d2 = squared_distances(k, xp) if d2 is None else d2
+        return xp.exp(-d2 * inv), sigma
+    n = k.shape[0]
+    if mean_d2 is None:  # mean(D) = 2 tr(k)/n - 2 sum(k)/n^2
+        acc = B.accumulation_dtype(xp)
+        mean_d2 = 2.0 * (B.item(xp.sum(_diag(k, xp), dtype=acc)) / n
+                         - B.item(xp.sum(k, dtype=acc)) / n ** 2)
+    mean_d2 = max(0.0, mean_d2)
+    # exp(-b) is subtracted (any constant is exact; this one keeps the digits of a gram
+    # near a constant)
+    b = mean_d2 * inv
+    if centring is None:
+        b = math.inf  # nothing subtracted
+    elif mean_d2 > 0 and b < 1e-290:
+        raise ValueError(
+            f"the RBF bandwidth of {name} exceeds the spread of its examples (the root mean "
+            "squared distance between them) by so much (over 1e144 times) that every "
+            "D / (2 sigma^2) underflows; pass a smaller sigma")
+    shift = 0.0
+    unbiased = centring == "unbiased"
+    if unbiased and n > 1:  # the largest off-diagonal value is exp(-smallest)
+        d2 = B.fill_diagonal(squared_distances(k, xp) if d2 is None else d2, math.inf, xp)
+        smallest = B.item(xp.min(d2)) * inv
+        if smallest > RBF_SHIFT:
+            if not scale_free and smallest > RBF_UNSCALED_LIMIT:
+                raise rbf_underflow_error(name)
+            if scale_free:
+                shift = smallest
     if use_nb:
         from . import _numba
 
         out = np.empty(k.shape, dtype=B.accumulation_dtype(np))
-        out = _numba.rbf_from_linear(B.numba_view(k), inv, out)
+        out = _numba.rbf_from_linear(B.numba_view(k), inv, shift, b - shift, unbiased, out)
         return (out if B.is_numpy(k) else xp.asarray(out)), sigma
-    if d2 is None:
-        d2 = squared_distances(k, xp)
-    return xp.exp(-d2 * inv), sigma
+    d2 = squared_distances(k, xp) if d2 is None else d2
+    a = d2 * inv - shift if shift else d2 * inv
+    if centring is None:
+        return xp.exp(-a), sigma
+    if unbiased:  # the diagonal is not used: exactly 0 (exp(-b) - exp(-b))
+        a = B.fill_diagonal(a, b - shift, xp)
+    return rbf_less_constant(a, b - shift, xp), sigma
 
 
 def gram(x, *, kernel: str = "linear", sigma: float | None = None, threshold: float = 1.0):

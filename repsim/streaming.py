@@ -116,7 +116,10 @@ class MinibatchCKA(Accumulator):
         Fixed RBF bandwidth(s), each a finite number > 0 (``kernel="rbf"`` only). When
         None with ``kernel="rbf"``, each layer's bandwidth is calibrated once on the first
         batch by the median heuristic and then kept fixed (it is never re-estimated per
-        batch); the values are stored in the result's attrs.
+        batch); the values are stored in the result's attrs. The sums over batches cannot
+        rescale a layer, so with the unbiased estimator a batch whose off-diagonal RBF
+        values all lie below ``2**-300`` (a bandwidth far below the distances) is refused
+        (:func:`repsim.kernels.rbf_from_linear`).
     threshold : float, default 1.0
         Median-heuristic fraction for that calibration.
     transform : callable, optional
@@ -455,7 +458,8 @@ class MinibatchCKA(Accumulator):
         deg_b = deg_a if self.symmetric else host["centred_trace_b"] <= host["tolerance_b"]
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            values = _mask_degenerate(B.to_numpy(values), deg_a, deg_b, self.names_a, self.names_b)
+            values = _mask_degenerate(B.to_numpy(values), deg_a, deg_b, self.names_a, self.names_b,
+                                      reason=V.degenerate_reason(self.estimator))
         for w in caught:  # re-issued so that it points at the user's code
             warnings.warn(w.message, w.category, stacklevel=V.user_stacklevel())
         attrs = {

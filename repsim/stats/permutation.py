@@ -237,7 +237,8 @@ def _cka_null(xs, ys, opts, n_permutations, seed, progress, alternative):
     names_a, names_b, ga, gb, n = pp.names_a, pp.names_b, pp.packed_a, pp.packed_b, pp.n
     xp = B.namespace(ga)
     gb_eff = ga if gb is None else gb
-    observed = _mask_degenerate(pair_cka(ga, gb), pp.degenerate_a, pp.degenerate_b, names_a, names_b)
+    observed = _mask_degenerate(pair_cka(ga, gb), pp.degenerate_a, pp.degenerate_b, names_a, names_b,
+                                reason=V.degenerate_reason(opts["estimator"]))
     sa = B.to_numpy(xp.sum(ga * ga, axis=1))
     sb = B.to_numpy(xp.sum(gb_eff * gb_eff, axis=1))
     if opts["estimator"] == "unbiased":

@@ -273,7 +273,8 @@ def _bootstrap_grams(call, m, rng, progress, common, statistic=None):
     pp = prepare_pair(call.xs, call.ys, **opts)
     names_a, names_b, ga, gb, n = pp.names_a, pp.names_b, pp.packed_a, pp.packed_b, pp.n
     xp = B.namespace(ga)
-    theta = _mask_degenerate(pair_cka(ga, gb), pp.degenerate_a, pp.degenerate_b, names_a, names_b)
+    theta = _mask_degenerate(pair_cka(ga, gb), pp.degenerate_a, pp.degenerate_b, names_a, names_b,
+                             reason=V.degenerate_reason(estimator))
     unbiased = estimator == "unbiased"
     dev = B.device(ga)
     ga3 = xp.reshape(ga, (ga.shape[0], n, n))
