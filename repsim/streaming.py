@@ -436,7 +436,9 @@ class MinibatchCKA(Accumulator):
         xarray.DataArray, shape (L_a, L_b)
             dims ``("layer_a", "layer_b")``; attrs ``measure``, ``estimator``,
             ``kernel``, ``n_examples``, ``n_batches`` (and the RBF bandwidths). Constant
-            layers give NaN with a warning naming them.
+            layers give NaN with a warning naming them, and with the unbiased estimator
+            so do layers whose U-centred gram is zero in every batch (one-hot rows; see
+            :func:`repsim.cka`).
         xarray.Dataset
             With ``uncertainty=True``: variables ``cka`` (the same values), ``stderr``,
             ``ci_low``, ``ci_high``, dims ``(layer_a, layer_b)``, and ``jackknife``, dims
