@@ -436,7 +436,7 @@ def block_indicator(widths, xp, device):
     return xp.asarray(np.repeat(np.eye(len(widths)), widths, axis=0), device=device)
 
 
-def linear_cka_terms(s1, s2, n, widths, estimator):
+def linear_cka_terms(s1, s2, n, widths, estimator, scale=False):
     """HSIC-type cross terms ``(L, L)`` of every pair of layers from the sums ``s1 = Σ z``
     ``(D + L,)`` and ``s2 = Σ z zᵀ`` of ``z = [x', a]`` (shifted features of all layers of
     these ``widths``, then each layer's squared norm ``a_l = ||x_l'||²``).
@@ -445,6 +445,11 @@ def linear_cka_terms(s1, s2, n, widths, estimator):
     et al. (2012) of the linear grams, ``tr(K̃L̃) + 1ᵀK̃1 1ᵀL̃1 / ((n-1)(n-2)) - 2/(n-2)
     1ᵀK̃L̃1``, whose terms are blocks of ``s1`` and ``s2`` (docs/user_guide/
     streaming_moments.rst). Both are invariant to a translation of a layer's features.
+
+    With ``scale`` (unbiased only) also ``(magnitude, offdiagonal)``, each ``(L,)``: the
+    sum of the absolute values of the four terms of each layer's own value (the scale of
+    its rounding) and ``tr(K̃²) = ||K - diag K||_F²`` of its shifted grams, for
+    :func:`repsim._centring.unbiased_degeneracy_terms`.
     """
     xp = B.namespace(s2)
     d = sum(widths)
@@ -467,7 +472,14 @@ def linear_cka_terms(s1, s2, n, widths, estimator):
     k1 = xp.matmul(sx * sx, ind) - s1[d:]
     r = xp.matmul(ind.T, sx[:, None] * s2[:d, d:])  # r[m, l] = Σ_i a_l,i (x_m,i · s_m)
     t3 = w_rows - r.T - r + ata
-    return (out - ata) + k1[:, None] * k1[None, :] / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * t3
+    outer = k1[:, None] * k1[None, :] / ((n - 1) * (n - 2))
+    value = (out - ata) + outer - 2.0 / (n - 2) * t3
+    if not scale:
+        return value
+    diag = xp.linalg.diagonal
+    magnitude = (xp.abs(diag(out)) + xp.abs(diag(ata)) + xp.abs(diag(outer))
+                 + 2.0 / (n - 2) * (xp.abs(diag(w_rows)) + 2.0 * xp.abs(diag(r)) + xp.abs(diag(ata))))
+    return value, magnitude, diag(out) - diag(ata)
 
 
 def pair_value(measure, p, m, wx, wy, widths, fold_sums):

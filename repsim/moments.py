@@ -23,6 +23,7 @@ from . import _moment_formulas as F
 from . import _validation as V
 from ._accumulator import Accumulator, State, check_layer_names
 from ._registry import families, moment_params
+from ._centring import unbiased_degeneracy_terms
 from ._rules import mask_degenerate
 from .results import similarity_array
 
@@ -381,14 +382,20 @@ class FeatureMoments(Accumulator):
         ib = ia if self.symmetric else list(range(la, la + len(self.names_b)))
         deg = self._constant_layers(n, s1, s2)
         if measure == "cka":
-            terms = B.to_numpy(F.linear_cka_terms(s1, s2, n, self.widths, p["estimator"]))
+            if p["estimator"] == "unbiased":
+                terms, magnitude, offdiagonal = (B.to_numpy(t) for t in F.linear_cka_terms(
+                    s1, s2, n, self.widths, "unbiased", scale=True))
+                deg = deg | _zero_ucentred(np.diag(terms), magnitude, offdiagonal, n)
+            else:
+                terms = B.to_numpy(F.linear_cka_terms(s1, s2, n, self.widths, "biased"))
             diag = np.diag(terms)
             with np.errstate(invalid="ignore", divide="ignore"):
                 values = terms[np.ix_(ia, ib)] / np.sqrt(np.outer(diag[ia], diag[ib]))
         else:
             values = self._pairwise(measure, p, n, s1, s2, ia, ib, deg)
         named = "CKA" if measure == "cka" else measure
-        values = mask_degenerate(values, deg[ia], deg[ib], self.names_a, self.names_b, named)
+        values = mask_degenerate(values, deg[ia], deg[ib], self.names_a, self.names_b, named,
+                                 reason=V.degenerate_reason(p.get("estimator", "biased")))
         attrs = {"measure": measure, "n_examples": n, "n_batches": self.n_batches,
                  "symmetric": bool(self.symmetric), "folds": self.folds or 1,
                  **{k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in p.items()}}
@@ -498,3 +505,12 @@ def reexpress(widths, values, old, new, chunk=1024):
 def _slices(widths):
     bounds = np.cumsum([0] + list(widths))
     return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _zero_ucentred(value, magnitude, offdiagonal, n):
+    """Layers whose U-centred gram is zero (unbiased CKA undefined, see
+    :func:`repsim._centring.unbiased_degeneracy_terms`): ``<U, U>``, a difference of four
+    moment terms, within 16 eps of their magnitude or below the in-memory tolerance."""
+    eps64 = float(np.finfo(np.float64).eps)
+    _, memory = unbiased_degeneracy_terms(0.0, np.sqrt(np.abs(offdiagonal)), 0.0, n, eps64)
+    return value <= 16.0 * eps64 * magnitude + memory ** 2

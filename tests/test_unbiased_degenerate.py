@@ -148,3 +148,28 @@ def test_property_orthogonal_rows_flagged_random_rows_not(n, extra, log_scale, l
     v = np.asarray(mat)
     assert np.isnan(v[0]).all() and len(w) == 1 and "'x'" in str(w[0].message)
     assert v[1, 1] == 1.0  # a random layer is never flagged
+
+
+@pytest.mark.parametrize("n,d,log2_offset", [(40, 40, None), (40, 55, 3), (30, 30, 10)])
+def test_feature_moments_flag_the_one_hot_layer_and_keep_a_near_one(n, d, log2_offset):
+    """The moment path's unbiased self-HSIC is a difference of four moment terms: the
+    one-hot layer's is rounding (was CKA 1.0 with itself, 1.7e-8 with others); a layer 1e-4
+    away from one-hot keeps the in-memory values."""
+    rng = np.random.default_rng(n + d)
+    x = one_hot(n, d, 0, log2_offset, seed=d)
+    near = x + 1e-4 * rng.standard_normal(x.shape)
+    y = rng.standard_normal((n, 5))
+    fm = repsim.FeatureMoments()
+    for start in range(0, n, 10):
+        sl = slice(start, start + 10)
+        fm.update({"onehot": x[sl], "y": y[sl], "near": near[sl]})
+    got, w = caught(fm.compute, "cka", estimator="unbiased")
+    v = np.asarray(got)
+    assert np.isnan(v[0]).all() and np.isnan(v[:, 0]).all()
+    assert len(w) == 1 and "'onehot'" in str(w[0].message) and "U-centred" in str(w[0].message)
+    mem, _ = caught(repsim.cka_matrix, {"onehot": x, "y": y, "near": near}, estimator="unbiased")
+    np.testing.assert_allclose(v[1:, 1:], np.asarray(mem)[1:, 1:], rtol=0, atol=1e-9)
+    assert v[2, 1] == pytest.approx(ref_cka_unbiased(near, y), abs=1e-9)
+    # the biased estimator is defined for the one-hot layer
+    biased, w = caught(fm.compute, "cka")
+    assert np.isfinite(np.asarray(biased)).all() and not w
