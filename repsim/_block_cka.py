@@ -53,7 +53,7 @@ from . import _backend as B
 from . import _validation as V
 from ._accumulator import Accumulator, State
 from ._rules import mask_degenerate
-from ._centring import unbiased_degeneracy_terms
+from ._centring import zero_ucentred_sum
 from .kernels import degeneracy_terms, rbf_less_constant, rbf_underflow_error
 from .results import similarity_array
 
@@ -284,14 +284,10 @@ class BlockCKA(Accumulator):
         kl = self._values[f"self_{side}"] if self.two_sided else np.diagonal(self._values["cross"])
         outer = rows.sum(axis=1) ** 2 / ((n - 1) * (n - 2))
         dot = 2.0 / (n - 2) * np.einsum("ij,ij->i", rows, rows)
-        value = kl + outer - dot
         eps = np.asarray(self.eps_a if side == "a" else self.eps_b, dtype=np.float64)
         if self.kernel != "linear":
             eps = np.full_like(eps, np.finfo(np.float64).eps)  # formed in float64
-        eps64 = float(np.finfo(np.float64).eps)
-        # the diagonal never enters these sums (kept apart): no trace term
-        _, memory = unbiased_degeneracy_terms(0.0, np.sqrt(np.abs(kl)), 0.0, n, eps)
-        return value <= 16.0 * eps64 * (np.abs(kl) + outer + dot) + memory ** 2
+        return zero_ucentred_sum(kl + outer - dot, np.abs(kl) + outer + dot, kl, n, eps)
 
     def _degenerate_centred(self, side):
         _, _, total, trace = self._side_terms(side)

@@ -230,6 +230,19 @@ def unbiased_degeneracy_terms(ucentred_norm, offdiagonal, trace, n, gram_dtype_e
     return ucentred_norm, math.sqrt(n) * gram_dtype_eps * offdiagonal + 8.0 * eps64 * abs(trace)
 
 
+def zero_ucentred_sum(value, magnitude, offdiagonal_sq, n, gram_dtype_eps):
+    """Layers whose ``<U(K), U(K)>`` -- ``value``, formed as a difference of sums (streamed
+    block pairs, feature moments) whose absolute terms add up to ``magnitude`` -- is zero:
+    within that difference's rounding, ``16 eps_64 magnitude``, or below the in-memory
+    tolerance of :func:`unbiased_degeneracy_terms` (``offdiagonal_sq = ||K~||_F^2``; no
+    trace term, the sums keep the diagonal apart). Such sums cannot resolve
+    ``||U|| / ||K~||`` below ``sqrt(eps)``."""
+    eps64 = float(np.finfo(np.float64).eps)
+    _, memory = unbiased_degeneracy_terms(0.0, np.sqrt(np.abs(offdiagonal_sq)), 0.0, n,
+                                          gram_dtype_eps)
+    return value <= 16.0 * eps64 * magnitude + memory ** 2
+
+
 def eps_of(k, xp):
     """Machine epsilon of ``k``'s float dtype."""
     return float(xp.finfo(k.dtype).eps)

@@ -3,8 +3,8 @@
 **The line between the two moment modules.** Here: pure functions of arrays -- a layer's
 data (:func:`prepare_layer`), a pair's centred :class:`Moments`, the :class:`RawSums` of
 some examples, the accumulator's summed columns (:func:`linear_cka_terms`) -- with no
-state, batches or checkpoints. :mod:`repsim.moments` holds :class:`repsim.FeatureMoments`,
-its layout and the algebra only that layout needs. The full-data functions
+state or batches (:class:`repsim.FeatureMoments`, its layout's algebra in
+:mod:`repsim._moment_layout`). The full-data functions
 (:func:`repsim.shape_distance`, :func:`repsim.nbs`, :func:`repsim.ridge_r2`,
 :func:`repsim.gulp`) and the accumulator call the same formulas: one value.
 
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import functools
 import math
-import warnings
 from types import SimpleNamespace
 from typing import NamedTuple
 
@@ -169,14 +168,9 @@ def pair_layers(a, b):
     return m, [s for s, layer in (("x", a), ("y", b)) if layer.constant]
 
 
-def undefined(bad, measure):
-    """Warn that ``measure`` is undefined for the constant sides ``bad``; return NaN."""
-    warnings.warn(
-        f"{measure} is undefined (set to NaN) for constant representation(s) "
-        + ", ".join(repr(b) for b in bad) + ": zero variance after centring",
-        V.DegenerateRepresentationWarning,
-        stacklevel=V.user_stacklevel(),
-    )
+def undefined(bad, measure, reason="constant"):
+    """NaN, warning that ``measure`` is undefined for ``bad`` (:func:`V.warn_degenerate`)."""
+    V.warn_degenerate(bad, measure, reason)
     return math.nan
 
 
@@ -184,7 +178,6 @@ as_result = scalar  # a value as the input's library's float64 scalar
 
 
 # --------------------------------------------------------------------------- units
-
 def unscale(value, e):
     """``value * 2**e`` (a Python float; saturates to 0 or inf)."""
     with np.errstate(over="ignore", under="ignore"):
@@ -446,10 +439,8 @@ def linear_cka_terms(s1, s2, n, widths, estimator, scale=False):
     1ᵀK̃L̃1``, whose terms are blocks of ``s1`` and ``s2`` (docs/user_guide/
     streaming_moments.rst). Both are invariant to a translation of a layer's features.
 
-    With ``scale`` (unbiased only) also ``(magnitude, offdiagonal)``, each ``(L,)``: the
-    sum of the absolute values of the four terms of each layer's own value (the scale of
-    its rounding) and ``tr(K̃²) = ||K - diag K||_F²`` of its shifted grams, for
-    :func:`repsim._centring.unbiased_degeneracy_terms`.
+    ``scale`` (unbiased): also each layer's ``(|terms| summed, tr(K̃²))``, ``(L,)`` each,
+    for :func:`repsim._centring.zero_ucentred_sum`.
     """
     xp = B.namespace(s2)
     d = sum(widths)
@@ -476,10 +467,9 @@ def linear_cka_terms(s1, s2, n, widths, estimator, scale=False):
     value = (out - ata) + outer - 2.0 / (n - 2) * t3
     if not scale:
         return value
-    diag = xp.linalg.diagonal
-    magnitude = (xp.abs(diag(out)) + xp.abs(diag(ata)) + xp.abs(diag(outer))
-                 + 2.0 / (n - 2) * (xp.abs(diag(w_rows)) + 2.0 * xp.abs(diag(r)) + xp.abs(diag(ata))))
-    return value, magnitude, diag(out) - diag(ata)
+    d, a = xp.linalg.diagonal, xp.abs
+    size = d(a(out)) + d(a(outer)) + 2.0 / (n - 2) * (d(a(w_rows)) + 2.0 * d(a(r)))
+    return value, size + (1.0 + 2.0 / (n - 2)) * d(a(ata)), d(out) - d(ata)
 
 
 def pair_value(measure, p, m, wx, wy, widths, fold_sums):

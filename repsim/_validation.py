@@ -285,9 +285,10 @@ def check_level(level, name="level"):
 #: why a layer's value is undefined, by estimator (see :func:`degenerate_reason`)
 _REASONS = {
     "constant": "constant representation(s) {names}: zero variance after centring",
-    "unbiased": ("representation(s) {names} whose U-centred gram is zero (constant, or "
-                 "orthogonal rows of equal norm such as one-hot rows, or equal kernel values "
-                 "between all pairs): their unbiased HSIC with themselves is 0"),
+    "unbiased": ("representation(s) {names} whose U-centred gram or distance matrix is "
+                 "zero (constant, or orthogonal rows of equal norm such as one-hot rows, or "
+                 "equal kernel values or distances between all pairs): the unbiased "
+                 "estimator's value for them with themselves is 0"),
 }
 
 

@@ -1,9 +1,10 @@
 """FeatureMoments: every layer pair's moment-based measures, exactly, in one pass.
 
 **The line between the two moment modules.** Here: the accumulator, its states and layout
-(shift and per-layer scale exponents, fixed by the first batch) and the algebra only that
+(shift and per-layer scale exponents, fixed by the first batch); the algebra only that
 layout needs (a batch's rows ``z``, adding their product, re-expressing sums on another
-shift and scale). Values come from :mod:`repsim._moment_formulas`, like the full-data ones.
+shift and scale) is in :mod:`repsim._moment_layout`. Values come from
+:mod:`repsim._moment_formulas`, like the full-data ones.
 
 Per batch, ``Z = [X_1', ..., X_L', a_1, ..., a_L]`` with ``X_l' = (X_l - s_l) 2**-e_l``
 and ``a_l = ||x_l'||²`` row-wise (``n x (D + L)``, ``D = Σ d_l``); one float64 product
@@ -23,7 +24,8 @@ from . import _moment_formulas as F
 from . import _validation as V
 from ._accumulator import Accumulator, State, check_layer_names
 from ._registry import families, moment_params
-from ._centring import unbiased_degeneracy_terms
+from ._centring import zero_ucentred_sum
+from ._moment_layout import add_cross_product, augment, reexpress, slices  # noqa: F401 (MM.*)
 from ._rules import mask_degenerate
 from .results import similarity_array
 
@@ -238,7 +240,7 @@ class FeatureMoments(Accumulator):
         """Per layer, the exponent of its largest centred entry (else of its largest
         entry: a one-example batch), within [-MAX_EXPONENT, MAX_EXPONENT]."""
         top = [B.to_numpy(xp.max(xp.abs(a), axis=0)) for a in (x - shift, x)]
-        amax = [float(top[0][s].max()) or float(top[1][s].max()) for s in _slices(widths)]
+        amax = [float(top[0][s].max()) or float(top[1][s].max()) for s in slices(widths)]
         return tuple(min(max(F.exponent(a), -MAX_EXPONENT), MAX_EXPONENT) for a in amax)
 
     def _fold(self, fold):
@@ -385,7 +387,8 @@ class FeatureMoments(Accumulator):
             if p["estimator"] == "unbiased":
                 terms, magnitude, offdiagonal = (B.to_numpy(t) for t in F.linear_cka_terms(
                     s1, s2, n, self.widths, "unbiased", scale=True))
-                deg = deg | _zero_ucentred(np.diag(terms), magnitude, offdiagonal, n)
+                deg = deg | zero_ucentred_sum(np.diag(terms), magnitude, offdiagonal, n,
+                                              float(np.finfo(np.float64).eps))
             else:
                 terms = B.to_numpy(F.linear_cka_terms(s1, s2, n, self.widths, "biased"))
             diag = np.diag(terms)
@@ -405,14 +408,14 @@ class FeatureMoments(Accumulator):
     def _constant_layers(self, n, s1, s2):
         """Zero centred variance up to rounding: ``tr(S_ll) <= n eps tr(raw shifted)``."""
         xp, eps, out = B.namespace(s2), float(np.finfo(np.float64).eps), []
-        for sl in _slices(self.widths):
+        for sl in slices(self.widths):
             raw = B.item(xp.sum(xp.linalg.diagonal(s2[sl, sl])))
             centred = raw - B.item(xp.sum(s1[sl] * s1[sl])) / n
             out.append(not centred > n * eps * raw)
         return np.asarray(out, dtype=bool)
 
     def _pairwise(self, measure, p, n, s1, s2, ia, ib, deg):
-        sl = _slices(self.widths)
+        sl = slices(self.widths)
 
         def cross(i, j):  # centred scatter Xc_iᵀ Xc_j from the shifted sums
             return s2[sl[i], sl[j]] - s1[sl[i]][:, None] * s1[sl[j]][None, :] / n
@@ -442,75 +445,7 @@ class FeatureMoments(Accumulator):
 
     def _fold_sums(self, a, b):
         """Per-fold raw (shifted, scaled) sums of layers ``a`` (predictor) and ``b``."""
-        s, (x, y) = self._values, [_slices(self.widths)[k] for k in (a, b)]
+        s, (x, y) = self._values, [slices(self.widths)[k] for k in (a, b)]
         return [F.RawSums(int(B.to_numpy(s["n"][f])), s["sum_z"][f][x], s["sum_z"][f][y],
                           s["zz"][f][x, x], s["zz"][f][y, y], s["zz"][f][x, y])
                 for f in range(s["zz"].shape[0])]
-
-
-# --------------------------------------------------------------------------- the layout's algebra
-
-def add_cross_product(acc, z, xp, max_block_bytes=2**26):
-    """``acc += zᵀ z`` in place (``acc`` (m, m), ``z`` (n, m)) by row blocks of ``acc``: no
-    second ``(D + L)²`` array (each block's temporary is at most ``max_block_bytes``)."""
-    m = int(z.shape[1])
-    rows = max(1, min(m, max_block_bytes // (8 * max(m, 1))))
-    for lo in range(0, m, rows):
-        hi = min(lo + rows, m)
-        acc[lo:hi, :] += xp.matmul(z[:, lo:hi].T, z)
-    return acc
-
-
-def augment(xs, widths, xp):
-    """``[xs, a]`` with ``a[:, l] = ||xs_l||²`` row-wise per layer: ``(n, D + L)``."""
-    norms = [xp.sum(xs[:, sl] * xs[:, sl], axis=1)[:, None] for sl in _slices(widths)]
-    return xp.concat([xs] + norms, axis=1)
-
-
-def reexpress(widths, values, old, new, chunk=1024):
-    """Re-express a state dict's ``n``, ``sum_z``, ``zz`` (per fold) on the layout ``new =
-    (shift, exponents)`` from ``old``, in place, and return them.
-
-    The shift, in ``old``'s units: with ``δ = (new - old shift) 2**-e_old``, ``x' = x - δ``
-    and ``a'_l = a_l - 2 δ_lᵀ x_l + ||δ_l||²``, i.e. ``z' = (I + E) z + c`` (``E`` nonzero
-    in its last ``L`` rows): ``Σz' = (I + E) Σz + n c``, ``Σz'z'ᵀ = (I+E) Σzzᵀ (I+E)ᵀ +
-    (I+E)Σz cᵀ + c ((I+E)Σz)ᵀ + n c cᵀ`` (``O(L D²)``; rank-one terms ``chunk`` rows at a
-    time). Then the scale: layer ``l``'s columns times ``r_l = 2**(e_old - e_new)``, its
-    norm column times ``r_l²``. Exact up to rounding."""
-    xp, dev = B.namespace(values["zz"]), B.device(values["zz"])
-    delta = (np.asarray(new[0]) - np.asarray(old[0])) / np.repeat(np.ldexp(1.0, old[1]), widths)
-    ratio = np.ldexp(1.0, [a - b for a, b in zip(old[1], new[1])])
-    d = len(delta)
-    ind = F.block_indicator(widths, xp, dev)
-    e = -2.0 * (ind * xp.asarray(delta, device=dev)[:, None]).T  # (L, D)
-    c = xp.asarray(np.concatenate([-delta, [float(np.sum(delta[s] ** 2)) for s in
-                                            _slices(widths)]]), device=dev)
-    scale = xp.asarray(np.concatenate([np.repeat(ratio, widths), ratio ** 2]), device=dev)
-    for f in range(values["zz"].shape[0]):
-        g, sz = values["zz"][f], values["sum_z"][f]  # views into the states
-        n = float(B.item(values["n"][f]))
-        g[d:, :] += xp.matmul(e, g[:d, :])  # (I + E) G
-        g[:, d:] += xp.matmul(g[:, :d], e.T)  # ... (I + E)^T
-        sz[d:] += xp.matmul(e, sz[:d])  # (I + E) Σz
-        for lo in range(0, g.shape[0], chunk):
-            hi = min(lo + chunk, g.shape[0])
-            g[lo:hi, :] += (sz[lo:hi, None] * c[None, :] + c[lo:hi, None] * sz[None, :]
-                            + n * c[lo:hi, None] * c[None, :])
-            g[lo:hi, :] *= scale[lo:hi, None] * scale[None, :]
-        sz += n * c
-        sz *= scale
-    return values
-
-
-def _slices(widths):
-    bounds = np.cumsum([0] + list(widths))
-    return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
-
-
-def _zero_ucentred(value, magnitude, offdiagonal, n):
-    """Layers whose U-centred gram is zero (unbiased CKA undefined, see
-    :func:`repsim._centring.unbiased_degeneracy_terms`): ``<U, U>``, a difference of four
-    moment terms, within 16 eps of their magnitude or below the in-memory tolerance."""
-    eps64 = float(np.finfo(np.float64).eps)
-    _, memory = unbiased_degeneracy_terms(0.0, np.sqrt(np.abs(offdiagonal)), 0.0, n, eps64)
-    return value <= 16.0 * eps64 * magnitude + memory ** 2

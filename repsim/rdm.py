@@ -39,6 +39,7 @@ from . import _backend as B
 from . import _moment_formulas as M
 from . import _validation as V
 from ._registry import Measure, declare
+from ._centring import unbiased_degeneracy_terms
 from .cka import _centred_scaled
 from .kernels import _ldexp, centre_into
 
@@ -142,7 +143,8 @@ def dcor(x, y, estimator="unbiased"):
     -------
     scalar
         float64; biased in ``[0, 1]``, unbiased at most 1. NaN with a warning when a side
-        is constant.
+        is constant, and (unbiased) when its U-centred distance matrix is zero: every
+        pair of its examples equally far apart (one-hot rows).
 
     Notes
     -----
@@ -173,13 +175,15 @@ def dcor(x, y, estimator="unbiased"):
     (pa, ca), (pb, cb) = (_centred_distances(a, xp, name, unbiased) for a, name in ((x, "x"), (y, "y")))
     bad = [name for name, constant in (("x", ca), ("y", cb)) if constant]
     if bad:
-        return M.as_result(M.undefined(bad, "dcor"), xp)
+        return M.as_result(M.undefined(bad, "dcor", V.degenerate_reason(estimator)), xp)
     return M.as_result(xp.sum(pa * pb) / xp.sqrt(xp.sum(pa ** 2) * xp.sum(pb ** 2)), xp)
 
 
 def _centred_distances(a, xp, name, unbiased):
     """One side of :func:`dcor`: its Euclidean distance matrix, U-centred (or double
-    centred), flattened to ``(n*n,)`` float64, and whether the side is constant."""
+    centred), flattened to ``(n*n,)`` float64, and whether the side is degenerate: constant,
+    or (unbiased) with a zero U-centred distance matrix, as when every pair of examples is
+    equally far apart (one-hot rows; :func:`repsim._centring.unbiased_degeneracy_terms`)."""
     n = int(a.shape[0])
     packed = xp.empty((n * n,), dtype=xp.float64, device=B.device(a))
     # centred in float64 and scaled by a power of two (exact; dcor is scale invariant)
@@ -187,7 +191,12 @@ def _centred_distances(a, xp, name, unbiased):
     # distances below stay in float64's range at any scale, and "constant" is decided
     # on the centred data
     ac, constant = _centred_scaled(a, xp, name)
-    centre_into(xp.sqrt(_squared_distances(ac, xp)), unbiased, packed, xp)
+    tr, _, off, norm = centre_into(xp.sqrt(_squared_distances(ac, xp)), unbiased, packed, xp,
+                                   norms=True)
+    if unbiased and not constant:
+        norm, tol = unbiased_degeneracy_terms(B.item(norm), B.item(off), B.item(tr), n,
+                                              float(np.finfo(np.float64).eps))
+        constant = norm <= tol
     return packed, constant
 
 
@@ -368,13 +377,13 @@ def _dcor_prepare(x, name, *, estimator="unbiased", **_):
     return packed, xp.sum(packed ** 2), constant, name
 
 
-def _dcor_pair(a, b, **_):
+def _dcor_pair(a, b, *, estimator="unbiased", **_):
     xp = B.namespace(a[0])
     if a[0].shape != b[0].shape:
         raise ValueError(f"{a[3]} and {b[3]} hold different numbers of examples")
     bad = list(dict.fromkeys(p[3] for p in (a, b) if p[2]))
     if bad:
-        return M.as_result(M.undefined(bad, "dcor"), xp)
+        return M.as_result(M.undefined(bad, "dcor", V.degenerate_reason(estimator)), xp)
     return M.as_result(xp.sum(a[0] * b[0]) / xp.sqrt(a[1] * b[1]), xp)
 
 

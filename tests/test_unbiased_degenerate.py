@@ -64,7 +64,7 @@ def test_one_hot_layer_is_nan_with_the_unbiased_reason(kernel):
     opts = {"sigma": 1.0} if kernel == "rbf" else {}
     value, w = caught(repsim.cka, x, y, kernel=kernel, estimator="unbiased", **opts)
     assert np.isnan(value)
-    assert len(w) == 1 and "U-centred gram is zero" in str(w[0].message) and "'x'" in str(w[0].message)
+    assert len(w) == 1 and "U-centred gram or distance matrix is zero" in str(w[0].message) and "'x'" in str(w[0].message)
     mat, w = caught(repsim.cka_matrix, {"onehot": x, "y": y}, kernel=kernel,
                     estimator="unbiased", **opts)
     v = np.asarray(mat)
@@ -106,7 +106,7 @@ def test_minibatch_cka_one_hot_batches_are_nan_and_mixed_ones_are_not():
     v, w = caught(acc.compute)
     v = np.asarray(v)
     assert np.isnan(v[0]).all() and v[1, 1] == 1.0 and len(w) == 1
-    assert "U-centred gram is zero" in str(w[0].message)
+    assert "U-centred gram or distance matrix is zero" in str(w[0].message)
     # one batch with structure makes the summed self-HSIC positive: defined again
     acc.update({"onehot": rng.standard_normal((10, 10)), "y": rng.standard_normal((10, 3))})
     v, w = caught(acc.compute)
@@ -127,7 +127,7 @@ def test_streamed_store_flags_the_one_hot_layer(tmp_path):
                         batch_size=batch_size, progress=False)
         v = np.asarray(sim)
         assert np.isnan(v[0]).all() and v[1, 1] == 1.0 and len(w) == 1
-        assert "U-centred gram is zero" in str(w[0].message)
+        assert "U-centred gram or distance matrix is zero" in str(w[0].message)
     assert np.isnan(np.asarray(mem)[0]).all() and len(w_mem) == 1
 
 
@@ -173,3 +173,32 @@ def test_feature_moments_flag_the_one_hot_layer_and_keep_a_near_one(n, d, log2_o
     # the biased estimator is defined for the one-hot layer
     biased, w = caught(fm.compute, "cka")
     assert np.isfinite(np.asarray(biased)).all() and not w
+
+
+def test_dcor_of_equidistant_examples_is_nan_and_a_near_layer_equals_the_definition(tmp_path):
+    """Bias-corrected distance correlation U-centres the distance matrix: one-hot rows
+    (every pair sqrt(2) apart) give U(A) = 0 (was dcor -0.0055 with others, 1.0 with
+    itself), on every path; 1e-3 away they match the definition (the dcor package's
+    u_distance_correlation_sqr, tests/test_rsa.py)."""
+    pytest.importorskip("zarr")
+    from test_store_rdm import ref_dcor
+    from test_store_stream import write_store
+
+    rng = np.random.default_rng(9)
+    x = one_hot(32, 40, 0, 2, seed=9)
+    near = x + 1e-3 * rng.standard_normal(x.shape)
+    y = rng.standard_normal((32, 5))
+    for a in (x, orthogonal_rows(32, 40, 5, seed=9)):
+        value, w = caught(repsim.dcor, a, y)
+        assert np.isnan(value) and len(w) == 1 and "distance matrix is zero" in str(w[0].message)
+        value, w = caught(repsim.dcor, a, y, estimator="biased")
+        assert np.isfinite(value) and not w
+    assert repsim.dcor(near, y) == pytest.approx(ref_dcor(near, y), abs=1e-10)
+    layers = {"onehot": x, "y": y, "near": near}
+    mem, w = caught(repsim.similarity_matrix, layers, measure="dcor", progress=False)
+    store = write_store(tmp_path / "d.zarr", layers, chunk=16)
+    streamed, w2 = caught(repsim.similarity_matrix, store, measure="dcor", batch_size=16,
+                          progress=False)
+    for v, warned in ((np.asarray(mem), w), (np.asarray(streamed), w2)):
+        assert np.isnan(v[0]).all() and np.isnan(v[:, 0]).all() and len(warned) == 1
+        assert v[2, 1] == pytest.approx(ref_dcor(near, y), abs=1e-9)
