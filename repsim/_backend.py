@@ -229,12 +229,14 @@ def scalar(value, xp):
 def fill_diagonal(a, value, xp):
     """``a`` (square, one of repsim's own temporaries) with its diagonal set to ``value``:
     in place, or as a new array when ``a`` tracks gradients."""
-    n = a.shape[0]
-    if tracks_grad(a):
-        eye = xp.eye(n, dtype=xp.bool, device=device(a))
-        return xp.where(eye, xp.asarray(value, dtype=a.dtype, device=device(a)), a)
-    xp.reshape(a, (-1,))[:: n + 1] = value
-    return a
+    if is_numpy(a):
+        np.fill_diagonal(a, value)
+        return a
+    if is_torch(a) and not tracks_grad(a):
+        a.diagonal().fill_(value)
+        return a
+    eye = xp.eye(a.shape[0], dtype=xp.bool, device=device(a))
+    return xp.where(eye, xp.asarray(value, dtype=a.dtype, device=device(a)), a)
 
 
 def sum_of_squares(a, xp):

@@ -285,7 +285,7 @@ class BlockCKA(Accumulator):
         outer = rows.sum(axis=1) ** 2 / ((n - 1) * (n - 2))
         dot = 2.0 / (n - 2) * np.einsum("ij,ij->i", rows, rows)
         eps = np.asarray(self.eps_a if side == "a" else self.eps_b, dtype=np.float64)
-        if self.kernel != "linear":
+        if self.kernel == "distance":
             eps = np.full_like(eps, np.finfo(np.float64).eps)  # formed in float64
         return zero_ucentred_sum(kl + outer - dot, np.abs(kl) + outer + dot, kl, n, eps)
 
@@ -421,10 +421,11 @@ def _constant(trace, total, n, eps):
 
 
 def typical_sq_distance(x) -> float:
-    """Twice the mean squared deviation of the rows of ``x`` (float64, ``(B, p)``) from
-    their mean: the mean squared distance between them, a typical value of ``D``."""
+    """The mean squared distance between distinct rows of ``x`` (float64, ``(B, p)``),
+    ``2 B / (B - 1)`` times their mean squared deviation: a typical value of ``D`` that no
+    off-diagonal RBF value ``exp(-D / 2 sigma^2)`` of these rows lies below."""
     c = x - x.mean(axis=0)
-    return float(2.0 * np.einsum("ij,ij->", c, c) / max(1, len(x)))
+    return float(2.0 * np.einsum("ij,ij->", c, c) / max(1, len(x) - 1))
 
 
 def block_sq_distances(xi, xj, shift, diagonal, label, rows_i, rows_j, as_float64=False,

@@ -197,13 +197,18 @@ def degeneracy_terms(trace, total, n, gram_dtype_eps):
 
     ``tr(HKH) = tr(K) - sum(K)/n`` is n times the total variance of the representation.
     It counts as constant (zero variance, CKA undefined) when ``tr(HKH) <= tolerance``,
-    with ``tolerance = n * eps * tr(K)`` the rounding error of that difference. Taken on
-    the *centred* gram of :func:`repsim.kernels.linear_gram` (``sum(K)`` is then zero up
-    to rounding), the tolerance scales with the spread of the data, not with its mean: a constant layer
-    (which centres to exactly zero, or to a per-column constant that ``H K H`` removes) is
-    caught, and an offset never makes a varying layer look constant.
+    with ``tolerance = (4 eps + n eps_64) tr(K)`` the rounding error of that difference:
+    entries within a few ``eps sqrt(K_ii K_jj)`` (``eps`` of the gram's precision) move
+    ``sum(K)/n`` by at most ``eps tr(K)`` (Cauchy-Schwarz), and its float64 summation over
+    ``n^2`` entries by less than ``n eps_64 tr(K)`` (``n eps tr(K)``, as before, called
+    every layer constant in bfloat16 from ``n = 128`` on). Taken on the
+    *centred* gram of :func:`repsim.kernels.linear_gram` (``sum(K)`` is then zero up to
+    rounding), the tolerance scales with the spread of the data, not with its mean: a
+    constant layer (which centres to exactly zero, or to a per-column constant that
+    ``H K H`` removes) is caught, and an offset never makes a varying layer look constant.
     """
-    return trace - total / n, n * gram_dtype_eps * trace
+    eps64 = float(np.finfo(np.float64).eps)
+    return trace - total / n, (4.0 * gram_dtype_eps + n * eps64) * trace
 
 
 def offdiagonal_norm(k, xp):
@@ -223,11 +228,16 @@ def unbiased_degeneracy_terms(ucentred_norm, offdiagonal, trace, n, gram_dtype_e
     off-diagonal entries are all equal. U-centring removes that additive part of the
     off-diagonal ``K~``; the layer counts as degenerate when what is left is at the
     rounding of ``K~``'s entries, ``||U(K)||_F <= sqrt(n) eps ||K~||_F + 8 eps_64 |tr K|``
-    (the second term: the diagonal's part in the centring's sums). Random rows leave
-    ``||U(K)|| ~ ||K~||`` whatever their width, far above it.
+    (the second term: the diagonal's part in the centring's sums), ``eps`` that of the
+    gram but at most float32's. Random centred rows leave ``||U(K)|| / ||K~||`` near 1, or
+    near ``n / (2 sqrt(d))`` when ``d >> n^2`` (the additive part ``-(|x_i|^2 + |x_j|^2)/n``
+    then dominates ``K~``), far above ``sqrt(n)`` float32 eps; a bfloat16 or TF32 gram's own
+    eps would reach that at widths in the millions, so in those modes only structures its
+    products keep exactly (one-hot rows) are caught.
     """
     eps64 = float(np.finfo(np.float64).eps)
-    return ucentred_norm, math.sqrt(n) * gram_dtype_eps * offdiagonal + 8.0 * eps64 * abs(trace)
+    eps = np.minimum(gram_dtype_eps, float(np.finfo(np.float32).eps))
+    return ucentred_norm, math.sqrt(n) * eps * offdiagonal + 8.0 * eps64 * np.abs(trace)
 
 
 def zero_ucentred_sum(value, magnitude, offdiagonal_sq, n, gram_dtype_eps):
@@ -241,6 +251,22 @@ def zero_ucentred_sum(value, magnitude, offdiagonal_sq, n, gram_dtype_eps):
     _, memory = unbiased_degeneracy_terms(0.0, np.sqrt(np.abs(offdiagonal_sq)), 0.0, n,
                                           gram_dtype_eps)
     return value <= 16.0 * eps64 * magnitude + memory ** 2
+
+
+def equidistant(k, n, gram_dtype_eps, xp) -> bool:
+    """Whether the examples of a linear gram ``k`` are all equally far apart: ``U(k) = 0``
+    (``U(D^2) = -2 U(k)``, the squared distances' additive part is all there is), tested
+    in the sum form of :func:`zero_ucentred_sum` without forming ``U(k)``. Every kernel
+    of the distances (RBF) then has one off-diagonal value and a zero ``U(K)``, which its
+    own rounding (far below ``k``'s once a constant is subtracted) cannot show."""
+    acc = B.accumulation_dtype(xp)
+    d = xp.astype(xp.linalg.diagonal(k), acc)
+    rows = xp.sum(k, axis=1, dtype=acc) - d
+    kl = B.item(B.sum_of_squares(k, xp) - xp.sum(d * d))
+    outer = B.item(xp.sum(rows)) ** 2 / ((n - 1) * (n - 2))
+    dot = 2.0 / (n - 2) * B.item(xp.sum(rows * rows))
+    return bool(zero_ucentred_sum(kl + outer - dot, abs(kl) + outer + dot, kl, n,
+                                  gram_dtype_eps))
 
 
 def eps_of(k, xp):

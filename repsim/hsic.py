@@ -174,6 +174,7 @@ def centred_gram_stack(
     packed = xp.empty((len(arrays), n * n), dtype=acc, device=B.device(arrays[0]))
     stats, sigmas_used, eps, linear_stats = [], [], [], []
     norms: list = []  # unbiased: (||K~||_F, ||U(K)||_F) per layer
+    same_distance: list = []  # unbiased RBF: whether the examples are equidistant
     stacked = []  # on an accelerator the grams are centred together (_centring.stacks_centring)
     deferred = []  # (index, features, label): range checks read back once, after the loop
     for i, (name, a) in enumerate(zip(names, arrays)):
@@ -202,6 +203,8 @@ def centred_gram_stack(
                 k = linear_gram(a, xp, name=label, centred=False, precision=precision)
         eps.append(eps_of(k, xp) if grams else gram_eps(k, xp, precision))
         sigma = None
+        if kernel == "rbf" and unbiased:  # equidistant examples: one RBF value (see below)
+            same_distance.append(_centring.equidistant(k, n, eps[-1], xp))
         if kernel == "rbf":
             linear_stats.append((xp.sum(xp.linalg.diagonal(k), dtype=acc), xp.sum(k, dtype=acc)))
             fixed = None if sigmas is None or sigmas[i] is None else math.ldexp(float(sigmas[i]), -e)
@@ -250,13 +253,17 @@ def centred_gram_stack(
             if _constant_linear(linear_stats[i], n, e):
                 centred[i] = tolerance[i] = 0.0
                 continue
-            e = eps64  # the RBF gram is formed in float64
-        centred[i], tolerance[i] = degeneracy_terms(B.item(tr), B.item(total), n, e)
+            e_rbf = eps64  # the RBF gram is formed in float64 (its distances are not)
+        else:
+            e_rbf = e
+        centred[i], tolerance[i] = degeneracy_terms(B.item(tr), B.item(total), n, e_rbf)
         if kernel == "linear" and not normalise and not grams:
             _check_pairing_range(centred[i], n, f"{side}[{names[i]!r}]")
         if unbiased:  # U(K) = 0 also for additive off-diagonals (one-hot rows)
             centred[i], tolerance[i] = _centring.unbiased_degeneracy_terms(
                 float(norms[i, 1]), float(norms[i, 0]), B.item(tr), n, e)
+            if kernel == "rbf" and same_distance[i]:
+                centred[i] = tolerance[i] = 0.0
     return packed, sigmas_used, centred, tolerance
 
 

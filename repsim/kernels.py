@@ -393,8 +393,11 @@ def rbf_from_linear(k, xp, sigma=None, threshold=1.0, engine="auto", name="x", c
         mean_d2 = 2.0 * (B.item(xp.sum(_diag(k, xp), dtype=acc)) / n
                          - B.item(xp.sum(k, dtype=acc)) / n ** 2)
     mean_d2 = max(0.0, mean_d2)
+    unbiased = centring == "unbiased"
+    if unbiased and n > 1:  # the off-diagonal's mean (>= its smallest, the shift below)
+        mean_d2 *= n / (n - 1)
     # exp(-b) is subtracted (any constant is exact; this one keeps the digits of a gram
-    # near a constant)
+    # near a constant and never exceeds the largest off-diagonal value)
     b = mean_d2 * inv
     if centring is None:
         b = math.inf  # nothing subtracted
@@ -404,7 +407,6 @@ def rbf_from_linear(k, xp, sigma=None, threshold=1.0, engine="auto", name="x", c
             "squared distance between them) by so much (over 1e144 times) that every "
             "D / (2 sigma^2) underflows; pass a smaller sigma")
     shift = 0.0
-    unbiased = centring == "unbiased"
     if unbiased and n > 1:  # the largest off-diagonal value is exp(-smallest)
         d2 = B.fill_diagonal(squared_distances(k, xp) if d2 is None else d2, math.inf, xp)
         smallest = B.item(xp.min(d2)) * inv
@@ -413,6 +415,7 @@ def rbf_from_linear(k, xp, sigma=None, threshold=1.0, engine="auto", name="x", c
                 raise rbf_underflow_error(name)
             if scale_free:
                 shift = smallest
+                b = max(b, shift)  # mean >= min; rounding must not turn b - shift negative
     if use_nb:
         from . import _numba
 

@@ -157,3 +157,72 @@ def test_gram_is_still_the_plain_rbf_gram():
     for sigma in (0.05, 1.0, 1e5):
         np.testing.assert_allclose(repsim.gram(x, kernel="rbf", sigma=sigma),
                                    np.exp(-d2 / (2 * sigma ** 2)), rtol=1e-12, atol=1e-300)
+
+
+def _u_centred(k):
+    n = len(k)
+    k = k.copy()
+    np.fill_diagonal(k, 0)
+    r, t = k.sum(1), k.sum()
+    u = k - r[:, None] / (n - 2) - r[None, :] / (n - 2) + t / ((n - 1) * (n - 2))
+    np.fill_diagonal(u, 0)
+    return u
+
+
+@pytest.mark.parametrize("n,d", [(5, 2000), (6, 500), (8, 4000)])
+def test_small_batches_with_concentrated_distances_keep_their_digits(n, d):
+    """Few examples in many dimensions: every distance near the mean, the smallest above
+    (n-1)/n of it. The subtracted constant is the *off-diagonal* mean, never above the
+    largest value (with the all-entries mean it swamped every entry: NaN or a
+    math range error). Reference: the exactly rescaled gram exp(-(D - min D) / 2 sigma^2)
+    (the unbiased estimator ignores the diagonal and a common factor)."""
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal((n, d))
+    y = x + 0.3 * rng.standard_normal((n, d))
+
+    def rescaled(z, s):
+        dz = ((z[:, None] - z[None]) ** 2).sum(-1)
+        return np.exp(-(dz - dz[~np.eye(n, dtype=bool)].min()) / (2 * s * s))
+
+    dx = ((x[:, None] - x[None]) ** 2).sum(-1)
+    smallest = dx[~np.eye(n, dtype=bool)].min()
+    for f in (50, 200, 1000):  # min D / 2 sigma^2
+        s = math.sqrt(smallest / 2 / f)
+        a, b = _u_centred(rescaled(x, s)), _u_centred(rescaled(y, s))
+        ref = (a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum())
+        for engine in ("numpy", "numba"):
+            got = quiet(repsim.cka_matrix, {"x": x}, {"y": y}, kernel="rbf", sigma=s,
+                        estimator="unbiased", engine=engine).values[0, 0]
+            assert float(got) == pytest.approx(ref, rel=1e-9), (f, engine)
+
+
+def test_minibatch_of_small_batches_with_concentrated_distances():
+    """Sums over batches (no rescale): min D / 2 sigma^2 = 120 in batches of 6 was NaN
+    (the constant above every value); the reference rescales every batch by one factor."""
+    rng = np.random.default_rng(3)
+    n, d = 6, 3000
+    xs = [rng.standard_normal((n, d)) for _ in range(3)]
+    ys = [x + 0.5 * rng.standard_normal((n, d)) for x in xs]
+    d0 = ((xs[0][:, None] - xs[0][None]) ** 2).sum(-1)
+    s = math.sqrt(d0[~np.eye(n, dtype=bool)].min() / 2 / 120)
+    acc = repsim.MinibatchCKA(kernel="rbf", estimator="unbiased", sigma=s)
+    num = da = db = 0.0
+    for x, y in zip(xs, ys):
+        acc.update({"x": x}, {"y": y})
+        a, b = (_u_centred(np.exp(-(((z[:, None] - z[None]) ** 2).sum(-1) / (2 * s * s) - 120)))
+                for z in (x, y))
+        num, da, db = num + (a * b).sum(), da + (a * a).sum(), db + (b * b).sum()
+    assert float(quiet(acc.compute).values[0, 0]) == pytest.approx(num / math.sqrt(da * db),
+                                                                  rel=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_equidistant_examples_are_nan_for_unbiased_rbf(dtype):
+    """Orthogonal rows of equal norm that are not exact in binary (3.7 Q): one RBF value
+    between all pairs, U(K) = 0; the RBF gram less a constant is pure rounding then, so
+    the test is taken on the linear gram (U(D^2) = -2 U(k)). Was -0.012 for float32."""
+    q, _ = np.linalg.qr(np.random.default_rng(2).standard_normal((64, 64)))
+    x = (3.7 * q[:32]).astype(dtype)
+    y = np.random.default_rng(3).standard_normal((32, 5)).astype(dtype)
+    with pytest.warns(repsim.DegenerateRepresentationWarning, match="'x'"):
+        assert np.isnan(repsim.cka(x, y, kernel="rbf", estimator="unbiased"))
