@@ -15,7 +15,7 @@ from . import _backend as B
 from . import _validation as V
 from ._accumulator import Accumulator, State, as_state_array, check_layer_names, callable_identity
 from ._rules import mask_degenerate as _mask_degenerate
-from .cka import _normalise
+from .cka import _clip, _normalise
 from .hsic import centred_gram_stack, pairing_terms
 from .results import similarity_array
 
@@ -435,7 +435,8 @@ class MinibatchCKA(Accumulator):
         -------
         xarray.DataArray, shape (L_a, L_b)
             dims ``("layer_a", "layer_b")``; attrs ``measure``, ``estimator``,
-            ``kernel``, ``n_examples``, ``n_batches`` (and the RBF bandwidths). Constant
+            ``kernel``, ``n_examples``, ``n_batches`` (and the RBF bandwidths). Values in
+            ``[0, 1]`` (biased) or ``[-1, 1]`` (unbiased); rounding beyond is clipped. Constant
             layers give NaN with a warning naming them, and with the unbiased estimator
             so do layers whose U-centred gram is zero in every batch (one-hot rows; see
             :func:`repsim.cka`).
@@ -453,7 +454,9 @@ class MinibatchCKA(Accumulator):
             raise ValueError("no batches accumulated yet; call update() first")
         s = self._values
         xp = B.namespace(s["sum_ab"])
-        values = _normalise(s["sum_ab"], s["sum_aa"], s["sum_bb"], xp)
+        # the estimator's range, as repsim.cka: only rounding lies outside (a ratio of
+        # sums obeys Cauchy-Schwarz like each batch)
+        values = _clip(_normalise(s["sum_ab"], s["sum_aa"], s["sum_bb"], xp), self.estimator, xp)
         host = {k: B.to_numpy(s[k]) for k in ("centred_trace_a", "tolerance_a",
                                               "centred_trace_b", "tolerance_b")}
         deg_a = host["centred_trace_a"] <= host["tolerance_a"]

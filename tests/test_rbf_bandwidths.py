@@ -226,3 +226,17 @@ def test_equidistant_examples_are_nan_for_unbiased_rbf(dtype):
     y = np.random.default_rng(3).standard_normal((32, 5)).astype(dtype)
     with pytest.warns(repsim.DegenerateRepresentationWarning, match="'x'"):
         assert np.isnan(repsim.cka(x, y, kernel="rbf", estimator="unbiased"))
+
+
+def test_minibatch_values_stay_in_the_estimators_range():
+    """Biased RBF CKA of two layers whose grams are both nearly the identity (sigma below
+    the spread) rounds to just above 1 (1.000000000000001 before); MinibatchCKA clips to
+    [0, 1] like repsim.cka."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((60, 8))
+    y = x @ rng.standard_normal((8, 8)) + 0.1 * rng.standard_normal((60, 8))
+    for sigma in (0.15, 0.05):
+        acc = repsim.MinibatchCKA(kernel="rbf", sigma=sigma, estimator="biased")
+        acc.update({"x": x}, {"y": y})
+        v = float(acc.compute().values[0, 0])
+        assert 0.0 <= v <= 1.0 and v == pytest.approx(ref_cka(x, y, sigma, "biased"), abs=1e-14)
