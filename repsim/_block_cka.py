@@ -53,7 +53,7 @@ from . import _backend as B
 from . import _validation as V
 from ._accumulator import Accumulator, State
 from ._rules import mask_degenerate
-from ._centring import zero_ucentred_sum
+from ._centring import zero_ucentred_rows
 from .kernels import degeneracy_terms, rbf_less_constant, rbf_underflow_error
 from .results import similarity_array
 
@@ -274,20 +274,14 @@ class BlockCKA(Accumulator):
         return flat | self._zero_ucentred(side) if estimator == "unbiased" else flat
 
     def _zero_ucentred(self, side):
-        """Layers whose U-centred gram is zero (:func:`repsim._centring.
-        unbiased_degeneracy_terms`): ``<U, U> = kl + (1'K~1)^2 / ((n-1)(n-2)) - 2/(n-2) |K~1|^2``
-        within the rounding of that difference, or below the in-memory tolerance
-        (``kl = ||K~||_F^2``). The sum form cannot resolve ``||U|| / ||K~||`` below
-        ``sqrt(eps)``."""
-        n = self.n
+        """Layers whose U-centred gram is zero, from the summed ``kl = ||K~||_F^2`` and
+        off-diagonal rows (:func:`repsim._centring.zero_ucentred_rows`)."""
         rows = self._values[f"rows_{side}"]
         kl = self._values[f"self_{side}"] if self.two_sided else np.diagonal(self._values["cross"])
-        outer = rows.sum(axis=1) ** 2 / ((n - 1) * (n - 2))
-        dot = 2.0 / (n - 2) * np.einsum("ij,ij->i", rows, rows)
         eps = np.asarray(self.eps_a if side == "a" else self.eps_b, dtype=np.float64)
         if self.kernel == "distance":
             eps = np.full_like(eps, np.finfo(np.float64).eps)  # formed in float64
-        return zero_ucentred_sum(kl + outer - dot, np.abs(kl) + outer + dot, kl, n, eps)
+        return zero_ucentred_rows(kl, rows, self.n, eps)
 
     def _degenerate_centred(self, side):
         _, _, total, trace = self._side_terms(side)

@@ -262,11 +262,18 @@ def equidistant(k, n, gram_dtype_eps, xp) -> bool:
     acc = B.accumulation_dtype(xp)
     d = xp.astype(xp.linalg.diagonal(k), acc)
     rows = xp.sum(k, axis=1, dtype=acc) - d
-    kl = B.item(B.sum_of_squares(k, xp) - xp.sum(d * d))
-    outer = B.item(xp.sum(rows)) ** 2 / ((n - 1) * (n - 2))
-    dot = 2.0 / (n - 2) * B.item(xp.sum(rows * rows))
-    return bool(zero_ucentred_sum(kl + outer - dot, abs(kl) + outer + dot, kl, n,
-                                  gram_dtype_eps))
+    kl = np.float64(B.item(B.sum_of_squares(k, xp) - xp.sum(d * d)))
+    return bool(zero_ucentred_rows(kl, B.to_numpy(rows)[None], n, gram_dtype_eps)[0])
+
+
+def zero_ucentred_rows(kl, rows, n, gram_dtype_eps):
+    """:func:`zero_ucentred_sum` of grams given by ``kl = ||K~||_F^2`` ``(L,)`` and their
+    off-diagonal row sums ``rows = K~ 1`` ``(L, n)`` (numpy): ``<U, U> = kl + (1'K~1)^2 /
+    ((n-1)(n-2)) - 2/(n-2) |K~1|^2`` (Song et al. 2012), one formula for the streamed
+    blocks and :func:`equidistant`."""
+    outer = rows.sum(axis=1) ** 2 / ((n - 1) * (n - 2))
+    dot = 2.0 / (n - 2) * np.einsum("ij,ij->i", rows, rows)
+    return zero_ucentred_sum(kl + outer - dot, np.abs(kl) + outer + dot, kl, n, gram_dtype_eps)
 
 
 def eps_of(k, xp):

@@ -35,10 +35,14 @@ def data(seed=0):
 
 
 def ref_cka(x, y, sigma, estimator):
+    """RBF CKA from the definition in long double; ``sigma`` None: ``sqrt(median)`` of all
+    ``n^2`` squared distances (zero diagonal included), per side."""
     def gram(z):
-        z = z.astype(np.longdouble)
-        a = ((z[:, None, :] - z[None, :, :]) ** 2).sum(-1) / (2 * np.longdouble(sigma) ** 2)
-        return np.expm1(-a) if sigma > rms(z) else np.exp(-a)
+        z = z.reshape(len(z), -1).astype(np.longdouble)
+        d2 = ((z[:, None, :] - z[None, :, :]) ** 2).sum(-1)
+        s = np.sqrt(np.median(d2)) if sigma is None else np.longdouble(sigma)
+        a = d2 / (2 * s * s)
+        return np.expm1(-a) if s > rms(z) else np.exp(-a)
 
     k, m = gram(x), gram(y)
     if estimator == "unbiased":

@@ -3,8 +3,9 @@ exactly over all n^2 squared distances in passes over the block pairs
 (repsim._block_median), the RBF gram summed block pair by block pair
 (repsim._block_cka), on one process and on a 2-worker LocalCluster.
 
-References written here: the RBF gram from explicit pairwise distances of float64 data and
-np.median over the whole n x n distance matrix, as in Kornblith et al.'s code."""
+References: the RBF gram from explicit pairwise distances in long double and np.median over
+the whole n x n distance matrix, as in Kornblith et al.'s code (ref_cka of
+tests/test_rbf_bandwidths.py)."""
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from hypothesis import given, settings, strategies as st  # noqa: E402
 import repsim  # noqa: E402
 from repsim import _block_median as BM  # noqa: E402
 from repsim._block_cka import block_sq_distances, scale_exponent  # noqa: E402
+from test_rbf_bandwidths import ref_cka  # noqa: E402
 from test_store_stream import (  # noqa: E402,F401  (fixtures and helpers)
     _hsic_u, client, layers_of, quiet, shuffled, store, write_store)
 
@@ -24,22 +26,10 @@ TOL = 1e-12
 
 
 def ref_rbf_cka(x, y, estimator="biased", sigma=None):
-    """RBF CKA from the definition: distances of the rows, sigma = sqrt(median) over all
-    n^2 entries (zero diagonal included) unless given; in long double (80-bit on x86) and
-    as ``K - 1 = expm1(-D / 2 sigma^2)`` (both estimators ignore a constant added to the
-    gram), so that a gram near a constant keeps its centred part."""
-    def gram(z):
-        z = z.reshape(len(z), -1).astype(np.longdouble)
-        d2 = ((z[:, None, :] - z[None, :, :]) ** 2).sum(-1)
-        s = np.sqrt(np.median(d2)) if sigma is None else np.longdouble(sigma)
-        return np.expm1(-d2 / (2 * s * s))
-
-    k, m = gram(x), gram(y)
-    if estimator == "unbiased":
-        return float(_hsic_u(k, m) / np.sqrt(_hsic_u(k, k) * _hsic_u(m, m)))
-    h = np.eye(len(k), dtype=np.longdouble) - np.longdouble(1) / len(k)
-    kc, mc = h @ k @ h, h @ m @ h
-    return float((kc * mc).sum() / np.sqrt((kc * kc).sum() * (mc * mc).sum()))
+    """RBF CKA from the definition in long double (tests/test_rbf_bandwidths.py: the gram,
+    or the gram less 1 through ``expm1`` when sigma exceeds the spread); sigma the median
+    heuristic over all n^2 entries unless given."""
+    return ref_cka(x, y, sigma, estimator)
 
 
 # ------------------------------------------------------------------ the exact median
